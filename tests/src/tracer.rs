@@ -1,0 +1,160 @@
+//! A `tracer` process under test: started, waited on until it says it is ready, stopped with a
+//! signal, its output collected.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use nix::{sys::signal::Signal, unistd::Pid};
+
+/// How long a tracer may take to load and attach.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Path of the tracer binary: `$TRACER_BIN`, or the workspace's debug build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("TRACER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/tracer"),
+        PathBuf::from,
+    )
+}
+
+/// A running tracer.
+pub struct Tracer {
+    child: Option<Child>,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+/// What a finished tracer printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// The stdout lines parsed as JSON.
+    pub fn json(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).with_context(|| format!("bad JSON: {line}")))
+            .collect()
+    }
+}
+
+impl Tracer {
+    /// Starts `tracer ARGS` and returns once it reports that every hook is attached.
+    pub fn start(args: &[&str]) -> anyhow::Result<Tracer> {
+        let binary = binary();
+        if !binary.exists() {
+            bail!(
+                "{} not found; run the tests with `cargo xtask test`",
+                binary.display()
+            );
+        }
+        let mut child = Command::new(&binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("failed to start {}", binary.display()))?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.starts_with("tracer: ready") {
+                    let _ = ready_tx.send(());
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        let mut tracer = Tracer {
+            child: Some(child),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        };
+        if ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
+            let finished = tracer.kill()?;
+            bail!(
+                "tracer did not become ready ({}): {}",
+                finished.status,
+                finished.stderr.trim()
+            );
+        }
+        Ok(tracer)
+    }
+
+    /// Stops the tracer as Ctrl-C would and collects its output.
+    pub fn stop(mut self) -> anyhow::Result<Finished> {
+        self.signal(Signal::SIGINT)?;
+        self.wait()
+    }
+
+    /// Sends `signal` to the tracer.
+    pub fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+        let child = self.child.as_ref().expect("running");
+        nix::sys::signal::kill(Pid::from_raw(child.id() as i32), signal)?;
+        Ok(())
+    }
+
+    /// Waits for the tracer to exit by itself and collects its output.
+    pub fn wait(&mut self) -> anyhow::Result<Finished> {
+        let status = self.child.take().expect("running").wait()?;
+        Ok(Finished {
+            status,
+            stdout: self.stdout.take().expect("once").join().unwrap_or_default(),
+            stderr: self.stderr.take().expect("once").join().unwrap_or_default(),
+        })
+    }
+
+    fn kill(&mut self) -> anyhow::Result<Finished> {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+        }
+        self.wait()
+    }
+
+    /// Process id, for tests that inspect what the process holds.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.kill();
+        }
+    }
+}
+
+/// Runs `tracer ARGS` to completion (for commands that exit by themselves).
+pub fn run(args: &[&str]) -> anyhow::Result<Finished> {
+    let output = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("failed to run tracer")?;
+    Ok(Finished {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}

@@ -1,0 +1,108 @@
+//! Traffic between testbed namespaces: sockets created inside a namespace stay in it, so a
+//! test thread enters the namespace only for the `socket`/`bind`/`connect` call.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use nix::sys::socket::{
+    AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
+    sockopt::ReuseAddr,
+};
+
+use crate::netns::Netns;
+
+/// Bounds every blocking socket call, so a broken path fails the test instead of hanging it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TCP listener on `addr` inside `netns`.
+pub fn listen(netns: &Netns, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = netns
+        .enter(|| TcpListener::bind(addr))?
+        .with_context(|| format!("failed to listen on {addr} in {}", netns.name))?;
+    Ok(listener)
+}
+
+/// A TCP connection from `netns` to `dst`, from source port `src_port` if given.
+pub fn connect_from(
+    netns: &Netns,
+    src_port: Option<u16>,
+    dst: SocketAddr,
+) -> anyhow::Result<TcpStream> {
+    let stream = netns
+        .enter(|| -> anyhow::Result<TcpStream> {
+            let family = match dst {
+                SocketAddr::V4(_) => AddressFamily::Inet,
+                SocketAddr::V6(_) => AddressFamily::Inet6,
+            };
+            let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            if let Some(port) = src_port {
+                setsockopt(&fd, ReuseAddr, &true)?;
+                let any: SocketAddr = match dst {
+                    SocketAddr::V4(_) => ([0, 0, 0, 0], port).into(),
+                    SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, port).into(),
+                };
+                bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    &SockaddrStorage::from(any),
+                )?;
+            }
+            connect(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &SockaddrStorage::from(dst),
+            )?;
+            Ok(TcpStream::from(fd))
+        })?
+        .with_context(|| format!("failed to connect from {} to {dst}", netns.name))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// Accepts one connection on `listener`, failing after [`IO_TIMEOUT`].
+pub fn accept(listener: &TcpListener) -> anyhow::Result<TcpStream> {
+    listener.set_nonblocking(false)?;
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    // `accept` has no timeout; poll(2) on the listener gives one without sleeping.
+    let fd = std::os::fd::AsFd::as_fd(listener);
+    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+    let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+    let timeout =
+        nix::poll::PollTimeout::try_from(remaining).unwrap_or(nix::poll::PollTimeout::MAX);
+    if nix::poll::poll(&mut fds, timeout)? == 0 {
+        anyhow::bail!("no connection arrived within {IO_TIMEOUT:?}");
+    }
+    let (stream, _) = listener.accept()?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// One full TCP exchange: connect from `client` to `dst` (listened on by `listener`), accept,
+/// send a line each way, close. When it returns, the handshake and data have crossed every hop.
+pub fn exchange(
+    client: &Netns,
+    src_port: Option<u16>,
+    dst: SocketAddr,
+    listener: &TcpListener,
+) -> anyhow::Result<()> {
+    let mut outgoing = connect_from(client, src_port, dst)?;
+    let mut incoming = accept(listener)?;
+    outgoing.write_all(b"ping\n")?;
+    let mut buf = [0u8; 5];
+    incoming.read_exact(&mut buf)?;
+    incoming.write_all(b"pong\n")?;
+    outgoing.read_exact(&mut buf)?;
+    Ok(())
+}
+
+/// A UDP socket bound to `addr` inside `netns`.
+pub fn udp_bind(netns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let socket = netns
+        .enter(|| UdpSocket::bind(addr))?
+        .with_context(|| format!("failed to bind {addr} in {}", netns.name))?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    Ok(socket)
+}

@@ -1,0 +1,189 @@
+//! Events that tracer's kernel programs push into the ring buffer.
+//!
+//! Every record starts with an [`EventKind`] byte so the collector can reject anything it does
+//! not understand instead of reading garbage. Addresses are kept in network byte order, exactly
+//! as on the wire; ports, sequence numbers and other integers are converted to host order by
+//! the kernel program that fills them in.
+
+use crate::assert_size;
+
+/// Discriminates the records in the ring buffer. The value is the first byte of every record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A [`PacketEvent`].
+    Packet = 1,
+}
+
+/// `PacketEvent::flags`: the L4 header (ports, TCP flags, sequence numbers) was read.
+pub const FLAG_L4: u8 = 1 << 0;
+/// `PacketEvent::flags`: the packet is an IP fragment other than the first; it has no L4 header.
+pub const FLAG_FRAGMENT: u8 = 1 << 1;
+/// `PacketEvent::flags`: the headers were not all in the skb's linear area, so some were skipped.
+pub const FLAG_NONLINEAR: u8 = 1 << 2;
+/// `PacketEvent::flags`: the event came from a TC program, so `skb`/`skb_head` are unknown and the
+/// namespace is given by `netns_cookie` rather than `netns_inode`.
+pub const FLAG_TC: u8 = 1 << 3;
+
+/// Address family values used in [`PacketEvent::family`] and [`CtTuple::family`].
+pub const FAMILY_IPV4: u8 = 4;
+/// See [`FAMILY_IPV4`].
+pub const FAMILY_IPV6: u8 = 6;
+
+/// One conntrack tuple (`struct nf_conntrack_tuple`, include/net/netfilter/nf_conntrack_tuple.h),
+/// reduced to what identifies a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtTuple {
+    /// Source address, network byte order; IPv4 uses the first 4 bytes.
+    pub src_addr: [u8; 16],
+    /// Destination address, network byte order; IPv4 uses the first 4 bytes.
+    pub dst_addr: [u8; 16],
+    /// Source port (host byte order), or 0 for protocols without ports.
+    pub src_port: u16,
+    /// Destination port (host byte order), or 0 for protocols without ports.
+    pub dst_port: u16,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`]; 0 when the tuple is absent.
+    pub family: u8,
+    /// IP protocol number (`IPPROTO_*`).
+    pub protonum: u8,
+    pub _pad: [u8; 2],
+}
+assert_size!(CtTuple, 40);
+
+/// A packet seen at one hook. Fixed size; the collector checks the size before decoding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketEvent {
+    /// Always [`EventKind::Packet`].
+    pub kind: u8,
+    /// A [`crate::hook::Hook`] value.
+    pub hook: u8,
+    /// [`FAMILY_IPV4`], [`FAMILY_IPV6`], or 0 when the packet is not IP.
+    pub family: u8,
+    /// IP protocol number of the L4 header (`IPPROTO_TCP`, ...), 0 if unknown.
+    pub l4_proto: u8,
+    /// TCP flags byte (FIN=0x01 ... CWR=0x80), 0 for other protocols.
+    pub tcp_flags: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Conntrack state of the packet (`enum ip_conntrack_info`) plus one; 0 when the packet has no
+    /// conntrack entry (or conntrack could not be read).
+    pub ct_state: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// Kernel monotonic clock (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) when the hook ran.
+    pub ts_ns: u64,
+    /// Address of the `struct sk_buff`, 0 for TC events.
+    pub skb: u64,
+    /// `skb->head`: the data buffer, which outlives clones of the skb. 0 for TC events.
+    pub skb_head: u64,
+    /// Network namespace cookie (`bpf_get_netns_cookie`), set by TC programs only.
+    pub netns_cookie: u64,
+    /// Address of the packet's `struct nf_conn`, 0 without one.
+    pub ct: u64,
+    /// Interface index in its namespace.
+    pub ifindex: u32,
+    /// Inode of the device's network namespace, 0 for TC events.
+    pub netns_inode: u32,
+    /// `skb->len`: bytes from the current data pointer to the end of the packet.
+    pub len: u32,
+    /// `skb->mark`.
+    pub mark: u32,
+    /// TCP sequence number.
+    pub tcp_seq: u32,
+    /// TCP acknowledgement number.
+    pub tcp_ack: u32,
+    /// IPv4 identification field, or the low 16 bits of the IPv6 flow label.
+    pub ip_id: u16,
+    /// L4 source port (host byte order).
+    pub src_port: u16,
+    /// L4 destination port (host byte order).
+    pub dst_port: u16,
+    /// Length of the IP packet from its header (total length, or payload + 40 for IPv6).
+    pub ip_len: u16,
+    /// Device name, NUL padded (`IFNAMSIZ`).
+    pub ifname: [u8; 16],
+    /// IP source address, network byte order; IPv4 uses the first 4 bytes.
+    pub src_addr: [u8; 16],
+    /// IP destination address, network byte order; IPv4 uses the first 4 bytes.
+    pub dst_addr: [u8; 16],
+    /// Conntrack original-direction tuple (`tuplehash[IP_CT_DIR_ORIGINAL]`), if `ct != 0`.
+    pub ct_orig: CtTuple,
+    /// Conntrack reply-direction tuple (`tuplehash[IP_CT_DIR_REPLY]`), if `ct != 0`.
+    pub ct_reply: CtTuple,
+}
+assert_size!(PacketEvent, 208);
+
+impl PacketEvent {
+    /// An event with every field zero, to be filled in.
+    pub const fn zeroed() -> Self {
+        const TUPLE: CtTuple = CtTuple {
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            family: 0,
+            protonum: 0,
+            _pad: [0; 2],
+        };
+        PacketEvent {
+            kind: EventKind::Packet as u8,
+            hook: 0,
+            family: 0,
+            l4_proto: 0,
+            tcp_flags: 0,
+            flags: 0,
+            ct_state: 0,
+            ttl: 0,
+            ts_ns: 0,
+            skb: 0,
+            skb_head: 0,
+            netns_cookie: 0,
+            ct: 0,
+            ifindex: 0,
+            netns_inode: 0,
+            len: 0,
+            mark: 0,
+            tcp_seq: 0,
+            tcp_ack: 0,
+            ip_id: 0,
+            src_port: 0,
+            dst_port: 0,
+            ip_len: 0,
+            ifname: [0; 16],
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            ct_orig: TUPLE,
+            ct_reply: TUPLE,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PacketEvent {}
+
+/// Per-hook counters the programs keep in the `COUNTERS` per-CPU array, at index
+/// `hook * COUNTER_SLOTS + counter`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// The program ran (one packet at one hook).
+    Seen = 0,
+    /// The packet did not match the filter.
+    Filtered = 1,
+    /// An event was written to the ring buffer.
+    Emitted = 2,
+    /// The packet matched but the ring buffer was full: the event is lost.
+    Lost = 3,
+}
+
+/// Slots per hook in the `COUNTERS` map.
+pub const COUNTER_SLOTS: u32 = 4;
+/// Entries in the `COUNTERS` map: room for hook values up to 15.
+pub const COUNTER_ENTRIES: u32 = 16 * COUNTER_SLOTS;
+
+/// Index of `counter` for `hook` in the `COUNTERS` map.
+pub const fn counter_index(hook: u8, counter: Counter) -> u32 {
+    (hook as u32 & 15) * COUNTER_SLOTS + counter as u32
+}

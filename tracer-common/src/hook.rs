@@ -1,0 +1,64 @@
+//! The places in the kernel where tracer observes packets.
+
+/// Where an event was taken. The numeric values are part of the event layout.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Hook {
+    /// `net_dev_queue` tracepoint: a packet handed to a device for transmission (`dev_queue_xmit`).
+    NetDevQueue = 1,
+    /// `net_dev_start_xmit` tracepoint: the driver is about to transmit the packet.
+    NetDevStartXmit = 2,
+    /// `netif_rx` tracepoint: a packet queued to a CPU's backlog (veth delivers to its peer this way).
+    NetifRx = 3,
+    /// `netif_receive_skb` tracepoint: a packet entering the receive path of a device.
+    NetifReceiveSkb = 4,
+    /// TC classifier on a device's ingress.
+    TcIngress = 5,
+    /// TC classifier on a device's egress.
+    TcEgress = 6,
+}
+
+impl Hook {
+    /// Every hook, in the order of the values above.
+    pub const ALL: [Hook; 6] = [
+        Hook::NetDevQueue,
+        Hook::NetDevStartXmit,
+        Hook::NetifRx,
+        Hook::NetifReceiveSkb,
+        Hook::TcIngress,
+        Hook::TcEgress,
+    ];
+
+    /// The hook for a raw value from an event, if it is known.
+    pub const fn from_u8(value: u8) -> Option<Hook> {
+        match value {
+            1 => Some(Hook::NetDevQueue),
+            2 => Some(Hook::NetDevStartXmit),
+            3 => Some(Hook::NetifRx),
+            4 => Some(Hook::NetifReceiveSkb),
+            5 => Some(Hook::TcIngress),
+            6 => Some(Hook::TcEgress),
+            _ => None,
+        }
+    }
+
+    /// The name used in every output, equal to the kernel's tracepoint name where there is one.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Hook::NetDevQueue => "net_dev_queue",
+            Hook::NetDevStartXmit => "net_dev_start_xmit",
+            Hook::NetifRx => "netif_rx",
+            Hook::NetifReceiveSkb => "netif_receive_skb",
+            Hook::TcIngress => "tc_ingress",
+            Hook::TcEgress => "tc_egress",
+        }
+    }
+
+    /// Whether the packet is leaving the device at this hook (as opposed to arriving on it).
+    pub const fn is_egress(self) -> bool {
+        matches!(
+            self,
+            Hook::NetDevQueue | Hook::NetDevStartXmit | Hook::TcEgress
+        )
+    }
+}

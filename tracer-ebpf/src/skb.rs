@@ -1,0 +1,157 @@
+//! Reading a `struct sk_buff` (include/linux/skbuff.h) and turning it into an event.
+//!
+//! Offsets come from the running kernel's BTF through [`crate::config`]; every read goes through
+//! `bpf_probe_read_kernel`, so the same code serves tracepoints, kprobes and fentry programs.
+
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use tracer_common::{
+    config::OFFSET_UNKNOWN,
+    event::{Counter, CtTuple, FAMILY_IPV4, FAMILY_IPV6, PacketEvent},
+    hook::Hook,
+};
+
+use crate::{
+    config::conf,
+    emit::{count, ports_match, submit, tuples_match},
+    packet::{Bytes, Parsed, parse_l3},
+};
+
+/// `NFCT_INFOMASK`: the low bits of `skb->_nfct` hold `enum ip_conntrack_info`.
+const NFCT_INFOMASK: u64 = 7;
+/// `IP_CT_UNTRACKED`
+const IP_CT_UNTRACKED: u64 = 7;
+/// `AF_INET` / `AF_INET6` as stored in `nf_conntrack_tuple.src.l3num`.
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// `sizeof(struct nf_conntrack_tuple)` as the collector checks it against BTF.
+pub const CT_TUPLE_SIZE: usize = 40;
+
+/// Where the L3 header of the skb starts at a given hook.
+#[derive(Clone, Copy)]
+pub enum L3At {
+    /// `skb->head + skb->network_header`: set by the stack on the transmit path.
+    NetworkHeader,
+    /// `skb->data`: on the receive path the link-layer header has already been pulled.
+    Data,
+}
+
+/// Reads one `T` at `base + offset` in kernel memory.
+#[inline(always)]
+fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+    if offset == OFFSET_UNKNOWN || base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// The linear data of an skb: `head` up to `limit` bytes past it.
+struct Linear {
+    head: u64,
+    limit: u32,
+}
+
+impl Bytes for Linear {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        if offset.checked_add(size_of::<T>() as u32)? > self.limit {
+            return None;
+        }
+        read(self.head, offset)
+    }
+}
+
+/// Emits an event for `skb` at `hook` if it matches the filter.
+#[inline(always)]
+pub fn trace(skb: u64, hook: Hook, at: L3At) {
+    count(hook as u8, Counter::Seen);
+    if emit(skb, hook, at).is_none() {
+        count(hook as u8, Counter::Filtered);
+    }
+}
+
+#[inline(always)]
+fn emit(skb: u64, hook: Hook, at: L3At) -> Option<()> {
+    let mut event = PacketEvent::zeroed();
+    event.hook = hook as u8;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+    event.skb = skb;
+
+    let head: u64 = read(skb, conf!(offsets.skb_head))?;
+    let data: u64 = read(skb, conf!(offsets.skb_data))?;
+    let len: u32 = read(skb, conf!(offsets.skb_len))?;
+    let data_len: u32 = read(skb, conf!(offsets.skb_data_len))?;
+    let protocol: u16 = read(skb, conf!(offsets.skb_protocol))?;
+    let data_off = data.checked_sub(head)? as u32;
+    let l3 = match at {
+        L3At::NetworkHeader => u32::from(read::<u16>(skb, conf!(offsets.skb_network_header))?),
+        L3At::Data => data_off,
+    };
+    let linear = Linear {
+        head,
+        limit: data_off + len.saturating_sub(data_len),
+    };
+    if parse_l3(&linear, u16::from_be(protocol), l3, &mut event) == Parsed::NotIp {
+        return None;
+    }
+    event.skb_head = head;
+    event.len = len;
+
+    let nfct: u64 = read(skb, conf!(offsets.skb_nfct)).unwrap_or(0);
+    let ct = nfct & !NFCT_INFOMASK;
+    if ct != 0 && nfct & NFCT_INFOMASK != IP_CT_UNTRACKED {
+        event.ct = ct;
+        event.ct_state = (nfct & NFCT_INFOMASK) as u8 + 1;
+        read_tuple(ct, conf!(offsets.ct_tuple_orig), &mut event.ct_orig);
+        read_tuple(ct, conf!(offsets.ct_tuple_reply), &mut event.ct_reply);
+    }
+    if !ports_match(event.src_port, event.dst_port)
+        && !tuples_match(&event.ct_orig, &event.ct_reply)
+    {
+        return None;
+    }
+
+    event.mark = read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
+    let dev: u64 = read(skb, conf!(offsets.skb_dev)).unwrap_or(0);
+    event.ifindex = read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
+    if let Some(name) = read::<[u8; 16]>(dev, conf!(offsets.dev_name)) {
+        event.ifname = name;
+    }
+    let net: u64 = read(dev, conf!(offsets.dev_net)).unwrap_or(0);
+    event.netns_inode = read(net, conf!(offsets.net_inum)).unwrap_or(0);
+
+    submit(&event);
+    Some(())
+}
+
+/// Copies the conntrack tuple at `ct + offset` into `tuple`, leaving it zero on failure.
+#[inline(always)]
+fn read_tuple(ct: u64, offset: u32, tuple: &mut CtTuple) {
+    let mut raw = [0u8; CT_TUPLE_SIZE];
+    if offset == OFFSET_UNKNOWN
+        || unsafe { bpf_probe_read_kernel_buf((ct + u64::from(offset)) as *const u8, &mut raw) }
+            .is_err()
+    {
+        return;
+    }
+    let field = |offset: u32, len: usize| raw.get(offset as usize..offset as usize + len);
+    let (Some(src), Some(sport), Some(l3num), Some(dst), Some(dport), Some(proto)) = (
+        field(conf!(offsets.tuple_src_addr), 16),
+        field(conf!(offsets.tuple_src_port), 2),
+        field(conf!(offsets.tuple_l3num), 2),
+        field(conf!(offsets.tuple_dst_addr), 16),
+        field(conf!(offsets.tuple_dst_port), 2),
+        field(conf!(offsets.tuple_protonum), 1),
+    ) else {
+        return;
+    };
+    tuple.family = match u16::from_ne_bytes([l3num[0], l3num[1]]) {
+        AF_INET => FAMILY_IPV4,
+        AF_INET6 => FAMILY_IPV6,
+        _ => return,
+    };
+    tuple.src_addr.copy_from_slice(src);
+    tuple.dst_addr.copy_from_slice(dst);
+    tuple.src_port = u16::from_be_bytes([sport[0], sport[1]]);
+    tuple.dst_port = u16::from_be_bytes([dport[0], dport[1]]);
+    tuple.protonum = proto[0];
+}

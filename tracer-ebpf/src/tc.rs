@@ -1,0 +1,85 @@
+//! TC classifiers for chosen interfaces (TCX links, or clsact on older kernels).
+//!
+//! They see the packet as the device does, link-layer header first. They always return
+//! `TC_ACT_UNSPEC`, which lets the packet and the rest of the chain go on untouched.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::TC_ACT_UNSPEC,
+    helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns},
+    macros::classifier,
+    programs::TcContext,
+};
+use tracer_common::{
+    config::FEATURE_TC_NETNS_COOKIE,
+    event::{Counter, FLAG_TC, PacketEvent},
+    hook::Hook,
+};
+
+use crate::{
+    config::conf,
+    emit::{count, ports_match, submit},
+    packet::{Bytes, ETH_P_8021AD, ETH_P_8021Q, Parsed, parse_l3},
+};
+
+/// Ethernet header length.
+const ETH_HLEN: u32 = 14;
+/// 802.1Q tag length.
+const VLAN_HLEN: u32 = 4;
+
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    trace(&ctx, Hook::TcIngress);
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    trace(&ctx, Hook::TcEgress);
+    TC_ACT_UNSPEC
+}
+
+impl Bytes for TcContext {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        TcContext::load(self, offset as usize).ok()
+    }
+}
+
+#[inline(always)]
+fn trace(ctx: &TcContext, hook: Hook) {
+    count(hook as u8, Counter::Seen);
+    if emit(ctx, hook).is_none() {
+        count(hook as u8, Counter::Filtered);
+    }
+}
+
+#[inline(always)]
+fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
+    let mut event = PacketEvent::zeroed();
+    event.hook = hook as u8;
+    event.flags = FLAG_TC;
+    event.ts_ns = unsafe { bpf_ktime_get_ns() };
+
+    let mut proto = u16::from_be(Bytes::load::<u16>(ctx, 12)?);
+    let mut l3 = ETH_HLEN;
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        proto = u16::from_be(Bytes::load::<u16>(ctx, ETH_HLEN + 2)?);
+        l3 += VLAN_HLEN;
+    }
+    if parse_l3(ctx, proto, l3, &mut event) == Parsed::NotIp {
+        return None;
+    }
+    if !ports_match(event.src_port, event.dst_port) {
+        return None;
+    }
+    let skb = unsafe { &*ctx.skb.skb };
+    event.len = skb.len;
+    event.mark = skb.mark;
+    event.ifindex = skb.ifindex;
+    if conf!(features) & FEATURE_TC_NETNS_COOKIE != 0 {
+        event.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    }
+    submit(&event);
+    Some(())
+}

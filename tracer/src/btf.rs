@@ -1,0 +1,257 @@
+//! Kernel structure offsets from the running kernel's BTF.
+//!
+//! Rust eBPF has no CO-RE relocations, so the programs are handed every offset they need as
+//! a read-only global. The offsets are resolved here, from `/sys/kernel/btf/vmlinux` (and the
+//! `nf_conntrack` module's split BTF when conntrack is a module), and checked for the sizes the
+//! programs assume. Members inside anonymous structs and unions are found as C would find them.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use tracer_common::config::{KernelOffsets, OFFSET_UNKNOWN};
+
+/// Where the kernel publishes its BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Split BTF of the conntrack module, when conntrack is not built in.
+const CONNTRACK_BTF: &str = "/sys/kernel/btf/nf_conntrack";
+/// `sizeof(struct nf_conntrack_tuple)` that the programs copy (tracer-ebpf `CT_TUPLE_SIZE`).
+const CT_TUPLE_SIZE: u32 = 40;
+
+/// Why offsets could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("failed to read kernel BTF from {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: btf_rs::Error,
+    },
+    #[error("kernel BTF has no {0}")]
+    Missing(String),
+    #[error("kernel BTF: {member} is {actual} bytes, expected {expected}")]
+    Size {
+        member: String,
+        actual: u32,
+        expected: u32,
+    },
+    #[error("kernel BTF: {0}")]
+    Format(#[from] btf_rs::Error),
+}
+
+/// Offsets for the programs, and what could not be found.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub offsets: KernelOffsets,
+    /// Why conntrack tuples will not be read, when they will not.
+    pub conntrack_unavailable: Option<String>,
+}
+
+/// Reads the running kernel's BTF and resolves every offset the programs use.
+pub fn resolve_running_kernel() -> Result<Resolved, BtfError> {
+    let vmlinux = load(Path::new(VMLINUX_BTF), None)?;
+    let conntrack = Path::new(CONNTRACK_BTF)
+        .exists()
+        .then(|| load(Path::new(CONNTRACK_BTF), Some(&vmlinux)))
+        .transpose()?;
+    resolve(&vmlinux, conntrack.as_ref())
+}
+
+fn load(path: &Path, base: Option<&Btf>) -> Result<Btf, BtfError> {
+    let result = match base {
+        None => Btf::from_file(path),
+        Some(base) => Btf::from_split_file(path, base),
+    };
+    result.map_err(|source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Resolves the offsets from `vmlinux` (and `conntrack`, a module's split BTF, if given).
+pub fn resolve(vmlinux: &Btf, conntrack: Option<&Btf>) -> Result<Resolved, BtfError> {
+    let k = Kernel(vmlinux);
+    let mut o = KernelOffsets::unknown();
+    o.skb_head = k.member("sk_buff", "head", 8)?;
+    o.skb_data = k.member("sk_buff", "data", 8)?;
+    o.skb_len = k.member("sk_buff", "len", 4)?;
+    o.skb_data_len = k.member("sk_buff", "data_len", 4)?;
+    o.skb_protocol = k.member("sk_buff", "protocol", 2)?;
+    o.skb_network_header = k.member("sk_buff", "network_header", 2)?;
+    o.skb_dev = k.member("sk_buff", "dev", 8)?;
+    o.skb_mark = k.member("sk_buff", "mark", 4)?;
+    o.dev_ifindex = k.member("net_device", "ifindex", 4)?;
+    o.dev_name = k.member("net_device", "name", 16)?;
+    o.dev_net = k.member("net_device", "nd_net.net", 8)?;
+    o.net_inum = k.member("net", "ns.inum", 4)?;
+
+    let conntrack_unavailable = match resolve_conntrack(vmlinux, conntrack, &mut o) {
+        Ok(()) => None,
+        Err(err) => {
+            o.skb_nfct = OFFSET_UNKNOWN;
+            Some(err.to_string())
+        }
+    };
+    Ok(Resolved {
+        offsets: o,
+        conntrack_unavailable,
+    })
+}
+
+fn resolve_conntrack(
+    vmlinux: &Btf,
+    conntrack: Option<&Btf>,
+    o: &mut KernelOffsets,
+) -> Result<(), BtfError> {
+    o.skb_nfct = Kernel(vmlinux).member("sk_buff", "_nfct", 8)?;
+    // nf_conn lives in vmlinux when conntrack is built in, in the module's BTF otherwise.
+    let k = match conntrack {
+        Some(module) if Kernel(vmlinux).find_struct("nf_conn").is_err() => Kernel(module),
+        _ => Kernel(vmlinux),
+    };
+    let tuple_size = k.struct_size("nf_conntrack_tuple")?;
+    if tuple_size != CT_TUPLE_SIZE {
+        return Err(BtfError::Size {
+            member: "struct nf_conntrack_tuple".into(),
+            actual: tuple_size,
+            expected: CT_TUPLE_SIZE,
+        });
+    }
+    o.ct_tuple_orig = k.member("nf_conn", "tuplehash[0].tuple", tuple_size)?;
+    o.ct_tuple_reply = k.member("nf_conn", "tuplehash[1].tuple", tuple_size)?;
+    o.tuple_src_addr = k.member("nf_conntrack_tuple", "src.u3", 16)?;
+    o.tuple_src_port = k.member("nf_conntrack_tuple", "src.u.all", 2)?;
+    o.tuple_l3num = k.member("nf_conntrack_tuple", "src.l3num", 2)?;
+    o.tuple_dst_addr = k.member("nf_conntrack_tuple", "dst.u3", 16)?;
+    o.tuple_dst_port = k.member("nf_conntrack_tuple", "dst.u.all", 2)?;
+    o.tuple_protonum = k.member("nf_conntrack_tuple", "dst.protonum", 1)?;
+    Ok(())
+}
+
+/// Offset lookups in one BTF object.
+struct Kernel<'a>(&'a Btf);
+
+impl Kernel<'_> {
+    /// Byte offset of `path` (`a.b[1].c`) in `struct name`, checking the member's size.
+    fn member(&self, name: &str, path: &str, size: u32) -> Result<u32, BtfError> {
+        let mut ty = Type::Struct(self.find_struct(name)?);
+        let mut offset = 0;
+        for component in path.split('.') {
+            let (field, index) = parse_component(component);
+            let missing = || BtfError::Missing(format!("struct {name} member {path}"));
+            let (member_offset, member_ty) = self.find_member(&ty, field)?.ok_or_else(missing)?;
+            offset += member_offset;
+            ty = self.strip(member_ty)?;
+            if let Some(index) = index {
+                let Type::Array(array) = &ty else {
+                    return Err(missing());
+                };
+                if index >= array.len() as u32 {
+                    return Err(missing());
+                }
+                let element = self.strip(self.0.resolve_chained_type(array)?)?;
+                offset += index * self.size_of(&element)?;
+                ty = element;
+            }
+        }
+        let actual = self.size_of(&ty)?;
+        if actual != size {
+            return Err(BtfError::Size {
+                member: format!("{name}.{path}"),
+                actual,
+                expected: size,
+            });
+        }
+        Ok(offset)
+    }
+
+    fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        Ok(self.find_struct(name)?.size() as u32)
+    }
+
+    fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        self.0
+            .resolve_types_by_name(name)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|ty| match ty {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::Missing(format!("struct {name}")))
+    }
+
+    /// Finds `field` among the members of a struct or union, descending into anonymous members.
+    /// Returns its byte offset and type.
+    fn find_member(&self, ty: &Type, field: &str) -> Result<Option<(u32, Type)>, BtfError> {
+        let (Type::Struct(s) | Type::Union(s)) = ty else {
+            return Ok(None);
+        };
+        for member in &s.members {
+            let offset = member.bit_offset() / 8;
+            let name = self.0.resolve_name(member).unwrap_or_default();
+            let member_ty = self.0.resolve_chained_type(member)?;
+            if name == field {
+                return Ok(Some((offset, member_ty)));
+            }
+            if name.is_empty()
+                && let Some((inner, found)) = self.find_member(&self.strip(member_ty)?, field)?
+            {
+                return Ok(Some((offset + inner, found)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Follows typedefs and qualifiers down to the underlying type.
+    fn strip(&self, mut ty: Type) -> Result<Type, BtfError> {
+        loop {
+            ty = match &ty {
+                Type::Typedef(t) => self.0.resolve_chained_type(t)?,
+                Type::Volatile(t) | Type::Const(t) | Type::Restrict(t) => {
+                    self.0.resolve_chained_type(t)?
+                }
+                Type::TypeTag(t) => self.0.resolve_chained_type(t)?,
+                _ => return Ok(ty),
+            };
+        }
+    }
+
+    fn size_of(&self, ty: &Type) -> Result<u32, BtfError> {
+        Ok(match self.strip(ty.clone())? {
+            Type::Int(i) => i.size() as u32,
+            Type::Ptr(_) => 8,
+            Type::Enum(e) => e.size() as u32,
+            Type::Enum64(e) => e.size() as u32,
+            Type::Struct(s) | Type::Union(s) => s.size() as u32,
+            Type::Array(a) => {
+                let element = self.0.resolve_chained_type(&a)?;
+                a.len() as u32 * self.size_of(&element)?
+            }
+            other => {
+                return Err(BtfError::Missing(format!(
+                    "size of a {} type",
+                    other.name()
+                )));
+            }
+        })
+    }
+}
+
+/// Splits `name[3]` into `("name", Some(3))`.
+fn parse_component(component: &str) -> (&str, Option<u32>) {
+    match component.split_once('[') {
+        Some((name, rest)) => (name, rest.trim_end_matches(']').parse().ok()),
+        None => (component, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_with_and_without_index() {
+        assert_eq!(parse_component("tuplehash[1]"), ("tuplehash", Some(1)));
+        assert_eq!(parse_component("head"), ("head", None));
+    }
+}

@@ -1,0 +1,323 @@
+//! Groups packets into flows and finds where NAT rewrote them.
+//!
+//! A flow is keyed by its conntrack-style original tuple. Every tuple a flow's packets were
+//! seen with, in either direction and on either side of a NAT, points back to the flow, so the
+//! SYN, the SYN-ACK and every later packet share one flow id wherever they were observed.
+//! Conntrack is the ground truth where a hop carried an entry (its original and reply tuples
+//! register all four views of the connection); otherwise rewrites observed between consecutive
+//! hops of one packet link the tuple before NAT to the tuple after it.
+
+use std::collections::HashMap;
+
+use super::{Direction, Hop, HopLabel, NatKind, NatRecord, NatSource, Settings, stats::Latency};
+use crate::decode::{Conntrack, Proto, Tuple};
+
+/// TCP FIN and RST flags.
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
+
+/// A flow being tracked.
+#[derive(Debug)]
+pub struct Flow {
+    pub id: u64,
+    /// Original-direction tuple, as the initiator sent it (before any NAT).
+    pub orig: Tuple,
+    /// Tuple the replies carry before they are translated back (after NAT, reversed).
+    pub reply: Tuple,
+    /// Whether `reply` comes from conntrack rather than from observed rewrites.
+    pub reply_from_conntrack: bool,
+    pub packets: [u64; 2],
+    pub first_ts: u64,
+    pub last_ts: u64,
+    /// Latency per (direction, from hop, to hop), in first-seen order.
+    pub hops: Vec<((Direction, HopLabel, HopLabel), Latency)>,
+    nat_reported: [bool; 2],
+    fin: [bool; 2],
+    closed_at: Option<u64>,
+    tuples: Vec<Tuple>,
+}
+
+/// Flows and the index from every known tuple to its flow and direction.
+#[derive(Debug, Default)]
+pub struct FlowTable {
+    flows: HashMap<u64, Flow>,
+    index: HashMap<Tuple, (u64, Direction)>,
+    next_id: u64,
+}
+
+/// The flow a completed packet belongs to, and the NAT it revealed.
+pub struct Assignment {
+    pub flow_id: u64,
+    pub direction: Direction,
+    pub nat: Vec<NatRecord>,
+}
+
+impl FlowTable {
+    /// Finds or creates the flow of a completed packet (hops sorted by time), registers what the
+    /// packet revealed, and records its per-hop latencies.
+    pub fn assign(&mut self, hops: &[Hop]) -> Assignment {
+        let with_l4: Vec<&Hop> = hops.iter().filter(|h| h.event.has_l4).collect();
+        let first = with_l4
+            .first()
+            .copied()
+            .or(hops.first())
+            .map(|h| h.event.tuple);
+        let conntrack = hops.iter().find_map(|h| h.event.conntrack);
+        let first = first.unwrap_or_else(|| conntrack.map_or_else(unknown_tuple, |ct| ct.orig));
+
+        let found = conntrack
+            .and_then(|ct| self.index.get(&ct.orig).copied())
+            .or_else(|| {
+                with_l4
+                    .iter()
+                    .find_map(|h| self.index.get(&h.event.tuple).copied())
+            });
+        let flow_id = match found {
+            Some((id, _)) => id,
+            None => self.create(conntrack.map_or(first, |ct| ct.orig), hops),
+        };
+        if let Some(ct) = conntrack {
+            self.learn_conntrack(flow_id, &ct);
+        }
+        let direction = self
+            .index
+            .get(&first)
+            .map_or(Direction::Original, |&(_, dir)| dir);
+
+        let mut nat = Vec::new();
+        for pair in with_l4.windows(2) {
+            let (before, after) = (pair[0], pair[1]);
+            if before.event.tuple != after.event.tuple {
+                self.learn(flow_id, after.event.tuple, direction);
+                nat.extend(self.observed_nat(flow_id, direction, before, after));
+            }
+        }
+        for hop in &with_l4 {
+            self.learn(flow_id, hop.event.tuple, direction);
+        }
+
+        let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
+        flow.packets[direction as usize] += 1;
+        flow.last_ts = flow.last_ts.max(hops.last().map_or(0, |h| h.event.ts_ns));
+        for pair in hops.windows(2) {
+            let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
+            match flow.hops.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, latency)) => latency.record(pair[1].since_prev_ns),
+                None => {
+                    let mut latency = Latency::default();
+                    latency.record(pair[1].since_prev_ns);
+                    flow.hops.push((key, latency));
+                }
+            }
+        }
+        let flags = hops.iter().fold(0, |acc, h| acc | h.event.tcp_flags);
+        if first.proto == Proto::TCP {
+            if flags & TCP_FIN != 0 {
+                flow.fin[direction as usize] = true;
+            }
+            if flags & TCP_RST != 0 || flow.fin == [true, true] {
+                flow.closed_at.get_or_insert(flow.last_ts);
+            }
+        }
+        Assignment {
+            flow_id,
+            direction,
+            nat,
+        }
+    }
+
+    fn create(&mut self, orig: Tuple, hops: &[Hop]) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let ts = hops.first().map_or(0, |h| h.event.ts_ns);
+        self.flows.insert(
+            id,
+            Flow {
+                id,
+                orig,
+                reply: orig.reversed(),
+                reply_from_conntrack: false,
+                packets: [0, 0],
+                first_ts: ts,
+                last_ts: ts,
+                hops: Vec::new(),
+                nat_reported: [false, false],
+                fin: [false, false],
+                closed_at: None,
+                tuples: Vec::new(),
+            },
+        );
+        self.learn(id, orig, Direction::Original);
+        id
+    }
+
+    /// Registers a tuple (and its reverse, for the other direction) as belonging to `flow_id`.
+    fn learn(&mut self, flow_id: u64, tuple: Tuple, direction: Direction) {
+        for (tuple, direction) in [(tuple, direction), (tuple.reversed(), direction.other())] {
+            if self.index.contains_key(&tuple) {
+                continue;
+            }
+            self.index.insert(tuple, (flow_id, direction));
+            if let Some(flow) = self.flows.get_mut(&flow_id) {
+                flow.tuples.push(tuple);
+            }
+        }
+    }
+
+    fn learn_conntrack(&mut self, flow_id: u64, ct: &Conntrack) {
+        self.learn(flow_id, ct.orig, Direction::Original);
+        self.learn(flow_id, ct.reply, Direction::Reply);
+        if let Some(flow) = self.flows.get_mut(&flow_id) {
+            flow.orig = ct.orig;
+            flow.reply = ct.reply;
+            flow.reply_from_conntrack = true;
+        }
+    }
+
+    /// NAT records for a rewrite between two hops, once per flow and direction.
+    fn observed_nat(
+        &mut self,
+        flow_id: u64,
+        direction: Direction,
+        before: &Hop,
+        after: &Hop,
+    ) -> Vec<NatRecord> {
+        let flow = self.flows.get_mut(&flow_id).expect("flow exists");
+        if flow.nat_reported[direction as usize] {
+            return Vec::new();
+        }
+        flow.nat_reported[direction as usize] = true;
+        if direction == Direction::Original && !flow.reply_from_conntrack {
+            flow.reply = after.event.tuple.reversed();
+        }
+        let (b, a) = (before.event.tuple, after.event.tuple);
+        nat_kinds(direction, &b, &a)
+            .into_iter()
+            .map(|kind| NatRecord {
+                flow_id,
+                direction,
+                kind,
+                before: b,
+                after: a,
+                at: Some(HopLabel::of(after)),
+                source: NatSource::Observed,
+            })
+            .collect()
+    }
+
+    /// Removes and returns flows that ended: idle too long, or closed and past the grace time.
+    pub fn expire(&mut self, now_ns: u64, settings: &Settings) -> Vec<Flow> {
+        let ended: Vec<u64> = self
+            .flows
+            .values()
+            .filter(|f| {
+                now_ns.saturating_sub(f.last_ts) >= settings.flow_idle_ns
+                    || f.closed_at
+                        .is_some_and(|t| now_ns.saturating_sub(t) >= settings.closed_flow_grace_ns)
+            })
+            .map(|f| f.id)
+            .collect();
+        self.remove_all(ended)
+    }
+
+    /// Removes the least recently active flows until at most `max` remain.
+    pub fn shrink_to(&mut self, max: usize) -> Vec<Flow> {
+        if self.flows.len() <= max {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(u64, u64)> = self.flows.values().map(|f| (f.last_ts, f.id)).collect();
+        by_age.sort_unstable();
+        // Evict an eighth more than needed so that a full table is not scanned on every packet.
+        let excess = self.flows.len() - max + max / 8;
+        self.remove_all(by_age.into_iter().take(excess).map(|(_, id)| id).collect())
+    }
+
+    /// Removes and returns every flow.
+    pub fn drain(&mut self) -> Vec<Flow> {
+        let all = self.flows.keys().copied().collect();
+        self.remove_all(all)
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    fn remove_all(&mut self, mut ids: Vec<u64>) -> Vec<Flow> {
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let flow = self.flows.remove(&id)?;
+                for tuple in &flow.tuples {
+                    if self.index.get(tuple).is_some_and(|&(owner, _)| owner == id) {
+                        self.index.remove(tuple);
+                    }
+                }
+                Some(flow)
+            })
+            .collect()
+    }
+}
+
+impl Flow {
+    /// NAT that conntrack shows for a direction in which no rewrite was observed (for example
+    /// when only one side of the NAT was traced).
+    pub fn unobserved_nat(&self) -> Vec<NatRecord> {
+        if !self.reply_from_conntrack {
+            return Vec::new();
+        }
+        let mut records = Vec::new();
+        for direction in [Direction::Original, Direction::Reply] {
+            if self.nat_reported[direction as usize] || self.packets[direction as usize] == 0 {
+                continue;
+            }
+            let (before, after) = match direction {
+                Direction::Original => (self.orig, self.reply.reversed()),
+                Direction::Reply => (self.reply, self.orig.reversed()),
+            };
+            records.extend(
+                nat_kinds(direction, &before, &after)
+                    .into_iter()
+                    .map(|kind| NatRecord {
+                        flow_id: self.id,
+                        direction,
+                        kind,
+                        before,
+                        after,
+                        at: None,
+                        source: NatSource::Conntrack,
+                    }),
+            );
+        }
+        records
+    }
+}
+
+/// Which translations turn `before` into `after` in `direction`. In the reply direction the
+/// translation is the inverse of the flow's: a rewritten destination undoes a source NAT.
+fn nat_kinds(direction: Direction, before: &Tuple, after: &Tuple) -> Vec<NatKind> {
+    let src = (before.src, before.src_port) != (after.src, after.src_port);
+    let dst = (before.dst, before.dst_port) != (after.dst, after.dst_port);
+    let (snat, dnat) = match direction {
+        Direction::Original => (src, dst),
+        Direction::Reply => (dst, src),
+    };
+    let mut kinds = Vec::new();
+    if snat {
+        kinds.push(NatKind::Snat);
+    }
+    if dnat {
+        kinds.push(NatKind::Dnat);
+    }
+    kinds
+}
+
+fn unknown_tuple() -> Tuple {
+    use std::net::{IpAddr, Ipv4Addr};
+    Tuple {
+        proto: Proto(0),
+        src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        src_port: 0,
+        dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        dst_port: 0,
+    }
+}

@@ -1,0 +1,284 @@
+//! Turns hop events into packet traces, flows and NAT records.
+//!
+//! Pure code: events and a clock go in, [`Record`]s come out. [`packet`] groups the hops of
+//! one packet, [`flow`] groups packets into flows and finds NAT, [`stats`] keeps the per-hop
+//! latencies. Memory is bounded: packets complete after an idle time or when the table is full,
+//! flows end after an idle time, after they close, or when the table is full.
+
+pub mod flow;
+pub mod packet;
+pub mod stats;
+
+use std::collections::VecDeque;
+
+use flow::{Flow, FlowTable};
+use packet::{ActivePacket, PacketTable};
+use tracer_common::hook::Hook;
+
+use crate::decode::{HopEvent, IfName, Tuple};
+
+/// Limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A packet is complete when no hop joined it for this long.
+    pub packet_idle_ns: u64,
+    /// How far apart two hops of one packet may be when only their content links them.
+    pub content_window_ns: u64,
+    /// A flow ends when none of its packets was seen for this long.
+    pub flow_idle_ns: u64,
+    /// A closed TCP flow (FIN both ways, or RST) ends this long after closing.
+    pub closed_flow_grace_ns: u64,
+    /// Most packets collecting hops at once.
+    pub max_packets: usize,
+    /// Most flows tracked at once.
+    pub max_flows: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            packet_idle_ns: 100_000_000,
+            content_window_ns: 10_000_000,
+            flow_idle_ns: 30_000_000_000,
+            closed_flow_grace_ns: 2_000_000_000,
+            max_packets: 65_536,
+            max_flows: 262_144,
+        }
+    }
+}
+
+/// Which way a packet goes within its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// From the connection's initiator.
+    Original = 0,
+    /// Back to the initiator.
+    Reply = 1,
+}
+
+impl Direction {
+    pub fn other(self) -> Direction {
+        match self {
+            Direction::Original => Direction::Reply,
+            Direction::Reply => Direction::Original,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Original => "original",
+            Direction::Reply => "reply",
+        }
+    }
+}
+
+/// One hop of a packet, with its timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub event: HopEvent,
+    /// Time since the packet's previous hop (0 for the first).
+    pub since_prev_ns: u64,
+    /// Time since the packet's first hop.
+    pub since_first_ns: u64,
+}
+
+/// Where a hop is: hook, interface and namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HopLabel {
+    pub hook: Hook,
+    pub ifname: IfName,
+    pub ifindex: u32,
+    pub netns_inode: u64,
+}
+
+impl HopLabel {
+    pub fn of(hop: &Hop) -> HopLabel {
+        HopLabel {
+            hook: hop.event.hook,
+            ifname: hop.event.ifname,
+            ifindex: hop.event.ifindex,
+            netns_inode: hop.event.netns_inode,
+        }
+    }
+}
+
+/// A packet's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketTrace {
+    pub packet_id: u64,
+    pub flow_id: u64,
+    pub direction: Direction,
+    /// Hops in time order.
+    pub hops: Vec<Hop>,
+}
+
+/// Source or destination NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    Snat,
+    Dnat,
+}
+
+impl NatKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            NatKind::Snat => "snat",
+            NatKind::Dnat => "dnat",
+        }
+    }
+}
+
+/// How a translation was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatSource {
+    /// The tuple changed between two hops of one packet.
+    Observed,
+    /// Conntrack's tuples show it, but no hop on both sides of it was traced.
+    Conntrack,
+}
+
+/// A translation, reported once per flow and direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatRecord {
+    pub flow_id: u64,
+    pub direction: Direction,
+    pub kind: NatKind,
+    pub before: Tuple,
+    pub after: Tuple,
+    /// First hop that saw the translated tuple, when observed.
+    pub at: Option<HopLabel>,
+    pub source: NatSource,
+}
+
+/// Latency between two consecutive hops of a flow, in one direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopPair {
+    pub direction: Direction,
+    pub from: HopLabel,
+    pub to: HopLabel,
+    pub latency: stats::Summary,
+}
+
+/// A flow that ended (or was still open when tracing stopped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowSummary {
+    pub flow_id: u64,
+    pub orig: Tuple,
+    pub reply: Tuple,
+    /// Packets in the original and the reply direction.
+    pub packets: [u64; 2],
+    pub first_ts: u64,
+    pub last_ts: u64,
+    pub hops: Vec<HopPair>,
+}
+
+/// What the correlator produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Packet(PacketTrace),
+    Nat(NatRecord),
+    Flow(FlowSummary),
+}
+
+/// The stage between the decoder and the outputs.
+#[derive(Debug, Default)]
+pub struct Correlator {
+    settings: Settings,
+    packets: PacketTable,
+    flows: FlowTable,
+    out: VecDeque<Record>,
+}
+
+impl Correlator {
+    pub fn new(settings: Settings) -> Correlator {
+        Correlator {
+            settings,
+            ..Correlator::default()
+        }
+    }
+
+    /// Adds one hop event.
+    pub fn push(&mut self, event: HopEvent) {
+        let evicted = self.packets.push(event, &self.settings);
+        self.complete(evicted);
+    }
+
+    /// Completes idle packets and ends idle or closed flows, as of `now_ns` (same clock as the
+    /// events).
+    pub fn tick(&mut self, now_ns: u64) {
+        let done = self.packets.expire(now_ns, &self.settings);
+        self.complete(done);
+        let ended = self.flows.expire(now_ns, &self.settings);
+        self.end(ended);
+    }
+
+    /// Completes every packet and ends every flow.
+    pub fn finish(&mut self) {
+        let done = self.packets.drain();
+        self.complete(done);
+        let ended = self.flows.drain();
+        self.end(ended);
+    }
+
+    /// The next output record.
+    pub fn pop(&mut self) -> Option<Record> {
+        self.out.pop_front()
+    }
+
+    /// Packets collecting hops and flows tracked, for statistics and memory tests.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.packets.len(), self.flows.len())
+    }
+
+    fn complete(&mut self, packets: Vec<ActivePacket>) {
+        for packet in packets {
+            let mut hops = packet.hops;
+            hops.sort_by_key(|hop| hop.event.ts_ns);
+            let first = hops.first().map_or(0, |hop| hop.event.ts_ns);
+            let mut prev = first;
+            for hop in &mut hops {
+                hop.since_prev_ns = hop.event.ts_ns - prev;
+                hop.since_first_ns = hop.event.ts_ns - first;
+                prev = hop.event.ts_ns;
+            }
+            let assignment = self.flows.assign(&hops);
+            self.out.extend(assignment.nat.into_iter().map(Record::Nat));
+            self.out.push_back(Record::Packet(PacketTrace {
+                packet_id: packet.id,
+                flow_id: assignment.flow_id,
+                direction: assignment.direction,
+                hops,
+            }));
+        }
+        let evicted = self.flows.shrink_to(self.settings.max_flows);
+        self.end(evicted);
+    }
+
+    fn end(&mut self, flows: Vec<Flow>) {
+        for flow in flows {
+            self.out
+                .extend(flow.unobserved_nat().into_iter().map(Record::Nat));
+            let hops = flow
+                .hops
+                .iter()
+                .filter_map(|((direction, from, to), latency)| {
+                    Some(HopPair {
+                        direction: *direction,
+                        from: *from,
+                        to: *to,
+                        latency: latency.summary()?,
+                    })
+                })
+                .collect();
+            self.out.push_back(Record::Flow(FlowSummary {
+                flow_id: flow.id,
+                orig: flow.orig,
+                reply: flow.reply,
+                packets: flow.packets,
+                first_ts: flow.first_ts,
+                last_ts: flow.last_ts,
+                hops,
+            }));
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Ring buffer records to typed events.
+//!
+//! Pure code: takes bytes, returns values. Records of an unknown kind, of the wrong size or
+//! with an unknown hook are rejected with a [`DecodeError`] so that the caller can count them;
+//! nothing is read from a record that failed these checks.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use tracer_common::{
+    event::{
+        CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR,
+        FLAG_TC, PacketEvent,
+    },
+    hook::Hook,
+};
+
+/// Why a record was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty record")]
+    Empty,
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    #[error("event kind {kind} has {actual} bytes, expected {expected}")]
+    Size {
+        kind: u8,
+        actual: usize,
+        expected: usize,
+    },
+    #[error("unknown hook {0}")]
+    UnknownHook(u8),
+}
+
+/// An IP protocol, by number, with names for the common ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Proto(pub u8);
+
+impl Proto {
+    pub const ICMP: Proto = Proto(1);
+    pub const TCP: Proto = Proto(6);
+    pub const UDP: Proto = Proto(17);
+    pub const ICMPV6: Proto = Proto(58);
+    pub const SCTP: Proto = Proto(132);
+
+    /// Lower-case name (`tcp`, `udp`, ...) or the number.
+    pub fn name(self) -> String {
+        match self {
+            Proto::ICMP => "icmp".into(),
+            Proto::TCP => "tcp".into(),
+            Proto::UDP => "udp".into(),
+            Proto::ICMPV6 => "icmp6".into(),
+            Proto::SCTP => "sctp".into(),
+            Proto(n) => n.to_string(),
+        }
+    }
+}
+
+/// A connection's addresses and ports in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tuple {
+    pub proto: Proto,
+    pub src: IpAddr,
+    pub src_port: u16,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+}
+
+impl Tuple {
+    /// The same connection seen from the other end.
+    pub fn reversed(&self) -> Tuple {
+        Tuple {
+            proto: self.proto,
+            src: self.dst,
+            src_port: self.dst_port,
+            dst: self.src,
+            dst_port: self.src_port,
+        }
+    }
+}
+
+/// The conntrack entry a packet carried at a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conntrack {
+    /// Kernel address of the `nf_conn`; stable while the connection lives.
+    pub id: u64,
+    /// `enum ip_conntrack_info` (0 = established, 1 = related, 2 = new, 3 = established reply ...).
+    pub info: u8,
+    /// Tuple of the original direction, as first seen (before NAT).
+    pub orig: Tuple,
+    /// Tuple expected in the reply direction (after NAT, reversed).
+    pub reply: Tuple,
+}
+
+/// One packet at one hook, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopEvent {
+    pub ts_ns: u64,
+    pub hook: Hook,
+    /// Address of the `sk_buff`; 0 for TC events, which cannot see it.
+    pub skb: u64,
+    /// `skb->head`, which clones of the skb share; 0 for TC events.
+    pub skb_head: u64,
+    /// Inode of the device's network namespace; 0 until resolved for TC events.
+    pub netns_inode: u64,
+    /// Namespace cookie, set by TC programs only.
+    pub netns_cookie: u64,
+    /// Whether a TC program took the event.
+    pub tc: bool,
+    pub ifindex: u32,
+    /// Device name as the kernel reported it (empty for TC events until resolved).
+    pub ifname: IfName,
+    pub tuple: Tuple,
+    /// Whether ports and TCP fields were read (false for fragments and unknown protocols).
+    pub has_l4: bool,
+    pub fragment: bool,
+    /// Some headers were outside the linear data and were not read.
+    pub nonlinear: bool,
+    pub tcp_flags: u8,
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub ip_id: u16,
+    pub ttl: u8,
+    /// `skb->len` at the hook.
+    pub len: u32,
+    /// IP total length from the header.
+    pub ip_len: u16,
+    pub mark: u32,
+    pub conntrack: Option<Conntrack>,
+}
+
+/// An interface name as the kernel stores it: up to 15 bytes, NUL padded. Copy, so decoding
+/// allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct IfName(pub [u8; 16]);
+
+impl IfName {
+    /// The name from a string, truncated to 15 bytes.
+    pub fn new(name: &str) -> IfName {
+        let mut raw = [0u8; 16];
+        let len = name.len().min(15);
+        raw[..len].copy_from_slice(&name.as_bytes()[..len]);
+        IfName(raw)
+    }
+
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0[0] == 0
+    }
+}
+
+impl std::fmt::Display for IfName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.as_str())
+    }
+}
+
+impl std::fmt::Debug for IfName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// Decodes one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<HopEvent, DecodeError> {
+    let kind = *bytes.first().ok_or(DecodeError::Empty)?;
+    if kind != EventKind::Packet as u8 {
+        return Err(DecodeError::UnknownKind(kind));
+    }
+    let expected = size_of::<PacketEvent>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size {
+            kind,
+            actual: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length was checked, `PacketEvent` is plain integers and arrays (every bit
+    // pattern is valid), and `read_unaligned` does not need the record to be aligned.
+    let raw: PacketEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    packet(&raw)
+}
+
+fn packet(raw: &PacketEvent) -> Result<HopEvent, DecodeError> {
+    let hook = Hook::from_u8(raw.hook).ok_or(DecodeError::UnknownHook(raw.hook))?;
+    let conntrack = (raw.ct != 0).then(|| Conntrack {
+        id: raw.ct,
+        info: raw.ct_state.saturating_sub(1),
+        orig: ct_tuple(&raw.ct_orig),
+        reply: ct_tuple(&raw.ct_reply),
+    });
+    Ok(HopEvent {
+        ts_ns: raw.ts_ns,
+        hook,
+        skb: raw.skb,
+        skb_head: raw.skb_head,
+        netns_inode: u64::from(raw.netns_inode),
+        netns_cookie: raw.netns_cookie,
+        tc: raw.flags & FLAG_TC != 0,
+        ifindex: raw.ifindex,
+        ifname: IfName(raw.ifname),
+        tuple: Tuple {
+            proto: Proto(raw.l4_proto),
+            src: address(raw.family, &raw.src_addr),
+            src_port: raw.src_port,
+            dst: address(raw.family, &raw.dst_addr),
+            dst_port: raw.dst_port,
+        },
+        has_l4: raw.flags & FLAG_L4 != 0,
+        fragment: raw.flags & FLAG_FRAGMENT != 0,
+        nonlinear: raw.flags & FLAG_NONLINEAR != 0,
+        tcp_flags: raw.tcp_flags,
+        tcp_seq: raw.tcp_seq,
+        tcp_ack: raw.tcp_ack,
+        ip_id: raw.ip_id,
+        ttl: raw.ttl,
+        len: raw.len,
+        ip_len: raw.ip_len,
+        mark: raw.mark,
+        conntrack,
+    })
+}
+
+fn ct_tuple(raw: &CtTuple) -> Tuple {
+    Tuple {
+        proto: Proto(raw.protonum),
+        src: address(raw.family, &raw.src_addr),
+        src_port: raw.src_port,
+        dst: address(raw.family, &raw.dst_addr),
+        dst_port: raw.dst_port,
+    }
+}
+
+fn address(family: u8, raw: &[u8; 16]) -> IpAddr {
+    match family {
+        FAMILY_IPV6 => IpAddr::V6(Ipv6Addr::from(*raw)),
+        FAMILY_IPV4 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// Bytes of a [`PacketEvent`] as the kernel writes them; for tests and replay tools.
+pub fn encode(event: &PacketEvent) -> Vec<u8> {
+    // SAFETY: `PacketEvent` is `repr(C)` plain data with explicit padding fields.
+    unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(event).cast::<u8>(),
+            size_of::<PacketEvent>(),
+        )
+    }
+    .to_vec()
+}

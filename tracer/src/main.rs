@@ -1,0 +1,40 @@
+//! The `tracer` command.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tracer::cli::Cli;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // clap prints help and version to stdout with success, usage errors to stderr.
+            let usage = err.use_stderr();
+            let _ = err.print();
+            return if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tracer: error: failed to start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(tracer::run::trace(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tracer: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

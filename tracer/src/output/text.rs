@@ -1,0 +1,209 @@
+//! Text output: one block per packet, in the spirit of tcpdump's lines, with the hops indented
+//! under it, the NAT step shown where it happens, and a latency table per flow at the end.
+
+use std::io::{self, Write};
+
+use super::{RunStats, duration, endpoint, tcp_flags, tuple};
+use crate::{
+    correlate::{Direction, FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record},
+    decode::{HopEvent, Proto, Tuple},
+    names::NameTable,
+};
+
+/// Writes records as text.
+pub struct TextWriter<W: Write> {
+    out: W,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to print wall-clock times for kernel timestamps.
+    realtime_offset_ns: i128,
+}
+
+impl<W: Write> TextWriter<W> {
+    pub fn new(out: W, realtime_offset_ns: i128) -> Self {
+        TextWriter {
+            out,
+            realtime_offset_ns,
+        }
+    }
+
+    pub fn record(&mut self, record: &Record, names: &NameTable) -> io::Result<()> {
+        match record {
+            Record::Packet(packet) => self.packet(packet, names),
+            // Observed translations are shown inside the packet; only those known from
+            // conntrack alone need a line of their own.
+            Record::Nat(nat) if nat.source == NatSource::Conntrack => self.nat(nat),
+            Record::Nat(_) => Ok(()),
+            Record::Flow(flow) => self.flow(flow, names),
+        }
+    }
+
+    fn packet(&mut self, packet: &PacketTrace, names: &NameTable) -> io::Result<()> {
+        let Some(first) = packet.hops.first() else {
+            return Ok(());
+        };
+        writeln!(
+            self.out,
+            "{} {}  (packet {}, flow {} {})",
+            clock(first.event.ts_ns, self.realtime_offset_ns),
+            summary(&first.event),
+            packet.packet_id,
+            packet.flow_id,
+            packet.direction.name(),
+        )?;
+        let mut shown: Option<Tuple> = None;
+        for hop in &packet.hops {
+            let event = &hop.event;
+            let changed = event.has_l4 && shown.is_some_and(|t| t != event.tuple);
+            if changed && let Some(before) = shown {
+                writeln!(self.out, "{:>27}{}", "", rewrite(&before, &event.tuple))?;
+            }
+            let label = HopLabel::of(hop);
+            let tuple_text = if changed || shown.is_none() {
+                tuple(&event.tuple)
+            } else {
+                String::new()
+            };
+            writeln!(
+                self.out,
+                "  {:>11} {:>11}  {:<14} {:<15} {:<19} {}",
+                format!("+{}", duration(hop.since_prev_ns)),
+                duration(hop.since_first_ns),
+                names.place(event.netns_inode),
+                ifname(&label),
+                event.hook.name(),
+                tuple_text,
+            )?;
+            if event.has_l4 || shown.is_none() {
+                shown = Some(event.tuple);
+            }
+        }
+        Ok(())
+    }
+
+    fn nat(&mut self, nat: &NatRecord) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "flow {} {} {} (from conntrack): {} -> {}",
+            nat.flow_id,
+            nat.direction.name(),
+            nat.kind.name(),
+            tuple(&nat.before),
+            tuple(&nat.after),
+        )
+    }
+
+    fn flow(&mut self, flow: &FlowSummary, names: &NameTable) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "flow {} {} {}, reply {}: {} original, {} reply packets",
+            flow.flow_id,
+            flow.orig.proto.name(),
+            tuple(&flow.orig),
+            tuple(&flow.reply),
+            flow.packets[Direction::Original as usize],
+            flow.packets[Direction::Reply as usize],
+        )?;
+        if flow.hops.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "  {:<8}  {:<44} {:<44} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "dir", "from", "to", "count", "min", "p50", "p99", "max"
+        )?;
+        for pair in &flow.hops {
+            let l = &pair.latency;
+            writeln!(
+                self.out,
+                "  {:<8}  {:<44} {:<44} {:>6} {:>9} {:>9} {:>9} {:>9}",
+                pair.direction.name(),
+                place(&pair.from, names),
+                place(&pair.to, names),
+                l.count,
+                duration(l.min_ns),
+                duration(l.p50_ns),
+                duration(l.p99_ns),
+                duration(l.max_ns),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&mut self, stats: &RunStats) -> io::Result<()> {
+        writeln!(
+            self.out,
+            "{} events, {} lost, {} malformed; {} packets in {} flows",
+            stats.events, stats.lost, stats.malformed, stats.packets, stats.flows
+        )?;
+        self.out.flush()
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// `tcp 1.2.3.4:5 > 6.7.8.9:10 [S] seq 1 ack 0 len 60`
+fn summary(event: &HopEvent) -> String {
+    let mut text = format!("{} {}", event.tuple.proto.name(), tuple(&event.tuple));
+    if event.tuple.proto == Proto::TCP && event.has_l4 {
+        text += &format!(" [{}] seq {}", tcp_flags(event.tcp_flags), event.tcp_seq);
+        if event.tcp_flags & 0x10 != 0 {
+            text += &format!(" ack {}", event.tcp_ack);
+        }
+    }
+    if event.fragment {
+        text += " fragment";
+    }
+    text + &format!(" len {}", event.ip_len)
+}
+
+/// `NAT src 172.17.0.2:51116 -> 198.18.0.2:51116` for what changed between two hops.
+fn rewrite(before: &Tuple, after: &Tuple) -> String {
+    let mut parts = Vec::new();
+    if (before.src, before.src_port) != (after.src, after.src_port) {
+        parts.push(format!(
+            "src {} -> {}",
+            endpoint(before.src, before.src_port),
+            endpoint(after.src, after.src_port)
+        ));
+    }
+    if (before.dst, before.dst_port) != (after.dst, after.dst_port) {
+        parts.push(format!(
+            "dst {} -> {}",
+            endpoint(before.dst, before.dst_port),
+            endpoint(after.dst, after.dst_port)
+        ));
+    }
+    format!("NAT {}", parts.join(", "))
+}
+
+fn ifname(label: &HopLabel) -> String {
+    if label.ifname.is_empty() {
+        format!("if{}", label.ifindex)
+    } else {
+        label.ifname.to_string()
+    }
+}
+
+fn place(label: &HopLabel, names: &NameTable) -> String {
+    format!(
+        "{} {} {}",
+        names.place(label.netns_inode),
+        ifname(label),
+        label.hook.name()
+    )
+}
+
+/// `HH:MM:SS.micros` (UTC) of a kernel monotonic timestamp.
+fn clock(ts_ns: u64, realtime_offset_ns: i128) -> String {
+    let wall = (i128::from(ts_ns) + realtime_offset_ns).max(0) as u128;
+    let micros = (wall / 1_000) % 1_000_000;
+    let secs = (wall / 1_000_000_000) % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60,
+        micros
+    )
+}

@@ -1,0 +1,85 @@
+//! Reads the ring buffer and hands decoded events on in batches.
+//!
+//! The reader waits for the ring buffer's descriptor to become readable (tokio `AsyncFd`),
+//! drains every record that is there, decodes it and sends the batch to the next stage. On
+//! shutdown it drains once more, so events committed before the stop are not lost.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
+
+use crate::decode::{HopEvent, decode};
+
+/// Records that failed to decode, counted for the final statistics.
+#[derive(Debug, Default)]
+pub struct ReaderStats {
+    pub records: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// Upper bound on one batch, to keep latency and memory in check under load.
+const MAX_BATCH: usize = 4096;
+
+/// Reads `ring` until `stop` turns true, then drains it and returns.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    batches: mpsc::Sender<Vec<HopEvent>>,
+    mut stop: watch::Receiver<bool>,
+    stats: Arc<ReaderStats>,
+) -> anyhow::Result<()> {
+    // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, so the
+    // descriptor stays open for as long as it is registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|err| err.into_parts().1)?;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let more = drain(guard.get_inner_mut(), &batches, &stats).await;
+                guard.clear_ready();
+                if !more {
+                    return Ok(());
+                }
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    drain(ring.get_mut(), &batches, &stats).await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Sends everything in the ring. Returns false when the receiver is gone.
+async fn drain(
+    ring: &mut RingBuf<MapData>,
+    batches: &mpsc::Sender<Vec<HopEvent>>,
+    stats: &ReaderStats,
+) -> bool {
+    loop {
+        let mut batch = Vec::new();
+        while batch.len() < MAX_BATCH {
+            let Some(item) = ring.next() else { break };
+            stats.records.fetch_add(1, Ordering::Relaxed);
+            match decode(&item) {
+                Ok(event) => batch.push(event),
+                Err(err) => {
+                    if stats.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
+                        log::warn!("dropping malformed event: {err}");
+                    }
+                }
+            }
+        }
+        let full = batch.len() == MAX_BATCH;
+        if !batch.is_empty() && batches.send(batch).await.is_err() {
+            return false;
+        }
+        if !full {
+            return true;
+        }
+    }
+}

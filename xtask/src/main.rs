@@ -1,0 +1,60 @@
+//! Developer tasks for tracer: `cargo xtask <command>`.
+//!
+//! Every command first runs `setup`, which installs what is missing on a fresh machine and
+//! does nothing when everything is there.
+
+mod demo;
+mod setup;
+mod test;
+mod testbed;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "tracer's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need: Debian packages, the nightly toolchain with
+    /// rust-src, and bpf-linker built against the nightly's LLVM.
+    Setup,
+    /// Build the tracer binary (debug, or --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Create or remove the namespaced Docker-like testbed.
+    Testbed {
+        #[command(subcommand)]
+        action: testbed::Action,
+    },
+    /// Build, create the testbed, trace one connection from a container, print it, clean up.
+    Demo,
+    /// Run the whole test suite (what CI runs).
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = setup::run().and_then(|()| match cli.command {
+        Command::Setup => Ok(()),
+        Command::Build { release } => util::build_tracer(release).map(|_| ()),
+        Command::Testbed { action } => testbed::run(action),
+        Command::Demo => demo::run(),
+        Command::Test(args) => test::run(&args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

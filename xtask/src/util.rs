@@ -1,0 +1,67 @@
+//! Running commands and finding the workspace.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs `command`, echoing it, and fails if it fails.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {}", display(command));
+    let status = command
+        .status()
+        .with_context(|| format!("failed to start {}", display(command)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", display(command));
+    }
+    Ok(())
+}
+
+/// Runs `command` quietly and returns its stdout, or `None` if it could not run or failed.
+pub fn output(command: &mut Command) -> Option<String> {
+    let output = command.output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn display(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Builds the tracer binary and returns its path.
+pub fn build_tracer(release: bool) -> anyhow::Result<PathBuf> {
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(workspace())
+        .args(["build", "--package", "tracer"]);
+    if release {
+        command.arg("--release");
+    }
+    run(&mut command)?;
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace().join("target").join(profile).join("tracer"))
+}
+
+/// Fails unless running as root, which loading eBPF programs and building namespaces need.
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("{what} needs root: run it as `sudo -E cargo xtask ...`");
+    }
+    Ok(())
+}
