@@ -6,7 +6,9 @@
 //! machine's own namespace, and everything is torn down when the owning value is dropped,
 //! also when a test panics.
 
+pub mod bpf;
 pub mod netns;
 pub mod testbed;
+pub mod trace;
 pub mod tracer;
 pub mod traffic;

@@ -3,25 +3,70 @@
 use std::net::SocketAddr;
 
 use tracer_tests::{
-    testbed::{SERVER_ADDR, Testbed},
+    testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
+    trace::{self, place},
     tracer::Tracer,
     traffic,
 };
 
+/// The SYN leaves the container's eth0, crosses its veth to the host, goes up through docker0,
+/// is masqueraded, leaves the uplink, and arrives in the remote namespace: every hop in
+/// order, in the right namespace, with the source rewritten only after the bridge.
 #[test]
 fn syn_crosses_veth_bridge_nat_and_uplink() -> anyhow::Result<()> {
     let port = 10001;
     let testbed = Testbed::up(2)?;
-    let listener = traffic::listen(&testbed.remote, SocketAddr::from((SERVER_ADDR, port)))?;
+    let server = SocketAddr::from((SERVER_ADDR, port));
+    let listener = traffic::listen(&testbed.remote, server)?;
     let tracer = Tracer::start(&["--port", &port.to_string(), "--output", "json"])?;
-    traffic::exchange(
-        &testbed.containers[0].netns,
-        None,
-        SocketAddr::from((SERVER_ADDR, port)),
-        &listener,
-    )?;
+    traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
     let finished = tracer.stop()?;
-    println!("{}", finished.stdout);
-    eprintln!("{}", finished.stderr);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json()?;
+
+    let ctr = &testbed.containers[0];
+    let (ctr_ns, host_ns, remote_ns) = (&ctr.netns.name, &testbed.host.name, &testbed.remote.name);
+    let syn = trace::packets(&lines)
+        .into_iter()
+        .find(|p| p.flags() == "S" && p.first()["netns"] == ctr_ns.as_str())
+        .expect("a SYN starting in the container");
+    assert_eq!(
+        syn.places(),
+        vec![
+            place(ctr_ns, "eth0", "net_dev_queue"),
+            place(ctr_ns, "eth0", "net_dev_start_xmit"),
+            place(host_ns, &ctr.host_veth, "netif_rx"),
+            place(host_ns, &ctr.host_veth, "netif_receive_skb"),
+            place(host_ns, "docker0", "netif_receive_skb"),
+            place(host_ns, "eth0", "net_dev_queue"),
+            place(host_ns, "eth0", "net_dev_start_xmit"),
+            place(remote_ns, "eth0", "netif_rx"),
+            place(remote_ns, "eth0", "netif_receive_skb"),
+        ]
+    );
+    let ctr_addr = ctr.addr.to_string();
+    let uplink_addr = UPLINK_ADDR.to_string();
+    for (index, hop) in syn.hops.iter().enumerate() {
+        // Hops 0-4 are before the NAT, 5-8 after it.
+        let expected_src = if index < 5 { &ctr_addr } else { &uplink_addr };
+        assert_eq!(hop["src_ip"], expected_src.as_str(), "hop {index}: {hop}");
+        assert_eq!(hop["dst_ip"], SERVER_ADDR.to_string(), "hop {index}");
+        assert_eq!(hop["dst_port"], port, "hop {index}");
+        assert_eq!(hop["proto"], "tcp");
+        assert_eq!(hop["tcp_flags"], "S");
+        assert_eq!(hop["netns_inode"], netns_inode(&hop["netns"], &testbed));
+    }
+    // MASQUERADE kept the port: nothing else was connecting.
+    let src_port = &syn.hops[0]["src_port"];
+    assert!(syn.hops.iter().all(|hop| &hop["src_port"] == src_port));
     Ok(())
+}
+
+/// The inode of the testbed namespace called `name`.
+fn netns_inode(name: &serde_json::Value, testbed: &Testbed) -> u64 {
+    testbed
+        .namespaces()
+        .find(|ns| *name == ns.name.as_str())
+        .and_then(|ns| ns.inode().ok())
+        .unwrap_or(0)
 }

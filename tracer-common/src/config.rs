@@ -12,9 +12,6 @@ pub const CONFIG_SYMBOL: &str = "CONFIG";
 /// Marks an offset the running kernel does not have; programs skip what depends on it.
 pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 
-/// `Config::features`: TC programs may call `bpf_get_netns_cookie` (Linux 6.15 and later).
-pub const FEATURE_TC_NETNS_COOKIE: u32 = 1 << 0;
-
 /// Byte offsets of the kernel structure members the programs read, taken from the running
 /// kernel's BTF at start-up. Rust eBPF has no CO-RE relocations, so these are never compiled in.
 #[repr(C)]
@@ -101,11 +98,8 @@ assert_size!(Filter, 8);
 pub struct Config {
     pub filter: Filter,
     pub offsets: KernelOffsets,
-    /// `FEATURE_*` bits.
-    pub features: u32,
-    pub _pad: u32,
 }
-assert_size!(Config, 104);
+assert_size!(Config, 96);
 
 impl Config {
     /// A configuration that matches everything and knows no offsets: programs emit nothing useful
@@ -117,8 +111,6 @@ impl Config {
                 _pad: [0; 6],
             },
             offsets: KernelOffsets::unknown(),
-            features: 0,
-            _pad: 0,
         }
     }
 }

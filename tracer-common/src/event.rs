@@ -21,8 +21,8 @@ pub const FLAG_L4: u8 = 1 << 0;
 pub const FLAG_FRAGMENT: u8 = 1 << 1;
 /// `PacketEvent::flags`: the headers were not all in the skb's linear area, so some were skipped.
 pub const FLAG_NONLINEAR: u8 = 1 << 2;
-/// `PacketEvent::flags`: the event came from a TC program, so `skb`/`skb_head` are unknown and the
-/// namespace is given by `netns_cookie` rather than `netns_inode`.
+/// `PacketEvent::flags`: the event came from a TC program, so `skb`, `skb_head`, `netns_inode`
+/// and `ifname` are unknown; the collector fills in the namespace and name from `ifindex`.
 pub const FLAG_TC: u8 = 1 << 3;
 
 /// Address family values used in [`PacketEvent::family`] and [`CtTuple::family`].
@@ -78,8 +78,6 @@ pub struct PacketEvent {
     pub skb: u64,
     /// `skb->head`: the data buffer, which outlives clones of the skb. 0 for TC events.
     pub skb_head: u64,
-    /// Network namespace cookie (`bpf_get_netns_cookie`), set by TC programs only.
-    pub netns_cookie: u64,
     /// Address of the packet's `struct nf_conn`, 0 without one.
     pub ct: u64,
     /// Interface index in its namespace.
@@ -113,7 +111,7 @@ pub struct PacketEvent {
     /// Conntrack reply-direction tuple (`tuplehash[IP_CT_DIR_REPLY]`), if `ct != 0`.
     pub ct_reply: CtTuple,
 }
-assert_size!(PacketEvent, 208);
+assert_size!(PacketEvent, 200);
 
 impl PacketEvent {
     /// An event with every field zero, to be filled in.
@@ -139,7 +137,6 @@ impl PacketEvent {
             ts_ns: 0,
             skb: 0,
             skb_head: 0,
-            netns_cookie: 0,
             ct: 0,
             ifindex: 0,
             netns_inode: 0,

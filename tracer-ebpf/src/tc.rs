@@ -2,22 +2,20 @@
 //!
 //! They see the packet as the device does, link-layer header first. They always return
 //! `TC_ACT_UNSPEC`, which lets the packet and the rest of the chain go on untouched.
+//!
+//! A TC program cannot see the `sk_buff` or its device's namespace (`bpf_get_netns_cookie`
+//! gives the socket's namespace, and forwarded packets have no socket), so its events carry
+//! only the interface index; the collector knows where it attached the program.
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::TC_ACT_UNSPEC,
-    helpers::{bpf_get_netns_cookie, bpf_ktime_get_ns},
-    macros::classifier,
-    programs::TcContext,
+    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
 };
 use tracer_common::{
-    config::FEATURE_TC_NETNS_COOKIE,
     event::{Counter, FLAG_TC, PacketEvent},
     hook::Hook,
 };
 
 use crate::{
-    config::conf,
     emit::{count, ports_match, submit},
     packet::{Bytes, ETH_P_8021AD, ETH_P_8021Q, Parsed, parse_l3},
 };
@@ -77,9 +75,6 @@ fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
     event.len = skb.len;
     event.mark = skb.mark;
     event.ifindex = skb.ifindex;
-    if conf!(features) & FEATURE_TC_NETNS_COOKIE != 0 {
-        event.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    }
     submit(&event);
     Some(())
 }

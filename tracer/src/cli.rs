@@ -43,6 +43,10 @@ pub struct Cli {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     pub packet_timeout: Duration,
 
+    /// Also copy the raw kernel events to this file, for replay and bug reports.
+    #[arg(long, value_name = "PATH")]
+    pub record: Option<PathBuf>,
+
     /// Create this file once every hook is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,

@@ -18,12 +18,12 @@ use aya::{
     util::KernelVersion,
 };
 use tracer_common::{
-    config::{CONFIG_SYMBOL, Config, FEATURE_TC_NETNS_COOKIE, Filter},
+    config::{CONFIG_SYMBOL, Config, Filter},
     event::{COUNTER_SLOTS, Counter, counter_index},
     hook::Hook,
 };
 
-use crate::{btf, netns};
+use crate::{btf, decode::IfName, netns};
 
 /// The compiled programs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -73,8 +73,8 @@ pub struct Programs {
     ebpf: Ebpf,
     btf: aya::Btf,
     attachments: Vec<Attachment>,
-    /// Network namespace inode for each namespace cookie seen while attaching TC programs.
-    netns_cookies: HashMap<u64, u64>,
+    /// Interfaces the TC programs are attached to.
+    tc_interfaces: Vec<TcInterface>,
     /// Notes for the user about reduced functionality.
     notes: Vec<String>,
 }
@@ -96,10 +96,6 @@ impl Programs {
             _pad: [0; 6],
         };
         config.offsets = resolved.offsets;
-        // bpf_get_netns_cookie() became available to TC programs in Linux 6.15.
-        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 15, 0)) {
-            config.features |= FEATURE_TC_NETNS_COOKIE;
-        }
         let ebpf = EbpfLoader::new()
             .override_global(CONFIG_SYMBOL, &config, true)
             .map_max_entries(EVENTS_MAP, settings.ring_bytes)
@@ -110,7 +106,7 @@ impl Programs {
             ebpf,
             btf,
             attachments: Vec::new(),
-            netns_cookies: HashMap::new(),
+            tc_interfaces: Vec::new(),
             notes,
         })
     }
@@ -157,22 +153,25 @@ impl Programs {
             Some(ns) => format!("{}@{ns}", target.ifname),
             None => target.ifname.clone(),
         };
-        let mut attach = || -> anyhow::Result<(&'static str, u64, u64)> {
+        let mut attach = || -> anyhow::Result<(&'static str, TcInterface)> {
+            let ifindex = nix::net::if_::if_nametoindex(target.ifname.as_str())
+                .map_err(|_| anyhow!("no interface named {}", target.ifname))?;
             let mechanism = self.attach_tc_here(&target.ifname)?;
-            let inode = netns::current_inode()?;
-            let cookie = netns::current_cookie().unwrap_or(0);
-            Ok((mechanism, inode, cookie))
+            let interface = TcInterface {
+                ifindex,
+                netns_inode: netns::current_inode()?,
+                ifname: IfName::new(&target.ifname),
+            };
+            Ok((mechanism, interface))
         };
         let attached = match &target.netns {
             Some(ns) => netns::run_in(&netns::named_path(ns), attach)
                 .with_context(|| format!("no network namespace named {ns}"))?,
             None => attach(),
         };
-        let (mechanism, inode, cookie) =
+        let (mechanism, interface) =
             attached.with_context(|| format!("failed to attach TC programs to {label}"))?;
-        if cookie != 0 {
-            self.netns_cookies.insert(cookie, inode);
-        }
+        self.tc_interfaces.push(interface);
         for hook in [Hook::TcIngress, Hook::TcEgress] {
             self.attachments.push(Attachment {
                 hook,
@@ -262,10 +261,18 @@ impl Programs {
         &self.notes
     }
 
-    /// Namespace inodes by cookie, for naming TC events.
-    pub fn netns_cookies(&self) -> &HashMap<u64, u64> {
-        &self.netns_cookies
+    /// Interfaces the TC programs are attached to, for naming TC events.
+    pub fn tc_interfaces(&self) -> &[TcInterface] {
+        &self.tc_interfaces
     }
+}
+
+/// An interface with TC programs attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcInterface {
+    pub ifindex: u32,
+    pub netns_inode: u64,
+    pub ifname: IfName,
 }
 
 /// Counter totals for one hook.

@@ -4,10 +4,7 @@ use std::{
     collections::HashMap,
     fs::File,
     io,
-    os::{
-        fd::{AsFd, AsRawFd, FromRawFd},
-        unix::fs::MetadataExt,
-    },
+    os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -52,32 +49,4 @@ pub fn run_in<T>(path: &Path, f: impl FnOnce() -> T) -> io::Result<T> {
     setns(home.as_fd(), CloneFlags::CLONE_NEWNET)
         .expect("failed to return to the original network namespace");
     Ok(result)
-}
-
-/// Cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14+), which is
-/// how TC programs name namespaces.
-pub fn current_cookie() -> io::Result<u64> {
-    // SAFETY: plain socket(2); the descriptor is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let mut cookie: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid socket, and a buffer of the size passed.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
 }

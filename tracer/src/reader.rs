@@ -4,9 +4,12 @@
 //! drains every record that is there, decodes it and sends the batch to the next stage. On
 //! shutdown it drains once more, so events committed before the stop are not lost.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    io::{self, Read, Write},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -24,12 +27,17 @@ pub struct ReaderStats {
 /// Upper bound on one batch, to keep latency and memory in check under load.
 const MAX_BATCH: usize = 4096;
 
+/// Where raw records are copied to with `--record`: each record as a little-endian `u32`
+/// length followed by its bytes, the format [`read_recording`] reads back.
+pub type Recorder = Box<dyn Write + Send>;
+
 /// Reads `ring` until `stop` turns true, then drains it and returns.
 pub async fn run(
     ring: RingBuf<MapData>,
     batches: mpsc::Sender<Vec<HopEvent>>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ReaderStats>,
+    mut recorder: Option<Recorder>,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, so the
     // descriptor stays open for as long as it is registered.
@@ -38,7 +46,7 @@ pub async fn run(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let more = drain(guard.get_inner_mut(), &batches, &stats).await;
+                let more = drain(guard.get_inner_mut(), &batches, &stats, &mut recorder).await?;
                 guard.clear_ready();
                 if !more {
                     return Ok(());
@@ -46,7 +54,10 @@ pub async fn run(
             }
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    drain(ring.get_mut(), &batches, &stats).await;
+                    drain(ring.get_mut(), &batches, &stats, &mut recorder).await?;
+                    if let Some(recorder) = recorder.as_mut() {
+                        recorder.flush()?;
+                    }
                     return Ok(());
                 }
             }
@@ -59,12 +70,17 @@ async fn drain(
     ring: &mut RingBuf<MapData>,
     batches: &mpsc::Sender<Vec<HopEvent>>,
     stats: &ReaderStats,
-) -> bool {
+    recorder: &mut Option<Recorder>,
+) -> io::Result<bool> {
     loop {
         let mut batch = Vec::new();
         while batch.len() < MAX_BATCH {
             let Some(item) = ring.next() else { break };
             stats.records.fetch_add(1, Ordering::Relaxed);
+            if let Some(recorder) = recorder.as_mut() {
+                recorder.write_all(&(item.len() as u32).to_le_bytes())?;
+                recorder.write_all(&item)?;
+            }
             match decode(&item) {
                 Ok(event) => batch.push(event),
                 Err(err) => {
@@ -76,10 +92,26 @@ async fn drain(
         }
         let full = batch.len() == MAX_BATCH;
         if !batch.is_empty() && batches.send(batch).await.is_err() {
-            return false;
+            return Ok(false);
         }
         if !full {
-            return true;
+            return Ok(true);
         }
+    }
+}
+
+/// Reads records written by a [`Recorder`] back, for replay without the kernel.
+pub fn read_recording(mut input: impl Read) -> io::Result<Vec<Vec<u8>>> {
+    let mut records = Vec::new();
+    let mut len = [0u8; 4];
+    loop {
+        match input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(records),
+            Err(err) => return Err(err),
+        }
+        let mut record = vec![0u8; u32::from_le_bytes(len) as usize];
+        input.read_exact(&mut record)?;
+        records.push(record);
     }
 }

@@ -47,11 +47,19 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<HopEvent>>(64);
     let reader_stats = Arc::new(ReaderStats::default());
+    let recorder = match &cli.record {
+        Some(path) => Some(Box::new(io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("failed to create {}", path.display()))?,
+        )) as reader::Recorder),
+        None => None,
+    };
     let reader = tokio::spawn(reader::run(
         ring,
         batch_tx,
         stop_rx,
         Arc::clone(&reader_stats),
+        recorder,
     ));
 
     let mut names = NameTable::discover();
@@ -75,7 +83,7 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
             batch = batch_rx.recv() => match batch {
                 Some(batch) => {
                     for mut event in batch {
-                        resolve_tc_netns(&programs, &mut event);
+                        resolve_tc_interface(&programs, &mut event);
                         if !names.knows(event.netns_inode) {
                             names = NameTable::discover();
                         }
@@ -124,15 +132,22 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
 /// Tells scripts that every hook is attached: a line on stderr and, if asked, a file.
 fn announce_ready(programs: &Programs, cli: &Cli) -> anyhow::Result<()> {
     let attachments = programs.attachments();
-    let tc = attachments
-        .iter()
-        .filter(|a| a.mechanism != "tp_btf")
-        .count();
+    let count = |mechanism: &str| {
+        attachments
+            .iter()
+            .filter(|a| a.mechanism == mechanism)
+            .count()
+    };
+    let mut parts = vec![format!("{} tp_btf", count("tp_btf"))];
+    for mechanism in ["tcx", "clsact"] {
+        if count(mechanism) > 0 {
+            parts.push(format!("{} {mechanism}", count(mechanism)));
+        }
+    }
     eprintln!(
-        "tracer: ready: {} hooks attached ({} tracepoints, {} tc){}",
+        "tracer: ready: {} hooks attached ({}){}",
         attachments.len(),
-        attachments.len() - tc,
-        tc,
+        parts.join(", "),
         cli.port.map(|p| format!(", port {p}")).unwrap_or_default(),
     );
     if let Some(path) = &cli.ready_file {
@@ -142,12 +157,20 @@ fn announce_ready(programs: &Programs, cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// TC programs name namespaces by cookie; translate it to the inode the rest of tracer uses.
-fn resolve_tc_netns(programs: &Programs, event: &mut HopEvent) {
-    if event.tc && event.netns_inode == 0 {
-        if let Some(&inode) = programs.netns_cookies().get(&event.netns_cookie) {
-            event.netns_inode = inode;
-        }
+/// TC events carry only an interface index; name the interface and its namespace when only
+/// one attached interface has that index. Otherwise the correlator takes them from the
+/// packet's neighbouring hop on the same index.
+fn resolve_tc_interface(programs: &Programs, event: &mut HopEvent) {
+    if !event.tc {
+        return;
+    }
+    let mut candidates = programs
+        .tc_interfaces()
+        .iter()
+        .filter(|i| i.ifindex == event.ifindex);
+    if let (Some(only), None) = (candidates.next(), candidates.next()) {
+        event.netns_inode = only.netns_inode;
+        event.ifname = only.ifname;
     }
 }
 

@@ -242,6 +242,10 @@ impl FlowTable {
         self.flows.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
     fn remove_all(&mut self, mut ids: Vec<u64>) -> Vec<Flow> {
         ids.sort_unstable();
         ids.into_iter()

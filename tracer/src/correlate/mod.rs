@@ -172,6 +172,27 @@ pub struct FlowSummary {
     pub hops: Vec<HopPair>,
 }
 
+/// Gives TC hops whose interface could not be named from its index alone the namespace and
+/// name of the nearest hop of the same packet on the same interface index: TC ingress runs
+/// right after `netif_receive_skb`, TC egress right before `net_dev_queue`.
+fn name_tc_hops(hops: &mut [Hop]) {
+    for i in 0..hops.len() {
+        if !hops[i].event.tc || hops[i].event.netns_inode != 0 {
+            continue;
+        }
+        let (ifindex, ts) = (hops[i].event.ifindex, hops[i].event.ts_ns);
+        let nearest = hops
+            .iter()
+            .filter(|h| !h.event.tc && h.event.ifindex == ifindex && h.event.netns_inode != 0)
+            .min_by_key(|h| h.event.ts_ns.abs_diff(ts))
+            .map(|h| (h.event.netns_inode, h.event.ifname));
+        if let Some((inode, ifname)) = nearest {
+            hops[i].event.netns_inode = inode;
+            hops[i].event.ifname = ifname;
+        }
+    }
+}
+
 /// What the correlator produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -234,6 +255,7 @@ impl Correlator {
         for packet in packets {
             let mut hops = packet.hops;
             hops.sort_by_key(|hop| hop.event.ts_ns);
+            name_tc_hops(&mut hops);
             let first = hops.first().map_or(0, |hop| hop.event.ts_ns);
             let mut prev = first;
             for hop in &mut hops {

@@ -102,8 +102,6 @@ pub struct HopEvent {
     pub skb_head: u64,
     /// Inode of the device's network namespace; 0 until resolved for TC events.
     pub netns_inode: u64,
-    /// Namespace cookie, set by TC programs only.
-    pub netns_cookie: u64,
     /// Whether a TC program took the event.
     pub tc: bool,
     pub ifindex: u32,
@@ -198,7 +196,6 @@ fn packet(raw: &PacketEvent) -> Result<HopEvent, DecodeError> {
         skb: raw.skb,
         skb_head: raw.skb_head,
         netns_inode: u64::from(raw.netns_inode),
-        netns_cookie: raw.netns_cookie,
         tc: raw.flags & FLAG_TC != 0,
         ifindex: raw.ifindex,
         ifname: IfName(raw.ifname),
@@ -253,3 +250,6 @@ pub fn encode(event: &PacketEvent) -> Vec<u8> {
     }
     .to_vec()
 }
+
+#[cfg(test)]
+mod tests;

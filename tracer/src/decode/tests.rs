@@ -1,0 +1,179 @@
+//! Decoder tests on byte fixtures: valid records, and truncated, oversized, unknown ones.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use tracer_common::{
+    event::{FAMILY_IPV4, FAMILY_IPV6, FLAG_L4, FLAG_TC, PacketEvent},
+    hook::Hook,
+};
+
+use super::*;
+
+/// A SYN as the kernel program writes it at the uplink's `net_dev_queue`, after MASQUERADE.
+fn syn_event() -> PacketEvent {
+    let mut e = PacketEvent::zeroed();
+    e.hook = Hook::NetDevQueue as u8;
+    e.family = FAMILY_IPV4;
+    e.l4_proto = 6;
+    e.tcp_flags = 0x02;
+    e.flags = FLAG_L4;
+    e.ct_state = 2 + 1;
+    e.ttl = 63;
+    e.ts_ns = 1_000_000;
+    e.skb = 0xffff_8881_2096_6000;
+    e.skb_head = 0xffff_8881_0000_0000;
+    e.ct = 0xffff_8881_03f3_d900;
+    e.ifindex = 3;
+    e.netns_inode = 4_026_532_177;
+    e.len = 74;
+    e.tcp_seq = 1_535_892_551;
+    e.ip_id = 55_243;
+    e.src_port = 51_116;
+    e.dst_port = 10_001;
+    e.ip_len = 60;
+    e.ifname[..4].copy_from_slice(b"eth0");
+    e.src_addr[..4].copy_from_slice(&[198, 18, 0, 2]);
+    e.dst_addr[..4].copy_from_slice(&[198, 19, 0, 252]);
+    e.ct_orig.family = FAMILY_IPV4;
+    e.ct_orig.protonum = 6;
+    e.ct_orig.src_addr[..4].copy_from_slice(&[172, 17, 0, 2]);
+    e.ct_orig.dst_addr[..4].copy_from_slice(&[198, 19, 0, 252]);
+    e.ct_orig.src_port = 51_116;
+    e.ct_orig.dst_port = 10_001;
+    e.ct_reply.family = FAMILY_IPV4;
+    e.ct_reply.protonum = 6;
+    e.ct_reply.src_addr[..4].copy_from_slice(&[198, 19, 0, 252]);
+    e.ct_reply.dst_addr[..4].copy_from_slice(&[198, 18, 0, 2]);
+    e.ct_reply.src_port = 10_001;
+    e.ct_reply.dst_port = 51_116;
+    e
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+#[test]
+fn decodes_a_masqueraded_syn() {
+    let event = decode(&encode(&syn_event())).expect("valid record");
+    assert_eq!(event.hook, Hook::NetDevQueue);
+    assert_eq!(event.ifname.as_str(), "eth0");
+    assert_eq!(event.netns_inode, 4_026_532_177);
+    assert_eq!(
+        event.tuple,
+        Tuple {
+            proto: Proto::TCP,
+            src: v4(198, 18, 0, 2),
+            src_port: 51_116,
+            dst: v4(198, 19, 0, 252),
+            dst_port: 10_001,
+        }
+    );
+    assert!(event.has_l4 && !event.fragment && !event.nonlinear && !event.tc);
+    assert_eq!(
+        (event.tcp_flags, event.tcp_seq, event.ip_id),
+        (0x02, 1_535_892_551, 55_243)
+    );
+    let ct = event.conntrack.expect("conntrack entry");
+    assert_eq!(ct.info, 2);
+    assert_eq!(ct.orig.src, v4(172, 17, 0, 2));
+    assert_eq!(ct.reply, event.tuple.reversed());
+}
+
+#[test]
+fn decodes_ipv6_and_tc_events() {
+    let mut raw = syn_event();
+    raw.family = FAMILY_IPV6;
+    raw.src_addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2).octets();
+    raw.dst_addr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0xfc).octets();
+    raw.flags |= FLAG_TC;
+    raw.ct = 0;
+    let event = decode(&encode(&raw)).expect("valid record");
+    assert_eq!(
+        event.tuple.src,
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2))
+    );
+    assert!(event.tc);
+    assert_eq!(event.conntrack, None);
+}
+
+#[test]
+fn rejects_empty_records() {
+    assert_eq!(decode(&[]), Err(DecodeError::Empty));
+}
+
+#[test]
+fn rejects_truncated_records() {
+    let bytes = encode(&syn_event());
+    for len in [1, 8, bytes.len() / 2, bytes.len() - 1] {
+        assert_eq!(
+            decode(&bytes[..len]),
+            Err(DecodeError::Size {
+                kind: 1,
+                actual: len,
+                expected: bytes.len()
+            })
+        );
+    }
+}
+
+#[test]
+fn rejects_oversized_records() {
+    let mut bytes = encode(&syn_event());
+    bytes.extend_from_slice(&[0; 8]);
+    assert!(
+        matches!(decode(&bytes), Err(DecodeError::Size { actual, .. }) if actual == bytes.len())
+    );
+}
+
+#[test]
+fn rejects_unknown_kinds_and_hooks() {
+    let mut bytes = encode(&syn_event());
+    bytes[0] = 0xee;
+    assert_eq!(decode(&bytes), Err(DecodeError::UnknownKind(0xee)));
+    let mut bytes = encode(&syn_event());
+    bytes[1] = 0;
+    assert_eq!(decode(&bytes), Err(DecodeError::UnknownHook(0)));
+}
+
+#[test]
+fn non_ip_families_decode_to_unspecified_addresses() {
+    let mut raw = syn_event();
+    raw.family = 0;
+    let event = decode(&encode(&raw)).expect("valid record");
+    assert_eq!(event.tuple.src, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+}
+
+#[test]
+fn interface_names_are_nul_terminated_and_lossy() {
+    let mut raw = syn_event();
+    raw.ifname = *b"veth0123456789ab";
+    assert_eq!(
+        decode(&encode(&raw)).unwrap().ifname.as_str(),
+        "veth0123456789ab"
+    );
+    raw.ifname = [0xff; 16];
+    let name = decode(&encode(&raw)).unwrap().ifname.as_str().into_owned();
+    assert!(name.contains('\u{fffd}'));
+}
+
+/// The layout is the contract with the kernel programs: a record captured from the kernel
+/// (tests/data/decode/syn-uplink.hex) must keep decoding to the same event.
+#[test]
+fn decodes_a_record_captured_from_the_kernel() {
+    let hex = include_str!("../../../tests/data/decode/syn-uplink.hex");
+    let bytes: Vec<u8> = hex
+        .split_whitespace()
+        .map(|byte| u8::from_str_radix(byte, 16).expect("hex byte"))
+        .collect();
+    let event = decode(&bytes).expect("captured record decodes");
+    assert_eq!(event.hook, Hook::NetDevQueue);
+    assert_eq!(event.ifname.as_str(), "eth0");
+    assert_eq!(event.tuple.src, v4(198, 18, 0, 2));
+    assert_eq!(event.tuple.dst, v4(198, 19, 0, 252));
+    assert_eq!(event.tuple.dst_port, 10_001);
+    assert_eq!(event.tcp_flags, 0x02);
+    let ct = event.conntrack.expect("conntrack entry");
+    assert_eq!(ct.orig.src, v4(172, 17, 0, 2));
+    assert_eq!(ct.reply.dst, v4(198, 18, 0, 2));
+}
