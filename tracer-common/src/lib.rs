@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod event;
+pub mod flow;
 pub mod hook;
 
 /// Fails the build when `$ty` is not exactly `$size` bytes.

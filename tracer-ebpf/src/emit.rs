@@ -2,9 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::event::{COUNTER_ENTRIES, Counter, CtTuple, PacketEvent, counter_index};
+use tracer_common::{
+    event::{COUNTER_ENTRIES, Counter, CtTuple, PacketEvent, counter_index},
+    flow::FlowKey,
+};
 
 use crate::config::conf;
 
@@ -16,6 +19,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
 
+/// Connections the filter matched, by both conntrack tuples (see `tracer_common::flow`).
+#[map]
+static TRACKED: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);
+
 /// Adds one to `counter` of `hook` on this CPU.
 #[inline(always)]
 pub fn count(hook: u8, counter: Counter) {
@@ -26,7 +33,7 @@ pub fn count(hook: u8, counter: Counter) {
 
 /// Whether the configured port filter lets a packet with these ports through.
 #[inline(always)]
-pub fn ports_match(src_port: u16, dst_port: u16) -> bool {
+fn ports_match(src_port: u16, dst_port: u16) -> bool {
     let port = conf!(filter.port);
     port == 0 || src_port == port || dst_port == port
 }
@@ -34,8 +41,57 @@ pub fn ports_match(src_port: u16, dst_port: u16) -> bool {
 /// Whether either conntrack tuple carries the configured port: this is how a packet seen on
 /// one side of a NAT matches a port that only appears on the other side.
 #[inline(always)]
-pub fn tuples_match(orig: &CtTuple, reply: &CtTuple) -> bool {
+fn tuples_match(orig: &CtTuple, reply: &CtTuple) -> bool {
     ports_match(orig.src_port, orig.dst_port) || ports_match(reply.src_port, reply.dst_port)
+}
+
+/// Whether the filter lets `event` through: by its own ports, by its conntrack tuples, or as
+/// part of a connection matched earlier. Remembers the connection when the packet matched and
+/// carries a conntrack entry, so that its packets also match where they have none.
+#[inline(always)]
+pub fn matches(event: &PacketEvent) -> bool {
+    if conf!(filter.port) == 0 {
+        return true;
+    }
+    let by_ports = ports_match(event.src_port, event.dst_port);
+    let has_ct = event.ct != 0;
+    if by_ports || (has_ct && tuples_match(&event.ct_orig, &event.ct_reply)) {
+        if has_ct {
+            track(&event.ct_orig, &event.ct_reply);
+        }
+        return true;
+    }
+    let key = FlowKey::new(
+        event.l4_proto,
+        &event.src_addr,
+        event.src_port,
+        &event.dst_addr,
+        event.dst_port,
+    );
+    TRACKED.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+fn track(orig: &CtTuple, reply: &CtTuple) {
+    let orig = FlowKey::new(
+        orig.protonum,
+        &orig.src_addr,
+        orig.src_port,
+        &orig.dst_addr,
+        orig.dst_port,
+    );
+    if TRACKED.get_ptr(&orig).is_some() {
+        return;
+    }
+    let reply = FlowKey::new(
+        reply.protonum,
+        &reply.src_addr,
+        reply.src_port,
+        &reply.dst_addr,
+        reply.dst_port,
+    );
+    let _ = TRACKED.insert(&orig, &1, 0);
+    let _ = TRACKED.insert(&reply, &1, 0);
 }
 
 /// Writes `event` to the ring buffer, counting it as emitted or lost.

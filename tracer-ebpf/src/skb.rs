@@ -12,7 +12,7 @@ use tracer_common::{
 
 use crate::{
     config::conf,
-    emit::{count, ports_match, submit, tuples_match},
+    emit::{count, matches, submit},
     packet::{Bytes, Parsed, parse_l3},
 };
 
@@ -104,9 +104,7 @@ fn emit(skb: u64, hook: Hook, at: L3At) -> Option<()> {
         read_tuple(ct, conf!(offsets.ct_tuple_orig), &mut event.ct_orig);
         read_tuple(ct, conf!(offsets.ct_tuple_reply), &mut event.ct_reply);
     }
-    if !ports_match(event.src_port, event.dst_port)
-        && !tuples_match(&event.ct_orig, &event.ct_reply)
-    {
+    if !matches(&event) {
         return None;
     }
 

@@ -16,7 +16,7 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{count, ports_match, submit},
+    emit::{count, matches, submit},
     packet::{Bytes, ETH_P_8021AD, ETH_P_8021Q, Parsed, parse_l3},
 };
 
@@ -68,7 +68,7 @@ fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
     if parse_l3(ctx, proto, l3, &mut event) == Parsed::NotIp {
         return None;
     }
-    if !ports_match(event.src_port, event.dst_port) {
+    if !matches(&event) {
         return None;
     }
     let skb = unsafe { &*ctx.skb.skb };

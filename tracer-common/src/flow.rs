@@ -1,0 +1,70 @@
+//! Keys of the map in which the programs remember the flows their filter matched.
+//!
+//! A packet carries its conntrack entry only inside the namespace where conntrack saw it; on
+//! the other side of a veth (in a container) the entry is gone, and the packet may show only
+//! the translated port. When a packet matches the filter and carries an entry, the programs
+//! store both conntrack tuples, so later packets of the same connection match by tuple on
+//! either side of the NAT.
+
+use crate::assert_size;
+
+/// A connection tuple in canonical order: the endpoint that sorts first is `a`, so a tuple and
+/// its reverse have the same key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub addr_a: [u8; 16],
+    pub addr_b: [u8; 16],
+    pub port_a: u16,
+    pub port_b: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+assert_size!(FlowKey, 40);
+
+impl FlowKey {
+    /// The key of the connection between two endpoints, whichever direction it is given in.
+    #[inline(always)]
+    pub fn new(proto: u8, src: &[u8; 16], src_port: u16, dst: &[u8; 16], dst_port: u16) -> Self {
+        let src_first = match compare(src, dst) {
+            core::cmp::Ordering::Less => true,
+            core::cmp::Ordering::Greater => false,
+            core::cmp::Ordering::Equal => src_port <= dst_port,
+        };
+        let (addr_a, port_a, addr_b, port_b) = if src_first {
+            (*src, src_port, *dst, dst_port)
+        } else {
+            (*dst, dst_port, *src, src_port)
+        };
+        FlowKey {
+            addr_a,
+            addr_b,
+            port_a,
+            port_b,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Orders two addresses as big-endian numbers, in two 8-byte halves (cheap in eBPF).
+#[inline(always)]
+fn compare(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {
+    let half = |x: &[u8; 16], i: usize| {
+        u64::from_be_bytes([
+            x[i],
+            x[i + 1],
+            x[i + 2],
+            x[i + 3],
+            x[i + 4],
+            x[i + 5],
+            x[i + 6],
+            x[i + 7],
+        ])
+    };
+    (half(a, 0), half(a, 8)).cmp(&(half(b, 0), half(b, 8)))
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowKey {}
