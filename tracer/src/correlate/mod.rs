@@ -304,3 +304,6 @@ impl Correlator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

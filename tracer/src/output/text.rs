@@ -62,8 +62,7 @@ impl<W: Write> TextWriter<W> {
             } else {
                 String::new()
             };
-            writeln!(
-                self.out,
+            let line = format!(
                 "  {:>11} {:>11}  {:<14} {:<15} {:<19} {}",
                 format!("+{}", duration(hop.since_prev_ns)),
                 duration(hop.since_first_ns),
@@ -71,7 +70,8 @@ impl<W: Write> TextWriter<W> {
                 ifname(&label),
                 event.hook.name(),
                 tuple_text,
-            )?;
+            );
+            writeln!(self.out, "{}", line.trim_end())?;
             if event.has_l4 || shown.is_none() {
                 shown = Some(event.tuple);
             }

@@ -1,0 +1,382 @@
+//! Correlator tests on hand-built events: packet identity, flows, NAT and bounded memory.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use tracer_common::hook::Hook;
+
+use super::*;
+use crate::decode::{Conntrack, HopEvent, IfName, Proto, Tuple};
+
+const CTR: u64 = 1;
+const HOST: u64 = 2;
+const REMOTE: u64 = 3;
+
+fn addr(last: u8, net: [u8; 3]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(net[0], net[1], net[2], last))
+}
+
+fn tuple(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Tuple {
+    Tuple {
+        proto: Proto::TCP,
+        src,
+        src_port,
+        dst,
+        dst_port,
+    }
+}
+
+/// 172.17.0.2:40000 > 198.19.0.252:10001, as the container sends it.
+fn inner() -> Tuple {
+    tuple(addr(2, [172, 17, 0]), 40000, addr(252, [198, 19, 0]), 10001)
+}
+
+/// The same after MASQUERADE to 198.18.0.2.
+fn outer() -> Tuple {
+    tuple(addr(2, [198, 18, 0]), 40000, addr(252, [198, 19, 0]), 10001)
+}
+
+fn event(ts_ns: u64, hook: Hook, netns: u64, ifname: &str, skb: u64, tuple: Tuple) -> HopEvent {
+    HopEvent {
+        ts_ns,
+        hook,
+        skb,
+        skb_head: skb + 0x1000,
+        netns_inode: netns,
+        tc: false,
+        ifindex: 2,
+        ifname: IfName::new(ifname),
+        tuple,
+        has_l4: true,
+        fragment: false,
+        nonlinear: false,
+        tcp_flags: 0x02,
+        tcp_seq: 1000,
+        tcp_ack: 0,
+        ip_id: 7,
+        ttl: 64,
+        len: 60,
+        ip_len: 60,
+        mark: 0,
+        conntrack: None,
+    }
+}
+
+/// The SYN's path from the container to the remote, masqueraded after docker0.
+fn syn_path(start: u64, skb: u64, conntrack: Option<Conntrack>) -> Vec<HopEvent> {
+    let mut hops = vec![
+        event(start, Hook::NetDevQueue, CTR, "eth0", skb, inner()),
+        event(start + 2_000, Hook::NetifRx, HOST, "veth1", skb, inner()),
+        event(
+            start + 5_000,
+            Hook::NetifReceiveSkb,
+            HOST,
+            "docker0",
+            skb,
+            inner(),
+        ),
+        event(start + 9_000, Hook::NetDevQueue, HOST, "eth0", skb, outer()),
+        event(
+            start + 12_000,
+            Hook::NetifReceiveSkb,
+            REMOTE,
+            "eth0",
+            skb,
+            outer(),
+        ),
+    ];
+    for hop in &mut hops[2..4] {
+        hop.conntrack = conntrack;
+    }
+    hops
+}
+
+/// The SYN-ACK back from the remote, un-NATed after the uplink.
+fn syn_ack_path(start: u64, skb: u64) -> Vec<HopEvent> {
+    let mut hops = vec![
+        event(
+            start,
+            Hook::NetDevQueue,
+            REMOTE,
+            "eth0",
+            skb,
+            outer().reversed(),
+        ),
+        event(
+            start + 2_000,
+            Hook::NetifReceiveSkb,
+            HOST,
+            "eth0",
+            skb,
+            outer().reversed(),
+        ),
+        event(
+            start + 6_000,
+            Hook::NetDevQueue,
+            HOST,
+            "docker0",
+            skb,
+            inner().reversed(),
+        ),
+        event(
+            start + 9_000,
+            Hook::NetifReceiveSkb,
+            CTR,
+            "eth0",
+            skb,
+            inner().reversed(),
+        ),
+    ];
+    for hop in &mut hops {
+        hop.tcp_flags = 0x12;
+        hop.tcp_seq = 5000;
+        hop.tcp_ack = 1001;
+        hop.ip_id = 0;
+    }
+    hops
+}
+
+fn masquerade_ct() -> Conntrack {
+    Conntrack {
+        id: 0xffff_0000,
+        info: 2,
+        orig: inner(),
+        reply: outer().reversed(),
+    }
+}
+
+fn run(events: Vec<HopEvent>) -> Vec<Record> {
+    let mut correlator = Correlator::new(Settings::default());
+    for event in events {
+        correlator.push(event);
+    }
+    correlator.finish();
+    std::iter::from_fn(|| correlator.pop()).collect()
+}
+
+fn packets(records: &[Record]) -> Vec<&PacketTrace> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Packet(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn nats(records: &[Record]) -> Vec<&NatRecord> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Nat(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_skb_across_namespaces_is_one_packet_with_timing() {
+    let records = run(syn_path(1_000_000, 0xa000, Some(masquerade_ct())));
+    let packets = packets(&records);
+    assert_eq!(packets.len(), 1);
+    let gaps: Vec<u64> = packets[0].hops.iter().map(|h| h.since_prev_ns).collect();
+    assert_eq!(gaps, [0, 2_000, 3_000, 4_000, 3_000]);
+    assert_eq!(packets[0].hops.last().unwrap().since_first_ns, 12_000);
+}
+
+#[test]
+fn syn_and_syn_ack_share_a_flow_and_each_direction_reports_its_nat_once() {
+    let mut events = syn_path(1_000_000, 0xa000, Some(masquerade_ct()));
+    events.extend(syn_ack_path(2_000_000, 0xb000));
+    events.extend(
+        syn_path(3_000_000, 0xc000, Some(masquerade_ct()))
+            .into_iter()
+            .map(|mut e| {
+                e.tcp_flags = 0x10;
+                e.tcp_seq = 1001;
+                e.ip_id = 8;
+                e
+            }),
+    );
+    let records = run(events);
+    let packets = packets(&records);
+    assert_eq!(packets.len(), 3);
+    assert!(packets.iter().all(|p| p.flow_id == packets[0].flow_id));
+    let directions: Vec<Direction> = packets.iter().map(|p| p.direction).collect();
+    assert_eq!(
+        directions,
+        [Direction::Original, Direction::Reply, Direction::Original]
+    );
+    let nats = nats(&records);
+    assert_eq!(nats.len(), 2, "{nats:#?}");
+    assert_eq!(
+        (nats[0].direction, nats[0].kind),
+        (Direction::Original, NatKind::Snat)
+    );
+    assert_eq!((nats[0].before, nats[0].after), (inner(), outer()));
+    assert_eq!(nats[0].at.map(|at| at.netns_inode), Some(HOST));
+    assert_eq!(
+        (nats[1].direction, nats[1].kind),
+        (Direction::Reply, NatKind::Snat)
+    );
+    assert_eq!(nats[1].after, inner().reversed());
+}
+
+#[test]
+fn observed_rewrites_stitch_flows_without_conntrack() {
+    let mut events = syn_path(1_000_000, 0xa000, None);
+    events.extend(syn_ack_path(2_000_000, 0xb000));
+    let records = run(events);
+    let packets = packets(&records);
+    assert_eq!(packets[0].flow_id, packets[1].flow_id);
+    assert_eq!(packets[1].direction, Direction::Reply);
+    let Some(Record::Flow(flow)) = records.last() else {
+        panic!("flow summary last: {records:#?}");
+    };
+    assert_eq!(flow.orig, inner());
+    assert_eq!(flow.reply, outer().reversed());
+}
+
+#[test]
+fn conntrack_shows_nat_that_no_hop_observed() {
+    // Only the post-NAT hops were traced (say, tracer filtered by interface).
+    let events: Vec<HopEvent> = syn_path(1_000_000, 0xa000, Some(masquerade_ct()))
+        .into_iter()
+        .skip(3)
+        .map(|mut e| {
+            e.conntrack = Some(masquerade_ct());
+            e
+        })
+        .collect();
+    let nats_seen = nats(&run(events)).into_iter().cloned().collect::<Vec<_>>();
+    assert_eq!(nats_seen.len(), 1);
+    assert_eq!(nats_seen[0].source, NatSource::Conntrack);
+    assert_eq!(
+        (nats_seen[0].before, nats_seen[0].after),
+        (inner(), outer())
+    );
+}
+
+#[test]
+fn a_reused_skb_address_with_other_content_is_a_new_packet() {
+    let mut events = syn_path(1_000_000, 0xa000, None);
+    let mut other = event(1_020_000, Hook::NetDevQueue, CTR, "eth0", 0xa000, inner());
+    other.ip_id = 99;
+    other.tcp_seq = 77;
+    events.push(other);
+    assert_eq!(packets(&run(events)).len(), 2);
+}
+
+#[test]
+fn clones_and_tc_events_join_by_content_within_the_window() {
+    let mut events = syn_path(1_000_000, 0xa000, None);
+    // A clone: new skb, same content, 1 us after the last hop.
+    events.push(event(
+        1_013_000,
+        Hook::NetDevQueue,
+        HOST,
+        "veth2",
+        0xd000,
+        inner(),
+    ));
+    // A TC hop: no skb at all.
+    let mut tc = event(1_014_000, Hook::TcIngress, 0, "", 0, outer());
+    tc.tc = true;
+    tc.skb_head = 0;
+    events.push(tc);
+    // The same content much later is a retransmission: a new packet.
+    events.push(event(
+        901_000_000,
+        Hook::NetDevQueue,
+        CTR,
+        "eth0",
+        0xe000,
+        inner(),
+    ));
+    let records = run(events);
+    let packets = packets(&records);
+    assert_eq!(packets.len(), 2);
+    assert_eq!(packets[0].hops.len(), 7);
+}
+
+#[test]
+fn tc_hops_take_the_place_of_their_neighbour_on_the_same_interface() {
+    let mut events = syn_path(1_000_000, 0xa000, None);
+    let mut tc = event(1_005_500, Hook::TcIngress, 0, "", 0, inner());
+    tc.tc = true;
+    tc.ifindex = 2;
+    events.push(tc);
+    let records = run(events);
+    let hop = &packets(&records)[0].hops[3];
+    assert_eq!(hop.event.hook, Hook::TcIngress);
+    assert_eq!(
+        (hop.event.netns_inode, hop.event.ifname),
+        (HOST, IfName::new("docker0"))
+    );
+}
+
+#[test]
+fn packets_complete_after_the_idle_time_and_flows_after_closing() {
+    let settings = Settings::default();
+    let mut correlator = Correlator::new(settings.clone());
+    for event in syn_path(1_000_000, 0xa000, None) {
+        correlator.push(event);
+    }
+    correlator.tick(1_012_000 + settings.packet_idle_ns - 1);
+    assert!(correlator.pop().is_none(), "still within the idle time");
+    correlator.tick(1_012_000 + settings.packet_idle_ns);
+    assert!(matches!(correlator.pop(), Some(Record::Nat(_))));
+    assert!(matches!(correlator.pop(), Some(Record::Packet(_))));
+    // An RST closes the flow; it ends after the grace time.
+    let mut rst = event(500_000_000, Hook::NetDevQueue, CTR, "eth0", 0xf000, inner());
+    rst.tcp_flags = 0x04;
+    correlator.push(rst);
+    correlator.tick(500_000_000 + settings.packet_idle_ns);
+    assert!(matches!(correlator.pop(), Some(Record::Packet(_))));
+    assert_eq!(correlator.sizes(), (0, 1));
+    correlator.tick(500_000_000 + settings.closed_flow_grace_ns);
+    assert!(matches!(correlator.pop(), Some(Record::Flow(f)) if f.packets == [2, 0]));
+    assert_eq!(correlator.sizes(), (0, 0));
+}
+
+/// A stream of packets that never complete (no tick ever comes) and never repeat a flow:
+/// the tables stay within their limits.
+#[test]
+fn memory_is_bounded_under_never_completed_packets() {
+    let settings = Settings {
+        max_packets: 1_000,
+        max_flows: 2_000,
+        ..Settings::default()
+    };
+    let mut correlator = Correlator::new(settings.clone());
+    let mut emitted = 0;
+    for i in 0..100_000u64 {
+        let src = tuple(
+            addr((i % 250) as u8, [10, (i >> 16) as u8, (i >> 8) as u8]),
+            (i % 60_000) as u16 + 1024,
+            addr(1, [10, 255, 0]),
+            10001,
+        );
+        let mut e = event(
+            i * 1_000,
+            Hook::NetDevQueue,
+            CTR,
+            "eth0",
+            0x10_0000 + i,
+            src,
+        );
+        e.tcp_seq = i as u32;
+        correlator.push(e);
+        let (packets, flows) = correlator.sizes();
+        assert!(packets <= settings.max_packets, "{packets} packets at {i}");
+        assert!(flows <= settings.max_flows, "{flows} flows at {i}");
+        while correlator.pop().is_some() {
+            emitted += 1;
+        }
+    }
+    // Everything pushed out to make room was reported, not dropped.
+    correlator.finish();
+    while correlator.pop().is_some() {
+        emitted += 1;
+    }
+    assert_eq!(emitted, 200_000, "one packet and one flow record per event");
+}
