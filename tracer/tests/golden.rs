@@ -84,7 +84,6 @@ fn text_output_of_a_masqueraded_handshake() {
         writer.record(record, &names).expect("write");
     }
     writer.stats(&stats(&records)).expect("write");
-    drop(writer);
     check(
         "snat-handshake.txt",
         &String::from_utf8(out).expect("utf-8"),
@@ -101,7 +100,6 @@ fn json_output_of_a_masqueraded_handshake() {
         writer.record(record, &names).expect("write");
     }
     writer.stats(&stats(&records)).expect("write");
-    drop(writer);
     check(
         "snat-handshake.jsonl",
         &String::from_utf8(out).expect("utf-8"),
