@@ -73,6 +73,14 @@ fn nightly_llvm_major() -> anyhow::Result<u32> {
             "nightly",
         ]))?;
     }
+    let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    for component in ["clippy", "rustfmt"] {
+        if !stable.lines().any(|line| line.starts_with(component)) {
+            eprintln!("xtask: setup: installing {component}");
+            util::run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
     let version = output(Command::new("rustc").args(["+nightly", "-vV"]))
         .context("failed to run `rustc +nightly -vV`")?;
     parse_llvm_major(&version).context("`rustc +nightly -vV` does not name its LLVM version")

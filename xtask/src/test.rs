@@ -12,14 +12,34 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     require_root("the integration tests")?;
+    lint()?;
     let binary = build_tracer(false)?;
     let mut command = Command::new(env!("CARGO"));
     command
         .current_dir(workspace())
         .env("TRACER_BIN", &binary)
-        .args(["test", "--workspace"]);
+        .args(["test", "--workspace", "--exclude", "tracer-ebpf"]);
     if let Some(filter) = &args.filter {
         command.args(["--", filter]);
     }
     run_command(&mut command)
+}
+
+/// Formatting and clippy on the userspace crates; the eBPF crate only builds for BPF.
+fn lint() -> anyhow::Result<()> {
+    run_command(
+        Command::new(env!("CARGO"))
+            .current_dir(workspace())
+            .args(["fmt", "--all", "--check"]),
+    )?;
+    run_command(Command::new(env!("CARGO")).current_dir(workspace()).args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
