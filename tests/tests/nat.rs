@@ -235,7 +235,14 @@ fn published_port_dnat_is_followed_into_the_container() -> anyhow::Result<()> {
     testbed.publish(host_port, 0, container_port)?;
     let ctr = &testbed.containers[0];
     let listener = traffic::listen(&ctr.netns, SocketAddr::from((ctr.addr, container_port)))?;
-    let tracer = Tracer::start(&["--port", &host_port.to_string(), "--output", "json"])?;
+    let tracer = Tracer::start(&[
+        "--port",
+        &host_port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "stack",
+    ])?;
     traffic::exchange(
         &testbed.remote,
         None,
@@ -306,7 +313,14 @@ fn container_to_container_has_no_nat() -> anyhow::Result<()> {
     let testbed = Testbed::up(2)?;
     let (ctr1, ctr2) = (&testbed.containers[0], &testbed.containers[1]);
     let listener = traffic::listen(&ctr2.netns, SocketAddr::from((ctr2.addr, port)))?;
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--output", "json"])?;
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "stack",
+    ])?;
     traffic::exchange(
         &ctr1.netns,
         None,

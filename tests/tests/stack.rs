@@ -18,7 +18,14 @@ fn syn_crosses_veth_bridge_nat_and_uplink() -> anyhow::Result<()> {
     let testbed = Testbed::up(2)?;
     let server = SocketAddr::from((SERVER_ADDR, port));
     let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--output", "json"])?;
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "stack",
+    ])?;
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);

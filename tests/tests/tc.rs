@@ -35,7 +35,7 @@ fn tc_hops_sit_between_the_stack_hops_of_their_interface() -> anyhow::Result<()>
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);
     assert!(
-        finished.stderr.contains("4 tp_btf, 4 tcx"),
+        finished.stderr.contains("4 tp_btf, 4 tcx on 2 interfaces"),
         "{}",
         finished.stderr
     );

@@ -16,17 +16,20 @@ pub enum Hook {
     TcIngress = 5,
     /// TC classifier on a device's egress.
     TcEgress = 6,
+    /// `nf_nat_manip_pkt()` entry (fentry or kprobe): netfilter is about to rewrite the packet.
+    NfNatManipPkt = 7,
 }
 
 impl Hook {
     /// Every hook, in the order of the values above.
-    pub const ALL: [Hook; 6] = [
+    pub const ALL: [Hook; 7] = [
         Hook::NetDevQueue,
         Hook::NetDevStartXmit,
         Hook::NetifRx,
         Hook::NetifReceiveSkb,
         Hook::TcIngress,
         Hook::TcEgress,
+        Hook::NfNatManipPkt,
     ];
 
     /// The hook for a raw value from an event, if it is known.
@@ -38,6 +41,7 @@ impl Hook {
             4 => Some(Hook::NetifReceiveSkb),
             5 => Some(Hook::TcIngress),
             6 => Some(Hook::TcEgress),
+            7 => Some(Hook::NfNatManipPkt),
             _ => None,
         }
     }
@@ -51,6 +55,7 @@ impl Hook {
             Hook::NetifReceiveSkb => "netif_receive_skb",
             Hook::TcIngress => "tc_ingress",
             Hook::TcEgress => "tc_egress",
+            Hook::NfNatManipPkt => "nf_nat_manip_pkt",
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod config;
 mod emit;
+mod nat;
 mod packet;
 mod skb;
 mod stack;

@@ -2,26 +2,66 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Follow packets hop by hop through container networking: from a container's eth0 through
 /// its veth pair, the bridge, NAT and the host's uplink, and the replies back.
 #[derive(Debug, Parser)]
-#[command(name = "tracer", version, about, max_term_width = 100)]
+#[command(
+    name = "tracer",
+    version,
+    about,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every container and namespace with its interfaces, veth peers, bridges and
+    /// addresses.
+    Topology {
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Show which hooks this kernel offers, which tracer would use, and why.
+    Doctor,
+}
+
+/// Options of a trace (the default command).
+#[derive(Debug, Clone, Args)]
+pub struct TraceArgs {
     /// Trace packets with this TCP/UDP/SCTP port as source or destination, on either side of
     /// a NAT.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 
-    /// Also attach TC programs to this interface (repeatable); it is looked up in the
-    /// namespace given by --netns, or in tracer's own.
+    /// Only this interface (repeatable): TC programs go on it, and only packets that cross it
+    /// are shown. Looked up in the namespace given by --netns, or in tracer's own.
     #[arg(short = 'i', long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
 
-    /// Named network namespace (`ip netns`) of the interfaces given with -i.
-    #[arg(long, value_name = "NAME", requires = "interfaces")]
-    pub netns: Option<String>,
+    /// Only this container (repeatable, Docker name or id prefix): its interfaces, their veth
+    /// peers and bridges get TC programs, and only packets that touch it are shown.
+    #[arg(long, value_name = "NAME")]
+    pub container: Vec<String>,
+
+    /// Only this named network namespace (`ip netns`, repeatable); with -i, the namespace of
+    /// those interfaces.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Vec<String>,
+
+    /// Which hooks to use: the stack tracepoints alone, or also TC programs on the
+    /// interfaces of containers, bridges and uplinks.
+    #[arg(long, value_enum, default_value_t = Hooks::All)]
+    pub hooks: Hooks,
 
     /// Exit after N packets have been traced.
     #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -55,8 +95,17 @@ pub struct Cli {
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
-    /// Packets as indented hop lists, flows as latency tables.
+    /// For people.
     Text,
-    /// JSON Lines: hop, nat, flow and stats objects (see the README).
+    /// JSON Lines (see the README for the contract).
     Json,
+}
+
+/// Hook sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Hooks {
+    /// Stack tracepoints, NAT functions where the kernel allows, and TC programs.
+    All,
+    /// Stack tracepoints and NAT functions only; no TC programs are attached.
+    Stack,
 }

@@ -7,11 +7,16 @@
 
 pub mod btf;
 pub mod cli;
+pub mod commands;
 pub mod correlate;
 pub mod decode;
+pub mod doctor;
+pub mod follow;
 pub mod kernel;
 pub mod names;
 pub mod netns;
 pub mod output;
 pub mod reader;
 pub mod run;
+pub mod select;
+pub mod topology;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tracer::cli::Cli;
+use tracer::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -30,7 +30,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(tracer::run::trace(cli)) {
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => tracer::run::trace(cli.trace).await,
+            Some(Command::Topology { output }) => tracer::commands::topology(output).await,
+            Some(Command::Doctor) => tracer::commands::doctor(),
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("tracer: error: {err:#}");

@@ -1,7 +1,7 @@
-//! A tracing session: load and attach, read, correlate, write, detach.
+//! A tracing session: discover, load and attach, read, correlate, write, detach.
 
 use std::{
-    io::{self, Write},
+    io,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -13,31 +13,48 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Cli, Format},
-    correlate::{self, Correlator, Record},
+    cli::TraceArgs,
+    correlate::{self, Correlator},
     decode::HopEvent,
-    kernel::{self, Programs, STACK_HOOKS, Settings, TcTarget},
-    names::NameTable,
-    output::{HookStats, RunStats, json::JsonWriter, text::TextWriter},
+    follow::Follower,
+    kernel::{self, Programs, Settings},
+    output::{HookStats, RunStats, sink::Sink},
     reader::{self, ReaderStats},
 };
 
 /// How often idle packets are completed and flows expired.
 const TICK: Duration = Duration::from_millis(20);
+/// How often the topology is read again, to attach to new interfaces and name new namespaces.
+const REFRESH: Duration = Duration::from_millis(500);
 
-/// Runs a trace as `cli` says, until Ctrl-C, SIGTERM, `-c` or `--duration`.
-pub async fn trace(cli: Cli) -> anyhow::Result<()> {
-    kernel::check_ring_bytes(cli.ring_size)?;
+/// Runs a trace as `args` say, until Ctrl-C, SIGTERM, `-c` or `--duration`.
+pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    kernel::check_ring_bytes(args.ring_size)?;
+    let mut follower = Follower::start(&args).await?;
     let mut programs = Programs::load(&Settings {
-        port: cli.port.unwrap_or(0),
-        ring_bytes: cli.ring_size,
+        port: args.port.unwrap_or(0),
+        ring_bytes: args.ring_size,
     })?;
-    programs.attach_stack(&STACK_HOOKS)?;
-    for ifname in &cli.interfaces {
-        programs.attach_tc(&TcTarget {
-            netns: cli.netns.clone(),
-            ifname: ifname.clone(),
-        })?;
+    for outcome in programs.climb(false) {
+        if outcome.chosen().is_some() {
+            continue;
+        }
+        let tried: Vec<String> = outcome
+            .tried
+            .iter()
+            .map(|(mechanism, result)| match result {
+                Ok(()) => format!("{}: works", mechanism.name()),
+                Err(refusal) => format!("{}: {refusal}", mechanism.name()),
+            })
+            .collect();
+        let message = format!("no {} hop ({})", outcome.ladder.target, tried.join("; "));
+        if outcome.ladder.required {
+            anyhow::bail!("{message}; `tracer doctor` shows what this kernel allows");
+        }
+        eprintln!("tracer: note: {message}");
+    }
+    for message in follower.apply(&mut programs) {
+        eprintln!("tracer: warning: {message}");
     }
     for note in programs.notes() {
         eprintln!("tracer: note: {note}");
@@ -47,7 +64,7 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<HopEvent>>(64);
     let reader_stats = Arc::new(ReaderStats::default());
-    let recorder = match &cli.record {
+    let recorder = match &args.record {
         Some(path) => Some(Box::new(io::BufWriter::new(
             std::fs::File::create(path)
                 .with_context(|| format!("failed to create {}", path.display()))?,
@@ -62,10 +79,15 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
         recorder,
     ));
 
-    let mut names = NameTable::discover();
-    let mut sink = Sink::new(cli.output);
+    let mut names = follower.names();
+    let mut sink = Sink::new(
+        args.output,
+        realtime_offset_ns(),
+        follower.places.clone(),
+        args.count,
+    );
     let mut correlator = Correlator::new(correlate::Settings {
-        packet_idle_ns: cli.packet_timeout.as_nanos() as u64,
+        packet_idle_ns: args.packet_timeout.as_nanos() as u64,
         ..correlate::Settings::default()
     });
     let mut stats = RunStats::default();
@@ -73,10 +95,12 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
     // Signal handlers go in before the ready line, so a signal sent right after it is seen.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    announce_ready(&programs, &cli)?;
+    announce_ready(&programs, &args)?;
 
-    let deadline = cli.duration.map(|d| tokio::time::Instant::now() + d);
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
+    let mut refresh = tokio::time::interval(REFRESH);
+    refresh.reset();
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -84,20 +108,26 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
                 Some(batch) => {
                     for mut event in batch {
                         resolve_tc_interface(&programs, &mut event);
-                        if !names.knows(event.netns_inode) {
-                            names = NameTable::discover();
-                        }
                         correlator.push(event);
                     }
                 }
                 None => break,
             },
             _ = tick.tick() => correlator.tick(monotonic_ns()),
+            _ = refresh.tick(), if !stopping => {
+                if let Err(err) = follower.refresh().await {
+                    log::warn!("failed to read the topology: {err:#}");
+                }
+                for message in follower.apply(&mut programs) {
+                    eprintln!("tracer: warning: {message}");
+                }
+                names = follower.names();
+            }
             _ = sigint.recv(), if !stopping => stopping = true,
             _ = sigterm.recv(), if !stopping => stopping = true,
             _ = sleep_until(deadline), if !stopping => stopping = true,
         }
-        if sink.write_ready(&mut correlator, &names, &mut stats, cli.count)? {
+        if sink.write_ready(&mut correlator, &names, &mut stats)? {
             stopping = true;
         }
         if stopping {
@@ -107,7 +137,7 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
     }
     reader.await.context("ring buffer reader failed")??;
     correlator.finish();
-    sink.write_ready(&mut correlator, &names, &mut stats, cli.count)?;
+    sink.write_ready(&mut correlator, &names, &mut stats)?;
 
     stats.events = reader_stats.records.load(Ordering::Relaxed);
     stats.malformed = reader_stats.malformed.load(Ordering::Relaxed);
@@ -130,27 +160,31 @@ pub async fn trace(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Tells scripts that every hook is attached: a line on stderr and, if asked, a file.
-fn announce_ready(programs: &Programs, cli: &Cli) -> anyhow::Result<()> {
-    let attachments = programs.attachments();
-    let count = |mechanism: &str| {
-        attachments
+fn announce_ready(programs: &Programs, args: &TraceArgs) -> anyhow::Result<()> {
+    let stack = programs.attachments().len();
+    let (tc, mechanism) = programs.tc_summary();
+    let mut parts: Vec<String> = Vec::new();
+    for (_, mechanism) in programs.attachments() {
+        let count = programs
+            .attachments()
             .iter()
-            .filter(|a| a.mechanism == mechanism)
-            .count()
-    };
-    let mut parts = vec![format!("{} tp_btf", count("tp_btf"))];
-    for mechanism in ["tcx", "clsact"] {
-        if count(mechanism) > 0 {
-            parts.push(format!("{} {mechanism}", count(mechanism)));
+            .filter(|(_, m)| m == mechanism)
+            .count();
+        let part = format!("{count} {}", mechanism.name());
+        if !parts.contains(&part) {
+            parts.push(part);
         }
+    }
+    if let Some(mechanism) = mechanism {
+        parts.push(format!("{} {mechanism} on {tc} interfaces", tc * 2));
     }
     eprintln!(
         "tracer: ready: {} hooks attached ({}){}",
-        attachments.len(),
+        stack + tc * 2,
         parts.join(", "),
-        cli.port.map(|p| format!(", port {p}")).unwrap_or_default(),
+        args.port.map(|p| format!(", port {p}")).unwrap_or_default(),
     );
-    if let Some(path) = &cli.ready_file {
+    if let Some(path) = &args.ready_file {
         std::fs::write(path, b"ready\n")
             .with_context(|| format!("failed to write ready file {}", path.display()))?;
     }
@@ -166,7 +200,6 @@ fn resolve_tc_interface(programs: &Programs, event: &mut HopEvent) {
     }
     let mut candidates = programs
         .tc_interfaces()
-        .iter()
         .filter(|i| i.ifindex == event.ifindex);
     if let (Some(only), None) = (candidates.next(), candidates.next()) {
         event.netns_inode = only.netns_inode;
@@ -199,64 +232,4 @@ fn clock_ns(clock: libc::clockid_t) -> i128 {
     // SAFETY: valid clock id and a valid timespec to fill.
     unsafe { libc::clock_gettime(clock, &raw mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-/// The chosen output format on stdout.
-enum Sink {
-    Text(TextWriter<io::BufWriter<io::Stdout>>),
-    Json(JsonWriter<io::BufWriter<io::Stdout>>),
-}
-
-impl Sink {
-    fn new(format: Format) -> Sink {
-        let out = io::BufWriter::new(io::stdout());
-        match format {
-            Format::Text => Sink::Text(TextWriter::new(out, realtime_offset_ns())),
-            Format::Json => Sink::Json(JsonWriter::new(out)),
-        }
-    }
-
-    /// Writes what the correlator has ready. Returns true once `count` packets were written;
-    /// later packets are not written.
-    fn write_ready(
-        &mut self,
-        correlator: &mut Correlator,
-        names: &NameTable,
-        stats: &mut RunStats,
-        count: Option<u64>,
-    ) -> io::Result<bool> {
-        let mut wrote = false;
-        while let Some(record) = correlator.pop() {
-            match &record {
-                Record::Packet(_) if count.is_some_and(|n| stats.packets >= n) => continue,
-                Record::Packet(_) => stats.packets += 1,
-                Record::Flow(_) => stats.flows += 1,
-                Record::Nat(_) => {}
-            }
-            wrote = true;
-            match self {
-                Sink::Text(w) => w.record(&record, names)?,
-                Sink::Json(w) => w.record(&record, names)?,
-            }
-        }
-        if wrote {
-            match self {
-                Sink::Text(w) => w.flush()?,
-                Sink::Json(w) => w.flush()?,
-            }
-        }
-        Ok(count.is_some_and(|n| stats.packets >= n))
-    }
-
-    fn stats(&mut self, stats: &RunStats) -> io::Result<()> {
-        match self {
-            Sink::Text(w) => w.stats(stats),
-            Sink::Json(w) => w.stats(stats),
-        }
-    }
-}
-
-/// Writes a line to stderr, ignoring a closed stderr.
-pub fn note(message: &str) {
-    let _ = writeln!(io::stderr(), "tracer: {message}");
 }

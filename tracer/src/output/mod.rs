@@ -4,7 +4,9 @@
 //! containers through a [`NameTable`](crate::names::NameTable).
 
 pub mod json;
+pub mod sink;
 pub mod text;
+pub mod topology;
 
 use std::fmt::Write as _;
 

@@ -1,0 +1,132 @@
+//! `tracer doctor`: what the running kernel offers, what tracer would use, and why.
+//!
+//! Every rung of every hook ladder is really loaded and attached (and detached again), so the
+//! report is what the kernel did, not what its version suggests.
+
+use std::{fmt::Write as _, path::Path};
+
+use crate::{
+    btf,
+    kernel::{
+        Programs, Settings,
+        ladder::{Mechanism, Outcome},
+        tc,
+    },
+};
+
+/// The findings.
+pub struct Report {
+    pub kernel: String,
+    pub btf: bool,
+    /// Why the programs could not be loaded at all, if they could not.
+    pub load_error: Option<String>,
+    pub notes: Vec<String>,
+    pub outcomes: Vec<Outcome>,
+    pub tcx: bool,
+}
+
+/// Probes the kernel.
+pub fn probe() -> Report {
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let mut report = Report {
+        kernel,
+        btf: Path::new(btf::VMLINUX_BTF).exists(),
+        load_error: None,
+        notes: Vec::new(),
+        outcomes: Vec::new(),
+        tcx: tc::has_tcx(),
+    };
+    match Programs::load(&Settings {
+        port: 0,
+        ring_bytes: 1 << 12,
+    }) {
+        Ok(mut programs) => {
+            report.notes = programs.notes().to_vec();
+            report.outcomes = programs.climb(true);
+        }
+        Err(err) => report.load_error = Some(format!("{err:#}")),
+    }
+    report
+}
+
+impl Report {
+    /// The report as text.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "kernel     {}", self.kernel);
+        let _ = writeln!(
+            out,
+            "BTF        {}",
+            if self.btf {
+                format!(
+                    "{} (kernel structure offsets are read from it)",
+                    btf::VMLINUX_BTF
+                )
+            } else {
+                format!(
+                    "missing: {} not found; tracer needs CONFIG_DEBUG_INFO_BTF",
+                    btf::VMLINUX_BTF
+                )
+            }
+        );
+        let _ = writeln!(
+            out,
+            "TC         {}",
+            if self.tcx {
+                "tcx links (Linux 6.6+), detached when tracer exits"
+            } else {
+                "clsact qdisc filters through netlink (no TCX before Linux 6.6)"
+            }
+        );
+        for note in &self.notes {
+            let _ = writeln!(out, "note       {note}");
+        }
+        if let Some(err) = &self.load_error {
+            let _ = writeln!(out, "programs   could not be loaded: {err}");
+            return out;
+        }
+        let _ = writeln!(out, "\n{:<20} {:<8} result", "hook", "rung");
+        for outcome in &self.outcomes {
+            let chosen = outcome.chosen();
+            for (mechanism, result) in &outcome.tried {
+                let verdict = match result {
+                    Ok(()) if Some(*mechanism) == chosen => "works: chosen".to_owned(),
+                    Ok(()) => "works".to_owned(),
+                    Err(refusal) => format!("not usable: {refusal}"),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<8} {}",
+                    outcome.ladder.target,
+                    mechanism.name(),
+                    verdict
+                );
+            }
+            if chosen.is_none() {
+                let consequence = if outcome.ladder.required {
+                    "tracing is not possible without it"
+                } else if outcome.ladder.target == "nf_nat_manip_pkt" {
+                    "no NAT function hop; NAT is still found from conntrack and by comparing hops"
+                } else {
+                    "this hop is left out"
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<8} {consequence}",
+                    outcome.ladder.target, "-"
+                );
+            }
+        }
+        out
+    }
+
+    /// The mechanism chosen for a hook target, if any.
+    pub fn chosen(&self, target: &str) -> Option<Mechanism> {
+        self.outcomes
+            .iter()
+            .find(|o| o.ladder.target == target)
+            .and_then(Outcome::chosen)
+    }
+}

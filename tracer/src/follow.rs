@@ -1,0 +1,112 @@
+//! Keeps the TC attachments and the names in step with the topology while a trace runs:
+//! interfaces that appear get TC programs within a refresh, interfaces and namespaces that
+//! vanish are forgotten quietly.
+
+use std::{collections::BTreeSet, collections::HashMap, path::PathBuf};
+
+use crate::{
+    cli::{Hooks, TraceArgs},
+    kernel::{Programs, tc::AttachError},
+    names::NameTable,
+    select::{Place, Selection, Target},
+    topology::{Topology, docker},
+};
+
+/// The topology as last seen, and what the user selected in it.
+pub struct Follower {
+    pub topology: Topology,
+    pub places: BTreeSet<Place>,
+    containers: HashMap<u64, String>,
+    tc: bool,
+    /// Attach failures already reported, so each is said once.
+    reported: BTreeSet<(u64, u32)>,
+}
+
+impl Follower {
+    /// Discovers the topology and resolves the selection; an unknown container, namespace or
+    /// interface is an error.
+    pub async fn start(args: &TraceArgs) -> anyhow::Result<Follower> {
+        let containers = docker_names().await;
+        let topology = discover(containers.clone()).await?;
+        let places = Selection::new(args).places(&topology)?;
+        Ok(Follower {
+            topology,
+            places,
+            containers,
+            tc: args.hooks == Hooks::All,
+            reported: BTreeSet::new(),
+        })
+    }
+
+    /// Reads the topology again; asks Docker for names only when namespaces appeared.
+    pub async fn refresh(&mut self) -> anyhow::Result<()> {
+        let known: BTreeSet<u64> = self.topology.namespaces.iter().map(|ns| ns.inode).collect();
+        let mut topology = discover(self.containers.clone()).await?;
+        if topology
+            .namespaces
+            .iter()
+            .any(|ns| !known.contains(&ns.inode))
+        {
+            self.containers = docker_names().await;
+            for ns in &mut topology.namespaces {
+                ns.container = self.containers.get(&ns.inode).cloned();
+            }
+        }
+        self.topology = topology;
+        Ok(())
+    }
+
+    /// Attaches the TC programs to targets that lack them and forgets attachments whose
+    /// interface is gone. Returns messages for failures not reported before.
+    pub fn apply(&mut self, programs: &mut Programs) -> Vec<String> {
+        if !self.tc {
+            return Vec::new();
+        }
+        let targets = Selection::targets(&self.places, &self.topology);
+        let wanted: BTreeSet<(u64, u32)> =
+            targets.iter().map(|t| (t.netns_inode, t.ifindex)).collect();
+        for (inode, ifindex) in programs.tc_keys() {
+            if !wanted.contains(&(inode, ifindex)) {
+                programs.detach_tc(inode, ifindex);
+            }
+        }
+        let mut messages = Vec::new();
+        for target in &targets {
+            let path = self.path_of(target);
+            match programs.attach_tc(target, path.as_deref()) {
+                Ok(()) | Err(AttachError::Gone(_)) => {}
+                Err(AttachError::Failed(err)) => {
+                    if self.reported.insert((target.netns_inode, target.ifindex)) {
+                        messages.push(format!("{err:#}"));
+                    }
+                }
+            }
+        }
+        messages
+    }
+
+    pub fn names(&self) -> NameTable {
+        self.topology.names()
+    }
+
+    /// Path to enter the target's namespace, `None` for tracer's own.
+    fn path_of(&self, target: &Target) -> Option<PathBuf> {
+        let ns = self.topology.namespace(target.netns_inode)?;
+        (!ns.own).then(|| ns.path.clone())
+    }
+}
+
+async fn discover(containers: HashMap<u64, String>) -> anyhow::Result<Topology> {
+    Ok(tokio::task::spawn_blocking(move || Topology::discover(&containers)).await?)
+}
+
+/// Container names, or none when Docker cannot be asked (said once, on stderr).
+async fn docker_names() -> HashMap<u64, String> {
+    match docker::containers().await {
+        Ok(names) => names,
+        Err(err) => {
+            log::warn!("could not list Docker containers: {err}");
+            HashMap::new()
+        }
+    }
+}

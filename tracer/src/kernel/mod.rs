@@ -1,0 +1,163 @@
+//! Loading tracer's programs into the kernel and attaching them.
+//!
+//! The object built from `tracer-ebpf` is embedded in the binary. Before load, the programs'
+//! `CONFIG` global receives the filter and the kernel offsets from BTF ([`crate::btf`]). Stack
+//! hooks attach as BTF tracepoints; TC programs attach with TCX links where the kernel has them
+//! and to a clsact qdisc otherwise. Everything is detached when [`Programs`] is dropped.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use tracer_common::{
+    config::{CONFIG_SYMBOL, Config, Filter},
+    event::{COUNTER_SLOTS, Counter, counter_index},
+    hook::Hook,
+};
+
+use crate::btf;
+
+pub mod ladder;
+pub mod tc;
+
+/// The compiled programs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Name of the ring buffer map.
+const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU counters map.
+const COUNTERS_MAP: &str = "COUNTERS";
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Port filter, 0 for none.
+    pub port: u16,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+}
+
+/// Loaded programs and their attachments.
+pub struct Programs {
+    ebpf: Ebpf,
+    btf: aya::Btf,
+    /// Global hooks attached, with the mechanism the ladder chose.
+    attachments: Vec<(Hook, ladder::Mechanism)>,
+    /// Interfaces the TC programs are attached to.
+    tc: tc::Attached,
+    /// Notes for the user about reduced functionality.
+    notes: Vec<String>,
+}
+
+impl Programs {
+    /// Loads the object with `settings` and the running kernel's offsets. Nothing is attached.
+    pub fn load(settings: &Settings) -> anyhow::Result<Programs> {
+        let resolved = btf::resolve_running_kernel().context(
+            "failed to read kernel structure layouts from BTF; tracer needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF",
+        )?;
+        let mut notes = Vec::new();
+        if let Some(why) = &resolved.conntrack_unavailable {
+            notes.push(format!("conntrack tuples unavailable: {why}"));
+        }
+        let mut config = Config::new();
+        config.filter = Filter {
+            port: settings.port,
+            _pad: [0; 6],
+        };
+        config.offsets = resolved.offsets;
+        let ebpf = EbpfLoader::new()
+            .override_global(CONFIG_SYMBOL, &config, true)
+            .map_max_entries(EVENTS_MAP, settings.ring_bytes)
+            .load(OBJECT)
+            .context("failed to load the eBPF object")?;
+        let btf = aya::Btf::from_sys_fs().context("failed to read kernel BTF")?;
+        Ok(Programs {
+            ebpf,
+            btf,
+            attachments: Vec::new(),
+            tc: tc::Attached::default(),
+            notes,
+        })
+    }
+
+    /// The ring buffer, for the reader. Can be taken once.
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or_else(|| anyhow!("ring buffer already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Sums of the per-CPU counters, per hook.
+    pub fn counters(&self) -> anyhow::Result<HashMap<Hook, HookCounters>> {
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or_else(|| anyhow!("counters map missing"))?;
+        let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+        let mut result = HashMap::new();
+        for hook in Hook::ALL {
+            let read = |counter: Counter| -> anyhow::Result<u64> {
+                let values = array.get(&counter_index(hook as u8, counter), 0)?;
+                Ok(values.iter().sum())
+            };
+            let counters = HookCounters {
+                seen: read(Counter::Seen)?,
+                filtered: read(Counter::Filtered)?,
+                emitted: read(Counter::Emitted)?,
+                lost: read(Counter::Lost)?,
+            };
+            if counters.seen > 0 {
+                result.insert(hook, counters);
+            }
+        }
+        const _: () = assert!(COUNTER_SLOTS == 4);
+        Ok(result)
+    }
+
+    pub fn attachments(&self) -> &[(Hook, ladder::Mechanism)] {
+        &self.attachments
+    }
+
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Interfaces the TC programs are attached to, for naming TC events.
+    pub fn tc_interfaces(&self) -> impl Iterator<Item = &tc::TcInterface> {
+        self.tc.interfaces()
+    }
+
+    /// (namespace inode, ifindex) of every TC attachment.
+    pub fn tc_keys(&self) -> Vec<(u64, u32)> {
+        self.tc.keys()
+    }
+
+    /// How many interfaces have TC programs, and by which mechanism.
+    pub fn tc_summary(&self) -> (usize, Option<&'static str>) {
+        (self.tc.len(), self.tc.mechanism())
+    }
+}
+
+/// Counter totals for one hook.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HookCounters {
+    pub seen: u64,
+    pub filtered: u64,
+    pub emitted: u64,
+    pub lost: u64,
+}
+
+/// Rejects a ring size the kernel would refuse, with a message that says what to use.
+pub fn check_ring_bytes(bytes: u32) -> anyhow::Result<()> {
+    let page = 4096;
+    if bytes < page || !bytes.is_power_of_two() {
+        bail!("ring buffer size must be a power of two of at least {page} bytes, got {bytes}");
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! The chosen output on stdout, with the record-level decisions: `-c`, and the selection
+//! (`-i`, `--container`, `--netns`) that decides which packets and flows are shown.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    io,
+};
+
+use super::{RunStats, json::JsonWriter, text::TextWriter};
+use crate::{
+    cli::Format,
+    correlate::{Correlator, Record},
+    names::NameTable,
+    select::{Place, touches},
+};
+
+/// Writes records to stdout in one format.
+pub struct Sink {
+    writer: Writer,
+    places: BTreeSet<Place>,
+    count: Option<u64>,
+    /// Flows with a shown packet, when a selection hides some.
+    shown_flows: HashSet<u64>,
+}
+
+enum Writer {
+    Text(TextWriter<io::BufWriter<io::Stdout>>),
+    Json(JsonWriter<io::BufWriter<io::Stdout>>),
+}
+
+impl Sink {
+    pub fn new(
+        format: Format,
+        realtime_offset_ns: i128,
+        places: BTreeSet<Place>,
+        count: Option<u64>,
+    ) -> Sink {
+        let out = io::BufWriter::new(io::stdout());
+        let writer = match format {
+            Format::Text => Writer::Text(TextWriter::new(out, realtime_offset_ns)),
+            Format::Json => Writer::Json(JsonWriter::new(out)),
+        };
+        Sink {
+            writer,
+            places,
+            count,
+            shown_flows: HashSet::new(),
+        }
+    }
+
+    /// Writes what the correlator has ready. Returns true once `-c` packets were written;
+    /// later packets are not written.
+    pub fn write_ready(
+        &mut self,
+        correlator: &mut Correlator,
+        names: &NameTable,
+        stats: &mut RunStats,
+    ) -> io::Result<bool> {
+        let mut wrote = false;
+        while let Some(record) = correlator.pop() {
+            if !self.shown(&record, stats) {
+                continue;
+            }
+            wrote = true;
+            match &mut self.writer {
+                Writer::Text(w) => w.record(&record, names)?,
+                Writer::Json(w) => w.record(&record, names)?,
+            }
+        }
+        if wrote {
+            match &mut self.writer {
+                Writer::Text(w) => w.flush()?,
+                Writer::Json(w) => w.flush()?,
+            }
+        }
+        Ok(self.count.is_some_and(|n| stats.packets >= n))
+    }
+
+    /// Whether to show `record`, counting what is shown.
+    fn shown(&mut self, record: &Record, stats: &mut RunStats) -> bool {
+        let selective = !self.places.is_empty();
+        match record {
+            Record::Packet(packet) => {
+                if self.count.is_some_and(|n| stats.packets >= n) || !touches(packet, &self.places)
+                {
+                    return false;
+                }
+                if selective {
+                    self.shown_flows.insert(packet.flow_id);
+                }
+                stats.packets += 1;
+                true
+            }
+            Record::Nat(nat) => !selective || self.shown_flows.contains(&nat.flow_id),
+            Record::Flow(flow) => {
+                let shown = !selective || self.shown_flows.remove(&flow.flow_id);
+                if shown {
+                    stats.flows += 1;
+                }
+                shown
+            }
+        }
+    }
+
+    pub fn stats(&mut self, stats: &RunStats) -> io::Result<()> {
+        match &mut self.writer {
+            Writer::Text(w) => w.stats(stats),
+            Writer::Json(w) => w.stats(stats),
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Route netlink dumps of one network namespace: links, addresses, default routes, and the
+//! ids under which it knows other namespaces.
+//!
+//! A netlink socket belongs to the namespace it was created in, so [`Netlink::open_in`] creates
+//! it inside the target namespace and every later request on it describes that namespace.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::IpAddr,
+    os::fd::{AsRawFd, BorrowedFd},
+    path::Path,
+};
+
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    nsid::{NsidAttribute, NsidMessage},
+    route::{RouteAttribute, RouteMessage},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use super::{Link, LinkKind};
+use crate::netns;
+
+/// A route netlink socket in one namespace.
+pub struct Netlink {
+    socket: Socket,
+    sequence: u32,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's namespace.
+    pub fn open() -> io::Result<Netlink> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Netlink {
+            socket,
+            sequence: 0,
+        })
+    }
+
+    /// A socket in the namespace at `path`.
+    pub fn open_in(path: &Path) -> io::Result<Netlink> {
+        netns::run_in(path, Netlink::open)?
+    }
+
+    /// Every link with its addresses, and whether it carries a default route.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let mut links: Vec<Link> = self
+            .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+            .into_iter()
+            .filter_map(|message| match message {
+                RouteNetlinkMessage::NewLink(link) => Some(link_from(&link)),
+                _ => None,
+            })
+            .collect();
+        for message in self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))? {
+            if let RouteNetlinkMessage::NewAddress(address) = message
+                && let Some((ifindex, addr, prefix)) = address_from(&address)
+                && let Some(link) = links.iter_mut().find(|l| l.ifindex == ifindex)
+            {
+                link.addresses.push((addr, prefix));
+            }
+        }
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut request = RouteMessage::default();
+            request.header.address_family = family;
+            for message in self.dump(RouteNetlinkMessage::GetRoute(request))? {
+                if let RouteNetlinkMessage::NewRoute(route) = message
+                    && route.header.destination_prefix_length == 0
+                    && let Some(oif) = route.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Oif(oif) => Some(*oif),
+                        _ => None,
+                    })
+                    && let Some(link) = links.iter_mut().find(|l| l.ifindex == oif)
+                {
+                    link.default_route = true;
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// The id this namespace gives the namespace open at `other`, if it assigned one.
+    pub fn nsid_of(&mut self, other: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+        let mut request = NsidMessage::default();
+        request.header.family = AddressFamily::Unspec;
+        request
+            .attributes
+            .push(NsidAttribute::Fd(other.as_raw_fd() as u32));
+        let replies = self.request(RouteNetlinkMessage::GetNsId(request), NLM_F_REQUEST)?;
+        Ok(replies.into_iter().find_map(|message| match message {
+            RouteNetlinkMessage::NewNsId(reply) => reply.attributes.iter().find_map(|a| match a {
+                NsidAttribute::Id(id) if *id >= 0 => Some(*id),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
+    fn dump(&mut self, message: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.request(message, NLM_F_REQUEST | NLM_F_DUMP)
+    }
+
+    /// Sends one request and collects the replies until the kernel says it is done (for
+    /// dumps) or after the first reply (for plain requests).
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.sequence += 1;
+        let mut packet = NetlinkMessage::from(message);
+        packet.header.flags = flags;
+        packet.header.sequence_number = self.sequence;
+        packet.finalize();
+        let mut buffer = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buffer);
+        self.socket.send(&buffer, 0)?;
+
+        let dump = flags & NLM_F_DUMP != 0;
+        let mut replies = Vec::new();
+        let mut receive = Vec::with_capacity(1 << 16);
+        loop {
+            receive.clear();
+            let size = self.socket.recv(&mut receive, 0)?;
+            let mut offset = 0;
+            while offset < size {
+                let message =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..size])
+                        .map_err(|err| {
+                            io::Error::new(io::ErrorKind::InvalidData, err.to_string())
+                        })?;
+                offset += message.header.length as usize;
+                if message.header.length == 0 {
+                    break;
+                }
+                match message.payload {
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::Error(err) => match err.code {
+                        None => {}
+                        Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
+                    },
+                    NetlinkPayload::InnerMessage(inner) => {
+                        replies.push(inner);
+                        if !dump {
+                            return Ok(replies);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !dump && !replies.is_empty() {
+                return Ok(replies);
+            }
+        }
+    }
+}
+
+fn link_from(message: &LinkMessage) -> Link {
+    let mut link = Link {
+        ifindex: message.header.index,
+        name: String::new(),
+        kind: LinkKind::Other(String::new()),
+        master: None,
+        peer_ifindex: None,
+        peer_netnsid: None,
+        up: message.header.flags.contains(LinkFlags::Up),
+        addresses: Vec::new(),
+        default_route: false,
+    };
+    if message.header.flags.contains(LinkFlags::Loopback) {
+        link.kind = LinkKind::Loopback;
+    }
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::Controller(master) => link.master = Some(*master),
+            LinkAttribute::Link(peer) => link.peer_ifindex = Some(*peer),
+            LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = match kind {
+                            InfoKind::Veth => LinkKind::Veth,
+                            InfoKind::Bridge => LinkKind::Bridge,
+                            other => LinkKind::Other(other.to_string()),
+                        };
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if link.kind != LinkKind::Veth {
+        // Only a veth's IFLA_LINK names a peer; for other kinds it is a lower device.
+        link.peer_ifindex = None;
+        link.peer_netnsid = None;
+    }
+    link
+}
+
+fn address_from(message: &AddressMessage) -> Option<(u32, IpAddr, u8)> {
+    let addr = message.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(addr) => Some(*addr),
+        _ => None,
+    });
+    let addr = addr.or_else(|| {
+        message.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(addr) => Some(*addr),
+            _ => None,
+        })
+    })?;
+    Some((message.header.index, addr, message.header.prefix_len))
+}
+
+/// The ids namespace `from` (a netlink socket in it) gives to `others`, by inode.
+pub fn nsids(
+    from: &mut Netlink,
+    others: &[(u64, BorrowedFd<'_>)],
+    wanted: &[i32],
+) -> HashMap<i32, u64> {
+    let mut found = HashMap::new();
+    for (inode, fd) in others {
+        if wanted.iter().all(|id| found.contains_key(id)) {
+            break;
+        }
+        if let Ok(Some(id)) = from.nsid_of(*fd) {
+            found.insert(id, *inode);
+        }
+    }
+    found
+}
