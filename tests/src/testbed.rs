@@ -48,6 +48,8 @@ pub struct Testbed {
     // Field order is drop order: containers first, the host (with the bridge) last.
     pub containers: Vec<Container>,
     pub remote: Netns,
+    /// Containers created so far; numbers are never reused, even after a removal.
+    created: usize,
     pub host: Netns,
 }
 
@@ -65,6 +67,7 @@ impl Testbed {
             id: id.to_owned(),
             containers: Vec::new(),
             remote,
+            created: 0,
             host,
         };
         testbed
@@ -144,7 +147,8 @@ impl Testbed {
 
     /// Adds a container namespace on its own veth pair, as `docker run` would.
     pub fn add_container(&mut self) -> anyhow::Result<&Container> {
-        let number = self.containers.len() + 1;
+        self.created += 1;
+        let number = self.created;
         let netns = Netns::create(&format!("{PREFIX}{}-ctr{number}", self.id))?;
         let octet = u8::try_from(number + 1).context("too many containers")?;
         let addr = Ipv4Addr::new(172, 17, 0, octet);

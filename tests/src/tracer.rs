@@ -29,6 +29,8 @@ pub struct Tracer {
     child: Option<Child>,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
+    /// Every stderr line, as it is printed.
+    lines: mpsc::Receiver<String>,
 }
 
 /// What a finished tracer printed.
@@ -73,13 +75,11 @@ impl Tracer {
             let _ = stdout.read_to_string(&mut text);
             text
         });
-        let (ready_tx, ready_rx) = mpsc::channel();
+        let (lines_tx, lines) = mpsc::channel();
         let stderr = std::thread::spawn(move || {
             let mut text = String::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.starts_with("tracer: ready") {
-                    let _ = ready_tx.send(());
-                }
+                let _ = lines_tx.send(line.clone());
                 text.push_str(&line);
                 text.push('\n');
             }
@@ -89,8 +89,12 @@ impl Tracer {
             child: Some(child),
             stdout: Some(stdout),
             stderr: Some(stderr),
+            lines,
         };
-        if ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
+        if tracer
+            .wait_for_line(READY_TIMEOUT, |line| line.starts_with("tracer: ready"))
+            .is_err()
+        {
             let finished = tracer.kill()?;
             bail!(
                 "tracer did not become ready ({}): {}",
@@ -99,6 +103,23 @@ impl Tracer {
             );
         }
         Ok(tracer)
+    }
+
+    /// Waits until the tracer prints a stderr line for which `wanted` is true, and returns it.
+    pub fn wait_for_line(
+        &self,
+        timeout: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if wanted(&line) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("no such line from tracer within {timeout:?}"),
+            }
+        }
     }
 
     /// Stops the tracer as Ctrl-C would and collects its output.

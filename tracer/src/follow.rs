@@ -12,6 +12,15 @@ use crate::{
     topology::{Topology, docker},
 };
 
+/// What one [`Follower::apply`] did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Interfaces that got TC programs, as `ifname in namespace`.
+    pub attached: Vec<String>,
+    /// Attach failures, each reported once.
+    pub failures: Vec<String>,
+}
+
 /// The topology as last seen, and what the user selected in it.
 pub struct Follower {
     pub topology: Topology,
@@ -57,10 +66,11 @@ impl Follower {
     }
 
     /// Attaches the TC programs to targets that lack them and forgets attachments whose
-    /// interface is gone. Returns messages for failures not reported before.
-    pub fn apply(&mut self, programs: &mut Programs) -> Vec<String> {
+    /// interface is gone. Returns what was newly attached, and failures not reported before.
+    pub fn apply(&mut self, programs: &mut Programs) -> Applied {
+        let mut applied = Applied::default();
         if !self.tc {
-            return Vec::new();
+            return applied;
         }
         let targets = Selection::targets(&self.places, &self.topology);
         let wanted: BTreeSet<(u64, u32)> =
@@ -70,19 +80,30 @@ impl Follower {
                 programs.detach_tc(inode, ifindex);
             }
         }
-        let mut messages = Vec::new();
         for target in &targets {
+            if programs.tc_attached(target.netns_inode, target.ifindex) {
+                continue;
+            }
             let path = self.path_of(target);
             match programs.attach_tc(target, path.as_deref()) {
-                Ok(()) | Err(AttachError::Gone(_)) => {}
+                Ok(()) => {
+                    let place = self
+                        .topology
+                        .namespace(target.netns_inode)
+                        .map_or_else(String::new, |ns| ns.display_name());
+                    applied
+                        .attached
+                        .push(format!("{} in {place}", target.ifname));
+                }
+                Err(AttachError::Gone(_)) => {}
                 Err(AttachError::Failed(err)) => {
                     if self.reported.insert((target.netns_inode, target.ifindex)) {
-                        messages.push(format!("{err:#}"));
+                        applied.failures.push(format!("{err:#}"));
                     }
                 }
             }
         }
-        messages
+        applied
     }
 
     pub fn names(&self) -> NameTable {

@@ -53,7 +53,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         }
         eprintln!("tracer: note: {message}");
     }
-    for message in follower.apply(&mut programs) {
+    for message in follower.apply(&mut programs).failures {
         eprintln!("tracer: warning: {message}");
     }
     for note in programs.notes() {
@@ -118,10 +118,15 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                 if let Err(err) = follower.refresh().await {
                     log::warn!("failed to read the topology: {err:#}");
                 }
-                for message in follower.apply(&mut programs) {
+                // Names first, so that packets of a new namespace are named once it is followed.
+                names = follower.names();
+                let applied = follower.apply(&mut programs);
+                for message in applied.failures {
                     eprintln!("tracer: warning: {message}");
                 }
-                names = follower.names();
+                if !applied.attached.is_empty() {
+                    eprintln!("tracer: following {}", applied.attached.join(", "));
+                }
             }
             _ = sigint.recv(), if !stopping => stopping = true,
             _ = sigterm.recv(), if !stopping => stopping = true,

@@ -133,6 +133,11 @@ impl Programs {
         self.tc.interfaces()
     }
 
+    /// Whether TC programs are attached to the interface.
+    pub fn tc_attached(&self, netns_inode: u64, ifindex: u32) -> bool {
+        self.tc.contains(netns_inode, ifindex)
+    }
+
     /// (namespace inode, ifindex) of every TC attachment.
     pub fn tc_keys(&self) -> Vec<(u64, u32)> {
         self.tc.keys()
