@@ -7,6 +7,7 @@
 //! also when a test panics.
 
 pub mod bpf;
+pub mod docker;
 pub mod netns;
 pub mod testbed;
 pub mod trace;

@@ -43,17 +43,4 @@ impl NameTable {
     pub fn knows(&self, inode: u64) -> bool {
         self.netns.contains_key(&inode) || self.containers.contains_key(&inode)
     }
-
-    /// The table for this machine as it is now: named namespaces (`ip netns`), and `host` for
-    /// tracer's own namespace.
-    pub fn discover() -> NameTable {
-        let mut table = NameTable::default();
-        for (inode, name) in crate::netns::named() {
-            table.set_netns(inode, name);
-        }
-        if let Ok(own) = crate::netns::current_inode() {
-            table.netns.entry(own).or_insert_with(|| "host".to_owned());
-        }
-        table
-    }
 }

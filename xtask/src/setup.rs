@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "busybox-static",
     "bpftool",
+    "docker.io",
 ];
 
 pub fn run() -> anyhow::Result<()> {
