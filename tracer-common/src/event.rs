@@ -110,8 +110,13 @@ pub struct PacketEvent {
     pub ct_orig: CtTuple,
     /// Conntrack reply-direction tuple (`tuplehash[IP_CT_DIR_REPLY]`), if `ct != 0`.
     pub ct_reply: CtTuple,
+    /// For `kfree_skb`: the code address that dropped the packet.
+    pub location: u64,
+    /// For `kfree_skb`: `enum skb_drop_reason` (include/net/dropreason-core.h).
+    pub drop_reason: u32,
+    pub _pad: u32,
 }
-assert_size!(PacketEvent, 200);
+assert_size!(PacketEvent, 216);
 
 impl PacketEvent {
     /// An event with every field zero, to be filled in.
@@ -153,6 +158,9 @@ impl PacketEvent {
             dst_addr: [0; 16],
             ct_orig: TUPLE,
             ct_reply: TUPLE,
+            location: 0,
+            drop_reason: 0,
+            _pad: 0,
         }
     }
 }

@@ -18,11 +18,13 @@ pub enum Hook {
     TcEgress = 6,
     /// `nf_nat_manip_pkt()` entry (fentry or kprobe): netfilter is about to rewrite the packet.
     NfNatManipPkt = 7,
+    /// `kfree_skb` tracepoint: the packet was dropped, with the kernel's drop reason.
+    KfreeSkb = 8,
 }
 
 impl Hook {
     /// Every hook, in the order of the values above.
-    pub const ALL: [Hook; 7] = [
+    pub const ALL: [Hook; 8] = [
         Hook::NetDevQueue,
         Hook::NetDevStartXmit,
         Hook::NetifRx,
@@ -30,6 +32,7 @@ impl Hook {
         Hook::TcIngress,
         Hook::TcEgress,
         Hook::NfNatManipPkt,
+        Hook::KfreeSkb,
     ];
 
     /// The hook for a raw value from an event, if it is known.
@@ -42,6 +45,7 @@ impl Hook {
             5 => Some(Hook::TcIngress),
             6 => Some(Hook::TcEgress),
             7 => Some(Hook::NfNatManipPkt),
+            8 => Some(Hook::KfreeSkb),
             _ => None,
         }
     }
@@ -56,6 +60,7 @@ impl Hook {
             Hook::TcIngress => "tc_ingress",
             Hook::TcEgress => "tc_egress",
             Hook::NfNatManipPkt => "nf_nat_manip_pkt",
+            Hook::KfreeSkb => "kfree_skb",
         }
     }
 

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod config;
+mod drop;
 mod emit;
 mod nat;
 mod packet;

@@ -33,6 +33,15 @@ pub enum L3At {
     NetworkHeader,
     /// `skb->data`: on the receive path the link-layer header has already been pulled.
     Data,
+    /// Wherever the packet is freed: the network header if it parses as IP, else `data`.
+    Either,
+}
+
+/// What only some hooks know about a packet.
+#[derive(Clone, Copy, Default)]
+pub struct Extra {
+    pub location: u64,
+    pub drop_reason: u32,
 }
 
 /// Reads one `T` at `base + offset` in kernel memory.
@@ -63,16 +72,24 @@ impl Bytes for Linear {
 /// Emits an event for `skb` at `hook` if it matches the filter.
 #[inline(always)]
 pub fn trace(skb: u64, hook: Hook, at: L3At) {
+    trace_with(skb, hook, at, Extra::default());
+}
+
+/// [`trace`] with what only some hooks know.
+#[inline(always)]
+pub fn trace_with(skb: u64, hook: Hook, at: L3At, extra: Extra) {
     count(hook as u8, Counter::Seen);
-    if emit(skb, hook, at).is_none() {
+    if emit(skb, hook, at, extra).is_none() {
         count(hook as u8, Counter::Filtered);
     }
 }
 
 #[inline(always)]
-fn emit(skb: u64, hook: Hook, at: L3At) -> Option<()> {
+fn emit(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
     let mut event = PacketEvent::zeroed();
     event.hook = hook as u8;
+    event.location = extra.location;
+    event.drop_reason = extra.drop_reason;
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
     event.skb = skb;
 
@@ -82,15 +99,21 @@ fn emit(skb: u64, hook: Hook, at: L3At) -> Option<()> {
     let data_len: u32 = read(skb, conf!(offsets.skb_data_len))?;
     let protocol: u16 = read(skb, conf!(offsets.skb_protocol))?;
     let data_off = data.checked_sub(head)? as u32;
-    let l3 = match at {
-        L3At::NetworkHeader => u32::from(read::<u16>(skb, conf!(offsets.skb_network_header))?),
-        L3At::Data => data_off,
-    };
+    let network_header = || read::<u16>(skb, conf!(offsets.skb_network_header)).map(u32::from);
     let linear = Linear {
         head,
         limit: data_off + len.saturating_sub(data_len),
     };
-    if parse_l3(&linear, u16::from_be(protocol), l3, &mut event) == Parsed::NotIp {
+    let protocol = u16::from_be(protocol);
+    let parsed = match at {
+        L3At::NetworkHeader => parse_l3(&linear, protocol, network_header()?, &mut event),
+        L3At::Data => parse_l3(&linear, protocol, data_off, &mut event),
+        L3At::Either => match parse_l3(&linear, protocol, network_header()?, &mut event) {
+            Parsed::Ip => Parsed::Ip,
+            Parsed::NotIp => parse_l3(&linear, protocol, data_off, &mut event),
+        },
+    };
+    if parsed == Parsed::NotIp {
         return None;
     }
     event.skb_head = head;

@@ -5,7 +5,7 @@
 //! `nf_conntrack` module's split BTF when conntrack is a module), and checked for the sizes the
 //! programs assume. Members inside anonymous structs and unions are found as C would find them.
 
-use std::path::Path;
+use std::{collections::HashMap, path::Path};
 
 use btf_rs::{Btf, Type};
 use tracer_common::config::{KernelOffsets, OFFSET_UNKNOWN};
@@ -44,6 +44,8 @@ pub struct Resolved {
     pub offsets: KernelOffsets,
     /// Why conntrack tuples will not be read, when they will not.
     pub conntrack_unavailable: Option<String>,
+    /// Names of `enum skb_drop_reason` values, without the `SKB_DROP_REASON_` prefix.
+    pub drop_reasons: HashMap<u32, String>,
 }
 
 /// Reads the running kernel's BTF and resolves every offset the programs use.
@@ -94,7 +96,28 @@ pub fn resolve(vmlinux: &Btf, conntrack: Option<&Btf>) -> Result<Resolved, BtfEr
     Ok(Resolved {
         offsets: o,
         conntrack_unavailable,
+        drop_reasons: drop_reasons(vmlinux),
     })
+}
+
+/// `enum skb_drop_reason` (include/net/dropreason-core.h) as the running kernel defines it:
+/// values are renumbered between versions, so names are never compiled in.
+pub fn drop_reasons(btf: &Btf) -> HashMap<u32, String> {
+    let mut names = HashMap::new();
+    let types = btf
+        .resolve_types_by_name("skb_drop_reason")
+        .unwrap_or_default();
+    for ty in types {
+        if let Type::Enum(e) = ty {
+            for member in &e.members {
+                if let Ok(name) = btf.resolve_name(member) {
+                    let short = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name);
+                    names.insert(member.val(), short.to_owned());
+                }
+            }
+        }
+    }
+    names
 }
 
 fn resolve_conntrack(

@@ -6,11 +6,13 @@
 
 use std::collections::HashMap;
 
-/// Names by namespace inode.
+/// Names by namespace inode, drop reason value and code address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NameTable {
     netns: HashMap<u64, String>,
     containers: HashMap<u64, String>,
+    drop_reasons: HashMap<u32, String>,
+    symbols: HashMap<u64, String>,
 }
 
 impl NameTable {
@@ -22,6 +24,36 @@ impl NameTable {
     /// Names the container whose network namespace has `inode`.
     pub fn set_container(&mut self, inode: u64, name: impl Into<String>) {
         self.containers.insert(inode, name.into());
+    }
+
+    /// Names `enum skb_drop_reason` values.
+    pub fn set_drop_reasons(&mut self, reasons: HashMap<u32, String>) {
+        self.drop_reasons = reasons;
+    }
+
+    /// Names a code address (`function+0xoffset`).
+    pub fn set_symbol(&mut self, address: u64, symbol: impl Into<String>) {
+        self.symbols.insert(address, symbol.into());
+    }
+
+    /// The drop reason's name, or its number.
+    pub fn drop_reason(&self, reason: u32) -> String {
+        self.drop_reasons
+            .get(&reason)
+            .cloned()
+            .unwrap_or_else(|| reason.to_string())
+    }
+
+    /// The code address as `function+0xoffset`, or in hex.
+    pub fn symbol(&self, address: u64) -> String {
+        self.symbols
+            .get(&address)
+            .cloned()
+            .unwrap_or_else(|| format!("{address:#x}"))
+    }
+
+    pub fn has_symbol(&self, address: u64) -> bool {
+        self.symbols.contains_key(&address)
     }
 
     pub fn netns(&self, inode: u64) -> Option<&str> {
@@ -39,8 +71,33 @@ impl NameTable {
             .map_or_else(|| format!("netns:{inode}"), str::to_owned)
     }
 
-    /// Whether `inode` has any name.
-    pub fn knows(&self, inode: u64) -> bool {
-        self.netns.contains_key(&inode) || self.containers.contains_key(&inode)
+    /// Keeps the drop reasons and symbols of `other` (they do not change with the topology).
+    pub fn keep_kernel_names(&mut self, other: &NameTable) {
+        self.drop_reasons = other.drop_reasons.clone();
+        self.symbols = other.symbols.clone();
     }
+}
+
+/// Finds the kernel function containing `address` in `/proc/kallsyms`, as `function+0xoffset`.
+pub fn kernel_symbol(address: u64) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
+    let mut best: Option<(u64, &str)> = None;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T") {
+            continue;
+        }
+        let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        if addr <= address && best.is_none_or(|(b, _)| addr > b) {
+            best = Some((addr, name));
+        }
+    }
+    let (start, name) = best.filter(|(start, _)| *start != 0)?;
+    Some(format!("{name}+{:#x}", address - start))
 }

@@ -80,6 +80,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     ));
 
     let mut names = follower.names();
+    names.set_drop_reasons(programs.drop_reasons().clone());
     let mut sink = Sink::new(
         args.output,
         realtime_offset_ns(),
@@ -119,7 +120,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                     log::warn!("failed to read the topology: {err:#}");
                 }
                 // Names first, so that packets of a new namespace are named once it is followed.
-                names = follower.names();
+                let mut fresh = follower.names();
+                fresh.keep_kernel_names(&names);
+                names = fresh;
                 let applied = follower.apply(&mut programs);
                 for message in applied.failures {
                     eprintln!("tracer: warning: {message}");
@@ -132,7 +135,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
             _ = sigterm.recv(), if !stopping => stopping = true,
             _ = sleep_until(deadline), if !stopping => stopping = true,
         }
-        if sink.write_ready(&mut correlator, &names, &mut stats)? {
+        if sink.write_ready(&mut correlator, &mut names, &mut stats)? {
             stopping = true;
         }
         if stopping {
@@ -142,7 +145,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     }
     reader.await.context("ring buffer reader failed")??;
     correlator.finish();
-    sink.write_ready(&mut correlator, &names, &mut stats)?;
+    sink.write_ready(&mut correlator, &mut names, &mut stats)?;
 
     stats.events = reader_stats.records.load(Ordering::Relaxed);
     stats.malformed = reader_stats.malformed.load(Ordering::Relaxed);

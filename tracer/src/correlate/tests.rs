@@ -58,6 +58,7 @@ fn event(ts_ns: u64, hook: Hook, netns: u64, ifname: &str, skb: u64, tuple: Tupl
         ip_len: 60,
         mark: 0,
         conntrack: None,
+        drop: None,
     }
 }
 

@@ -124,6 +124,17 @@ pub struct HopEvent {
     pub ip_len: u16,
     pub mark: u32,
     pub conntrack: Option<Conntrack>,
+    /// Set at `kfree_skb`: why and where the packet was dropped.
+    pub drop: Option<Drop>,
+}
+
+/// A drop as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drop {
+    /// `enum skb_drop_reason` value; names come from the running kernel's BTF.
+    pub reason: u32,
+    /// Code address that freed the packet.
+    pub location: u64,
 }
 
 /// An interface name as the kernel stores it: up to 15 bytes, NUL padded. Copy, so decoding
@@ -218,6 +229,10 @@ fn packet(raw: &PacketEvent) -> Result<HopEvent, DecodeError> {
         ip_len: raw.ip_len,
         mark: raw.mark,
         conntrack,
+        drop: (hook == Hook::KfreeSkb).then_some(Drop {
+            reason: raw.drop_reason,
+            location: raw.location,
+        }),
     })
 }
 

@@ -60,7 +60,7 @@ const fn rung(mechanism: Mechanism, program: &'static str) -> Rung {
 }
 
 /// Every global hook, in path order.
-pub const LADDERS: [Ladder; 5] = [
+pub const LADDERS: [Ladder; 6] = [
     Ladder {
         hook: Hook::NetDevQueue,
         target: "net_dev_queue",
@@ -96,6 +96,15 @@ pub const LADDERS: [Ladder; 5] = [
             rung(Mechanism::RawTp, "netif_receive_skb_raw"),
         ],
         required: true,
+    },
+    Ladder {
+        hook: Hook::KfreeSkb,
+        target: "kfree_skb",
+        rungs: &[
+            rung(Mechanism::TpBtf, "kfree_skb"),
+            rung(Mechanism::RawTp, "kfree_skb_raw"),
+        ],
+        required: false,
     },
     Ladder {
         hook: Hook::NfNatManipPkt,

@@ -50,6 +50,8 @@ pub struct Programs {
     tc: tc::Attached,
     /// Notes for the user about reduced functionality.
     notes: Vec<String>,
+    /// `enum skb_drop_reason` names from the running kernel.
+    drop_reasons: HashMap<u32, String>,
 }
 
 impl Programs {
@@ -81,6 +83,7 @@ impl Programs {
             attachments: Vec::new(),
             tc: tc::Attached::default(),
             notes,
+            drop_reasons: resolved.drop_reasons,
         })
     }
 
@@ -122,6 +125,11 @@ impl Programs {
 
     pub fn attachments(&self) -> &[(Hook, ladder::Mechanism)] {
         &self.attachments
+    }
+
+    /// Drop reason names of the running kernel, by value.
+    pub fn drop_reasons(&self) -> &HashMap<u32, String> {
+        &self.drop_reasons
     }
 
     pub fn notes(&self) -> &[String] {

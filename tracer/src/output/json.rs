@@ -89,6 +89,10 @@ struct HopJson<'a> {
     since_first_ns: u64,
     skb: String,
     conntrack: Option<ConntrackJson>,
+    /// `kfree_skb` only: the kernel's drop reason, without the `SKB_DROP_REASON_` prefix.
+    drop_reason: Option<String>,
+    /// `kfree_skb` only: the function that dropped the packet, as `name+0xoffset`.
+    drop_location: Option<String>,
 }
 
 impl<'a> HopJson<'a> {
@@ -124,6 +128,8 @@ impl<'a> HopJson<'a> {
             since_first_ns: hop.since_first_ns,
             skb: format!("{:#x}", e.skb),
             conntrack: e.conntrack.as_ref().map(ConntrackJson::new),
+            drop_reason: e.drop.map(|d| names.drop_reason(d.reason)),
+            drop_location: e.drop.map(|d| names.symbol(d.location)),
         }
     }
 }

@@ -9,8 +9,8 @@ use std::{
 use super::{RunStats, json::JsonWriter, text::TextWriter};
 use crate::{
     cli::Format,
-    correlate::{Correlator, Record},
-    names::NameTable,
+    correlate::{Correlator, PacketTrace, Record},
+    names::{NameTable, kernel_symbol},
     select::{Place, touches},
 };
 
@@ -53,13 +53,16 @@ impl Sink {
     pub fn write_ready(
         &mut self,
         correlator: &mut Correlator,
-        names: &NameTable,
+        names: &mut NameTable,
         stats: &mut RunStats,
     ) -> io::Result<bool> {
         let mut wrote = false;
         while let Some(record) = correlator.pop() {
             if !self.shown(&record, stats) {
                 continue;
+            }
+            if let Record::Packet(packet) = &record {
+                name_drop_locations(packet, names);
             }
             wrote = true;
             match &mut self.writer {
@@ -106,6 +109,18 @@ impl Sink {
         match &mut self.writer {
             Writer::Text(w) => w.stats(stats),
             Writer::Json(w) => w.stats(stats),
+        }
+    }
+}
+
+/// Looks up the kernel functions that dropped the packet, once per address.
+fn name_drop_locations(packet: &PacketTrace, names: &mut NameTable) {
+    for hop in &packet.hops {
+        if let Some(drop) = hop.event.drop
+            && !names.has_symbol(drop.location)
+            && let Some(symbol) = kernel_symbol(drop.location)
+        {
+            names.set_symbol(drop.location, symbol);
         }
     }
 }

@@ -76,6 +76,18 @@ impl<W: Write> TextWriter<W> {
                 shown = Some(event.tuple);
             }
         }
+        if let Some(last) = packet.hops.last()
+            && let Some(drop) = last.event.drop
+        {
+            writeln!(
+                self.out,
+                "{:>27}DROPPED in {} at {}: {}",
+                "",
+                names.place(last.event.netns_inode),
+                names.symbol(drop.location),
+                names.drop_reason(drop.reason),
+            )?;
+        }
         Ok(())
     }
 

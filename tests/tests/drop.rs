@@ -1,0 +1,131 @@
+//! Where packets die: drops with the kernel's reason as the packet's last hop.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tracer_tests::{
+    testbed::{SERVER_ADDR, Testbed},
+    trace::{self, Packet, place},
+    tracer::Tracer,
+};
+
+fn syn_from<'a>(packets: &'a [Packet], netns: &str) -> &'a Packet {
+    packets
+        .iter()
+        .find(|p| p.flags() == "S" && p.first()["netns"] == netns)
+        .unwrap_or_else(|| panic!("no SYN from {netns}: {packets:#?}"))
+}
+
+/// A DROP rule in the host's FORWARD chain: the SYN's last hop is `kfree_skb` on docker0 in
+/// the host namespace, with netfilter's drop reason, and it never reaches the uplink.
+#[test]
+fn forward_drop_is_the_last_hop_with_its_reason() -> anyhow::Result<()> {
+    let port = 10031;
+    let testbed = Testbed::up(1)?;
+    testbed.host.exec(
+        "iptables",
+        &[
+            "-A",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DROP",
+        ],
+    )?;
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "stack",
+    ])?;
+    let ctr = &testbed.containers[0];
+    let attempt = ctr.netns.enter(|| {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((SERVER_ADDR, port)),
+            Duration::from_millis(300),
+        )
+    })?;
+    assert!(attempt.is_err(), "the SYN must be dropped");
+    let finished = tracer.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let packets = trace::packets(&finished.json()?);
+    let syn = syn_from(&packets, &ctr.netns.name);
+    let host = &testbed.host.name;
+    let last = syn.hops.last().expect("hops");
+    assert_eq!(
+        syn.places().last(),
+        Some(&place(host, "docker0", "kfree_skb")),
+        "{:#?}",
+        syn.places()
+    );
+    assert_eq!(last["drop_reason"], "NETFILTER_DROP");
+    assert!(
+        trace::text(&last["drop_location"]).starts_with("nf_hook_slow"),
+        "{last}"
+    );
+    assert!(syn.hop_at(host, "eth0", "net_dev_queue").is_none());
+    // Hops before the drop carry no drop fields.
+    assert!(
+        syn.hops[..syn.hops.len() - 1]
+            .iter()
+            .all(|h| h["drop_reason"].is_null())
+    );
+    Ok(())
+}
+
+/// A connection to a closed port: the SYN dies in the remote for want of a socket, and the
+/// RST travels back through the NAT to the container, in the same flow.
+#[test]
+fn closed_port_shows_the_rst_path() -> anyhow::Result<()> {
+    let port = 10032;
+    let testbed = Testbed::up(1)?;
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "stack",
+    ])?;
+    let ctr = &testbed.containers[0];
+    let attempt = ctr.netns.enter(|| {
+        std::net::TcpStream::connect_timeout(
+            &SocketAddr::from((SERVER_ADDR, port)),
+            Duration::from_secs(5),
+        )
+    })?;
+    assert_eq!(
+        attempt.err().map(|e| e.kind()),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
+    let finished = tracer.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let packets = trace::packets(&finished.json()?);
+    let syn = syn_from(&packets, &ctr.netns.name);
+    let remote = &testbed.remote.name;
+    assert_eq!(
+        syn.places().last(),
+        Some(&place(remote, "eth0", "kfree_skb"))
+    );
+    assert_eq!(syn.hops.last().expect("hops")["drop_reason"], "NO_SOCKET");
+
+    let rst = packets
+        .iter()
+        .find(|p| p.flags() == "R." && p.first()["netns"] == remote.as_str())
+        .expect("the RST");
+    assert_eq!(rst.flow_id(), syn.flow_id());
+    assert_eq!(rst.first()["direction"], "reply");
+    let places = rst.places();
+    assert_eq!(
+        places.last(),
+        Some(&place(&ctr.netns.name, "eth0", "netif_receive_skb"))
+    );
+    let delivered = rst.hops.last().expect("hops");
+    assert_eq!(delivered["dst_ip"], ctr.addr.to_string());
+    assert_eq!(delivered["dst_port"], syn.first()["src_port"]);
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! Where packets die: the `kfree_skb` tracepoint, with the kernel's drop reason and the code
+//! address that dropped the packet. Normal frees go through `consume_skb` instead and are not
+//! drops.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+use tracer_common::hook::Hook;
+
+use crate::skb::{Extra, L3At, trace_with};
+
+// kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let extra = Extra {
+        location: ctx.arg(1),
+        drop_reason: ctx.arg(2),
+    };
+    trace_with(ctx.arg(0), Hook::KfreeSkb, L3At::Either, extra);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
+    let extra = Extra {
+        location: ctx.arg(1),
+        drop_reason: ctx.arg(2),
+    };
+    trace_with(ctx.arg(0), Hook::KfreeSkb, L3At::Either, extra);
+    0
+}
