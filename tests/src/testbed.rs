@@ -11,7 +11,7 @@
 //! which takes every link, address, route and rule inside with them.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::atomic::{AtomicU32, Ordering},
 };
 
@@ -30,12 +30,24 @@ pub const REMOTE_LINK_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The server address, on the remote's loopback, reached through the host's uplink.
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 252);
 
+// The IPv6 plan mirrors the IPv4 one inside the benchmarking range 2001:2::/48 (RFC 5180).
+/// Address of the bridge on the containers' IPv6 subnet.
+pub const BRIDGE_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x17, 0, 0, 0, 1);
+/// Host side of the uplink: the address IPv6 MASQUERADE rewrites container sources to.
+pub const UPLINK_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x18, 0, 0, 0, 2);
+/// Remote side of the uplink.
+pub const REMOTE_LINK_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x18, 0, 0, 0, 1);
+/// The server's IPv6 address, on the remote's loopback.
+pub const SERVER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x19, 0, 0, 0, 0xfc);
+
 /// A container namespace.
 #[derive(Debug)]
 pub struct Container {
     pub netns: Netns,
     /// Address of the container's `eth0`.
     pub addr: Ipv4Addr,
+    /// IPv6 address of the container's `eth0`.
+    pub addr6: Ipv6Addr,
     /// Host-side end of the veth pair, enslaved to `docker0`.
     pub host_veth: String,
 }
@@ -142,6 +154,33 @@ impl Testbed {
         ])?;
         remote.ip(&["link", "set", "eth0", "up"])?;
         remote.ip(&["addr", "add", &format!("{SERVER_ADDR}/32"), "dev", "lo"])?;
+
+        // IPv6, with NAT66 like Docker's ip6tables MASQUERADE. `nodad` makes the addresses
+        // usable at once instead of after duplicate address detection.
+        host.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("{BRIDGE_ADDR6}/64"),
+            "dev",
+            "docker0",
+            "nodad",
+        ])?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("{UPLINK_ADDR6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        let via = REMOTE_LINK_ADDR6.to_string();
+        host.ip(&["-6", "route", "add", "2001:2:0:19::/64", "via", &via])?;
+        let masquerade = "-t nat -A POSTROUTING -s 2001:2:0:17::/64 ! -o docker0 -j MASQUERADE";
+        host.exec("ip6tables", &masquerade.split(' ').collect::<Vec<_>>())?;
+        let remote_link = format!("{REMOTE_LINK_ADDR6}/64");
+        remote.ip(&["addr", "add", &remote_link, "dev", "eth0", "nodad"])?;
+        remote.ip(&["addr", "add", &format!("{SERVER_ADDR6}/128"), "dev", "lo"])?;
         Ok(())
     }
 
@@ -152,6 +191,7 @@ impl Testbed {
         let netns = Netns::create(&format!("{PREFIX}{}-ctr{number}", self.id))?;
         let octet = u8::try_from(number + 1).context("too many containers")?;
         let addr = Ipv4Addr::new(172, 17, 0, octet);
+        let addr6 = Ipv6Addr::new(0x2001, 2, 0, 0x17, 0, 0, 0, u16::from(octet));
         let host_veth = format!("v{}c{number}", self.id);
         let host = &self.host;
         host.ip(&[
@@ -172,9 +212,26 @@ impl Testbed {
         netns.ip(&["addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["route", "add", "default", "via", &BRIDGE_ADDR.to_string()])?;
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{addr6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        netns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &BRIDGE_ADDR6.to_string(),
+        ])?;
         self.containers.push(Container {
             netns,
             addr,
+            addr6,
             host_veth,
         });
         Ok(self.containers.last().expect("just pushed"))

@@ -77,3 +77,68 @@ fn netns_inode(name: &serde_json::Value, testbed: &Testbed) -> u64 {
         .and_then(|ns| ns.inode().ok())
         .unwrap_or(0)
 }
+
+/// The same SYN over IPv6, masqueraded by NAT66: every hop, with IPv6 addresses, and one flow
+/// for the handshake.
+#[test]
+fn ipv6_syn_is_traced_end_to_end() -> anyhow::Result<()> {
+    use tracer_tests::testbed::{SERVER_ADDR6, UPLINK_ADDR6};
+    let port = 10007;
+    let testbed = Testbed::up(1)?;
+    let server = SocketAddr::from((SERVER_ADDR6, port));
+    let listener = traffic::listen(&testbed.remote, server)?;
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "stack",
+    ])?;
+    traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
+    let finished = tracer.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json()?;
+    let ctr = &testbed.containers[0];
+    let (ctr_ns, host_ns, remote_ns) = (&ctr.netns.name, &testbed.host.name, &testbed.remote.name);
+    let packets = trace::packets(&lines);
+    let syn = packets
+        .iter()
+        .find(|p| p.flags() == "S" && p.first()["netns"] == ctr_ns.as_str())
+        .expect("a SYN starting in the container");
+    assert_eq!(
+        syn.places(),
+        vec![
+            place(ctr_ns, "eth0", "net_dev_queue"),
+            place(ctr_ns, "eth0", "net_dev_start_xmit"),
+            place(host_ns, &ctr.host_veth, "netif_rx"),
+            place(host_ns, &ctr.host_veth, "netif_receive_skb"),
+            place(host_ns, "docker0", "netif_receive_skb"),
+            place(host_ns, "eth0", "net_dev_queue"),
+            place(host_ns, "eth0", "net_dev_start_xmit"),
+            place(remote_ns, "eth0", "netif_rx"),
+            place(remote_ns, "eth0", "netif_receive_skb"),
+        ]
+    );
+    for (index, hop) in syn.hops.iter().enumerate() {
+        let expected_src = if index < 5 { ctr.addr6 } else { UPLINK_ADDR6 };
+        assert_eq!(hop["src_ip"], expected_src.to_string(), "hop {index}");
+        assert_eq!(hop["dst_ip"], SERVER_ADDR6.to_string(), "hop {index}");
+    }
+    let syn_ack = packets
+        .iter()
+        .find(|p| p.flags() == "S." && p.first()["netns"] == remote_ns.as_str())
+        .expect("the SYN-ACK");
+    assert_eq!(syn_ack.flow_id(), syn.flow_id());
+    assert_eq!(
+        syn_ack.hops.last().expect("hops")["dst_ip"],
+        ctr.addr6.to_string()
+    );
+    let snat = trace::of_type(&lines, "nat")
+        .into_iter()
+        .find(|n| n["flow_id"] == syn.flow_id() && n["direction"] == "original")
+        .expect("NAT66 record");
+    assert_eq!(snat["kind"], "snat");
+    assert_eq!(snat["after"]["src_ip"], UPLINK_ADDR6.to_string());
+    Ok(())
+}
