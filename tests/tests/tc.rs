@@ -35,7 +35,7 @@ fn tc_hops_sit_between_the_stack_hops_of_their_interface() -> anyhow::Result<()>
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);
     assert!(
-        finished.stderr.contains("4 tp_btf, 4 tcx on 2 interfaces"),
+        finished.stderr.contains("5 tp_btf, 4 tcx on 2 interfaces"),
         "{}",
         finished.stderr
     );
@@ -60,7 +60,7 @@ fn tc_hops_sit_between_the_stack_hops_of_their_interface() -> anyhow::Result<()>
     Ok(())
 }
 
-/// An interface that does not exist is one clear error, exit code 1, and nothing attached.
+/// An interface that does not exist is one clear error, exit code 2, and nothing attached.
 #[test]
 fn unknown_interface_is_a_clear_error() -> anyhow::Result<()> {
     let testbed = Testbed::up(0)?;
@@ -72,7 +72,7 @@ fn unknown_interface_is_a_clear_error() -> anyhow::Result<()> {
         "--netns",
         &testbed.host.name,
     ])?;
-    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.stderr);
     let lines: Vec<&str> = finished.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{}", finished.stderr);
     assert!(

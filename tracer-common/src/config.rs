@@ -81,16 +81,82 @@ impl KernelOffsets {
     }
 }
 
-/// What the programs match before they emit anything.
+/// Most instructions in a [`Filter`].
+pub const FILTER_MAX: usize = 32;
+
+/// `FilterInsn::op`: push true.
+pub const OP_TRUE: u8 = 1;
+/// `FilterInsn::op`: push whether the address family is `family`.
+pub const OP_FAMILY: u8 = 2;
+/// `FilterInsn::op`: push whether the IP protocol is `proto`.
+pub const OP_PROTO: u8 = 3;
+/// `FilterInsn::op`: push whether the address on `side`, masked with `mask`, equals `addr`
+/// (and the family is `family`).
+pub const OP_HOST: u8 = 4;
+/// `FilterInsn::op`: push whether the TCP/UDP/SCTP port on `side` is in `port_lo..=port_hi`.
+pub const OP_PORT: u8 = 5;
+/// `FilterInsn::op`: pop two, push their conjunction.
+pub const OP_AND: u8 = 6;
+/// `FilterInsn::op`: pop two, push their disjunction.
+pub const OP_OR: u8 = 7;
+/// `FilterInsn::op`: pop one, push its negation.
+pub const OP_NOT: u8 = 8;
+
+/// `FilterInsn::side`: source or destination.
+pub const SIDE_EITHER: u8 = 0;
+/// `FilterInsn::side`: source.
+pub const SIDE_SRC: u8 = 1;
+/// `FilterInsn::side`: destination.
+pub const SIDE_DST: u8 = 2;
+
+/// One step of a filter program in postfix order, evaluated on a stack of booleans.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterInsn {
+    /// `OP_*`.
+    pub op: u8,
+    /// `SIDE_*`, for `OP_HOST` and `OP_PORT`.
+    pub side: u8,
+    /// `event::FAMILY_IPV4` or `event::FAMILY_IPV6`, for `OP_FAMILY` and `OP_HOST`.
+    pub family: u8,
+    /// IP protocol number, for `OP_PROTO`.
+    pub proto: u8,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    /// Network byte order; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+    pub mask: [u8; 16],
+}
+assert_size!(FilterInsn, 40);
+
+impl FilterInsn {
+    pub const fn new(op: u8) -> Self {
+        FilterInsn {
+            op,
+            side: SIDE_EITHER,
+            family: 0,
+            proto: 0,
+            port_lo: 0,
+            port_hi: 0,
+            addr: [0; 16],
+            mask: [0; 16],
+        }
+    }
+}
+
+/// What the programs match before they emit anything: a compiled tcpdump-style expression.
+/// A packet matches when the program is true for the packet's own tuple, for either tuple of
+/// its conntrack entry (the other side of a NAT), or when it belongs to a connection that
+/// matched before. An empty program matches every packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
-    /// Emit only packets with this L4 port as source or destination, on the packet itself or
-    /// on either side of its NAT (conntrack tuples). 0 matches every packet.
-    pub port: u16,
-    pub _pad: [u8; 6],
+    /// Instructions in use.
+    pub len: u32,
+    pub _pad: u32,
+    pub insns: [FilterInsn; FILTER_MAX],
 }
-assert_size!(Filter, 8);
+assert_size!(Filter, 8 + 40 * FILTER_MAX);
 
 /// Everything the programs are told before load.
 #[repr(C)]
@@ -99,7 +165,7 @@ pub struct Config {
     pub filter: Filter,
     pub offsets: KernelOffsets,
 }
-assert_size!(Config, 96);
+assert_size!(Config, 8 + 40 * FILTER_MAX + 88);
 
 impl Config {
     /// A configuration that matches everything and knows no offsets: programs emit nothing useful
@@ -107,8 +173,9 @@ impl Config {
     pub const fn new() -> Self {
         Config {
             filter: Filter {
-                port: 0,
-                _pad: [0; 6],
+                len: 0,
+                _pad: 0,
+                insns: [FilterInsn::new(0); FILTER_MAX],
             },
             offsets: KernelOffsets::unknown(),
         }

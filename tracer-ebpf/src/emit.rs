@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    event::{COUNTER_ENTRIES, Counter, CtTuple, PacketEvent, counter_index},
+    event::{COUNTER_ENTRIES, Counter, CtTuple, FLAG_L4, PacketEvent, counter_index},
     flow::FlowKey,
 };
 
-use crate::config::conf;
+use crate::filter::{self, View};
 
 /// Default size; the collector sets the real one before load.
 #[map]
@@ -31,31 +31,21 @@ pub fn count(hook: u8, counter: Counter) {
     }
 }
 
-/// Whether the configured port filter lets a packet with these ports through.
-#[inline(always)]
-fn ports_match(src_port: u16, dst_port: u16) -> bool {
-    let port = conf!(filter.port);
-    port == 0 || src_port == port || dst_port == port
-}
-
-/// Whether either conntrack tuple carries the configured port: this is how a packet seen on
-/// one side of a NAT matches a port that only appears on the other side.
-#[inline(always)]
-fn tuples_match(orig: &CtTuple, reply: &CtTuple) -> bool {
-    ports_match(orig.src_port, orig.dst_port) || ports_match(reply.src_port, reply.dst_port)
-}
-
-/// Whether the filter lets `event` through: by its own ports, by its conntrack tuples, or as
+/// Whether the filter lets `event` through: by its own tuple, by its conntrack tuples, or as
 /// part of a connection matched earlier. Remembers the connection when the packet matched and
 /// carries a conntrack entry, so that its packets also match where they have none.
 #[inline(always)]
 pub fn matches(event: &PacketEvent) -> bool {
-    if conf!(filter.port) == 0 {
+    if filter::is_empty() {
         return true;
     }
-    let by_ports = ports_match(event.src_port, event.dst_port);
+    let has_ports = event.flags & FLAG_L4 != 0;
     let has_ct = event.ct != 0;
-    if by_ports || (has_ct && tuples_match(&event.ct_orig, &event.ct_reply)) {
+    let matched = filter::evaluate(&View::packet(event, has_ports))
+        || (has_ct
+            && (filter::evaluate(&View::tuple(&event.ct_orig))
+                || filter::evaluate(&View::tuple(&event.ct_reply))));
+    if matched {
         if has_ct {
             track(&event.ct_orig, &event.ct_reply);
         }
@@ -71,24 +61,27 @@ pub fn matches(event: &PacketEvent) -> bool {
     TRACKED.get_ptr(&key).is_some()
 }
 
+/// Remembers both tuples of a connection. The reply tuple is the one that changes when NAT
+/// is decided (conntrack fills it in at POSTROUTING), so it is the one checked: a packet seen
+/// before the NAT must not keep the translated tuple from being stored later.
 #[inline(always)]
 fn track(orig: &CtTuple, reply: &CtTuple) {
-    let orig = FlowKey::new(
-        orig.protonum,
-        &orig.src_addr,
-        orig.src_port,
-        &orig.dst_addr,
-        orig.dst_port,
-    );
-    if TRACKED.get_ptr(&orig).is_some() {
-        return;
-    }
     let reply = FlowKey::new(
         reply.protonum,
         &reply.src_addr,
         reply.src_port,
         &reply.dst_addr,
         reply.dst_port,
+    );
+    if TRACKED.get_ptr(&reply).is_some() {
+        return;
+    }
+    let orig = FlowKey::new(
+        orig.protonum,
+        &orig.src_addr,
+        orig.src_port,
+        &orig.dst_addr,
+        orig.dst_port,
     );
     let _ = TRACKED.insert(&orig, &1, 0);
     let _ = TRACKED.insert(&reply, &1, 0);

@@ -10,6 +10,7 @@
 mod config;
 mod drop;
 mod emit;
+mod filter;
 mod nat;
 mod packet;
 mod skb;

@@ -105,15 +105,21 @@ fn emit(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
         limit: data_off + len.saturating_sub(data_len),
     };
     let protocol = u16::from_be(protocol);
-    let parsed = match at {
-        L3At::NetworkHeader => parse_l3(&linear, protocol, network_header()?, &mut event),
-        L3At::Data => parse_l3(&linear, protocol, data_off, &mut event),
-        L3At::Either => match parse_l3(&linear, protocol, network_header()?, &mut event) {
-            Parsed::Ip => Parsed::Ip,
-            Parsed::NotIp => parse_l3(&linear, protocol, data_off, &mut event),
-        },
+    let l3 = match at {
+        L3At::NetworkHeader => network_header()?,
+        L3At::Data => data_off,
+        L3At::Either => {
+            // The network header when an IP version nibble is there, else the data.
+            let nh = network_header()?;
+            let version = linear.load::<u8>(nh).map_or(0, |b| b >> 4);
+            if version == 4 || version == 6 {
+                nh
+            } else {
+                data_off
+            }
+        }
     };
-    if parsed == Parsed::NotIp {
+    if parse_l3(&linear, protocol, l3, &mut event) == Parsed::NotIp {
         return None;
     }
     event.skb_head = head;

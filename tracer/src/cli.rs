@@ -3,6 +3,9 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracer_common::config::Filter;
+
+use crate::filter::{self, FilterError};
 
 /// Follow packets hop by hop through container networking: from a container's eth0 through
 /// its veth pair, the bridge, NAT and the host's uplink, and the replies back.
@@ -90,6 +93,48 @@ pub struct TraceArgs {
     /// Create this file once every hook is attached (for scripts and tests).
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+
+    /// A tcpdump filter expression, e.g. `tcp port 10001 and host 172.17.0.2`; it matches a
+    /// flow on either side of a NAT. See the README for what is supported.
+    #[arg(value_name = "EXPRESSION", trailing_var_arg = true)]
+    pub filter: Vec<String>,
+}
+
+impl TraceArgs {
+    /// The whole filter: `--port` and the expression, joined with `and`.
+    pub fn expression(&self) -> Option<String> {
+        let expression = self.filter.join(" ");
+        match (self.port, expression.trim().is_empty()) {
+            (None, true) => None,
+            (Some(port), true) => Some(format!("port {port}")),
+            (None, false) => Some(expression),
+            (Some(port), false) => Some(format!("port {port} and ({expression})")),
+        }
+    }
+
+    /// The compiled filter.
+    pub fn filter(&self) -> Result<Filter, FilterError> {
+        let expression = self.expression().map(|e| filter::parse(&e)).transpose()?;
+        filter::compile(expression.as_ref())
+    }
+}
+
+/// A mistake in what the user asked for (as opposed to a problem with the machine): reported
+/// with exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl From<FilterError> for UsageError {
+    fn from(err: FilterError) -> Self {
+        UsageError(err.to_string())
+    }
+}
+
+impl From<anyhow::Error> for UsageError {
+    fn from(err: anyhow::Error) -> Self {
+        UsageError(format!("{err:#}"))
+    }
 }
 
 /// Output formats.

@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, collections::HashMap, path::PathBuf};
 
 use crate::{
-    cli::{Hooks, TraceArgs},
+    cli::{Hooks, TraceArgs, UsageError},
     kernel::{Programs, tc::AttachError},
     names::NameTable,
     select::{Place, Selection, Target},
@@ -37,7 +37,9 @@ impl Follower {
     pub async fn start(args: &TraceArgs) -> anyhow::Result<Follower> {
         let containers = docker_names().await;
         let topology = discover(containers.clone()).await?;
-        let places = Selection::new(args).places(&topology)?;
+        let places = Selection::new(args)
+            .places(&topology)
+            .map_err(UsageError::from)?;
         Ok(Follower {
             topology,
             places,

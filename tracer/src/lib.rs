@@ -11,6 +11,7 @@ pub mod commands;
 pub mod correlate;
 pub mod decode;
 pub mod doctor;
+pub mod filter;
 pub mod follow;
 pub mod kernel;
 pub mod names;

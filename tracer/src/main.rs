@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tracer::cli::{Cli, Command};
+use tracer::cli::{Cli, Command, UsageError};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -39,6 +39,12 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // What the user asked for cannot be done: usage error.
+        Err(err) if err.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("tracer: error: {err:#}");
+            ExitCode::from(2)
+        }
+        // The machine cannot do it: environment error.
         Err(err) => {
             eprintln!("tracer: error: {err:#}");
             ExitCode::from(1)

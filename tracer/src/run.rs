@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::TraceArgs,
+    cli::{TraceArgs, UsageError},
     correlate::{self, Correlator},
     decode::HopEvent,
     follow::Follower,
@@ -29,10 +29,11 @@ const REFRESH: Duration = Duration::from_millis(500);
 
 /// Runs a trace as `args` say, until Ctrl-C, SIGTERM, `-c` or `--duration`.
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
-    kernel::check_ring_bytes(args.ring_size)?;
+    kernel::check_ring_bytes(args.ring_size).map_err(UsageError::from)?;
+    let filter = args.filter().map_err(UsageError::from)?;
     let mut follower = Follower::start(&args).await?;
     let mut programs = Programs::load(&Settings {
-        port: args.port.unwrap_or(0),
+        filter,
         ring_bytes: args.ring_size,
     })?;
     for outcome in programs.climb(false) {
@@ -190,7 +191,9 @@ fn announce_ready(programs: &Programs, args: &TraceArgs) -> anyhow::Result<()> {
         "tracer: ready: {} hooks attached ({}){}",
         stack + tc * 2,
         parts.join(", "),
-        args.port.map(|p| format!(", port {p}")).unwrap_or_default(),
+        args.expression()
+            .map(|e| format!(", filter '{e}'"))
+            .unwrap_or_default(),
     );
     if let Some(path) = &args.ready_file {
         std::fs::write(path, b"ready\n")

@@ -4,6 +4,7 @@
 //! does nothing when everything is there.
 
 mod demo;
+mod fixtures;
 mod setup;
 mod test;
 mod testbed;
@@ -39,6 +40,8 @@ enum Command {
     Demo,
     /// Run the whole test suite (what CI runs).
     Test(test::Args),
+    /// Record the kernel event stream the decoder and golden tests replay.
+    Fixtures,
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Testbed { action } => testbed::run(action),
         Command::Demo => demo::run(),
         Command::Test(args) => test::run(&args),
+        Command::Fixtures => fixtures::run(),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

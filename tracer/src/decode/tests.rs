@@ -157,22 +157,27 @@ fn interface_names_are_nul_terminated_and_lossy() {
     assert!(name.contains('\u{fffd}'));
 }
 
-/// The layout is the contract with the kernel programs: a record captured from the kernel
-/// (tests/data/decode/syn-uplink.hex) must keep decoding to the same event.
+/// The layout is the contract with the kernel programs: the recording made from the kernel
+/// (tests/data/golden/snat-handshake.events, `cargo xtask fixtures`) must keep decoding, and
+/// its SYN at the uplink must read as the masqueraded SYN it was.
 #[test]
-fn decodes_a_record_captured_from_the_kernel() {
-    let hex = include_str!("../../../tests/data/decode/syn-uplink.hex");
-    let bytes: Vec<u8> = hex
-        .split_whitespace()
-        .map(|byte| u8::from_str_radix(byte, 16).expect("hex byte"))
+fn decodes_records_captured_from_the_kernel() {
+    let recording = include_bytes!("../../../tests/data/golden/snat-handshake.events");
+    let records = crate::reader::read_recording(&recording[..]).expect("recording");
+    assert!(records.len() > 50);
+    let events: Vec<HopEvent> = records
+        .iter()
+        .map(|r| decode(r).expect("every recorded event decodes"))
         .collect();
-    let event = decode(&bytes).expect("captured record decodes");
-    assert_eq!(event.hook, Hook::NetDevQueue);
+    let event = events
+        .iter()
+        .find(|e| {
+            e.hook == Hook::NetDevQueue && e.tcp_flags == 0x02 && e.tuple.src == v4(198, 18, 0, 2)
+        })
+        .expect("the SYN at the uplink");
     assert_eq!(event.ifname.as_str(), "eth0");
-    assert_eq!(event.tuple.src, v4(198, 18, 0, 2));
     assert_eq!(event.tuple.dst, v4(198, 19, 0, 252));
     assert_eq!(event.tuple.dst_port, 10_001);
-    assert_eq!(event.tcp_flags, 0x02);
     let ct = event.conntrack.expect("conntrack entry");
     assert_eq!(ct.orig.src, v4(172, 17, 0, 2));
     assert_eq!(ct.reply.dst, v4(198, 18, 0, 2));

@@ -34,8 +34,8 @@ const COUNTERS_MAP: &str = "COUNTERS";
 /// What to load.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Port filter, 0 for none.
-    pub port: u16,
+    /// The compiled filter expression.
+    pub filter: Filter,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
 }
@@ -66,10 +66,7 @@ impl Programs {
             notes.push(format!("conntrack tuples unavailable: {why}"));
         }
         let mut config = Config::new();
-        config.filter = Filter {
-            port: settings.port,
-            _pad: [0; 6],
-        };
+        config.filter = settings.filter;
         config.offsets = resolved.offsets;
         let ebpf = EbpfLoader::new()
             .override_global(CONFIG_SYMBOL, &config, true)

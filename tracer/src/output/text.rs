@@ -63,7 +63,7 @@ impl<W: Write> TextWriter<W> {
                 String::new()
             };
             let line = format!(
-                "  {:>11} {:>11}  {:<14} {:<15} {:<19} {}",
+                "  {:>11} {:>11}  {:<17} {:<15} {:<19} {}",
                 format!("+{}", duration(hop.since_prev_ns)),
                 duration(hop.since_first_ns),
                 names.place(event.netns_inode),
