@@ -164,8 +164,14 @@ assert_size!(Filter, 8 + 40 * FILTER_MAX);
 pub struct Config {
     pub filter: Filter,
     pub offsets: KernelOffsets,
+    /// Bytes of each packet to copy into the event, from the IP header on (0 for none; at
+    /// most `event::SNAP_MAX`).
+    pub snap_len: u32,
+    /// `SKB_DROP_REASON_QUEUE_PURGE` in the running kernel: a socket freeing its queues as it
+    /// closes, which is not a packet dying on its path, so `kfree_skb` skips it.
+    pub drop_reason_queue_purge: u32,
 }
-assert_size!(Config, 8 + 40 * FILTER_MAX + 88);
+assert_size!(Config, 8 + 40 * FILTER_MAX + 88 + 8);
 
 impl Config {
     /// A configuration that matches everything and knows no offsets: programs emit nothing useful
@@ -178,6 +184,8 @@ impl Config {
                 insns: [FilterInsn::new(0); FILTER_MAX],
             },
             offsets: KernelOffsets::unknown(),
+            snap_len: 0,
+            drop_reason_queue_purge: u32::MAX,
         }
     }
 }

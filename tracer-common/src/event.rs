@@ -13,7 +13,12 @@ use crate::assert_size;
 pub enum EventKind {
     /// A [`PacketEvent`].
     Packet = 1,
+    /// A [`PacketWithHeaders`]: the event and the packet's first bytes, for `-w`.
+    PacketWithHeaders = 2,
 }
+
+/// Most bytes of a packet copied into a [`PacketWithHeaders`].
+pub const SNAP_MAX: usize = 256;
 
 /// `PacketEvent::flags`: the L4 header (ports, TCP flags, sequence numbers) was read.
 pub const FLAG_L4: u8 = 1 << 0;
@@ -164,6 +169,19 @@ impl PacketEvent {
         }
     }
 }
+
+/// A [`PacketEvent`] with the first bytes of the packet, from its IP header on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketWithHeaders {
+    /// `event.kind` is [`EventKind::PacketWithHeaders`].
+    pub event: PacketEvent,
+    /// Bytes of `headers` that hold packet data.
+    pub snap_len: u16,
+    pub _pad: [u8; 6],
+    pub headers: [u8; SNAP_MAX],
+}
+assert_size!(PacketWithHeaders, 216 + 8 + SNAP_MAX);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PacketEvent {}

@@ -8,26 +8,33 @@ use aya_ebpf::{
 };
 use tracer_common::hook::Hook;
 
-use crate::skb::{Extra, L3At, trace_with};
+use crate::{
+    config::conf,
+    skb::{Extra, L3At, trace_with},
+};
 
 // kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
-    let extra = Extra {
-        location: ctx.arg(1),
-        drop_reason: ctx.arg(2),
-    };
-    trace_with(ctx.arg(0), Hook::KfreeSkb, L3At::Either, extra);
+    dropped(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
-    let extra = Extra {
-        location: ctx.arg(1),
-        drop_reason: ctx.arg(2),
-    };
-    trace_with(ctx.arg(0), Hook::KfreeSkb, L3At::Either, extra);
+    dropped(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
+}
+
+#[inline(always)]
+fn dropped(skb: u64, location: u64, drop_reason: u32) {
+    if drop_reason == conf!(drop_reason_queue_purge) {
+        return;
+    }
+    let extra = Extra {
+        location,
+        drop_reason,
+    };
+    trace_with(skb, Hook::KfreeSkb, L3At::Either, extra);
 }

@@ -5,11 +5,18 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    event::{COUNTER_ENTRIES, Counter, CtTuple, FLAG_L4, PacketEvent, counter_index},
+    event::{
+        COUNTER_ENTRIES, Counter, CtTuple, EventKind, FLAG_L4, PacketEvent, PacketWithHeaders,
+        SNAP_MAX, counter_index,
+    },
     flow::FlowKey,
 };
 
-use crate::filter::{self, View};
+use crate::{
+    config::conf,
+    filter::{self, View},
+    packet::Bytes,
+};
 
 /// Default size; the collector sets the real one before load.
 #[map]
@@ -87,12 +94,46 @@ fn track(orig: &CtTuple, reply: &CtTuple) {
     let _ = TRACKED.insert(&reply, &1, 0);
 }
 
-/// Writes `event` to the ring buffer, counting it as emitted or lost.
+/// Writes `event` to the ring buffer, with the packet's first bytes (from `l3` in `bytes`)
+/// when the collector asked for them, counting it as emitted or lost.
 #[inline(always)]
-pub fn submit(event: &PacketEvent) {
+pub fn submit(event: &PacketEvent, bytes: &impl Bytes, l3: u32) {
     let hook = event.hook;
-    match EVENTS.output::<PacketEvent>(event, 0) {
-        Ok(()) => count(hook, Counter::Emitted),
-        Err(_) => count(hook, Counter::Lost),
+    let snap_len = conf!(snap_len) as usize;
+    let written = if snap_len == 0 {
+        EVENTS.output::<PacketEvent>(event, 0).is_ok()
+    } else {
+        submit_with_headers(event, bytes, l3, snap_len.min(SNAP_MAX))
+    };
+    count(
+        hook,
+        if written {
+            Counter::Emitted
+        } else {
+            Counter::Lost
+        },
+    );
+}
+
+/// Fills a [`PacketWithHeaders`] in place in the ring buffer: the packet bytes are copied
+/// straight into it, never onto the small BPF stack.
+#[inline(always)]
+fn submit_with_headers(event: &PacketEvent, bytes: &impl Bytes, l3: u32, snap_len: usize) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<PacketWithHeaders>(0) else {
+        return false;
+    };
+    let record = entry.as_mut_ptr();
+    unsafe {
+        (*record).event = *event;
+        (*record).event.kind = EventKind::PacketWithHeaders as u8;
+        (*record)._pad = [0; 6];
+        let headers = &mut (*record).headers;
+        let copied = match headers.get_mut(..snap_len) {
+            Some(dst) => bytes.copy(l3, dst),
+            None => 0,
+        };
+        (*record).snap_len = copied as u16;
     }
+    entry.submit(0);
+    true
 }

@@ -37,6 +37,10 @@ const MAX_IPV6_EXT: usize = 4;
 pub trait Bytes {
     /// One value of `T` at `offset`, or `None` when it is not all readable.
     fn load<T: Copy>(&self, offset: u32) -> Option<T>;
+
+    /// Copies as many bytes from `offset` on as `dst` holds and the packet has; returns how
+    /// many were copied.
+    fn copy(&self, offset: u32, dst: &mut [u8]) -> usize;
 }
 
 /// Outcome of parsing: whether the L4 header was out of reach.

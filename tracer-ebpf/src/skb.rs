@@ -67,6 +67,20 @@ impl Bytes for Linear {
         }
         read(self.head, offset)
     }
+
+    #[inline(always)]
+    fn copy(&self, offset: u32, dst: &mut [u8]) -> usize {
+        let available = self.limit.saturating_sub(offset) as usize;
+        let len = dst.len().min(available);
+        let Some(dst) = dst.get_mut(..len) else {
+            return 0;
+        };
+        let src = (self.head + u64::from(offset)) as *const u8;
+        match unsafe { bpf_probe_read_kernel_buf(src, dst) } {
+            Ok(()) => len,
+            Err(_) => 0,
+        }
+    }
 }
 
 /// Emits an event for `skb` at `hook` if it matches the filter.
@@ -146,7 +160,7 @@ fn emit(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
     let net: u64 = read(dev, conf!(offsets.dev_net)).unwrap_or(0);
     event.netns_inode = read(net, conf!(offsets.net_inum)).unwrap_or(0);
 
-    submit(&event);
+    submit(&event, &linear, l3);
     Some(())
 }
 

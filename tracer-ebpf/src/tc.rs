@@ -42,6 +42,11 @@ impl Bytes for TcContext {
     fn load<T: Copy>(&self, offset: u32) -> Option<T> {
         TcContext::load(self, offset as usize).ok()
     }
+
+    #[inline(always)]
+    fn copy(&self, offset: u32, dst: &mut [u8]) -> usize {
+        self.load_bytes(offset as usize, dst).unwrap_or(0)
+    }
 }
 
 #[inline(always)]
@@ -75,6 +80,6 @@ fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
     event.len = skb.len;
     event.mark = skb.mark;
     event.ifindex = skb.ifindex;
-    submit(&event);
+    submit(&event, ctx, l3);
     Some(())
 }

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracer_common::config::Filter;
+use tracer_common::{config::Filter, event::SNAP_MAX};
 
 use crate::filter::{self, FilterError};
 
@@ -85,6 +85,16 @@ pub struct TraceArgs {
     /// A packet is complete when no hop has joined it for this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     pub packet_timeout: Duration,
+
+    /// Also write every hop as a packet record to this pcapng file (for Wireshark): one
+    /// interface per hop's interface and namespace, flow, packet and latency in comments.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub pcapng: Option<PathBuf>,
+
+    /// Bytes of each packet to capture for -w, from the IP header on (the headers by default).
+    #[arg(short = 's', long = "snaplen", value_name = "BYTES", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=SNAP_MAX as i64))]
+    pub snap_len: u32,
 
     /// Also copy the raw kernel events to this file, for replay and bug reports.
     #[arg(long, value_name = "PATH")]

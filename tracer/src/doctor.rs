@@ -41,6 +41,7 @@ pub fn probe() -> Report {
     match Programs::load(&Settings {
         filter: crate::filter::compile(None).expect("the empty filter compiles"),
         ring_bytes: 1 << 12,
+        snap_len: 0,
     }) {
         Ok(mut programs) => {
             report.notes = programs.notes().to_vec();

@@ -18,7 +18,7 @@ use crate::{
     decode::HopEvent,
     follow::Follower,
     kernel::{self, Programs, Settings},
-    output::{HookStats, RunStats, sink::Sink},
+    output::{self, HookStats, RunStats, pcapng::PcapngWriter, sink::Sink},
     reader::{self, ReaderStats},
 };
 
@@ -32,9 +32,23 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     kernel::check_ring_bytes(args.ring_size).map_err(UsageError::from)?;
     let filter = args.filter().map_err(UsageError::from)?;
     let mut follower = Follower::start(&args).await?;
+    // Output files first: a path that cannot be written is reported before anything loads.
+    let pcapng = args
+        .pcapng
+        .as_deref()
+        .map(output::create_private)
+        .transpose()
+        .map_err(UsageError::from)?;
+    let recorder = match &args.record {
+        Some(path) => Some(Box::new(io::BufWriter::new(
+            output::create_private(path).map_err(UsageError::from)?,
+        )) as reader::Recorder),
+        None => None,
+    };
     let mut programs = Programs::load(&Settings {
         filter,
         ring_bytes: args.ring_size,
+        snap_len: if pcapng.is_some() { args.snap_len } else { 0 },
     })?;
     for outcome in programs.climb(false) {
         if outcome.chosen().is_some() {
@@ -65,13 +79,6 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<HopEvent>>(64);
     let reader_stats = Arc::new(ReaderStats::default());
-    let recorder = match &args.record {
-        Some(path) => Some(Box::new(io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("failed to create {}", path.display()))?,
-        )) as reader::Recorder),
-        None => None,
-    };
     let reader = tokio::spawn(reader::run(
         ring,
         batch_tx,
@@ -88,6 +95,14 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         follower.places.clone(),
         args.count,
     );
+    if let Some(file) = pcapng {
+        let writer = PcapngWriter::new(
+            io::BufWriter::new(file),
+            args.snap_len,
+            realtime_offset_ns(),
+        )?;
+        sink.write_pcapng(writer);
+    }
     let mut correlator = Correlator::new(correlate::Settings {
         packet_idle_ns: args.packet_timeout.as_nanos() as u64,
         ..correlate::Settings::default()

@@ -193,6 +193,16 @@ fn name_tc_hops(hops: &mut [Hop]) {
     }
 }
 
+/// A hop without a device (a packet freed before it had one, on the local output path) is
+/// placed in the namespace of the hop before it.
+fn place_deviceless_hops(hops: &mut [Hop]) {
+    for i in 1..hops.len() {
+        if hops[i].event.netns_inode == 0 && hops[i].event.ifindex == 0 {
+            hops[i].event.netns_inode = hops[i - 1].event.netns_inode;
+        }
+    }
+}
+
 /// What the correlator produces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -256,6 +266,7 @@ impl Correlator {
             let mut hops = packet.hops;
             hops.sort_by_key(|hop| hop.event.ts_ns);
             name_tc_hops(&mut hops);
+            place_deviceless_hops(&mut hops);
             let first = hops.first().map_or(0, |hop| hop.event.ts_ns);
             let mut prev = first;
             for hop in &mut hops {

@@ -59,6 +59,7 @@ fn event(ts_ns: u64, hook: Hook, netns: u64, ifname: &str, skb: u64, tuple: Tupl
         mark: 0,
         conntrack: None,
         drop: None,
+        headers: None,
     }
 }
 

@@ -6,10 +6,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use bytes::Bytes;
 use tracer_common::{
     event::{
         CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR,
-        FLAG_TC, PacketEvent,
+        FLAG_TC, PacketEvent, PacketWithHeaders, SNAP_MAX,
     },
     hook::Hook,
 };
@@ -126,6 +127,8 @@ pub struct HopEvent {
     pub conntrack: Option<Conntrack>,
     /// Set at `kfree_skb`: why and where the packet was dropped.
     pub drop: Option<Drop>,
+    /// The packet's first bytes from the IP header on, when they were asked for (`-w`).
+    pub headers: Option<Bytes>,
 }
 
 /// A drop as the kernel reported it.
@@ -176,10 +179,23 @@ impl std::fmt::Debug for IfName {
 /// Decodes one ring buffer record.
 pub fn decode(bytes: &[u8]) -> Result<HopEvent, DecodeError> {
     let kind = *bytes.first().ok_or(DecodeError::Empty)?;
-    if kind != EventKind::Packet as u8 {
-        return Err(DecodeError::UnknownKind(kind));
+    if kind == EventKind::Packet as u8 {
+        let raw: PacketEvent = read_record(bytes, kind)?;
+        return packet(&raw);
     }
-    let expected = size_of::<PacketEvent>();
+    if kind == EventKind::PacketWithHeaders as u8 {
+        let raw: PacketWithHeaders = read_record(bytes, kind)?;
+        let mut event = packet(&raw.event)?;
+        let len = usize::from(raw.snap_len).min(SNAP_MAX);
+        event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
+        return Ok(event);
+    }
+    Err(DecodeError::UnknownKind(kind))
+}
+
+/// Reads a whole record of type `T`, which must be exactly its size.
+fn read_record<T: Copy>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
+    let expected = size_of::<T>();
     if bytes.len() != expected {
         return Err(DecodeError::Size {
             kind,
@@ -187,10 +203,9 @@ pub fn decode(bytes: &[u8]) -> Result<HopEvent, DecodeError> {
             expected,
         });
     }
-    // SAFETY: the length was checked, `PacketEvent` is plain integers and arrays (every bit
-    // pattern is valid), and `read_unaligned` does not need the record to be aligned.
-    let raw: PacketEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    packet(&raw)
+    // SAFETY: the length was checked, the record types are plain integers and arrays (every
+    // bit pattern is valid), and `read_unaligned` does not need the record to be aligned.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 fn packet(raw: &PacketEvent) -> Result<HopEvent, DecodeError> {
@@ -233,6 +248,7 @@ fn packet(raw: &PacketEvent) -> Result<HopEvent, DecodeError> {
             reason: raw.drop_reason,
             location: raw.location,
         }),
+        headers: None,
     })
 }
 

@@ -36,6 +36,8 @@ const COUNTERS_MAP: &str = "COUNTERS";
 pub struct Settings {
     /// The compiled filter expression.
     pub filter: Filter,
+    /// Bytes of each packet to copy into events (0 for none).
+    pub snap_len: u32,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
 }
@@ -67,6 +69,14 @@ impl Programs {
         }
         let mut config = Config::new();
         config.filter = settings.filter;
+        config.snap_len = settings.snap_len;
+        if let Some((&value, _)) = resolved
+            .drop_reasons
+            .iter()
+            .find(|(_, name)| name.as_str() == "QUEUE_PURGE")
+        {
+            config.drop_reason_queue_purge = value;
+        }
         config.offsets = resolved.offsets;
         let ebpf = EbpfLoader::new()
             .override_global(CONFIG_SYMBOL, &config, true)

@@ -4,13 +4,29 @@
 //! containers through a [`NameTable`](crate::names::NameTable).
 
 pub mod json;
+pub mod pcapng;
 pub mod sink;
 pub mod text;
 pub mod topology;
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, fs::File, os::unix::fs::OpenOptionsExt, path::Path};
+
+use anyhow::Context as _;
 
 use crate::decode::Tuple;
+
+/// Creates an output file readable by its owner only, refusing to follow a symlink at `path`
+/// (an attacker's link must not redirect root's output).
+pub fn create_private(path: &Path) -> anyhow::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
 
 /// TCP flags spelled as tcpdump prints them: `S`, `S.`, `.`, `P.`, `F.`, `R`, ... and `none`.
 pub fn tcp_flags(flags: u8) -> String {

@@ -3,10 +3,11 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
+    fs::File,
     io,
 };
 
-use super::{RunStats, json::JsonWriter, text::TextWriter};
+use super::{RunStats, json::JsonWriter, pcapng::PcapngWriter, text::TextWriter};
 use crate::{
     cli::Format,
     correlate::{Correlator, PacketTrace, Record},
@@ -21,6 +22,8 @@ pub struct Sink {
     count: Option<u64>,
     /// Flows with a shown packet, when a selection hides some.
     shown_flows: HashSet<u64>,
+    /// `-w`: every shown packet's hops also go to a pcapng file.
+    pcapng: Option<PcapngWriter<io::BufWriter<File>>>,
 }
 
 enum Writer {
@@ -45,7 +48,13 @@ impl Sink {
             places,
             count,
             shown_flows: HashSet::new(),
+            pcapng: None,
         }
+    }
+
+    /// Also writes shown packets to a pcapng file.
+    pub fn write_pcapng(&mut self, writer: PcapngWriter<io::BufWriter<File>>) {
+        self.pcapng = Some(writer);
     }
 
     /// Writes what the correlator has ready. Returns true once `-c` packets were written;
@@ -63,6 +72,9 @@ impl Sink {
             }
             if let Record::Packet(packet) = &record {
                 name_drop_locations(packet, names);
+                if let Some(pcapng) = &mut self.pcapng {
+                    pcapng.packet(packet, names).map_err(io::Error::other)?;
+                }
             }
             wrote = true;
             match &mut self.writer {
@@ -74,6 +86,9 @@ impl Sink {
             match &mut self.writer {
                 Writer::Text(w) => w.flush()?,
                 Writer::Json(w) => w.flush()?,
+            }
+            if let Some(pcapng) = &mut self.pcapng {
+                pcapng.flush()?;
             }
         }
         Ok(self.count.is_some_and(|n| stats.packets >= n))
