@@ -1,7 +1,7 @@
 //! A tracing session: discover, load and attach, read, correlate, write, detach.
 
 use std::{
-    io,
+    io::{self, IsTerminal},
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
@@ -118,6 +118,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(TICK);
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.reset();
+    // A live status line on stderr, only for a person watching a terminal.
+    let live = io::stderr().is_terminal();
+    let mut status = tokio::time::interval(Duration::from_secs(1));
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -147,6 +150,16 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                     eprintln!("tracer: following {}", applied.attached.join(", "));
                 }
             }
+            _ = status.tick(), if live => {
+                let (emitted, lost) = programs.counters().map_or((0, 0), |counters| {
+                    counters.values().fold((0, 0), |(e, l), c| (e + c.emitted, l + c.lost))
+                });
+                let (open_packets, open_flows) = correlator.sizes();
+                eprint!(
+                    "\r\x1b[Ktracer: {emitted} events, {lost} lost; {} packets shown; {open_packets} packets and {open_flows} flows open",
+                    stats.packets
+                );
+            }
             _ = sigint.recv(), if !stopping => stopping = true,
             _ = sigterm.recv(), if !stopping => stopping = true,
             _ = sleep_until(deadline), if !stopping => stopping = true,
@@ -158,6 +171,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
             // The reader drains the ring once more and closes the channel.
             stop_tx.send_replace(true);
         }
+    }
+    if live {
+        eprint!("\r\x1b[K");
     }
     reader.await.context("ring buffer reader failed")??;
     correlator.finish();
