@@ -64,7 +64,8 @@ fn pcapng_opens_in_tshark_with_one_interface_per_hop() -> anyhow::Result<()> {
             "-e",
             "tcp.dstport",
         ])
-        .args(["-e", "frame.comment"])
+        .args(["-e", "frame.comment", "-e", "frame.cap_len", "-e", "ip.hdr_len"])
+        .args(["-e", "tcp.hdr_len", "-e", "tcp.len"])
         .output()?;
     assert!(
         output.status.success(),
@@ -77,14 +78,20 @@ fn pcapng_opens_in_tshark_with_one_interface_per_hop() -> anyhow::Result<()> {
     let interfaces: BTreeSet<&str> = rows.iter().map(|r| r[0]).collect();
     let expected: BTreeSet<String> = places.iter().map(|(i, ns)| format!("{i}@{ns}")).collect();
     assert_eq!(interfaces, expected.iter().map(String::as_str).collect());
-    // tshark decodes the captured headers: every record is this connection.
+    // tshark decodes the captured headers: every record is this connection, and only the
+    // headers were captured, even of the packets that carried data.
+    let mut with_payload = 0;
     for row in &rows {
-        assert!(
-            row[1] == port.to_string() || row[2] == port.to_string(),
-            "{row:?}"
-        );
+        let port = port.to_string();
+        assert!(row[1] == port || row[2] == port, "{row:?}");
         assert!(row[3].starts_with("flow "), "{row:?}");
+        let number = |i: usize| row[i].parse::<usize>().unwrap_or(0);
+        assert_eq!(number(4), number(5) + number(6), "captured length: {row:?}");
+        if number(7) > 0 {
+            with_payload += 1;
+        }
     }
+    assert!(with_payload > 0, "the exchange carried data");
     let first = &rows[0];
     assert!(
         first[3].contains("hop 1/") && first[3].contains("net_dev_queue"),

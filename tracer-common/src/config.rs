@@ -167,11 +167,13 @@ pub struct Config {
     /// Bytes of each packet to copy into the event, from the IP header on (0 for none; at
     /// most `event::SNAP_MAX`).
     pub snap_len: u32,
+    /// When not 0, copy no more than the headers: the payload is never captured.
+    pub snap_headers_only: u32,
     /// `SKB_DROP_REASON_QUEUE_PURGE` in the running kernel: a socket freeing its queues as it
     /// closes, which is not a packet dying on its path, so `kfree_skb` skips it.
     pub drop_reason_queue_purge: u32,
 }
-assert_size!(Config, 8 + 40 * FILTER_MAX + 88 + 8);
+assert_size!(Config, 8 + 40 * FILTER_MAX + 88 + 12);
 
 impl Config {
     /// A configuration that matches everything and knows no offsets: programs emit nothing useful
@@ -185,6 +187,7 @@ impl Config {
             },
             offsets: KernelOffsets::unknown(),
             snap_len: 0,
+            snap_headers_only: 1,
             drop_reason_queue_purge: u32::MAX,
         }
     }

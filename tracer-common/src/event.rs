@@ -119,7 +119,9 @@ pub struct PacketEvent {
     pub location: u64,
     /// For `kfree_skb`: `enum skb_drop_reason` (include/net/dropreason-core.h).
     pub drop_reason: u32,
-    pub _pad: u32,
+    /// Length of the IP and L4 headers (where the payload starts), 0 if unknown.
+    pub headers_len: u16,
+    pub _pad: u16,
 }
 assert_size!(PacketEvent, 216);
 
@@ -165,6 +167,7 @@ impl PacketEvent {
             ct_reply: TUPLE,
             location: 0,
             drop_reason: 0,
+            headers_len: 0,
             _pad: 0,
         }
     }

@@ -99,8 +99,11 @@ fn track(orig: &CtTuple, reply: &CtTuple) {
 #[inline(always)]
 pub fn submit(event: &PacketEvent, bytes: &impl Bytes, l3: u32) {
     let hook = event.hook;
-    let snap_len = conf!(snap_len) as usize;
-    let written = if snap_len == 0 {
+    let mut snap_len = conf!(snap_len) as usize;
+    if conf!(snap_headers_only) != 0 {
+        snap_len = snap_len.min(usize::from(event.headers_len));
+    }
+    let written = if conf!(snap_len) == 0 {
         EVENTS.output::<PacketEvent>(event, 0).is_ok()
     } else {
         submit_with_headers(event, bytes, l3, snap_len.min(SNAP_MAX))

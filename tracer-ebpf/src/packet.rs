@@ -80,6 +80,7 @@ fn parse_ipv4(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
     event.ip_len = u16::from_be_bytes(ip.tot_len);
     event.l4_proto = ip.proto;
     let frag_offset = u16::from_be_bytes(ip.frags) & 0x1fff;
+    event.headers_len = header_len as u16;
     if frag_offset != 0 {
         event.flags |= FLAG_FRAGMENT;
         return Parsed::Ip;
@@ -125,6 +126,7 @@ fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
                 offset += 8;
                 if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
                     event.l4_proto = next;
+                    event.headers_len = (offset - l3) as u16;
                     event.flags |= FLAG_FRAGMENT;
                     return Parsed::Ip;
                 }
@@ -133,11 +135,13 @@ fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
         }
     }
     event.l4_proto = next;
+    event.headers_len = (offset - l3) as u16;
     parse_l4(bytes, next, offset, event);
     Parsed::Ip
 }
 
-/// Fills ports (TCP, UDP, SCTP) and TCP sequence numbers and flags.
+/// Fills ports (TCP, UDP, SCTP) and TCP sequence numbers and flags, and extends
+/// `headers_len` (which covers the IP headers on entry) over the L4 header.
 #[inline(always)]
 fn parse_l4(bytes: &impl Bytes, proto: u8, l4: u32, event: &mut PacketEvent) {
     match proto {
@@ -153,6 +157,7 @@ fn parse_l4(bytes: &impl Bytes, proto: u8, l4: u32, event: &mut PacketEvent) {
             event.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
             event.tcp_ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
             event.tcp_flags = tcp[13];
+            event.headers_len += u16::from(tcp[12] >> 4) * 4;
             event.flags |= FLAG_L4;
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
@@ -162,8 +167,11 @@ fn parse_l4(bytes: &impl Bytes, proto: u8, l4: u32, event: &mut PacketEvent) {
             };
             event.src_port = u16::from_be_bytes([ports[0], ports[1]]);
             event.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+            // UDP's header; SCTP's common header is 12 bytes.
+            event.headers_len += if proto == IPPROTO_SCTP { 12 } else { 8 };
             event.flags |= FLAG_L4;
         }
-        _ => {}
+        // ICMP and ICMPv6: type, code, checksum and the 4-byte rest of header.
+        _ => event.headers_len += 8,
     }
 }

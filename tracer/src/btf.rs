@@ -20,12 +20,8 @@ const CT_TUPLE_SIZE: u32 = 40;
 /// Why offsets could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("failed to read kernel BTF from {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: btf_rs::Error,
-    },
+    #[error("failed to read kernel BTF from {path}: {reason}")]
+    Read { path: String, reason: String },
     #[error("kernel BTF has no {0}")]
     Missing(String),
     #[error("kernel BTF: {member} is {actual} bytes, expected {expected}")]
@@ -48,9 +44,10 @@ pub struct Resolved {
     pub drop_reasons: HashMap<u32, String>,
 }
 
-/// Reads the running kernel's BTF and resolves every offset the programs use.
-pub fn resolve_running_kernel() -> Result<Resolved, BtfError> {
-    let vmlinux = load(Path::new(VMLINUX_BTF), None)?;
+/// Reads the kernel's BTF (the running kernel's, or `vmlinux` when given) and resolves every
+/// offset the programs use.
+pub fn resolve_kernel(vmlinux: Option<&Path>) -> Result<Resolved, BtfError> {
+    let vmlinux = load(vmlinux.unwrap_or(Path::new(VMLINUX_BTF)), None)?;
     let conntrack = Path::new(CONNTRACK_BTF)
         .exists()
         .then(|| load(Path::new(CONNTRACK_BTF), Some(&vmlinux)))
@@ -63,9 +60,16 @@ fn load(path: &Path, base: Option<&Btf>) -> Result<Btf, BtfError> {
         None => Btf::from_file(path),
         Some(base) => Btf::from_split_file(path, base),
     };
-    result.map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
+    result.map_err(|err| {
+        // btf-rs wraps I/O errors; the innermost message is the useful one.
+        let mut reason: &dyn std::error::Error = &err;
+        while let Some(inner) = reason.source() {
+            reason = inner;
+        }
+        BtfError::Read {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
     })
 }
 

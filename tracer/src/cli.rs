@@ -91,10 +91,15 @@ pub struct TraceArgs {
     #[arg(short = 'w', long = "write", value_name = "FILE")]
     pub pcapng: Option<PathBuf>,
 
-    /// Bytes of each packet to capture for -w, from the IP header on (the headers by default).
-    #[arg(short = 's', long = "snaplen", value_name = "BYTES", default_value_t = 128,
+    /// Bytes of each packet to capture for -w, from the IP header on, payload included. By
+    /// default only the IP and L4 headers are captured, never payload.
+    #[arg(short = 's', long = "snaplen", value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(1..=SNAP_MAX as i64))]
-    pub snap_len: u32,
+    pub snap_len: Option<u32>,
+
+    /// Read kernel structure layouts from this BTF file instead of /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub kernel_btf: Option<PathBuf>,
 
     /// Also copy the raw kernel events to this file, for replay and bug reports.
     #[arg(long, value_name = "PATH")]

@@ -42,6 +42,8 @@ pub fn probe() -> Report {
         filter: crate::filter::compile(None).expect("the empty filter compiles"),
         ring_bytes: 1 << 12,
         snap_len: 0,
+        snap_headers_only: true,
+        kernel_btf: None,
     }) {
         Ok(mut programs) => {
             report.notes = programs.notes().to_vec();

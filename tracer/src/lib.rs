@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod names;
 pub mod netns;
 pub mod output;
+pub mod privileges;
 pub mod reader;
 pub mod run;
 pub mod select;

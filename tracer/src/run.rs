@@ -11,6 +11,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
 };
+use tracer_common::event::SNAP_MAX;
 
 use crate::{
     cli::{TraceArgs, UsageError},
@@ -29,6 +30,7 @@ const REFRESH: Duration = Duration::from_millis(500);
 
 /// Runs a trace as `args` say, until Ctrl-C, SIGTERM, `-c` or `--duration`.
 pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    crate::privileges::check()?;
     kernel::check_ring_bytes(args.ring_size).map_err(UsageError::from)?;
     let filter = args.filter().map_err(UsageError::from)?;
     let mut follower = Follower::start(&args).await?;
@@ -48,7 +50,14 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let mut programs = Programs::load(&Settings {
         filter,
         ring_bytes: args.ring_size,
-        snap_len: if pcapng.is_some() { args.snap_len } else { 0 },
+        snap_len: match (&pcapng, args.snap_len) {
+            (None, _) => 0,
+            (Some(_), Some(bytes)) => bytes,
+            (Some(_), None) => SNAP_MAX as u32,
+        },
+        // Payload only when asked for with -s.
+        snap_headers_only: args.snap_len.is_none(),
+        kernel_btf: args.kernel_btf.clone(),
     })?;
     for outcome in programs.climb(false) {
         if outcome.chosen().is_some() {
@@ -98,7 +107,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     if let Some(file) = pcapng {
         let writer = PcapngWriter::new(
             io::BufWriter::new(file),
-            args.snap_len,
+            args.snap_len.unwrap_or(SNAP_MAX as u32),
             realtime_offset_ns(),
         )?;
         sink.write_pcapng(writer);

@@ -38,6 +38,10 @@ pub struct Settings {
     pub filter: Filter,
     /// Bytes of each packet to copy into events (0 for none).
     pub snap_len: u32,
+    /// Whether to stop at the end of the headers (no payload).
+    pub snap_headers_only: bool,
+    /// Kernel BTF to read instead of `/sys/kernel/btf/vmlinux`.
+    pub kernel_btf: Option<std::path::PathBuf>,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
 }
@@ -59,9 +63,9 @@ pub struct Programs {
 impl Programs {
     /// Loads the object with `settings` and the running kernel's offsets. Nothing is attached.
     pub fn load(settings: &Settings) -> anyhow::Result<Programs> {
-        let resolved = btf::resolve_running_kernel().context(
-            "failed to read kernel structure layouts from BTF; tracer needs a kernel built with \
-             CONFIG_DEBUG_INFO_BTF",
+        let resolved = btf::resolve_kernel(settings.kernel_btf.as_deref()).context(
+            "tracer needs the kernel's BTF (a kernel built with CONFIG_DEBUG_INFO_BTF, or \
+             --kernel-btf FILE)",
         )?;
         let mut notes = Vec::new();
         if let Some(why) = &resolved.conntrack_unavailable {
@@ -70,6 +74,7 @@ impl Programs {
         let mut config = Config::new();
         config.filter = settings.filter;
         config.snap_len = settings.snap_len;
+        config.snap_headers_only = u32::from(settings.snap_headers_only);
         if let Some((&value, _)) = resolved
             .drop_reasons
             .iter()
@@ -83,7 +88,11 @@ impl Programs {
             .map_max_entries(EVENTS_MAP, settings.ring_bytes)
             .load(OBJECT)
             .context("failed to load the eBPF object")?;
-        let btf = aya::Btf::from_sys_fs().context("failed to read kernel BTF")?;
+        let btf = match &settings.kernel_btf {
+            Some(path) => aya::Btf::parse_file(path, aya::Endianness::default()),
+            None => aya::Btf::from_sys_fs(),
+        }
+        .context("failed to read kernel BTF")?;
         Ok(Programs {
             ebpf,
             btf,
