@@ -237,6 +237,62 @@ impl Testbed {
         Ok(self.containers.last().expect("just pushed"))
     }
 
+    /// Unplugs container `index` (0-based) and plugs it in again: its veth pair is deleted and
+    /// created anew with the same names and addresses, as when a container's network is
+    /// recreated.
+    pub fn replug(&self, index: usize) -> anyhow::Result<()> {
+        let container = self.containers.get(index).context("no such container")?;
+        let host = &self.host;
+        host.ip(&["link", "del", &container.host_veth])?;
+        host.ip(&[
+            "link",
+            "add",
+            &container.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &container.netns.name,
+        ])?;
+        host.ip(&[
+            "link",
+            "set",
+            &container.host_veth,
+            "master",
+            "docker0",
+            "up",
+        ])?;
+        let netns = &container.netns;
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/16", container.addr),
+            "dev",
+            "eth0",
+        ])?;
+        netns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/64", container.addr6),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        netns.ip(&["link", "set", "eth0", "up"])?;
+        netns.ip(&["route", "add", "default", "via", &BRIDGE_ADDR.to_string()])?;
+        netns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &BRIDGE_ADDR6.to_string(),
+        ])?;
+        Ok(())
+    }
+
     /// Publishes `container_port` of container `index` (0-based) on the uplink's `host_port`,
     /// the way `docker run -p HOST:CONTAINER` does (DNAT in PREROUTING).
     pub fn publish(&self, host_port: u16, index: usize, container_port: u16) -> anyhow::Result<()> {

@@ -54,6 +54,11 @@ impl Finished {
 impl Tracer {
     /// Starts `tracer ARGS` and returns once it reports that every hook is attached.
     pub fn start(args: &[&str]) -> anyhow::Result<Tracer> {
+        Self::start_with_stdout(args, Stdio::piped())
+    }
+
+    /// [`Tracer::start`] with stdout going to `stdout` (a file, `/dev/full`, ...).
+    pub fn start_with_stdout(args: &[&str], stdout: Stdio) -> anyhow::Result<Tracer> {
         let binary = binary();
         if !binary.exists() {
             bail!(
@@ -64,15 +69,17 @@ impl Tracer {
         let mut child = Command::new(&binary)
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("failed to start {}", binary.display()))?;
-        let mut stdout = child.stdout.take().expect("piped");
+        let stdout = child.stdout.take();
         let stderr = child.stderr.take().expect("piped");
         let stdout = std::thread::spawn(move || {
             let mut text = String::new();
-            let _ = stdout.read_to_string(&mut text);
+            if let Some(mut stdout) = stdout {
+                let _ = stdout.read_to_string(&mut text);
+            }
             text
         });
         let (lines_tx, lines) = mpsc::channel();
@@ -149,6 +156,12 @@ impl Tracer {
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill();
         }
+        self.wait()
+    }
+
+    /// Kills the tracer with SIGKILL, as an OOM killer or an impatient user would.
+    pub fn kill_hard(mut self) -> anyhow::Result<Finished> {
+        self.signal(Signal::SIGKILL)?;
         self.wait()
     }
 

@@ -64,7 +64,14 @@ fn pcapng_opens_in_tshark_with_one_interface_per_hop() -> anyhow::Result<()> {
             "-e",
             "tcp.dstport",
         ])
-        .args(["-e", "frame.comment", "-e", "frame.cap_len", "-e", "ip.hdr_len"])
+        .args([
+            "-e",
+            "frame.comment",
+            "-e",
+            "frame.cap_len",
+            "-e",
+            "ip.hdr_len",
+        ])
         .args(["-e", "tcp.hdr_len", "-e", "tcp.len"])
         .output()?;
     assert!(

@@ -8,7 +8,10 @@
 //! only the interface index; the collector knows where it attached the program.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC, helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext,
+    bindings::TC_ACT_UNSPEC,
+    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+    macros::classifier,
+    programs::TcContext,
 };
 use tracer_common::{
     event::{Counter, FLAG_TC, PacketEvent},
@@ -45,7 +48,21 @@ impl Bytes for TcContext {
 
     #[inline(always)]
     fn copy(&self, offset: u32, dst: &mut [u8]) -> usize {
-        self.load_bytes(offset as usize, dst).unwrap_or(0)
+        // bpf_skb_load_bytes() refuses a zero length, so an empty copy never reaches it.
+        let len = self.len().saturating_sub(offset) as usize;
+        let len = len.min(dst.len());
+        if len == 0 {
+            return 0;
+        }
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb.cast(),
+                offset,
+                dst.as_mut_ptr().cast(),
+                len as u32,
+            )
+        };
+        if rc == 0 { len } else { 0 }
     }
 }
 

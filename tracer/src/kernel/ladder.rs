@@ -241,7 +241,7 @@ fn attach(err: ProgramError) -> Refusal {
 }
 
 /// The root cause of an aya error in one line, without the verifier log.
-fn describe(err: &ProgramError) -> String {
+pub(crate) fn describe(err: &ProgramError) -> String {
     match err {
         ProgramError::LoadError { io_error, .. } => io_error.to_string(),
         ProgramError::SyscallError(syscall) => {

@@ -15,7 +15,7 @@ use aya::{
 };
 use tracer_common::hook::Hook;
 
-use super::Programs;
+use super::{Programs, ladder::describe};
 use crate::{decode::IfName, netns, select::Target};
 
 /// An interface with TC programs attached.
@@ -89,9 +89,13 @@ impl Programs {
         for hook in [Hook::TcIngress, Hook::TcEgress] {
             let program = self.classifier(hook)?;
             if program.fd().is_err() {
-                program
-                    .load()
-                    .map_err(|err| anyhow!("failed to load the {} program: {err}", hook.name()))?;
+                program.load().map_err(|err| {
+                    anyhow!(
+                        "the {} program was refused ({}); tracing without TC hops",
+                        hook.name(),
+                        describe(&err)
+                    )
+                })?;
             }
         }
         let mut attach = || self.attach_here(&target.ifname, target.ifindex);
@@ -165,7 +169,8 @@ impl Programs {
                         gone()
                     } else {
                         AttachError::Failed(anyhow!(
-                            "failed to attach TC programs to {ifname}: {err}"
+                            "failed to attach TC programs to {ifname}: {}",
+                            describe(&err)
                         ))
                     });
                 }
