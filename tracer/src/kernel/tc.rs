@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, io, path::Path};
 use anyhow::anyhow;
 use aya::{
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
     },
     util::KernelVersion,
@@ -178,6 +178,20 @@ impl Programs {
         }
         let ids: [SchedClassifierLinkId; 2] = ids.try_into().map_err(|_| gone())?;
         Ok((if tcx { "tcx" } else { "clsact" }, ids))
+    }
+
+    /// Runs a TC program once on `packet` (an Ethernet frame) with `BPF_PROG_TEST_RUN`, without
+    /// any interface, and returns its verdict. For self-tests of the parser on crafted packets.
+    pub fn test_run_tc(&mut self, hook: Hook, packet: &[u8]) -> anyhow::Result<i32> {
+        let program = self.classifier(hook)?;
+        if program.fd().is_err() {
+            program.load()?;
+        }
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(packet),
+            ..TestRunOptions::default()
+        })?;
+        Ok(result.return_value as i32)
     }
 
     fn classifier(&mut self, hook: Hook) -> Result<&mut SchedClassifier, AttachError> {
