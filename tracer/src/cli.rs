@@ -36,6 +36,14 @@ pub enum Command {
     },
     /// Show which hooks this kernel offers, which tracer would use, and why.
     Doctor,
+    /// Decode, correlate and print events recorded with --record, without the kernel.
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
 }
 
 /// Options of a trace (the default command).

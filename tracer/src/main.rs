@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             None => tracer::run::trace(cli.trace).await,
             Some(Command::Topology { output }) => tracer::commands::topology(output).await,
             Some(Command::Doctor) => tracer::commands::doctor(),
+            Some(Command::Replay { file, output }) => tracer::commands::replay(&file, output),
         }
     });
     match result {

@@ -100,18 +100,37 @@ async fn drain(
     }
 }
 
-/// Reads records written by a [`Recorder`] back, for replay without the kernel.
-pub fn read_recording(mut input: impl Read) -> io::Result<Vec<Vec<u8>>> {
-    let mut records = Vec::new();
-    let mut len = [0u8; 4];
-    loop {
-        match input.read_exact(&mut len) {
+/// Reads records written by a [`Recorder`] back one at a time, for replay without the kernel.
+pub struct Recording<R> {
+    input: R,
+}
+
+impl<R: Read> Recording<R> {
+    pub fn new(input: R) -> Self {
+        Recording { input }
+    }
+
+    /// Reads the next record into `record`; false at the end of the recording.
+    pub fn next_into(&mut self, record: &mut Vec<u8>) -> io::Result<bool> {
+        let mut len = [0u8; 4];
+        match self.input.read_exact(&mut len) {
             Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(records),
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(err) => return Err(err),
         }
-        let mut record = vec![0u8; u32::from_le_bytes(len) as usize];
-        input.read_exact(&mut record)?;
-        records.push(record);
+        record.resize(u32::from_le_bytes(len) as usize, 0);
+        self.input.read_exact(record)?;
+        Ok(true)
     }
+}
+
+/// Every record of a recording.
+pub fn read_recording(input: impl Read) -> io::Result<Vec<Vec<u8>>> {
+    let mut recording = Recording::new(input);
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    while recording.next_into(&mut record)? {
+        records.push(std::mem::take(&mut record));
+    }
+    Ok(records)
 }

@@ -204,6 +204,11 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         });
     }
     sink.stats(&stats)?;
+    // Like tcpdump's closing line: on stderr too, so it is seen whatever stdout is.
+    eprintln!(
+        "tracer: {} events, {} lost, {} malformed; {} packets in {} flows",
+        stats.events, stats.lost, stats.malformed, stats.packets, stats.flows
+    );
     drop(programs);
     Ok(())
 }

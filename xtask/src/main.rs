@@ -3,9 +3,11 @@
 //! Every command first runs `setup`, which installs what is missing on a fresh machine and
 //! does nothing when everything is there.
 
+mod bench;
 mod demo;
 mod fixtures;
 mod setup;
+mod soak;
 mod test;
 mod testbed;
 mod util;
@@ -42,6 +44,10 @@ enum Command {
     Test(test::Args),
     /// Record the kernel event stream the decoder and golden tests replay.
     Fixtures,
+    /// Benchmarks: datapath, kernel programs, collector, loss, start-up (bench/results.md).
+    Bench(bench::Args),
+    /// A bounded run with connections opening and closing continuously (bench/soak.md).
+    Soak(soak::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +59,8 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Test(args) => test::run(&args),
         Command::Fixtures => fixtures::run(),
+        Command::Soak(args) => soak::run(&args),
+        Command::Bench(args) => bench::run(&args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

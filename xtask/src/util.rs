@@ -65,3 +65,35 @@ pub fn require_root(what: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A one-line description of this machine: CPU model and count, memory.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024 / 1024);
+    format!("{cpus} x {model}, {mem_gib} GiB")
+}
+
+/// The running kernel's release.
+pub fn kernel() -> String {
+    output(Command::new("uname").arg("-r"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The commit being measured.
+pub fn commit() -> String {
+    output(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(workspace()))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -1,0 +1,133 @@
+//! `cargo xtask soak`: a bounded run with connections opening and closing all the time, to
+//! show that tracer's memory stays flat, that flows are expired, and that every connection is
+//! reported as exactly one flow. Results go to `bench/soak.md`.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tracer_tests::{
+    testbed::{SERVER_ADDR, Testbed},
+    tracer::Tracer,
+    traffic,
+};
+
+use crate::util::{build_tracer, require_root, workspace};
+
+const PORT: u16 = 10091;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long to run.
+    #[arg(long, default_value_t = 5)]
+    minutes: u64,
+    /// Connections per second.
+    #[arg(long, default_value_t = 50)]
+    rate: u64,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    require_root("the soak run")?;
+    let binary = build_tracer(true)?;
+    // SAFETY: single-threaded at this point; the variable is read by the helper below.
+    unsafe { std::env::set_var("TRACER_BIN", &binary) };
+    let testbed = Testbed::up(2).context("failed to create the testbed")?;
+    let server = SocketAddr::from((SERVER_ADDR, PORT));
+    let listener = traffic::listen(&testbed.remote, server)?;
+    let output = std::env::temp_dir().join(format!("tracer-soak-{}.jsonl", std::process::id()));
+    let file = std::fs::File::create(&output)?;
+    let tracer = Tracer::start_with_stdout(
+        &["--port", &PORT.to_string(), "--output", "json", "--hooks", "stack"],
+        file.into(),
+    )?;
+    let pid = tracer.pid();
+
+    let duration = Duration::from_secs(args.minutes * 60);
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let start = Instant::now();
+    let mut connections: u64 = 0;
+    let mut rss = Vec::new();
+    let mut next_sample = start;
+    let mut next_connection = start;
+    while start.elapsed() < duration {
+        if Instant::now() >= next_sample {
+            rss.push((start.elapsed().as_secs(), rss_kib(pid)?));
+            next_sample += Duration::from_secs(10);
+        }
+        let container = &testbed.containers[(connections % 2) as usize];
+        traffic::exchange(&container.netns, None, server, &listener)?;
+        connections += 1;
+        next_connection += interval;
+        if let Some(wait) = next_connection.checked_duration_since(Instant::now()) {
+            // Pacing the load generator, not waiting for tracer: nothing here depends on it.
+            std::thread::sleep(wait);
+        }
+    }
+    rss.push((start.elapsed().as_secs(), rss_kib(pid)?));
+    let finished = tracer.stop()?;
+    anyhow::ensure!(finished.status.success(), "tracer failed: {}", finished.stderr);
+
+    // Count flow records: each connection must be exactly one. A tuple can recur, when the
+    // kernel gives a later connection a port an earlier one used; each is still its own flow.
+    let mut flows: HashMap<String, u64> = HashMap::new();
+    let (mut packets, mut lost) = (0u64, 0u64);
+    for line in BufReader::new(std::fs::File::open(&output)?).lines() {
+        let line = line?;
+        if line.starts_with("{\"type\":\"flow\"") {
+            let value: serde_json::Value = serde_json::from_str(&line)?;
+            let key = format!("{}", value["orig"]);
+            *flows.entry(key).or_default() += 1;
+        } else if line.starts_with("{\"type\":\"stats\"") {
+            let value: serde_json::Value = serde_json::from_str(&line)?;
+            packets = value["packets"].as_u64().unwrap_or(0);
+            lost = value["lost"].as_u64().unwrap_or(0);
+        }
+    }
+    std::fs::remove_file(&output)?;
+    let reported: u64 = flows.values().sum();
+    let reused = flows.values().filter(|&&n| n > 1).count();
+    let (first, last) = (rss[1.min(rss.len() - 1)].1, rss[rss.len() - 1].1);
+    let max = rss.iter().map(|(_, kib)| *kib).max().unwrap_or(0);
+
+    let mut report = format!(
+        "# Soak run\n\n`cargo xtask soak --minutes {} --rate {}` on {}, kernel {}, commit {}.\n\n",
+        args.minutes,
+        args.rate,
+        crate::util::machine(),
+        crate::util::kernel(),
+        crate::util::commit()
+    );
+    report += &format!(
+        "| connections | flows reported | tuples reused by a later connection | packets | events lost | RSS at 10 s | RSS at end | RSS max |\n|---|---|---|---|---|---|---|---|\n| {connections} | {reported} | {reused} | {packets} | {lost} | {first} KiB | {last} KiB | {max} KiB |\n\n"
+    );
+    report += "RSS over time (seconds, KiB):\n\n";
+    for (secs, kib) in &rss {
+        report += &format!("- {secs}: {kib}\n");
+    }
+    let path = workspace().join("bench/soak.md");
+    std::fs::write(&path, &report)?;
+    print!("{report}");
+    anyhow::ensure!(
+        reported == connections,
+        "{connections} connections but {reported} flows reported"
+    );
+    anyhow::ensure!(
+        last <= first + first / 2,
+        "memory grew from {first} KiB to {last} KiB"
+    );
+    Ok(())
+}
+
+/// Resident memory of a process.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
