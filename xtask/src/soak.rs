@@ -41,7 +41,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let output = std::env::temp_dir().join(format!("tracer-soak-{}.jsonl", std::process::id()));
     let file = std::fs::File::create(&output)?;
     let tracer = Tracer::start_with_stdout(
-        &["--port", &PORT.to_string(), "--output", "json", "--hooks", "stack"],
+        &[
+            "--port",
+            &PORT.to_string(),
+            "--output",
+            "json",
+            "--hooks",
+            "stack",
+        ],
         file.into(),
     )?;
     let pid = tracer.pid();
@@ -69,7 +76,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     rss.push((start.elapsed().as_secs(), rss_kib(pid)?));
     let finished = tracer.stop()?;
-    anyhow::ensure!(finished.status.success(), "tracer failed: {}", finished.stderr);
+    anyhow::ensure!(
+        finished.status.success(),
+        "tracer failed: {}",
+        finished.stderr
+    );
 
     // Count flow records: each connection must be exactly one. A tuple can recur, when the
     // kernel gives a later connection a port an earlier one used; each is still its own flow.

@@ -74,7 +74,10 @@ pub fn machine() -> String {
         .find_map(|l| l.strip_prefix("model name"))
         .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = meminfo
         .lines()
@@ -93,7 +96,11 @@ pub fn kernel() -> String {
 
 /// The commit being measured.
 pub fn commit() -> String {
-    output(Command::new("git").args(["rev-parse", "--short", "HEAD"]).current_dir(workspace()))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| "unknown".to_owned())
+    output(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(workspace()),
+    )
+    .map(|s| s.trim().to_owned())
+    .unwrap_or_else(|| "unknown".to_owned())
 }

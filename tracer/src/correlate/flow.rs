@@ -7,7 +7,9 @@
 //! register all four views of the connection); otherwise rewrites observed between consecutive
 //! hops of one packet link the tuple before NAT to the tuple after it.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{Direction, Hop, HopLabel, NatKind, NatRecord, NatSource, Settings, stats::Latency};
 use crate::decode::{Conntrack, Proto, Tuple};
@@ -42,6 +44,10 @@ pub struct Flow {
 pub struct FlowTable {
     flows: HashMap<u64, Flow>,
     index: HashMap<Tuple, (u64, Direction)>,
+    /// (last packet time, id) of every flow, so that expiry looks only at flows that are due.
+    activity: BTreeSet<(u64, u64)>,
+    /// (close time, id) of closed TCP flows.
+    closing: BTreeSet<(u64, u64)>,
     next_id: u64,
 }
 
@@ -98,7 +104,12 @@ impl FlowTable {
 
         let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
         flow.packets[direction as usize] += 1;
-        flow.last_ts = flow.last_ts.max(hops.last().map_or(0, |h| h.event.ts_ns));
+        let last = hops.last().map_or(0, |h| h.event.ts_ns);
+        if last > flow.last_ts {
+            self.activity.remove(&(flow.last_ts, flow_id));
+            flow.last_ts = last;
+            self.activity.insert((last, flow_id));
+        }
         for pair in hops.windows(2) {
             let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
             match flow.hops.iter_mut().find(|(k, _)| *k == key) {
@@ -115,8 +126,9 @@ impl FlowTable {
             if flags & TCP_FIN != 0 {
                 flow.fin[direction as usize] = true;
             }
-            if flags & TCP_RST != 0 || flow.fin == [true, true] {
-                flow.closed_at.get_or_insert(flow.last_ts);
+            if (flags & TCP_RST != 0 || flow.fin == [true, true]) && flow.closed_at.is_none() {
+                flow.closed_at = Some(flow.last_ts);
+                self.closing.insert((flow.last_ts, flow_id));
             }
         }
         Assignment {
@@ -147,6 +159,7 @@ impl FlowTable {
                 tuples: Vec::new(),
             },
         );
+        self.activity.insert((ts, id));
         self.learn(id, orig, Direction::Original);
         id
     }
@@ -207,16 +220,16 @@ impl FlowTable {
 
     /// Removes and returns flows that ended: idle too long, or closed and past the grace time.
     pub fn expire(&mut self, now_ns: u64, settings: &Settings) -> Vec<Flow> {
-        let ended: Vec<u64> = self
-            .flows
-            .values()
-            .filter(|f| {
-                now_ns.saturating_sub(f.last_ts) >= settings.flow_idle_ns
-                    || f.closed_at
-                        .is_some_and(|t| now_ns.saturating_sub(t) >= settings.closed_flow_grace_ns)
-            })
-            .map(|f| f.id)
-            .collect();
+        let due = |set: &BTreeSet<(u64, u64)>, after: u64| -> Vec<u64> {
+            set.iter()
+                .take_while(|(ts, _)| now_ns.saturating_sub(*ts) >= after)
+                .map(|&(_, id)| id)
+                .collect()
+        };
+        let mut ended = due(&self.activity, settings.flow_idle_ns);
+        ended.extend(due(&self.closing, settings.closed_flow_grace_ns));
+        ended.sort_unstable();
+        ended.dedup();
         self.remove_all(ended)
     }
 
@@ -225,11 +238,15 @@ impl FlowTable {
         if self.flows.len() <= max {
             return Vec::new();
         }
-        let mut by_age: Vec<(u64, u64)> = self.flows.values().map(|f| (f.last_ts, f.id)).collect();
-        by_age.sort_unstable();
-        // Evict an eighth more than needed so that a full table is not scanned on every packet.
+        // Evict an eighth more than needed, so that a full table does not evict on every packet.
         let excess = self.flows.len() - max + max / 8;
-        self.remove_all(by_age.into_iter().take(excess).map(|(_, id)| id).collect())
+        let oldest = self
+            .activity
+            .iter()
+            .take(excess)
+            .map(|&(_, id)| id)
+            .collect();
+        self.remove_all(oldest)
     }
 
     /// Removes and returns every flow.
@@ -251,6 +268,10 @@ impl FlowTable {
         ids.into_iter()
             .filter_map(|id| {
                 let flow = self.flows.remove(&id)?;
+                self.activity.remove(&(flow.last_ts, id));
+                if let Some(closed_at) = flow.closed_at {
+                    self.closing.remove(&(closed_at, id));
+                }
                 for tuple in &flow.tuples {
                     if self.index.get(tuple).is_some_and(|&(owner, _)| owner == id) {
                         self.index.remove(tuple);

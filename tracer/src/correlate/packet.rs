@@ -10,9 +10,12 @@
 //!
 //! Otherwise it starts a new packet. A packet is complete once no hop has joined it for
 //! [`Settings::packet_idle_ns`]; the table holds at most [`Settings::max_packets`] active
-//! packets and completes the oldest first when it is full.
+//! packets and completes the least recently active first when it is full. Packets are kept in
+//! order of last activity, so expiry only looks at the packets that are due.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{Hop, Settings};
 use crate::decode::{HopEvent, Proto};
@@ -63,8 +66,8 @@ pub struct PacketTable {
     active: HashMap<u64, ActivePacket>,
     by_skb: HashMap<(u64, u64), u64>,
     by_content: HashMap<ContentKey, u64>,
-    /// Packet ids in creation order; ids of completed packets are skipped lazily.
-    order: VecDeque<u64>,
+    /// (last hop time, id) of every active packet.
+    idle: BTreeSet<(u64, u64)>,
     next_id: u64,
 }
 
@@ -101,7 +104,7 @@ impl PacketTable {
                         last_ts: event.ts_ns,
                     },
                 );
-                self.order.push_back(id);
+                self.idle.insert((event.ts_ns, id));
                 id
             }
         };
@@ -111,7 +114,11 @@ impl PacketTable {
             self.by_skb.insert(skb, id);
         }
         self.by_content.insert(content, id);
-        packet.last_ts = packet.last_ts.max(event.ts_ns);
+        if event.ts_ns > packet.last_ts {
+            self.idle.remove(&(packet.last_ts, id));
+            packet.last_ts = event.ts_ns;
+            self.idle.insert((packet.last_ts, id));
+        }
         packet.hops.push(Hop {
             event,
             since_prev_ns: 0,
@@ -122,16 +129,14 @@ impl PacketTable {
 
     /// Completes every packet idle since before `now_ns - packet_idle_ns`.
     pub fn expire(&mut self, now_ns: u64, settings: &Settings) -> Vec<ActivePacket> {
-        let idle: Vec<u64> = self
-            .active
-            .values()
-            .filter(|p| now_ns.saturating_sub(p.last_ts) >= settings.packet_idle_ns)
-            .map(|p| p.id)
-            .collect();
-        let mut done: Vec<ActivePacket> =
-            idle.into_iter().filter_map(|id| self.remove(id)).collect();
+        let mut done = Vec::new();
+        while let Some(&(last_ts, id)) = self.idle.first() {
+            if now_ns.saturating_sub(last_ts) < settings.packet_idle_ns {
+                break;
+            }
+            done.extend(self.remove(id));
+        }
         done.sort_by_key(|p| (p.first_ts(), p.id));
-        self.order.retain(|id| self.active.contains_key(id));
         done
     }
 
@@ -155,16 +160,13 @@ impl PacketTable {
     }
 
     fn complete_oldest(&mut self) -> Option<ActivePacket> {
-        while let Some(id) = self.order.pop_front() {
-            if let Some(packet) = self.remove(id) {
-                return Some(packet);
-            }
-        }
-        None
+        let &(_, id) = self.idle.first()?;
+        self.remove(id)
     }
 
     fn remove(&mut self, id: u64) -> Option<ActivePacket> {
         let packet = self.active.remove(&id)?;
+        self.idle.remove(&(packet.last_ts, id));
         for skb in &packet.skbs {
             if self.by_skb.get(skb) == Some(&id) {
                 self.by_skb.remove(skb);

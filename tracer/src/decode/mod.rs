@@ -44,14 +44,14 @@ impl Proto {
     pub const SCTP: Proto = Proto(132);
 
     /// Lower-case name (`tcp`, `udp`, ...) or the number.
-    pub fn name(self) -> String {
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
         match self {
             Proto::ICMP => "icmp".into(),
             Proto::TCP => "tcp".into(),
             Proto::UDP => "udp".into(),
             Proto::ICMPV6 => "icmp6".into(),
             Proto::SCTP => "sctp".into(),
-            Proto(n) => n.to_string(),
+            Proto(n) => n.to_string().into(),
         }
     }
 }

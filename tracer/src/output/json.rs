@@ -8,7 +8,9 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{RunStats, tcp_flags};
+use std::{borrow::Cow, net::IpAddr};
+
+use super::{Hex, RunStats, TcpFlags};
 use crate::{
     correlate::{FlowSummary, Hop, HopLabel, NatRecord, PacketTrace, Record},
     decode::{Conntrack, Tuple},
@@ -67,17 +69,17 @@ struct HopJson<'a> {
     direction: &'static str,
     ts_ns: u64,
     hook: &'static str,
-    ifname: String,
+    ifname: Cow<'a, str>,
     ifindex: u32,
     netns_inode: u64,
     netns: Option<&'a str>,
     container: Option<&'a str>,
-    proto: String,
-    src_ip: String,
+    proto: Cow<'static, str>,
+    src_ip: IpAddr,
     src_port: u16,
-    dst_ip: String,
+    dst_ip: IpAddr,
     dst_port: u16,
-    tcp_flags: Option<String>,
+    tcp_flags: Option<TcpFlags>,
     tcp_seq: Option<u32>,
     tcp_ack: Option<u32>,
     ip_id: u16,
@@ -87,7 +89,7 @@ struct HopJson<'a> {
     mark: u32,
     since_prev_ns: u64,
     since_first_ns: u64,
-    skb: String,
+    skb: Hex,
     conntrack: Option<ConntrackJson>,
     /// `kfree_skb` only: the kernel's drop reason, without the `SKB_DROP_REASON_` prefix.
     drop_reason: Option<String>,
@@ -96,7 +98,7 @@ struct HopJson<'a> {
 }
 
 impl<'a> HopJson<'a> {
-    fn new(packet: &PacketTrace, hop: &Hop, names: &'a NameTable) -> Self {
+    fn new(packet: &PacketTrace, hop: &'a Hop, names: &'a NameTable) -> Self {
         let e = &hop.event;
         let tcp = e.has_l4 && e.tuple.proto == crate::decode::Proto::TCP;
         HopJson {
@@ -106,17 +108,17 @@ impl<'a> HopJson<'a> {
             direction: packet.direction.name(),
             ts_ns: e.ts_ns,
             hook: e.hook.name(),
-            ifname: e.ifname.to_string(),
+            ifname: e.ifname.as_str(),
             ifindex: e.ifindex,
             netns_inode: e.netns_inode,
             netns: names.netns(e.netns_inode),
             container: names.container(e.netns_inode),
             proto: e.tuple.proto.name(),
-            src_ip: e.tuple.src.to_string(),
+            src_ip: e.tuple.src,
             src_port: e.tuple.src_port,
-            dst_ip: e.tuple.dst.to_string(),
+            dst_ip: e.tuple.dst,
             dst_port: e.tuple.dst_port,
-            tcp_flags: tcp.then(|| tcp_flags(e.tcp_flags)),
+            tcp_flags: tcp.then_some(TcpFlags(e.tcp_flags)),
             tcp_seq: tcp.then_some(e.tcp_seq),
             tcp_ack: tcp.then_some(e.tcp_ack),
             ip_id: e.ip_id,
@@ -126,7 +128,7 @@ impl<'a> HopJson<'a> {
             mark: e.mark,
             since_prev_ns: hop.since_prev_ns,
             since_first_ns: hop.since_first_ns,
-            skb: format!("{:#x}", e.skb),
+            skb: Hex(e.skb),
             conntrack: e.conntrack.as_ref().map(ConntrackJson::new),
             drop_reason: e.drop.map(|d| names.drop_reason(d.reason)),
             drop_location: e.drop.map(|d| names.symbol(d.location)),
@@ -136,10 +138,10 @@ impl<'a> HopJson<'a> {
 
 #[derive(Serialize)]
 struct TupleJson {
-    proto: String,
-    src_ip: String,
+    proto: Cow<'static, str>,
+    src_ip: IpAddr,
     src_port: u16,
-    dst_ip: String,
+    dst_ip: IpAddr,
     dst_port: u16,
 }
 
@@ -147,9 +149,9 @@ impl TupleJson {
     fn new(t: &Tuple) -> Self {
         TupleJson {
             proto: t.proto.name(),
-            src_ip: t.src.to_string(),
+            src_ip: t.src,
             src_port: t.src_port,
-            dst_ip: t.dst.to_string(),
+            dst_ip: t.dst,
             dst_port: t.dst_port,
         }
     }
@@ -157,7 +159,7 @@ impl TupleJson {
 
 #[derive(Serialize)]
 struct ConntrackJson {
-    id: String,
+    id: Hex,
     /// `enum ip_conntrack_info`
     info: u8,
     orig: TupleJson,
@@ -167,7 +169,7 @@ struct ConntrackJson {
 impl ConntrackJson {
     fn new(ct: &Conntrack) -> Self {
         ConntrackJson {
-            id: format!("{:#x}", ct.id),
+            id: Hex(ct.id),
             info: ct.info,
             orig: TupleJson::new(&ct.orig),
             reply: TupleJson::new(&ct.reply),

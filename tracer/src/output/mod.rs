@@ -30,18 +30,42 @@ pub fn create_private(path: &Path) -> anyhow::Result<File> {
 
 /// TCP flags spelled as tcpdump prints them: `S`, `S.`, `.`, `P.`, `F.`, `R`, ... and `none`.
 pub fn tcp_flags(flags: u8) -> String {
-    // Bit order FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, as in tcpdump's print-tcp.c.
-    const LETTERS: [char; 8] = ['F', 'S', 'R', 'P', '.', 'U', 'E', 'W'];
-    let spelled: String = LETTERS
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| flags & (1 << bit) != 0)
-        .map(|(_, letter)| *letter)
-        .collect();
-    if spelled.is_empty() {
-        "none".to_owned()
-    } else {
-        spelled
+    TcpFlags(flags).to_string()
+}
+
+/// TCP flags that format themselves like tcpdump, without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpFlags(pub u8);
+
+impl std::fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Bit order FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, as in tcpdump's print-tcp.c.
+        const LETTERS: [char; 8] = ['F', 'S', 'R', 'P', '.', 'U', 'E', 'W'];
+        if self.0 == 0 {
+            return f.write_str("none");
+        }
+        for (bit, letter) in LETTERS.iter().enumerate() {
+            if self.0 & (1 << bit) != 0 {
+                f.write_char(*letter)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl serde::Serialize for TcpFlags {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// A kernel address, serialized as `0x...` without allocating.
+#[derive(Debug, Clone, Copy)]
+pub struct Hex(pub u64);
+
+impl serde::Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:#x}", self.0))
     }
 }
 

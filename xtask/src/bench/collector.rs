@@ -94,7 +94,11 @@ fn generate(path: &Path, flows: u64) -> anyhow::Result<u64> {
                 e.tcp_seq = flow as u32 + direction as u32 * 7;
                 // Masqueraded after the third hop on the way out, before it on the way back.
                 let translated = (direction == 0) == (hop >= 3);
-                let (mine, mine_port) = if translated { ([198, 18, 0, 2], port) } else { (client, port) };
+                let (mine, mine_port) = if translated {
+                    ([198, 18, 0, 2], port)
+                } else {
+                    (client, port)
+                };
                 let server = [198, 19, 0, 252];
                 let (src, src_port, dst, dst_port) = if direction == 0 {
                     (mine, mine_port, server, 10001)
@@ -118,7 +122,10 @@ fn generate(path: &Path, flows: u64) -> anyhow::Result<u64> {
 fn write_record(out: &mut impl Write, event: &PacketEvent) -> std::io::Result<()> {
     // SAFETY: PacketEvent is repr(C) plain data with explicit padding fields.
     let bytes = unsafe {
-        std::slice::from_raw_parts(std::ptr::from_ref(event).cast::<u8>(), size_of::<PacketEvent>())
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(event).cast::<u8>(),
+            size_of::<PacketEvent>(),
+        )
     };
     out.write_all(&(bytes.len() as u32).to_le_bytes())?;
     out.write_all(bytes)
@@ -126,7 +133,9 @@ fn write_record(out: &mut impl Write, event: &PacketEvent) -> std::io::Result<()
 
 impl Results {
     pub fn markdown(&self) -> String {
-        let mut md = String::from("## Collector\n\n`taskset -c 0 tracer replay` of a generated stream, decode + correlate + JSON to /dev/null.\n\n| Flows | Events | Seconds | Events/s | Peak RSS |\n|---|---|---|---|---|\n");
+        let mut md = String::from(
+            "## Collector\n\n`taskset -c 0 tracer replay` of a generated stream, decode + correlate + JSON to /dev/null.\n\n| Flows | Events | Seconds | Events/s | Peak RSS |\n|---|---|---|---|---|\n",
+        );
         let _ = writeln!(
             md,
             "| {} | {} | {:.2} | {:.0} | {:.1} MiB |\n",

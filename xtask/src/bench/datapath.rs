@@ -66,11 +66,7 @@ pub fn run(repeats: usize, quick: bool) -> anyhow::Result<Results> {
 }
 
 /// One iperf3 run under `config`: Gbit/s, and events lost when tracer ran.
-fn measure(
-    testbed: &Testbed,
-    config: &str,
-    seconds: u64,
-) -> anyhow::Result<(f64, Option<u64>)> {
+fn measure(testbed: &Testbed, config: &str, seconds: u64) -> anyhow::Result<(f64, Option<u64>)> {
     let port = IPERF_PORT.to_string();
     let tracer = match config {
         "tracer, filter matches nothing" => Some(Tracer::start_with_stdout(
@@ -119,8 +115,15 @@ fn iperf(client: &Netns, seconds: u64) -> anyhow::Result<f64> {
     let output = client.exec(
         "iperf3",
         &[
-            "-c", &SERVER_ADDR.to_string(), "-p", &IPERF_PORT.to_string(), "-P", STREAMS, "-t",
-            &seconds.to_string(), "-J",
+            "-c",
+            &SERVER_ADDR.to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-P",
+            STREAMS,
+            "-t",
+            &seconds.to_string(),
+            "-J",
         ],
     )?;
     let report: Value = serde_json::from_str(&output).context("iperf3 -J output")?;
@@ -172,7 +175,16 @@ impl Tcpdump {
     fn start(netns: &Netns, iface: &str) -> anyhow::Result<Tcpdump> {
         use std::io::{BufRead, BufReader};
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &netns.name, "tcpdump", "-i", iface, "-w", "/dev/null"])
+            .args([
+                "netns",
+                "exec",
+                &netns.name,
+                "tcpdump",
+                "-i",
+                iface,
+                "-w",
+                "/dev/null",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -207,7 +219,8 @@ fn kernel_cost(testbed: &Testbed, seconds: u64) -> anyhow::Result<Vec<(String, f
     let _stats = BpfStats::enable()?;
     let mut per_config = Vec::new();
     for port in ["1", &IPERF_PORT.to_string()] {
-        let tracer = Tracer::start_with_stdout(&["--port", port, "--output", "json"], Stdio::null())?;
+        let tracer =
+            Tracer::start_with_stdout(&["--port", port, "--output", "json"], Stdio::null())?;
         iperf(&testbed.containers[0].netns, seconds)?;
         let costs = program_costs()?;
         tracer.stop()?;
@@ -227,10 +240,17 @@ fn kernel_cost(testbed: &Testbed, seconds: u64) -> anyhow::Result<Vec<(String, f
 /// Our programs' run_time_ns / run_cnt, by name, from `bpftool prog show`.
 fn program_costs() -> anyhow::Result<BTreeMap<String, f64>> {
     const OURS: [&str; 7] = [
-        "net_dev_queue", "net_dev_start_xmit", "netif_rx", "netif_receive_skb", "kfree_skb",
-        "tc_ingress", "tc_egress",
+        "net_dev_queue",
+        "net_dev_start_xmit",
+        "netif_rx",
+        "netif_receive_skb",
+        "kfree_skb",
+        "tc_ingress",
+        "tc_egress",
     ];
-    let output = Command::new("bpftool").args(["prog", "show", "--json"]).output()?;
+    let output = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()?;
     let programs: Value = serde_json::from_slice(&output.stdout)?;
     let mut costs = BTreeMap::new();
     for program in programs.as_array().into_iter().flatten() {
@@ -269,13 +289,22 @@ impl Drop for BpfStats {
 impl Results {
     /// Median throughput of `config` over the untraced median.
     pub fn ratio(&self, config: &str) -> Option<f64> {
-        let find = |c: &str| self.throughput.iter().find(|(n, _)| n == c).map(|(_, s)| s.median);
+        let find = |c: &str| {
+            self.throughput
+                .iter()
+                .find(|(n, _)| n == c)
+                .map(|(_, s)| s.median)
+        };
         Some(find(config)? / find(CONFIGS[0])?)
     }
 
     /// Mean over our tracepoint programs: (ns per non-matching packet, ns per matching one).
     pub fn kernel_cost(&self) -> (f64, f64) {
-        let stack: Vec<_> = self.kernel.iter().filter(|(n, _, _)| !n.starts_with("tc_")).collect();
+        let stack: Vec<_> = self
+            .kernel
+            .iter()
+            .filter(|(n, _, _)| !n.starts_with("tc_"))
+            .collect();
         let mean = |f: fn(&(String, f64, f64)) -> f64| {
             stack.iter().map(|p| f(p)).sum::<f64>() / stack.len().max(1) as f64
         };

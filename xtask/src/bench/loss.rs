@@ -75,7 +75,9 @@ impl Results {
     }
 
     pub fn markdown(&self) -> String {
-        let mut md = String::from("## Loss under load\n\nUDP from a container to the remote, every datagram matching, all hooks (tracepoints and TC), default 4 MiB ring.\n\n| Offered pps | Achieved pps | Events lost |\n|---|---|---|\n");
+        let mut md = String::from(
+            "## Loss under load\n\nUDP from a container to the remote, every datagram matching, all hooks (tracepoints and TC), default 4 MiB ring.\n\n| Offered pps | Achieved pps | Events lost |\n|---|---|---|\n",
+        );
         for (offered, achieved, lost) in &self.rates {
             let _ = writeln!(md, "| {offered} | {achieved:.0} | {lost} |");
         }
@@ -83,7 +85,9 @@ impl Results {
             md,
             "\nHighest rate with no lost event: {}.\n",
             self.max_without_loss()
-                .map_or("none of those tried".to_owned(), |pps| format!("{pps:.0} packets/s"))
+                .map_or("none of those tried".to_owned(), |pps| format!(
+                    "{pps:.0} packets/s"
+                ))
         );
         md
     }

@@ -13,7 +13,11 @@ pub struct Results {
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Results> {
-    let (sizes, repeats): (&[usize], usize) = if quick { (&[1, 10], 1) } else { (&[1, 10, 100], 3) };
+    let (sizes, repeats): (&[usize], usize) = if quick {
+        (&[1, 10], 1)
+    } else {
+        (&[1, 10, 100], 3)
+    };
     let mut results = Vec::new();
     for &containers in sizes {
         let _testbed = Testbed::up(containers)?;
@@ -38,7 +42,9 @@ impl Results {
     }
 
     pub fn markdown(&self) -> String {
-        let mut md = String::from("## Start-up\n\nFrom starting tracer to `tracer: ready`, default hooks (TC on every veth end, bridge and uplink), on a machine with that many container namespaces.\n\n| Container namespaces | Seconds |\n|---|---|\n");
+        let mut md = String::from(
+            "## Start-up\n\nFrom starting tracer to `tracer: ready`, default hooks (TC on every veth end, bridge and uplink), on a machine with that many container namespaces.\n\n| Container namespaces | Seconds |\n|---|---|\n",
+        );
         for (containers, stat) in &self.sizes {
             let _ = writeln!(
                 md,
@@ -51,6 +57,11 @@ impl Results {
     }
 
     pub fn json(&self) -> Value {
-        json!(self.sizes.iter().map(|(n, s)| json!({"containers": n, "seconds": s.json()})).collect::<Vec<_>>())
+        json!(
+            self.sizes
+                .iter()
+                .map(|(n, s)| json!({"containers": n, "seconds": s.json()}))
+                .collect::<Vec<_>>()
+        )
     }
 }
