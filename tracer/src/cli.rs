@@ -5,7 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracer_common::{config::Filter, event::SNAP_MAX};
 
-use crate::filter::{self, FilterError};
+use crate::{
+    filter::{self, FilterError},
+    kernel::tc::TcMode,
+};
 
 /// Follow packets hop by hop through container networking: from a container's eth0 through
 /// its veth pair, the bridge, NAT and the host's uplink, and the replies back.
@@ -73,6 +76,11 @@ pub struct TraceArgs {
     /// interfaces of containers, bridges and uplinks.
     #[arg(long, value_enum, default_value_t = Hooks::All)]
     pub hooks: Hooks,
+
+    /// How TC programs are attached: TCX links where the kernel has them (auto), or filters on
+    /// a clsact qdisc (as `tc filter show` lists them).
+    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
+    pub tc_mode: TcMode,
 
     /// Exit after N packets have been traced.
     #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]

@@ -44,6 +44,7 @@ pub fn probe() -> Report {
         snap_len: 0,
         snap_headers_only: true,
         kernel_btf: None,
+        tc_mode: crate::kernel::tc::TcMode::Auto,
     }) {
         Ok(mut programs) => {
             report.notes = programs.notes().to_vec();

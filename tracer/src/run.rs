@@ -58,6 +58,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
         // Payload only when asked for with -s.
         snap_headers_only: args.snap_len.is_none(),
         kernel_btf: args.kernel_btf.clone(),
+        tc_mode: args.tc_mode,
     })?;
     for outcome in programs.climb(false) {
         if outcome.chosen().is_some() {
@@ -82,6 +83,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     }
     for note in programs.notes() {
         eprintln!("tracer: note: {note}");
+    }
+    for cleaned in programs.tc_cleaned() {
+        eprintln!("tracer: note: {cleaned}");
     }
     let ring = programs.take_events()?;
 
@@ -157,6 +161,9 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                 }
                 if !applied.attached.is_empty() {
                     eprintln!("tracer: following {}", applied.attached.join(", "));
+                }
+                for cleaned in programs.tc_cleaned() {
+                    eprintln!("tracer: note: {cleaned}");
                 }
             }
             _ = status.tick(), if live => {

@@ -22,6 +22,7 @@ fn programs() -> (Programs, RingBuf<MapData>) {
         snap_len: 0,
         snap_headers_only: true,
         kernel_btf: None,
+        tc_mode: tracer::kernel::tc::TcMode::Auto,
     })
     .expect("programs load (run as root)");
     let ring = programs.take_events().expect("ring buffer");

@@ -42,6 +42,8 @@ pub struct Settings {
     pub snap_headers_only: bool,
     /// Kernel BTF to read instead of `/sys/kernel/btf/vmlinux`.
     pub kernel_btf: Option<std::path::PathBuf>,
+    /// How TC programs are attached.
+    pub tc_mode: tc::TcMode,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
 }
@@ -97,7 +99,7 @@ impl Programs {
             ebpf,
             btf,
             attachments: Vec::new(),
-            tc: tc::Attached::default(),
+            tc: tc::Attached::new(settings.tc_mode),
             notes,
             drop_reasons: resolved.drop_reasons,
         })
@@ -167,6 +169,11 @@ impl Programs {
         self.tc.keys()
     }
 
+    /// What was cleaned up from earlier runs while attaching.
+    pub fn tc_cleaned(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.tc.cleaned)
+    }
+
     /// How many interfaces have TC programs, and by which mechanism.
     pub fn tc_summary(&self) -> (usize, Option<&'static str>) {
         (self.tc.len(), self.tc.mechanism())
@@ -189,4 +196,12 @@ pub fn check_ring_bytes(bytes: u32) -> anyhow::Result<()> {
         bail!("ring buffer size must be a power of two of at least {page} bytes, got {bytes}");
     }
     Ok(())
+}
+
+impl Drop for Programs {
+    /// Detaches explicitly, so that clsact qdiscs tracer added can be removed after their
+    /// filters; tracepoint links go with the object.
+    fn drop(&mut self) {
+        self.release_tc();
+    }
 }

@@ -3,7 +3,11 @@
 //! TCX links (Linux 6.6 and later) go away with tracer's process; on older kernels the
 //! programs are added as filters on a clsact qdisc through netlink.
 
-use std::{collections::BTreeMap, io, path::Path};
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+};
 
 use anyhow::anyhow;
 use aya::{
@@ -16,7 +20,7 @@ use aya::{
 use tracer_common::hook::Hook;
 
 use super::{Programs, ladder::describe};
-use crate::{decode::IfName, netns, select::Target};
+use crate::{decode::IfName, netns, select::Target, topology::netlink::Netlink};
 
 /// An interface with TC programs attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,17 +40,57 @@ pub enum AttachError {
     Failed(#[from] anyhow::Error),
 }
 
+/// How TC programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcMode {
+    /// TCX links where the kernel has them (6.6+), clsact qdisc filters otherwise.
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// Filters on a clsact qdisc, through netlink, even where TCX exists.
+    Clsact,
+}
+
+impl TcMode {
+    /// Whether to use TCX links on this kernel.
+    fn tcx(self) -> bool {
+        match self {
+            TcMode::Auto => has_tcx(),
+            TcMode::Tcx => true,
+            TcMode::Clsact => false,
+        }
+    }
+}
+
 /// TC attachments by (namespace inode, ifindex).
-#[derive(Default)]
 pub struct Attached {
-    links: BTreeMap<(u64, u32), (TcInterface, [SchedClassifierLinkId; 2])>,
+    mode: TcMode,
+    /// With the namespace path to enter for undoing them (netlink filters live in a namespace).
+    links: BTreeMap<(u64, u32), (TcInterface, [SchedClassifierLinkId; 2], Option<PathBuf>)>,
     /// `tcx` or `clsact`, once something was attached.
     mechanism: Option<&'static str>,
+    /// Interfaces (namespace path, ifindex) that got a clsact qdisc from tracer, removed when
+    /// tracer is done with them.
+    added_qdiscs: Vec<(Option<PathBuf>, u32)>,
+    /// Notes about filters an earlier, killed tracer left and this one removed.
+    pub cleaned: Vec<String>,
+}
+
+impl Attached {
+    pub fn new(mode: TcMode) -> Self {
+        Attached {
+            mode,
+            links: BTreeMap::new(),
+            mechanism: None,
+            added_qdiscs: Vec::new(),
+            cleaned: Vec::new(),
+        }
+    }
 }
 
 impl Attached {
     pub fn interfaces(&self) -> impl Iterator<Item = &TcInterface> {
-        self.links.values().map(|(interface, _)| interface)
+        self.links.values().map(|(interface, _, _)| interface)
     }
 
     pub fn contains(&self, netns_inode: u64, ifindex: u32) -> bool {
@@ -104,46 +148,82 @@ impl Programs {
                 .map_err(|_| AttachError::Gone(format!("namespace of {}", target.ifname)))?,
             None => attach(),
         };
-        let (mechanism, ids) = result?;
+        let (mechanism, ids, added_qdisc) = result?;
+        if added_qdisc {
+            self.tc
+                .added_qdiscs
+                .push((netns_path.map(Path::to_path_buf), target.ifindex));
+        }
         self.tc.mechanism = Some(mechanism);
         let interface = TcInterface {
             ifindex: target.ifindex,
             netns_inode: target.netns_inode,
             ifname: IfName::new(&target.ifname),
         };
-        self.tc
-            .links
-            .insert((target.netns_inode, target.ifindex), (interface, ids));
+        self.tc.links.insert(
+            (target.netns_inode, target.ifindex),
+            (interface, ids, netns_path.map(Path::to_path_buf)),
+        );
         Ok(())
     }
 
     /// Detaches from an interface, which may already be gone (then there is nothing to undo).
+    /// Netlink filters are removed from inside the interface's namespace, where the ifindex
+    /// means that interface.
     pub fn detach_tc(&mut self, netns_inode: u64, ifindex: u32) {
-        let Some((_, ids)) = self.tc.links.remove(&(netns_inode, ifindex)) else {
+        let Some((_, ids, path)) = self.tc.links.remove(&(netns_inode, ifindex)) else {
             return;
         };
-        for (hook, id) in [Hook::TcIngress, Hook::TcEgress].into_iter().zip(ids) {
-            if let Ok(program) = self.classifier(hook) {
-                let _ = program.detach(id);
+        let mut detach = || {
+            for (hook, id) in [Hook::TcIngress, Hook::TcEgress].into_iter().zip(ids) {
+                if let Ok(program) = self.classifier(hook) {
+                    let _ = program.detach(id);
+                }
             }
+        };
+        match path {
+            Some(path) => {
+                // A namespace that is gone took the filters with it.
+                let _ = netns::run_in(&path, detach);
+            }
+            None => detach(),
         }
     }
 
     /// Attaches both programs to `ifname` in the calling thread's namespace, checking that the
-    /// name still belongs to `ifindex`.
+    /// name still belongs to `ifindex`. Returns the mechanism, the links, and whether a clsact
+    /// qdisc had to be added.
     fn attach_here(
         &mut self,
         ifname: &str,
         ifindex: u32,
-    ) -> Result<(&'static str, [SchedClassifierLinkId; 2]), AttachError> {
+    ) -> Result<(&'static str, [SchedClassifierLinkId; 2], bool), AttachError> {
         let gone = || AttachError::Gone(ifname.to_owned());
         if nix::net::if_::if_nametoindex(ifname).map_err(|_| gone())? != ifindex {
             return Err(gone());
         }
-        let tcx = has_tcx();
+        let tcx = self.tc.mode.tcx();
+        let mut added_qdisc = false;
         if !tcx {
-            // Fails harmlessly when the qdisc is already there.
-            let _ = tc::qdisc_add_clsact(ifname);
+            // Filters a killed tracer left behind carry the program names; they would run next
+            // to ours. (Filters survive their process; TCX links do not.)
+            let mut removed = 0;
+            for (attach_type, hook) in [
+                (TcAttachType::Ingress, Hook::TcIngress),
+                (TcAttachType::Egress, Hook::TcEgress),
+            ] {
+                if tc::qdisc_detach_program(ifname, attach_type, hook.name()).is_ok() {
+                    removed += 1;
+                }
+            }
+            if removed > 0 {
+                self.tc.cleaned.push(format!(
+                    "removed the TC filters an earlier tracer left on {ifname}"
+                ));
+            }
+            // The clsact qdisc is ours if we add it, or if the tracer whose filters we just
+            // removed added it.
+            added_qdisc = tc::qdisc_add_clsact(ifname).is_ok() || removed > 0;
         }
         let mut ids = Vec::with_capacity(2);
         for (hook, attach_type) in [
@@ -177,7 +257,21 @@ impl Programs {
             }
         }
         let ids: [SchedClassifierLinkId; 2] = ids.try_into().map_err(|_| gone())?;
-        Ok((if tcx { "tcx" } else { "clsact" }, ids))
+        Ok((if tcx { "tcx" } else { "clsact" }, ids, added_qdisc))
+    }
+
+    /// Detaches every TC program and removes the clsact qdiscs tracer added.
+    pub(super) fn release_tc(&mut self) {
+        for (inode, ifindex) in self.tc.keys() {
+            self.detach_tc(inode, ifindex);
+        }
+        for (path, ifindex) in std::mem::take(&mut self.tc.added_qdiscs) {
+            let remove = || -> io::Result<()> { Netlink::open()?.delete_clsact(ifindex) };
+            let _ = match path {
+                Some(path) => netns::run_in(&path, remove).and_then(|r| r),
+                None => remove(),
+            };
+        }
     }
 
     /// Runs a TC program once on `packet` (an Ethernet frame) with `BPF_PROG_TEST_RUN`, without

@@ -12,14 +12,18 @@ use std::{
     path::Path,
 };
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     nsid::{NsidAttribute, NsidMessage},
     route::{RouteAttribute, RouteMessage},
+    tc::{TcHandle, TcMessage},
 };
+
+/// `TC_H_CLSACT`: the clsact qdisc's parent handle (include/uapi/linux/pkt_sched.h).
+const TC_H_CLSACT: u32 = 0xffff_fff1;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::{Link, LinkKind};
@@ -85,6 +89,19 @@ impl Netlink {
         Ok(links)
     }
 
+    /// Deletes the clsact qdisc of `ifindex` (with whatever filters remain on it).
+    pub fn delete_clsact(&mut self, ifindex: u32) -> io::Result<()> {
+        let mut message = TcMessage::default();
+        message.header.index = ifindex as i32;
+        message.header.parent = TcHandle::from(TC_H_CLSACT);
+        message.header.handle = TcHandle::from(TC_H_CLSACT & 0xffff_0000);
+        self.request(
+            RouteNetlinkMessage::DelQueueDiscipline(message),
+            NLM_F_REQUEST | NLM_F_ACK,
+        )
+        .map(drop)
+    }
+
     /// The id this namespace gives the namespace open at `other`, if it assigned one.
     pub fn nsid_of(&mut self, other: BorrowedFd<'_>) -> io::Result<Option<i32>> {
         let mut request = NsidMessage::default();
@@ -142,6 +159,8 @@ impl Netlink {
                 match message.payload {
                     NetlinkPayload::Done(_) => return Ok(replies),
                     NetlinkPayload::Error(err) => match err.code {
+                        // An acknowledgement ends a request that expects no reply.
+                        None if !dump => return Ok(replies),
                         None => {}
                         Some(code) => return Err(io::Error::from_raw_os_error(-code.get())),
                     },
