@@ -62,11 +62,18 @@ impl TcMode {
     }
 }
 
+/// The two programs on one interface.
+struct Attachment {
+    interface: TcInterface,
+    ids: [SchedClassifierLinkId; 2],
+    /// Namespace to enter to undo them (netlink filters are addressed by ifindex within it).
+    netns_path: Option<PathBuf>,
+}
+
 /// TC attachments by (namespace inode, ifindex).
 pub struct Attached {
     mode: TcMode,
-    /// With the namespace path to enter for undoing them (netlink filters live in a namespace).
-    links: BTreeMap<(u64, u32), (TcInterface, [SchedClassifierLinkId; 2], Option<PathBuf>)>,
+    links: BTreeMap<(u64, u32), Attachment>,
     /// `tcx` or `clsact`, once something was attached.
     mechanism: Option<&'static str>,
     /// Interfaces (namespace path, ifindex) that got a clsact qdisc from tracer, removed when
@@ -90,7 +97,7 @@ impl Attached {
 
 impl Attached {
     pub fn interfaces(&self) -> impl Iterator<Item = &TcInterface> {
-        self.links.values().map(|(interface, _, _)| interface)
+        self.links.values().map(|a| &a.interface)
     }
 
     pub fn contains(&self, netns_inode: u64, ifindex: u32) -> bool {
@@ -162,7 +169,11 @@ impl Programs {
         };
         self.tc.links.insert(
             (target.netns_inode, target.ifindex),
-            (interface, ids, netns_path.map(Path::to_path_buf)),
+            Attachment {
+                interface,
+                ids,
+                netns_path: netns_path.map(Path::to_path_buf),
+            },
         );
         Ok(())
     }
@@ -171,10 +182,15 @@ impl Programs {
     /// Netlink filters are removed from inside the interface's namespace, where the ifindex
     /// means that interface.
     pub fn detach_tc(&mut self, netns_inode: u64, ifindex: u32) {
-        let Some((_, ids, path)) = self.tc.links.remove(&(netns_inode, ifindex)) else {
+        let Some(Attachment {
+            ids,
+            netns_path: path,
+            ..
+        }) = self.tc.links.remove(&(netns_inode, ifindex))
+        else {
             return;
         };
-        let mut detach = || {
+        let detach = || {
             for (hook, id) in [Hook::TcIngress, Hook::TcEgress].into_iter().zip(ids) {
                 if let Ok(program) = self.classifier(hook) {
                     let _ = program.detach(id);
