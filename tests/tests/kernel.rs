@@ -5,7 +5,7 @@
 //! - `TRACER_EXPECT_NAT`: `fentry`, `kprobe` or `none`, the rung chosen for nf_nat_manip_pkt.
 //! - `TRACER_EXPECT_TC`: `tcx` or `clsact`, what `--tc-mode auto` uses.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use tracer_tests::{
     testbed::{SERVER_ADDR, Testbed},
