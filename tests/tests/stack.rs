@@ -37,8 +37,10 @@ fn syn_crosses_veth_bridge_nat_and_uplink() -> anyhow::Result<()> {
         .into_iter()
         .find(|p| p.flags() == "S" && p.first()["netns"] == ctr_ns.as_str())
         .expect("a SYN starting in the container");
+    // The NAT function's own hop exists only where fentry or kprobes reach it; the kernel
+    // test asserts it, here it is left out.
     assert_eq!(
-        syn.places(),
+        without_nat_function(syn.places()),
         vec![
             place(ctr_ns, "eth0", "net_dev_queue"),
             place(ctr_ns, "eth0", "net_dev_start_xmit"),
@@ -53,7 +55,12 @@ fn syn_crosses_veth_bridge_nat_and_uplink() -> anyhow::Result<()> {
     );
     let ctr_addr = ctr.addr.to_string();
     let uplink_addr = UPLINK_ADDR.to_string();
-    for (index, hop) in syn.hops.iter().enumerate() {
+    let hops: Vec<_> = syn
+        .hops
+        .iter()
+        .filter(|h| h["hook"] != "nf_nat_manip_pkt")
+        .collect();
+    for (index, hop) in hops.iter().enumerate() {
         // Hops 0-4 are before the NAT, 5-8 after it.
         let expected_src = if index < 5 { &ctr_addr } else { &uplink_addr };
         assert_eq!(hop["src_ip"], expected_src.as_str(), "hop {index}: {hop}");
@@ -106,8 +113,10 @@ fn ipv6_syn_is_traced_end_to_end() -> anyhow::Result<()> {
         .iter()
         .find(|p| p.flags() == "S" && p.first()["netns"] == ctr_ns.as_str())
         .expect("a SYN starting in the container");
+    // The NAT function's own hop exists only where fentry or kprobes reach it; the kernel
+    // test asserts it, here it is left out.
     assert_eq!(
-        syn.places(),
+        without_nat_function(syn.places()),
         vec![
             place(ctr_ns, "eth0", "net_dev_queue"),
             place(ctr_ns, "eth0", "net_dev_start_xmit"),
@@ -120,7 +129,12 @@ fn ipv6_syn_is_traced_end_to_end() -> anyhow::Result<()> {
             place(remote_ns, "eth0", "netif_receive_skb"),
         ]
     );
-    for (index, hop) in syn.hops.iter().enumerate() {
+    let hops: Vec<_> = syn
+        .hops
+        .iter()
+        .filter(|h| h["hook"] != "nf_nat_manip_pkt")
+        .collect();
+    for (index, hop) in hops.iter().enumerate() {
         let expected_src = if index < 5 { ctr.addr6 } else { UPLINK_ADDR6 };
         assert_eq!(hop["src_ip"], expected_src.to_string(), "hop {index}");
         assert_eq!(hop["dst_ip"], SERVER_ADDR6.to_string(), "hop {index}");
@@ -141,4 +155,12 @@ fn ipv6_syn_is_traced_end_to_end() -> anyhow::Result<()> {
     assert_eq!(snat["kind"], "snat");
     assert_eq!(snat["after"]["src_ip"], UPLINK_ADDR6.to_string());
     Ok(())
+}
+
+/// Places without the NAT function's hop.
+fn without_nat_function(places: Vec<trace::Place>) -> Vec<trace::Place> {
+    places
+        .into_iter()
+        .filter(|(_, _, hook)| hook != "nf_nat_manip_pkt")
+        .collect()
 }

@@ -11,6 +11,7 @@ mod soak;
 mod test;
 mod testbed;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -46,6 +47,8 @@ enum Command {
     Fixtures,
     /// Benchmarks: datapath, kernel programs, collector, loss, start-up (bench/results.md).
     Bench(bench::Args),
+    /// Test the hook ladder on distribution kernels under qemu.
+    VmTest(vm::Args),
     /// A bounded run with connections opening and closing continuously (bench/soak.md).
     Soak(soak::Args),
 }
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Fixtures => fixtures::run(),
         Command::Soak(args) => soak::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::VmTest(args) => vm::run(&args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,9 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "bpftool",
     "docker.io",
+    "qemu-system-x86",
+    "cpio",
+    "kmod",
 ];
 
 pub fn run() -> anyhow::Result<()> {

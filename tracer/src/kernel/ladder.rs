@@ -200,7 +200,14 @@ impl Programs {
             }
             Mechanism::Fentry => {
                 let p: &mut FEntry = program.try_into().map_err(load)?;
-                p.load(target, btf).map_err(load)?;
+                p.load(target, btf).map_err(|err| match err {
+                    // The function is not in vmlinux: it lives in a module.
+                    ProgramError::Btf(_) => Refusal::Load(format!(
+                        "{target} is not in the kernel image's BTF (it is in a module; fentry \
+                         on module functions is not supported by aya 0.14)"
+                    )),
+                    other => load(other),
+                })?;
                 let result = p.attach().map(drop).map_err(attach);
                 settle(result, keep, || p.unload())
             }

@@ -1,0 +1,134 @@
+//! `cargo xtask vm-test`: the hook ladder on distribution kernels, under qemu.
+//!
+//! For each kernel of the matrix: download its Debian package through the Debian mirror (and
+//! cache it), build an initramfs with busybox, the kernel modules the testbed needs, iproute2,
+//! iptables, the release `tracer` and the integration test binaries that cover the path
+//! (SNAT, DNAT, drops) and the ladder, boot it under qemu, and read the verdict from the serial
+//! console. What each kernel should give (which rung reaches the NAT function, which TC
+//! mechanism) is passed to the tests, which fail when a rung is not what it should be.
+
+mod initramfs;
+mod kernel;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{build_tracer, require_root, workspace};
+
+/// Integration tests run in every guest.
+const TESTS: [&str; 4] = ["kernel", "stack", "nat", "drop"];
+/// How long one guest may take, boot to power-off.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Kernels to test (default: all of the matrix).
+    #[arg(long = "kernel", value_enum)]
+    kernels: Vec<kernel::Kernel>,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    require_root("the VM tests")?;
+    let kernels = if args.kernels.is_empty() {
+        kernel::Kernel::ALL.to_vec()
+    } else {
+        args.kernels.clone()
+    };
+    let tracer = build_tracer(true)?;
+    let tests = build_tests()?;
+    let mut failed = Vec::new();
+    for kernel in kernels {
+        eprintln!("xtask: vm-test: {}", kernel.name());
+        let image = kernel.fetch()?;
+        let initrd = initramfs::build(&image, &tracer, &tests, &kernel.expectations())?;
+        if !boot(&image.vmlinuz, &initrd)? {
+            failed.push(kernel.name());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("vm-test failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Builds the integration test binaries and returns (name, path) of those the guests run.
+fn build_tests() -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(workspace())
+        .args(["test", "--no-run", "--package", "tracer-tests", "--message-format=json"]);
+    for test in TESTS {
+        command.args(["--test", test]);
+    }
+    let output = command.stderr(Stdio::inherit()).output()?;
+    if !output.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut tests = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = message["target"]["name"].as_str().unwrap_or_default();
+        if let Some(path) = message["executable"].as_str()
+            && TESTS.contains(&name)
+        {
+            tests.push((name.to_owned(), path.into()));
+        }
+    }
+    if tests.len() != TESTS.len() {
+        bail!("expected {} test binaries, found {tests:?}", TESTS.len());
+    }
+    Ok(tests)
+}
+
+/// Boots the guest and follows its console; true if it reported success.
+fn boot(vmlinuz: &std::path::Path, initrd: &std::path::Path) -> anyhow::Result<bool> {
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35", "-cpu", "max", "-smp", "2", "-m", "3072"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init loglevel=3"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("failed to start qemu-system-x86_64 (cargo xtask setup installs it)")?;
+    let stdout = qemu.stdout.take().context("qemu output")?;
+    let (verdict_tx, verdict_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("guest: {line}");
+            if let Some(status) = line.trim().strip_prefix("TRACER-VM-RESULT: ") {
+                let _ = verdict_tx.send(status.trim() == "0");
+            }
+        }
+    });
+    let start = Instant::now();
+    let verdict = verdict_rx.recv_timeout(GUEST_TIMEOUT);
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    match verdict {
+        Ok(passed) => {
+            eprintln!(
+                "xtask: vm-test: guest {} after {:.0} s",
+                if passed { "passed" } else { "failed" },
+                start.elapsed().as_secs_f64()
+            );
+            Ok(passed)
+        }
+        Err(_) => {
+            eprintln!("xtask: vm-test: no verdict from the guest within {GUEST_TIMEOUT:?}");
+            Ok(false)
+        }
+    }
+}
