@@ -10,25 +10,25 @@ use tracer_common::hook::Hook;
 
 use crate::{
     config::conf,
-    skb::{Extra, L3At, trace_with},
+    skb::{Access, Direct, Extra, L3At, Probe, trace_with},
 };
 
 // kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
-    dropped(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    dropped::<Direct>(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
-    dropped(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    dropped::<Probe>(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
 #[inline(always)]
-fn dropped(skb: u64, location: u64, drop_reason: u32) {
+fn dropped<A: Access>(skb: u64, location: u64, drop_reason: u32) {
     if drop_reason == conf!(drop_reason_queue_purge) {
         return;
     }
@@ -36,5 +36,5 @@ fn dropped(skb: u64, location: u64, drop_reason: u32) {
         location,
         drop_reason,
     };
-    trace_with(skb, Hook::KfreeSkb, L3At::Either, extra);
+    trace_with::<A>(skb, Hook::KfreeSkb, L3At::Either, extra);
 }

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
     event::{
@@ -29,6 +29,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIE
 /// Connections the filter matched, by both conntrack tuples (see `tracer_common::flow`).
 #[map]
 static TRACKED: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// Set once anything was tracked: until then, the hash lookup for a packet that matched
+/// nothing would be wasted (an array lookup is inlined by the verifier, a hash lookup is not).
+#[map]
+static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Adds one to `counter` of `hook` on this CPU.
 #[inline(always)]
@@ -57,6 +62,9 @@ pub fn matches(event: &PacketEvent) -> bool {
             track(&event.ct_orig, &event.ct_reply);
         }
         return true;
+    }
+    if TRACKING.get(0).is_none_or(|&on| on == 0) {
+        return false;
     }
     let key = FlowKey::new(
         event.l4_proto,
@@ -92,6 +100,9 @@ fn track(orig: &CtTuple, reply: &CtTuple) {
     );
     let _ = TRACKED.insert(&orig, &1, 0);
     let _ = TRACKED.insert(&reply, &1, 0);
+    if let Some(on) = TRACKING.get_ptr_mut(0) {
+        unsafe { *on = 1 };
+    }
 }
 
 /// Writes `event` to the ring buffer, with the packet's first bytes (from `l3` in `bytes`)

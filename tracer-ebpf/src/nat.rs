@@ -9,18 +9,18 @@ use aya_ebpf::{
 };
 use tracer_common::hook::Hook;
 
-use crate::skb::{L3At, trace};
+use crate::skb::{Direct, L3At, Probe, trace};
 
 #[fentry(function = "nf_nat_manip_pkt")]
 pub fn nf_nat_manip_pkt_fentry(ctx: FEntryContext) -> i32 {
-    trace(ctx.arg(0), Hook::NfNatManipPkt, L3At::NetworkHeader);
+    trace::<Direct>(ctx.arg(0), Hook::NfNatManipPkt, L3At::NetworkHeader);
     0
 }
 
 #[kprobe]
 pub fn nf_nat_manip_pkt_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(skb) = ctx.arg(0) {
-        trace(skb, Hook::NfNatManipPkt, L3At::NetworkHeader);
+        trace::<Probe>(skb, Hook::NfNatManipPkt, L3At::NetworkHeader);
     }
     0
 }

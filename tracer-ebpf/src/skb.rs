@@ -44,7 +44,38 @@ pub struct Extra {
     pub drop_reason: u32,
 }
 
-/// Reads one `T` at `base + offset` in kernel memory.
+/// How a program reads kernel structures (`sk_buff`, `net_device`, `net`).
+pub trait Access {
+    /// One `T` at `base + offset`, or `None` when the offset is unknown or `base` is NULL.
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T>;
+}
+
+/// BTF-typed programs (tp_btf, fentry): plain loads. The verifier checks each against the
+/// kernel's BTF and makes it fault-safe, and it costs a load instead of a helper call.
+pub struct Direct;
+
+/// Programs whose arguments are plain numbers (raw tracepoints, kprobes):
+/// `bpf_probe_read_kernel`.
+pub struct Probe;
+
+impl Access for Direct {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        if offset == OFFSET_UNKNOWN || base == 0 {
+            return None;
+        }
+        Some(unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) })
+    }
+}
+
+impl Access for Probe {
+    #[inline(always)]
+    fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
+        read(base, offset)
+    }
+}
+
+/// Reads one `T` at `base + offset` in kernel memory with `bpf_probe_read_kernel`.
 #[inline(always)]
 fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
     if offset == OFFSET_UNKNOWN || base == 0 {
@@ -85,21 +116,21 @@ impl Bytes for Linear {
 
 /// Emits an event for `skb` at `hook` if it matches the filter.
 #[inline(always)]
-pub fn trace(skb: u64, hook: Hook, at: L3At) {
-    trace_with(skb, hook, at, Extra::default());
+pub fn trace<A: Access>(skb: u64, hook: Hook, at: L3At) {
+    trace_with::<A>(skb, hook, at, Extra::default());
 }
 
 /// [`trace`] with what only some hooks know.
 #[inline(always)]
-pub fn trace_with(skb: u64, hook: Hook, at: L3At, extra: Extra) {
+pub fn trace_with<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) {
     count(hook as u8, Counter::Seen);
-    if emit(skb, hook, at, extra).is_none() {
+    if emit::<A>(skb, hook, at, extra).is_none() {
         count(hook as u8, Counter::Filtered);
     }
 }
 
 #[inline(always)]
-fn emit(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
+fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
     let mut event = PacketEvent::zeroed();
     event.hook = hook as u8;
     event.location = extra.location;
@@ -107,13 +138,13 @@ fn emit(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
     event.skb = skb;
 
-    let head: u64 = read(skb, conf!(offsets.skb_head))?;
-    let data: u64 = read(skb, conf!(offsets.skb_data))?;
-    let len: u32 = read(skb, conf!(offsets.skb_len))?;
-    let data_len: u32 = read(skb, conf!(offsets.skb_data_len))?;
-    let protocol: u16 = read(skb, conf!(offsets.skb_protocol))?;
+    let head: u64 = A::read(skb, conf!(offsets.skb_head))?;
+    let data: u64 = A::read(skb, conf!(offsets.skb_data))?;
+    let len: u32 = A::read(skb, conf!(offsets.skb_len))?;
+    let data_len: u32 = A::read(skb, conf!(offsets.skb_data_len))?;
+    let protocol: u16 = A::read(skb, conf!(offsets.skb_protocol))?;
     let data_off = data.checked_sub(head)? as u32;
-    let network_header = || read::<u16>(skb, conf!(offsets.skb_network_header)).map(u32::from);
+    let network_header = || A::read::<u16>(skb, conf!(offsets.skb_network_header)).map(u32::from);
     let linear = Linear {
         head,
         limit: data_off + len.saturating_sub(data_len),
@@ -139,7 +170,7 @@ fn emit(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
     event.skb_head = head;
     event.len = len;
 
-    let nfct: u64 = read(skb, conf!(offsets.skb_nfct)).unwrap_or(0);
+    let nfct: u64 = A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0);
     let ct = nfct & !NFCT_INFOMASK;
     if ct != 0 && nfct & NFCT_INFOMASK != IP_CT_UNTRACKED {
         event.ct = ct;
@@ -151,14 +182,14 @@ fn emit(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
         return None;
     }
 
-    event.mark = read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
-    let dev: u64 = read(skb, conf!(offsets.skb_dev)).unwrap_or(0);
-    event.ifindex = read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
+    event.mark = A::read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
+    let dev: u64 = A::read(skb, conf!(offsets.skb_dev)).unwrap_or(0);
+    event.ifindex = A::read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
     if let Some(name) = read::<[u8; 16]>(dev, conf!(offsets.dev_name)) {
         event.ifname = name;
     }
-    let net: u64 = read(dev, conf!(offsets.dev_net)).unwrap_or(0);
-    event.netns_inode = read(net, conf!(offsets.net_inum)).unwrap_or(0);
+    let net: u64 = A::read(dev, conf!(offsets.dev_net)).unwrap_or(0);
+    event.netns_inode = A::read(net, conf!(offsets.net_inum)).unwrap_or(0);
 
     submit(&event, &linear, l3);
     Some(())

@@ -12,20 +12,20 @@ use aya_ebpf::{
 };
 use tracer_common::hook::Hook;
 
-use crate::skb::{L3At, trace};
+use crate::skb::{Direct, L3At, Probe, trace};
 
 /// Defines the `tp_btf` and `raw_tp` programs of one tracepoint whose first argument is the skb.
 macro_rules! stack_hook {
     ($name:ident, $raw:ident, $tracepoint:literal, $hook:expr, $at:expr) => {
         #[btf_tracepoint(function = $tracepoint)]
         pub fn $name(ctx: BtfTracePointContext) -> i32 {
-            trace(ctx.arg(0), $hook, $at);
+            trace::<Direct>(ctx.arg(0), $hook, $at);
             0
         }
 
         #[raw_tracepoint(tracepoint = $tracepoint)]
         pub fn $raw(ctx: RawTracePointContext) -> i32 {
-            trace(ctx.arg(0), $hook, $at);
+            trace::<Probe>(ctx.arg(0), $hook, $at);
             0
         }
     };

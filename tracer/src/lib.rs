@@ -7,6 +7,7 @@
 
 pub mod btf;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod correlate;
 pub mod decode;

@@ -15,14 +15,26 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 
-use crate::decode::{HopEvent, decode};
+use crate::{
+    clock::monotonic_ns,
+    decode::{HopEvent, decode},
+};
 
-/// Records that failed to decode, counted for the final statistics.
+/// What the reader has done, shared with the session.
 #[derive(Debug, Default)]
 pub struct ReaderStats {
     pub records: AtomicU64,
+    /// Records that failed to decode.
     pub malformed: AtomicU64,
+    /// Every event stamped before this kernel monotonic time has been read and handed over.
+    pub drained_at: AtomicU64,
 }
+
+/// How long before a drain started an event may have been stamped and still not be committed
+/// to the ring (programs stamp, then write).
+const COMMIT_MARGIN_NS: u64 = 5_000_000;
+/// How often the reader drains an idle ring, to keep `drained_at` moving.
+const IDLE_DRAIN: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Upper bound on one batch, to keep latency and memory in check under load.
 const MAX_BATCH: usize = 4096;
@@ -42,6 +54,7 @@ pub async fn run(
     // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, so the
     // descriptor stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|err| err.into_parts().1)?;
+    let mut idle = tokio::time::interval(IDLE_DRAIN);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -49,6 +62,11 @@ pub async fn run(
                 let more = drain(guard.get_inner_mut(), &batches, &stats, &mut recorder).await?;
                 guard.clear_ready();
                 if !more {
+                    return Ok(());
+                }
+            }
+            _ = idle.tick() => {
+                if !drain(ring.get_mut(), &batches, &stats, &mut recorder).await? {
                     return Ok(());
                 }
             }
@@ -72,6 +90,7 @@ async fn drain(
     stats: &ReaderStats,
     recorder: &mut Option<Recorder>,
 ) -> io::Result<bool> {
+    let started = monotonic_ns();
     loop {
         let mut batch = Vec::new();
         while batch.len() < MAX_BATCH {
@@ -95,6 +114,9 @@ async fn drain(
             return Ok(false);
         }
         if !full {
+            stats
+                .drained_at
+                .store(started.saturating_sub(COMMIT_MARGIN_NS), Ordering::Release);
             return Ok(true);
         }
     }

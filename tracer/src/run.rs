@@ -15,6 +15,7 @@ use tracer_common::event::SNAP_MAX;
 
 use crate::{
     cli::{TraceArgs, UsageError},
+    clock::{monotonic_ns, realtime_offset_ns},
     correlate::{self, Correlator},
     decode::HopEvent,
     follow::Follower,
@@ -146,7 +147,19 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
                 }
                 None => break,
             },
-            _ = tick.tick() => correlator.tick(monotonic_ns()),
+            _ = tick.tick() => {
+                // Events already read but not yet handed over come first, and packets are only
+                // declared complete up to the time the reader last found the ring empty: a
+                // reader running late must not cut a packet's path in two.
+                while let Ok(batch) = batch_rx.try_recv() {
+                    for mut event in batch {
+                        resolve_tc_interface(&programs, &mut event);
+                        correlator.push(event);
+                    }
+                }
+                let horizon = reader_stats.drained_at.load(Ordering::Acquire);
+                correlator.tick(monotonic_ns().min(horizon));
+            }
             _ = refresh.tick(), if !stopping => {
                 if let Err(err) = follower.refresh().await {
                     log::warn!("failed to read the topology: {err:#}");
@@ -275,24 +288,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC) as u64
-}
-
-/// CLOCK_REALTIME minus CLOCK_MONOTONIC.
-pub fn realtime_offset_ns() -> i128 {
-    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and a valid timespec to fill.
-    unsafe { libc::clock_gettime(clock, &raw mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }

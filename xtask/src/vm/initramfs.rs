@@ -19,8 +19,19 @@ use crate::util::{self, output, workspace};
 /// soft dependency of libcrc32c (which conntrack needs), so modules.dep does not list it.
 const MODULES: &[&str] = &[
     "crc32c_generic",
-    "veth", "bridge", "nf_conntrack", "nf_nat", "iptable_nat", "iptable_filter", "ip6table_nat",
-    "ip6table_filter", "xt_MASQUERADE", "xt_nat", "xt_tcpudp", "sch_ingress", "cls_bpf",
+    "veth",
+    "bridge",
+    "nf_conntrack",
+    "nf_nat",
+    "iptable_nat",
+    "iptable_filter",
+    "ip6table_nat",
+    "ip6table_filter",
+    "xt_MASQUERADE",
+    "xt_nat",
+    "xt_tcpudp",
+    "sch_ingress",
+    "cls_bpf",
 ];
 
 /// Host programs copied into the guest (with their libraries), and where they go.
@@ -28,7 +39,10 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("/bin/busybox", "bin/busybox"),
     ("/bin/ip", "usr/sbin/ip"),
     ("/usr/sbin/tc", "usr/sbin/tc"),
-    ("/usr/sbin/xtables-legacy-multi", "usr/sbin/xtables-legacy-multi"),
+    (
+        "/usr/sbin/xtables-legacy-multi",
+        "usr/sbin/xtables-legacy-multi",
+    ),
 ];
 
 /// Builds the initramfs for `image` and returns its path.
@@ -44,7 +58,17 @@ pub fn build(
         std::fs::remove_dir_all(&root)?;
     }
     for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp", "tests",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "tests",
         "lib/modules",
     ] {
         std::fs::create_dir_all(root.join(dir))?;
@@ -86,13 +110,19 @@ pub fn build(
 
 /// Copies a program (or library) to `to` under `root`, with every shared library it needs.
 fn install(root: &Path, from: &Path, to: &str, strip: bool) -> anyhow::Result<()> {
-    let from = std::fs::canonicalize(from).with_context(|| format!("{} is missing", from.display()))?;
+    let from =
+        std::fs::canonicalize(from).with_context(|| format!("{} is missing", from.display()))?;
     let dest = root.join(to);
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }
     if strip {
-        util::run(Command::new("objcopy").arg("--strip-debug").arg(&from).arg(&dest))?;
+        util::run(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(&from)
+                .arg(&dest),
+        )?;
     } else {
         std::fs::copy(&from, &dest)?;
     }
@@ -133,8 +163,13 @@ fn modules(image: &Image, root: &Path) -> anyhow::Result<Vec<String>> {
         .ancestors()
         .nth(3)
         .context("modules directory layout")?;
-    util::run(Command::new("depmod").arg("-b").arg(unpacked).arg(&image.release))
-        .context("depmod failed (cargo xtask setup installs kmod)")?;
+    util::run(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(unpacked)
+            .arg(&image.release),
+    )
+    .context("depmod failed (cargo xtask setup installs kmod)")?;
     let dep = std::fs::read_to_string(image.modules.join("modules.dep"))?;
     let entries: Vec<(String, Vec<String>)> = dep
         .lines()
@@ -168,7 +203,10 @@ fn modules(image: &Image, root: &Path) -> anyhow::Result<Vec<String>> {
         }
     }
     if order.is_empty() {
-        bail!("none of the needed modules found in {}", image.modules.display());
+        bail!(
+            "none of the needed modules found in {}",
+            image.modules.display()
+        );
     }
     let mut load = Vec::new();
     for module in &order {
@@ -177,7 +215,10 @@ fn modules(image: &Image, root: &Path) -> anyhow::Result<Vec<String>> {
             .file_name()
             .and_then(|n| n.to_str())
             .context("module name")?;
-        let plain = name.trim_end_matches(".xz").trim_end_matches(".zst").to_owned();
+        let plain = name
+            .trim_end_matches(".xz")
+            .trim_end_matches(".zst")
+            .to_owned();
         let dest = root.join("lib/modules").join(&plain);
         match name.rsplit('.').next() {
             Some("xz") => unpack("xz", &source, &dest)?,
@@ -205,7 +246,10 @@ fn unpack(tool: &str, source: &Path, dest: &Path) -> anyhow::Result<()> {
 }
 
 fn write_init(root: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
-    let exports: String = env.iter().map(|(k, v)| format!("export {k}={v}\n")).collect();
+    let exports: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}={v}\n"))
+        .collect();
     let init = format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin

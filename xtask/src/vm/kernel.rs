@@ -40,7 +40,10 @@ impl Kernel {
         match self {
             // nf_nat is a module there, and aya 0.14 attaches fentry to vmlinux functions only,
             // so the ladder must come down to the kprobe.
-            Kernel::Debian61 => vec![("TRACER_EXPECT_NAT", "kprobe"), ("TRACER_EXPECT_TC", "clsact")],
+            Kernel::Debian61 => vec![
+                ("TRACER_EXPECT_NAT", "kprobe"),
+                ("TRACER_EXPECT_TC", "clsact"),
+            ],
         }
     }
 
@@ -54,8 +57,12 @@ impl Kernel {
         let unpacked = cache.join("root");
         if !unpacked.join("boot").exists() {
             std::fs::create_dir_all(&cache)?;
-            util::run(Command::new("apt-get").current_dir(&cache).args(["download", &package]))
-                .context("failed to download the kernel package from the Debian mirror")?;
+            util::run(
+                Command::new("apt-get")
+                    .current_dir(&cache)
+                    .args(["download", &package]),
+            )
+            .context("failed to download the kernel package from the Debian mirror")?;
             let deb = std::fs::read_dir(&cache)?
                 .flatten()
                 .map(|e| e.path())
@@ -83,7 +90,10 @@ fn image(root: &Path) -> anyhow::Result<Image> {
     let vmlinuz = std::fs::read_dir(&boot)?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .context("no vmlinuz in the package")?;
     let release = vmlinuz
         .file_name()

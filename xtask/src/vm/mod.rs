@@ -60,9 +60,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// Builds the integration test binaries and returns (name, path) of those the guests run.
 fn build_tests() -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
     let mut command = Command::new(env!("CARGO"));
-    command
-        .current_dir(workspace())
-        .args(["test", "--no-run", "--package", "tracer-tests", "--message-format=json"]);
+    command.current_dir(workspace()).args([
+        "test",
+        "--no-run",
+        "--package",
+        "tracer-tests",
+        "--message-format=json",
+    ]);
     for test in TESTS {
         command.args(["--test", test]);
     }
