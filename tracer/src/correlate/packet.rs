@@ -1,10 +1,11 @@
 //! Groups hop events into packets.
 //!
 //! A packet keeps the same `sk_buff` along most of its path, but the address alone is not an
-//! identity: skbs are freed and reused, cloned (same `head`, new skb) and copied (new head).
-//! An event joins an active packet when
-//! - its (skb, head) pair is one the packet was seen with, and its content key (protocol, IP id,
-//!   IP length, TCP sequence/ack/flags: the fields NAT leaves alone) is the packet's; or
+//! identity: skbs are freed and reused, cloned (same `head`, new skb), copied (new skb, new
+//! head), and given a new head in place when they are made writable (NAT does that:
+//! `pskb_expand_head` keeps the skb). An event joins an active packet when
+//! - its skb is one the packet was seen with, and its content key (protocol, IP id, IP length,
+//!   TCP sequence/ack/flags: the fields NAT leaves alone) is the packet's; or
 //! - it has no skb (TC programs) or a new one, its content key is the packet's, and it came
 //!   within [`Settings::content_window_ns`] of the packet's last hop.
 //!
@@ -50,7 +51,7 @@ pub struct ActivePacket {
     pub id: u64,
     pub hops: Vec<Hop>,
     content: ContentKey,
-    skbs: Vec<(u64, u64)>,
+    skbs: Vec<u64>,
     last_ts: u64,
 }
 
@@ -64,7 +65,7 @@ impl ActivePacket {
 #[derive(Debug, Default)]
 pub struct PacketTable {
     active: HashMap<u64, ActivePacket>,
-    by_skb: HashMap<(u64, u64), u64>,
+    by_skb: HashMap<u64, u64>,
     by_content: HashMap<ContentKey, u64>,
     /// (last hop time, id) of every active packet.
     idle: BTreeSet<(u64, u64)>,
@@ -75,7 +76,7 @@ impl PacketTable {
     /// Adds `event` to its packet. Returns packets completed to make room.
     pub fn push(&mut self, event: HopEvent, settings: &Settings) -> Vec<ActivePacket> {
         let content = ContentKey::of(&event);
-        let skb = (event.skb, event.skb_head);
+        let skb = event.skb;
         let by_skb = (event.skb != 0)
             .then(|| self.by_skb.get(&skb))
             .flatten()

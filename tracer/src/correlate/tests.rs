@@ -382,3 +382,15 @@ fn memory_is_bounded_under_never_completed_packets() {
     }
     assert_eq!(emitted, 200_000, "one packet and one flow record per event");
 }
+
+/// NAT makes the skb writable, which can give it a new head in place; with a slow hop in
+/// between (here 20 ms, past the content window) the packet is still one packet.
+#[test]
+fn a_new_head_for_the_same_skb_is_the_same_packet() {
+    let mut events = syn_path(1_000_000, 0xa000, None);
+    for (i, event) in events.iter_mut().enumerate().skip(3) {
+        event.skb_head = 0x7777_0000;
+        event.ts_ns += 20_000_000 + i as u64;
+    }
+    assert_eq!(packets(&run(events)).len(), 1);
+}
