@@ -26,7 +26,7 @@ const TESTS: [&str; 4] = ["kernel", "stack", "nat", "drop"];
 /// How long one guest may take, boot to power-off.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct Args {
     /// Kernels to test (default: all of the matrix).
     #[arg(long = "kernel", value_enum)]
