@@ -190,50 +190,15 @@ impl Testbed {
         let number = self.created;
         let netns = Netns::create(&format!("{PREFIX}{}-ctr{number}", self.id))?;
         let octet = u8::try_from(number + 1).context("too many containers")?;
-        let addr = Ipv4Addr::new(172, 17, 0, octet);
-        let addr6 = Ipv6Addr::new(0x2001, 2, 0, 0x17, 0, 0, 0, u16::from(octet));
-        let host_veth = format!("v{}c{number}", self.id);
-        let host = &self.host;
-        host.ip(&[
-            "link",
-            "add",
-            &host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &netns.name,
-        ])?;
-        host.ip(&["link", "set", &host_veth, "master", "docker0", "up"])?;
-        let mac = format!("02:42:ac:11:00:{octet:02x}");
-        netns.ip(&["link", "set", "eth0", "address", &mac])?;
-        netns.ip(&["addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
-        netns.ip(&["link", "set", "eth0", "up"])?;
-        netns.ip(&["route", "add", "default", "via", &BRIDGE_ADDR.to_string()])?;
-        netns.ip(&[
-            "addr",
-            "add",
-            &format!("{addr6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        netns.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &BRIDGE_ADDR6.to_string(),
-        ])?;
-        self.containers.push(Container {
+        let container = Container {
             netns,
-            addr,
-            addr6,
-            host_veth,
-        });
+            addr: Ipv4Addr::new(172, 17, 0, octet),
+            addr6: Ipv6Addr::new(0x2001, 2, 0, 0x17, 0, 0, 0, u16::from(octet)),
+            host_veth: format!("v{}c{number}", self.id),
+        };
+        let mac = format!("02:42:ac:11:00:{octet:02x}");
+        self.plug(&container, Some(&mac))?;
+        self.containers.push(container);
         Ok(self.containers.last().expect("just pushed"))
     }
 
@@ -242,29 +207,30 @@ impl Testbed {
     /// recreated.
     pub fn replug(&self, index: usize) -> anyhow::Result<()> {
         let container = self.containers.get(index).context("no such container")?;
-        let host = &self.host;
-        host.ip(&["link", "del", &container.host_veth])?;
+        self.host.ip(&["link", "del", &container.host_veth])?;
+        self.plug(container, None)
+    }
+
+    /// Creates the container's veth pair, enslaves the host end to docker0, and configures
+    /// the container end (MAC, addresses, default routes).
+    fn plug(&self, container: &Container, mac: Option<&str>) -> anyhow::Result<()> {
+        let (host, netns, veth) = (&self.host, &container.netns, &container.host_veth);
         host.ip(&[
             "link",
             "add",
-            &container.host_veth,
+            veth,
             "type",
             "veth",
             "peer",
             "name",
             "eth0",
             "netns",
-            &container.netns.name,
+            &netns.name,
         ])?;
-        host.ip(&[
-            "link",
-            "set",
-            &container.host_veth,
-            "master",
-            "docker0",
-            "up",
-        ])?;
-        let netns = &container.netns;
+        host.ip(&["link", "set", veth, "master", "docker0", "up"])?;
+        if let Some(mac) = mac {
+            netns.ip(&["link", "set", "eth0", "address", mac])?;
+        }
         netns.ip(&[
             "addr",
             "add",
@@ -272,14 +238,8 @@ impl Testbed {
             "dev",
             "eth0",
         ])?;
-        netns.ip(&[
-            "addr",
-            "add",
-            &format!("{}/64", container.addr6),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
+        let addr6 = format!("{}/64", container.addr6);
+        netns.ip(&["addr", "add", &addr6, "dev", "eth0", "nodad"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["route", "add", "default", "via", &BRIDGE_ADDR.to_string()])?;
         netns.ip(&[
