@@ -57,6 +57,15 @@ impl Tracer {
         Self::start_with_stdout(args, Stdio::piped())
     }
 
+    /// Starts `tracer --port PORT --output json --hooks stack EXTRA...`: the stack tracepoints
+    /// only, as JSON, which is what most tests read.
+    pub fn stack_json(port: u16, extra: &[&str]) -> anyhow::Result<Tracer> {
+        let port = port.to_string();
+        let mut args = vec!["--port", &port, "--output", "json", "--hooks", "stack"];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
     /// [`Tracer::start`] with stdout going to `stdout` (a file, `/dev/full`, ...).
     pub fn start_with_stdout(args: &[&str], stdout: Stdio) -> anyhow::Result<Tracer> {
         let binary = binary();

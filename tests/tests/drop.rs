@@ -34,25 +34,9 @@ fn forward_drop_is_the_last_hop_with_its_reason() -> anyhow::Result<()> {
             "DROP",
         ],
     )?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "stack",
-    ])?;
     let ctr = &testbed.containers[0];
-    let attempt = ctr.netns.enter(|| {
-        std::net::TcpStream::connect_timeout(
-            &SocketAddr::from((SERVER_ADDR, port)),
-            Duration::from_millis(300),
-        )
-    })?;
+    let (attempt, packets) = trace_connect(&testbed, port, Duration::from_millis(300))?;
     assert!(attempt.is_err(), "the SYN must be dropped");
-    let finished = tracer.stop()?;
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let packets = trace::packets(&finished.json()?);
     let syn = syn_from(&packets, &ctr.netns.name);
     let host = &testbed.host.name;
     let last = syn.hops.last().expect("hops");
@@ -85,28 +69,12 @@ fn forward_drop_is_the_last_hop_with_its_reason() -> anyhow::Result<()> {
 fn closed_port_shows_the_rst_path() -> anyhow::Result<()> {
     let port = 10032;
     let testbed = Testbed::up(1)?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "stack",
-    ])?;
     let ctr = &testbed.containers[0];
-    let attempt = ctr.netns.enter(|| {
-        std::net::TcpStream::connect_timeout(
-            &SocketAddr::from((SERVER_ADDR, port)),
-            Duration::from_secs(5),
-        )
-    })?;
+    let (attempt, packets) = trace_connect(&testbed, port, Duration::from_secs(5))?;
     assert_eq!(
         attempt.err().map(|e| e.kind()),
         Some(std::io::ErrorKind::ConnectionRefused)
     );
-    let finished = tracer.stop()?;
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let packets = trace::packets(&finished.json()?);
     let syn = syn_from(&packets, &ctr.netns.name);
     let remote = &testbed.remote.name;
     assert_eq!(
@@ -130,4 +98,21 @@ fn closed_port_shows_the_rst_path() -> anyhow::Result<()> {
     assert_eq!(delivered["dst_ip"], ctr.addr.to_string());
     assert_eq!(delivered["dst_port"], syn.first()["src_port"]);
     Ok(())
+}
+
+/// Traces the stack hooks on `port` while the first container tries to connect to the server
+/// address on it; the outcome of the attempt and the traced packets.
+fn trace_connect(
+    testbed: &Testbed,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<(std::io::Result<std::net::TcpStream>, Vec<Packet>)> {
+    let tracer = Tracer::stack_json(port, &[])?;
+    let server = SocketAddr::from((SERVER_ADDR, port));
+    let attempt = testbed.containers[0]
+        .netns
+        .enter(|| std::net::TcpStream::connect_timeout(&server, timeout))?;
+    let finished = tracer.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    Ok((attempt, trace::packets(&finished.json()?)))
 }

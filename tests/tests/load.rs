@@ -35,16 +35,7 @@ fn tiny_ring_buffer_loses_events_and_says_so() -> anyhow::Result<()> {
     sender.send_to(b"warm-up", server)?;
     receiver.recv(&mut [0u8; 16])?;
 
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "stack",
-        "--ring-size",
-        "4096",
-    ])?;
+    let tracer = Tracer::stack_json(port, &["--ring-size", "4096"])?;
     for _ in 0..datagrams {
         sender.send_to(&[0u8; 32], server)?;
     }

@@ -12,7 +12,8 @@ use tracer_tests::{
 };
 
 /// The handshake's three packets: the SYN by its flags and the namespace it starts in, the
-/// SYN-ACK and the ACK by their sequence numbers, which NAT leaves alone.
+/// SYN-ACK and the ACK by their sequence numbers, which NAT leaves alone. All three must be in
+/// one flow.
 fn handshake(packets: &[Packet], client_ns: &str, server_ns: &str) -> [Packet; 3] {
     let seq = |p: &Packet, field: &str| p.first()[field].as_u64().unwrap_or(0);
     let find = |what: &str, test: &dyn Fn(&Packet) -> bool| {
@@ -36,6 +37,10 @@ fn handshake(packets: &[Packet], client_ns: &str, server_ns: &str) -> [Packet; 3
             && p.first()["netns"] == client_ns
             && seq(p, "tcp_ack") == (seq(&syn_ack, "tcp_seq") + 1) % (1 << 32)
     });
+    let flow_id = syn.flow_id();
+    assert!(flow_id > 0, "the SYN has no flow");
+    assert_eq!(syn_ack.flow_id(), flow_id, "the SYN-ACK is in another flow");
+    assert_eq!(ack.flow_id(), flow_id, "the ACK is in another flow");
     [syn, syn_ack, ack]
 }
 
@@ -89,9 +94,6 @@ fn masquerade_is_stitched_into_one_flow() -> anyhow::Result<()> {
     let [syn, syn_ack, ack] = handshake(&packets, &ctr.netns.name, &testbed.remote.name);
 
     let flow_id = syn.flow_id();
-    assert!(flow_id > 0);
-    assert_eq!(syn_ack.flow_id(), flow_id);
-    assert_eq!(ack.flow_id(), flow_id);
     assert_eq!(syn.first()["direction"], "original");
     assert_eq!(syn_ack.first()["direction"], "reply");
     for packet in [&syn, &syn_ack, &ack] {
@@ -188,10 +190,8 @@ fn masquerade_port_rewrite_is_followed() -> anyhow::Result<()> {
     let lines = tracer.stop()?.json()?;
     let packets = trace::packets(&lines);
     let ctr2 = &testbed.containers[1];
-    let [syn, syn_ack, ack] = handshake(&packets, &ctr2.netns.name, &testbed.remote.name);
+    let [syn, syn_ack, _ack] = handshake(&packets, &ctr2.netns.name, &testbed.remote.name);
     let flow_id = syn.flow_id();
-    assert_eq!(syn_ack.flow_id(), flow_id);
-    assert_eq!(ack.flow_id(), flow_id);
 
     let out = nat_records(&lines, flow_id)
         .into_iter()
@@ -235,14 +235,7 @@ fn published_port_dnat_is_followed_into_the_container() -> anyhow::Result<()> {
     testbed.publish(host_port, 0, container_port)?;
     let ctr = &testbed.containers[0];
     let listener = traffic::listen(&ctr.netns, SocketAddr::from((ctr.addr, container_port)))?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &host_port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "stack",
-    ])?;
+    let tracer = Tracer::stack_json(host_port, &[])?;
     traffic::exchange(
         &testbed.remote,
         None,
@@ -253,8 +246,6 @@ fn published_port_dnat_is_followed_into_the_container() -> anyhow::Result<()> {
     let packets = trace::packets(&lines);
     let [syn, syn_ack, ack] = handshake(&packets, &testbed.remote.name, &ctr.netns.name);
     let flow_id = syn.flow_id();
-    assert_eq!(syn_ack.flow_id(), flow_id);
-    assert_eq!(ack.flow_id(), flow_id);
 
     let host = &testbed.host.name;
     let places = syn.places();
@@ -313,14 +304,7 @@ fn container_to_container_has_no_nat() -> anyhow::Result<()> {
     let testbed = Testbed::up(2)?;
     let (ctr1, ctr2) = (&testbed.containers[0], &testbed.containers[1]);
     let listener = traffic::listen(&ctr2.netns, SocketAddr::from((ctr2.addr, port)))?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "stack",
-    ])?;
+    let tracer = Tracer::stack_json(port, &[])?;
     traffic::exchange(
         &ctr1.netns,
         None,
@@ -331,8 +315,6 @@ fn container_to_container_has_no_nat() -> anyhow::Result<()> {
     let packets = trace::packets(&lines);
     let [syn, syn_ack, ack] = handshake(&packets, &ctr1.netns.name, &ctr2.netns.name);
     let flow_id = syn.flow_id();
-    assert_eq!(syn_ack.flow_id(), flow_id);
-    assert_eq!(ack.flow_id(), flow_id);
 
     let host = &testbed.host.name;
     let places = syn.places();

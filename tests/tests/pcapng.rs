@@ -23,16 +23,7 @@ fn pcapng_opens_in_tshark_with_one_interface_per_hop() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("tracer-pcapng-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("trace.pcapng");
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "stack",
-        "-w",
-        &file.to_string_lossy(),
-    ])?;
+    let tracer = Tracer::stack_json(port, &["-w", &file.to_string_lossy()])?;
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);

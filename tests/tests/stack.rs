@@ -16,51 +16,12 @@ use tracer_tests::{
 fn syn_crosses_veth_bridge_nat_and_uplink() -> anyhow::Result<()> {
     let port = 10001;
     let testbed = Testbed::up(2)?;
-    let server = SocketAddr::from((SERVER_ADDR, port));
-    let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "stack",
-    ])?;
-    traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
-    let finished = tracer.stop()?;
-    assert!(finished.status.success(), "{}", finished.stderr);
-    let lines = finished.json()?;
-
+    let lines = trace_exchange(&testbed, SocketAddr::from((SERVER_ADDR, port)))?;
     let ctr = &testbed.containers[0];
-    let (ctr_ns, host_ns, remote_ns) = (&ctr.netns.name, &testbed.host.name, &testbed.remote.name);
-    let syn = trace::packets(&lines)
-        .into_iter()
-        .find(|p| p.flags() == "S" && p.first()["netns"] == ctr_ns.as_str())
-        .expect("a SYN starting in the container");
-    // The NAT function's own hop exists only where fentry or kprobes reach it; the kernel
-    // test asserts it, here it is left out.
-    assert_eq!(
-        without_nat_function(syn.places()),
-        vec![
-            place(ctr_ns, "eth0", "net_dev_queue"),
-            place(ctr_ns, "eth0", "net_dev_start_xmit"),
-            place(host_ns, &ctr.host_veth, "netif_rx"),
-            place(host_ns, &ctr.host_veth, "netif_receive_skb"),
-            place(host_ns, "docker0", "netif_receive_skb"),
-            place(host_ns, "eth0", "net_dev_queue"),
-            place(host_ns, "eth0", "net_dev_start_xmit"),
-            place(remote_ns, "eth0", "netif_rx"),
-            place(remote_ns, "eth0", "netif_receive_skb"),
-        ]
-    );
+    let syn = syn_from_container(&lines, &testbed);
     let ctr_addr = ctr.addr.to_string();
     let uplink_addr = UPLINK_ADDR.to_string();
-    let hops: Vec<_> = syn
-        .hops
-        .iter()
-        .filter(|h| h["hook"] != "nf_nat_manip_pkt")
-        .collect();
-    for (index, hop) in hops.iter().enumerate() {
+    for (index, hop) in stack_hops(&syn).iter().enumerate() {
         // Hops 0-4 are before the NAT, 5-8 after it.
         let expected_src = if index < 5 { &ctr_addr } else { &uplink_addr };
         assert_eq!(hop["src_ip"], expected_src.as_str(), "hop {index}: {hop}");
@@ -92,25 +53,50 @@ fn ipv6_syn_is_traced_end_to_end() -> anyhow::Result<()> {
     use tracer_tests::testbed::{SERVER_ADDR6, UPLINK_ADDR6};
     let port = 10007;
     let testbed = Testbed::up(1)?;
-    let server = SocketAddr::from((SERVER_ADDR6, port));
+    let lines = trace_exchange(&testbed, SocketAddr::from((SERVER_ADDR6, port)))?;
+    let ctr = &testbed.containers[0];
+    let syn = syn_from_container(&lines, &testbed);
+    for (index, hop) in stack_hops(&syn).iter().enumerate() {
+        let expected_src = if index < 5 { ctr.addr6 } else { UPLINK_ADDR6 };
+        assert_eq!(hop["src_ip"], expected_src.to_string(), "hop {index}");
+        assert_eq!(hop["dst_ip"], SERVER_ADDR6.to_string(), "hop {index}");
+    }
+    let remote_ns = &testbed.remote.name;
+    let syn_ack = trace::packets(&lines)
+        .into_iter()
+        .find(|p| p.flags() == "S." && p.first()["netns"] == remote_ns.as_str())
+        .expect("the SYN-ACK");
+    assert_eq!(syn_ack.flow_id(), syn.flow_id());
+    assert_eq!(
+        syn_ack.hops.last().expect("hops")["dst_ip"],
+        ctr.addr6.to_string()
+    );
+    let snat = trace::of_type(&lines, "nat")
+        .into_iter()
+        .find(|n| n["flow_id"] == syn.flow_id() && n["direction"] == "original")
+        .expect("NAT66 record");
+    assert_eq!(snat["kind"], "snat");
+    assert_eq!(snat["after"]["src_ip"], UPLINK_ADDR6.to_string());
+    Ok(())
+}
+
+/// Traces the stack hooks on `server`'s port while the first container exchanges a message
+/// with `server` in the remote namespace; the tracer's JSON lines.
+fn trace_exchange(testbed: &Testbed, server: SocketAddr) -> anyhow::Result<Vec<serde_json::Value>> {
     let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "stack",
-    ])?;
+    let tracer = Tracer::stack_json(server.port(), &[])?;
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);
-    let lines = finished.json()?;
+    finished.json()
+}
+
+/// The SYN that starts in the first container, asserted to take the Docker path hop by hop.
+fn syn_from_container(lines: &[serde_json::Value], testbed: &Testbed) -> trace::Packet {
     let ctr = &testbed.containers[0];
     let (ctr_ns, host_ns, remote_ns) = (&ctr.netns.name, &testbed.host.name, &testbed.remote.name);
-    let packets = trace::packets(&lines);
-    let syn = packets
-        .iter()
+    let syn = trace::packets(lines)
+        .into_iter()
         .find(|p| p.flags() == "S" && p.first()["netns"] == ctr_ns.as_str())
         .expect("a SYN starting in the container");
     // The NAT function's own hop exists only where fentry or kprobes reach it; the kernel
@@ -129,32 +115,16 @@ fn ipv6_syn_is_traced_end_to_end() -> anyhow::Result<()> {
             place(remote_ns, "eth0", "netif_receive_skb"),
         ]
     );
-    let hops: Vec<_> = syn
+    syn
+}
+
+/// The packet's hops at the stack tracepoints, without the NAT function's hop.
+fn stack_hops(packet: &trace::Packet) -> Vec<&serde_json::Value> {
+    packet
         .hops
         .iter()
         .filter(|h| h["hook"] != "nf_nat_manip_pkt")
-        .collect();
-    for (index, hop) in hops.iter().enumerate() {
-        let expected_src = if index < 5 { ctr.addr6 } else { UPLINK_ADDR6 };
-        assert_eq!(hop["src_ip"], expected_src.to_string(), "hop {index}");
-        assert_eq!(hop["dst_ip"], SERVER_ADDR6.to_string(), "hop {index}");
-    }
-    let syn_ack = packets
-        .iter()
-        .find(|p| p.flags() == "S." && p.first()["netns"] == remote_ns.as_str())
-        .expect("the SYN-ACK");
-    assert_eq!(syn_ack.flow_id(), syn.flow_id());
-    assert_eq!(
-        syn_ack.hops.last().expect("hops")["dst_ip"],
-        ctr.addr6.to_string()
-    );
-    let snat = trace::of_type(&lines, "nat")
-        .into_iter()
-        .find(|n| n["flow_id"] == syn.flow_id() && n["direction"] == "original")
-        .expect("NAT66 record");
-    assert_eq!(snat["kind"], "snat");
-    assert_eq!(snat["after"]["src_ip"], UPLINK_ADDR6.to_string());
-    Ok(())
+        .collect()
 }
 
 /// Places without the NAT function's hop.

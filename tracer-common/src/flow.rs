@@ -19,7 +19,10 @@ pub struct FlowKey {
     pub port_b: u16,
     /// IP protocol number.
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding, zero. Two fields rather than an array, which eBPF code would zero with a call
+    /// to a byte-by-byte `memset`.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 assert_size!(FlowKey, 40);
 
@@ -43,7 +46,8 @@ impl FlowKey {
             port_a,
             port_b,
             proto,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::{
     config::conf,
     filter::{self, View},
     packet::Bytes,
+    words,
 };
 
 /// Default size; the collector sets the real one before load.
@@ -138,9 +139,13 @@ fn submit_with_headers(event: &PacketEvent, bytes: &impl Bytes, l3: u32, snap_le
     };
     let record = entry.as_mut_ptr();
     unsafe {
-        (*record).event = *event;
+        words::copy(event, &raw mut (*record).event);
         (*record).event.kind = EventKind::PacketWithHeaders as u8;
-        (*record)._pad = [0; 6];
+        // Three stores: an array assignment would be a byte-by-byte `memset` call.
+        let pad = (&raw mut (*record)._pad).cast::<u16>();
+        for i in 0..3 {
+            core::ptr::write_volatile(pad.add(i), 0);
+        }
         let headers = &mut (*record).headers;
         let copied = match headers.get_mut(..snap_len) {
             Some(dst) => bytes.copy(l3, dst),

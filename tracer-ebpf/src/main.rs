@@ -16,6 +16,7 @@ mod packet;
 mod skb;
 mod stack;
 mod tc;
+mod words;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,19 +1,23 @@
 //! Reading a `struct sk_buff` (include/linux/skbuff.h) and turning it into an event.
 //!
-//! Offsets come from the running kernel's BTF through [`crate::config`]; every read goes through
-//! `bpf_probe_read_kernel`, so the same code serves tracepoints, kprobes and fentry programs.
+//! Offsets come from the running kernel's BTF through [`crate::config`]; reads go through
+//! plain loads where the program has BTF-typed arguments and `bpf_probe_read_kernel` where it
+//! has not (see [`Access`]), so the same code serves tracepoints, kprobes and fentry programs.
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use tracer_common::{
     config::OFFSET_UNKNOWN,
-    event::{Counter, CtTuple, FAMILY_IPV4, FAMILY_IPV6, PacketEvent},
+    event::{Counter, CtTuple, FAMILY_IPV4, FAMILY_IPV6},
     hook::Hook,
 };
+
+use core::mem::MaybeUninit;
 
 use crate::{
     config::conf,
     emit::{count, matches, submit},
     packet::{Bytes, Parsed, parse_l3},
+    words,
 };
 
 /// `NFCT_INFOMASK`: the low bits of `skb->_nfct` hold `enum ip_conntrack_info`.
@@ -131,7 +135,8 @@ pub fn trace_with<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) {
 
 #[inline(always)]
 fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
-    let mut event = PacketEvent::zeroed();
+    let mut slot = MaybeUninit::uninit();
+    let event = words::new_event(&mut slot);
     event.hook = hook as u8;
     event.location = extra.location;
     event.drop_reason = extra.drop_reason;
@@ -164,7 +169,7 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
             }
         }
     };
-    if parse_l3(&linear, protocol, l3, &mut event) == Parsed::NotIp {
+    if parse_l3(&linear, protocol, l3, event) == Parsed::NotIp {
         return None;
     }
     event.skb_head = head;
@@ -178,7 +183,7 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
         read_tuple(ct, conf!(offsets.ct_tuple_orig), &mut event.ct_orig);
         read_tuple(ct, conf!(offsets.ct_tuple_reply), &mut event.ct_reply);
     }
-    if !matches(&event) {
+    if !matches(event) {
         return None;
     }
 
@@ -191,20 +196,17 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
     let net: u64 = A::read(dev, conf!(offsets.dev_net)).unwrap_or(0);
     event.netns_inode = A::read(net, conf!(offsets.net_inum)).unwrap_or(0);
 
-    submit(&event, &linear, l3);
+    submit(event, &linear, l3);
     Some(())
 }
 
 /// Copies the conntrack tuple at `ct + offset` into `tuple`, leaving it zero on failure.
 #[inline(always)]
 fn read_tuple(ct: u64, offset: u32, tuple: &mut CtTuple) {
-    let mut raw = [0u8; CT_TUPLE_SIZE];
-    if offset == OFFSET_UNKNOWN
-        || unsafe { bpf_probe_read_kernel_buf((ct + u64::from(offset)) as *const u8, &mut raw) }
-            .is_err()
-    {
+    // Read into uninitialized stack: a zeroed buffer would cost a byte-by-byte `memset` call.
+    let Some(raw) = read::<[u8; CT_TUPLE_SIZE]>(ct, offset) else {
         return;
-    }
+    };
     let field = |offset: u32, len: usize| raw.get(offset as usize..offset as usize + len);
     let (Some(src), Some(sport), Some(l3num), Some(dst), Some(dport), Some(proto)) = (
         field(conf!(offsets.tuple_src_addr), 16),

@@ -7,6 +7,8 @@
 //! gives the socket's namespace, and forwarded packets have no socket), so its events carry
 //! only the interface index; the collector knows where it attached the program.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
@@ -14,13 +16,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use tracer_common::{
-    event::{Counter, FLAG_TC, PacketEvent},
+    event::{Counter, FLAG_TC},
     hook::Hook,
 };
 
 use crate::{
     emit::{count, matches, submit},
     packet::{Bytes, ETH_P_8021AD, ETH_P_8021Q, Parsed, parse_l3},
+    words,
 };
 
 /// Ethernet header length.
@@ -76,7 +79,8 @@ fn trace(ctx: &TcContext, hook: Hook) {
 
 #[inline(always)]
 fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
-    let mut event = PacketEvent::zeroed();
+    let mut slot = MaybeUninit::uninit();
+    let event = words::new_event(&mut slot);
     event.hook = hook as u8;
     event.flags = FLAG_TC;
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -87,16 +91,16 @@ fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
         proto = u16::from_be(Bytes::load::<u16>(ctx, ETH_HLEN + 2)?);
         l3 += VLAN_HLEN;
     }
-    if parse_l3(ctx, proto, l3, &mut event) == Parsed::NotIp {
+    if parse_l3(ctx, proto, l3, event) == Parsed::NotIp {
         return None;
     }
-    if !matches(&event) {
+    if !matches(event) {
         return None;
     }
     let skb = unsafe { &*ctx.skb.skb };
     event.len = skb.len;
     event.mark = skb.mark;
     event.ifindex = skb.ifindex;
-    submit(&event, ctx, l3);
+    submit(event, ctx, l3);
     Some(())
 }

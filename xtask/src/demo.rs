@@ -12,15 +12,13 @@ use tracer_tests::{
     traffic,
 };
 
-use crate::util::{build_tracer, require_root};
+use crate::util::{require_root, use_tracer_build};
 
 const PORT: u16 = 10001;
 
 pub fn run() -> anyhow::Result<()> {
     require_root("the demo")?;
-    let binary = build_tracer(false)?;
-    // SAFETY: single-threaded at this point; the variable is read by the helper below.
-    unsafe { std::env::set_var("TRACER_BIN", &binary) };
+    use_tracer_build(false)?;
 
     let testbed = Testbed::up(2).context("failed to create the testbed")?;
     let server = SocketAddr::from((SERVER_ADDR, PORT));

@@ -11,15 +11,13 @@ use tracer_tests::{
     traffic,
 };
 
-use crate::util::{build_tracer, require_root, workspace};
+use crate::util::{require_root, use_tracer_build, workspace};
 
 const PORT: u16 = 10001;
 
 pub fn run() -> anyhow::Result<()> {
     require_root("recording fixtures")?;
-    let binary = build_tracer(false)?;
-    // SAFETY: single-threaded at this point; the variable is read by the helper below.
-    unsafe { std::env::set_var("TRACER_BIN", &binary) };
+    use_tracer_build(false)?;
     let dir = workspace().join("tests/data/golden");
     let recording = dir.join("snat-handshake.events");
     let testbed = Testbed::up(1).context("failed to create the testbed")?;

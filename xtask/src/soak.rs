@@ -16,7 +16,7 @@ use tracer_tests::{
     traffic,
 };
 
-use crate::util::{build_tracer, require_root, workspace};
+use crate::util::{require_root, use_tracer_build, workspace};
 
 const PORT: u16 = 10091;
 
@@ -32,9 +32,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     require_root("the soak run")?;
-    let binary = build_tracer(true)?;
-    // SAFETY: single-threaded at this point; the variable is read by the helper below.
-    unsafe { std::env::set_var("TRACER_BIN", &binary) };
+    use_tracer_build(true)?;
     let testbed = Testbed::up(2).context("failed to create the testbed")?;
     let server = SocketAddr::from((SERVER_ADDR, PORT));
     let listener = traffic::listen(&testbed.remote, server)?;

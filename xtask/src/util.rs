@@ -58,6 +58,16 @@ pub fn build_tracer(release: bool) -> anyhow::Result<PathBuf> {
     Ok(workspace().join("target").join(profile).join("tracer"))
 }
 
+/// Builds tracer and points the test helpers (`tracer_tests::tracer`) at that build through
+/// `$TRACER_BIN`. Call it before any thread is started.
+pub fn use_tracer_build(release: bool) -> anyhow::Result<PathBuf> {
+    let binary = build_tracer(release)?;
+    // SAFETY: xtask is single-threaded until its commands start their work, and this is
+    // called first.
+    unsafe { std::env::set_var("TRACER_BIN", &binary) };
+    Ok(binary)
+}
+
 /// Fails unless running as root, which loading eBPF programs and building namespaces need.
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {

@@ -7,9 +7,9 @@
 //! register all four views of the connection); otherwise rewrites observed between consecutive
 //! hops of one packet link the tuple before NAT to the tuple after it.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::{Direction, Hop, HopLabel, NatKind, NatRecord, NatSource, Settings, stats::Latency};
 use crate::decode::{Conntrack, Proto, Tuple};
@@ -31,19 +31,27 @@ pub struct Flow {
     pub packets: [u64; 2],
     pub first_ts: u64,
     pub last_ts: u64,
-    /// Latency per (direction, from hop, to hop), in first-seen order.
-    pub hops: Vec<((Direction, HopLabel, HopLabel), Latency)>,
+    /// Latency per segment, in first-seen order.
+    pub hops: Vec<(Arc<Segment>, Latency)>,
     nat_reported: [bool; 2],
     fin: [bool; 2],
     closed_at: Option<u64>,
     tuples: Vec<Tuple>,
 }
 
+/// A direction and two consecutive places on a packet's path. Many flows take the same
+/// segments, so each is stored once and shared.
+pub type Segment = (Direction, HopLabel, HopLabel);
+
 /// Flows and the index from every known tuple to its flow and direction.
 #[derive(Debug, Default)]
 pub struct FlowTable {
     flows: HashMap<u64, Flow>,
     index: HashMap<Tuple, (u64, Direction)>,
+    /// Every segment a tracked flow has taken; pruned of the unused ones as flows end.
+    segments: HashSet<Arc<Segment>>,
+    /// How many segments there were after the last pruning.
+    segments_kept: usize,
     /// (last packet time, id) of every flow, so that expiry looks only at flows that are due.
     activity: BTreeSet<(u64, u64)>,
     /// (close time, id) of closed TCP flows.
@@ -112,12 +120,20 @@ impl FlowTable {
         }
         for pair in hops.windows(2) {
             let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
-            match flow.hops.iter_mut().find(|(k, _)| *k == key) {
+            match flow.hops.iter_mut().find(|(k, _)| **k == key) {
                 Some((_, latency)) => latency.record(pair[1].since_prev_ns),
                 None => {
+                    let segment = match self.segments.get(&key) {
+                        Some(segment) => Arc::clone(segment),
+                        None => {
+                            let segment = Arc::new(key);
+                            self.segments.insert(Arc::clone(&segment));
+                            segment
+                        }
+                    };
                     let mut latency = Latency::default();
                     latency.record(pair[1].since_prev_ns);
-                    flow.hops.push((key, latency));
+                    flow.hops.push((segment, latency));
                 }
             }
         }
@@ -259,13 +275,18 @@ impl FlowTable {
         self.flows.len()
     }
 
+    pub fn segments(&self) -> usize {
+        self.segments.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }
 
     fn remove_all(&mut self, mut ids: Vec<u64>) -> Vec<Flow> {
         ids.sort_unstable();
-        ids.into_iter()
+        let removed = ids
+            .into_iter()
             .filter_map(|id| {
                 let flow = self.flows.remove(&id)?;
                 self.activity.remove(&(flow.last_ts, id));
@@ -279,7 +300,20 @@ impl FlowTable {
                 }
                 Some(flow)
             })
-            .collect()
+            .collect();
+        self.prune_segments();
+        removed
+    }
+
+    /// Forgets the segments no flow uses any more (interfaces and namespaces come and go),
+    /// once the table has doubled since it was last pruned, so that pruning costs O(1) per
+    /// segment added.
+    fn prune_segments(&mut self) {
+        if self.segments.len() > 2 * self.segments_kept.max(64) {
+            self.segments
+                .retain(|segment| Arc::strong_count(segment) > 1);
+            self.segments_kept = self.segments.len();
+        }
     }
 }
 

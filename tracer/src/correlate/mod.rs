@@ -261,6 +261,12 @@ impl Correlator {
         (self.packets.len(), self.flows.len())
     }
 
+    /// Distinct segments (direction and two consecutive places) the tracked flows share, for
+    /// memory tests.
+    pub fn segments(&self) -> usize {
+        self.flows.segments()
+    }
+
     fn complete(&mut self, packets: Vec<ActivePacket>) {
         for packet in packets {
             let mut hops = packet.hops;
@@ -294,11 +300,12 @@ impl Correlator {
             let hops = flow
                 .hops
                 .iter()
-                .filter_map(|((direction, from, to), latency)| {
+                .filter_map(|(segment, latency)| {
+                    let (direction, from, to) = **segment;
                     Some(HopPair {
-                        direction: *direction,
-                        from: *from,
-                        to: *to,
+                        direction,
+                        from,
+                        to,
                         latency: latency.summary()?,
                     })
                 })

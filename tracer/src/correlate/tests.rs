@@ -340,6 +340,49 @@ fn packets_complete_after_the_idle_time_and_flows_after_closing() {
     assert_eq!(correlator.sizes(), (0, 0));
 }
 
+/// Interfaces that come and go (a container per flow): the segments of flows that ended are
+/// forgotten, so the shared table does not grow with every interface ever seen.
+#[test]
+fn segments_of_ended_flows_are_forgotten() {
+    let settings = Settings::default();
+    let mut correlator = Correlator::new(settings.clone());
+    let mut most = 0;
+    for i in 0..10_000u64 {
+        let start = i * settings.flow_idle_ns / 4;
+        let src = tuple(
+            addr(2, [10, (i >> 8) as u8, i as u8]),
+            40_000,
+            addr(1, [10, 255, 0]),
+            10001,
+        );
+        for (hop, hook) in [Hook::NetDevQueue, Hook::NetifRx].into_iter().enumerate() {
+            let mut e = event(
+                start + hop as u64 * 1_000,
+                hook,
+                CTR,
+                "eth0",
+                0x10_0000 + i,
+                src,
+            );
+            // A new interface for every flow.
+            e.ifindex = 100 + i as u32;
+            correlator.push(e);
+        }
+        correlator.tick(start + settings.packet_idle_ns);
+        while correlator.pop().is_some() {}
+        most = most.max(correlator.segments());
+    }
+    assert!(
+        correlator.sizes().1 < 10,
+        "flows expire: {:?}",
+        correlator.sizes()
+    );
+    assert!(
+        most < 200,
+        "{most} segments kept for 10000 flows of which a few are live"
+    );
+}
+
 /// A stream of packets that never complete (no tick ever comes) and never repeat a flow:
 /// the tables stay within their limits.
 #[test]

@@ -217,6 +217,7 @@ impl Drop for Tcpdump {
 /// from the kernel's own statistics.
 fn kernel_cost(testbed: &Testbed, seconds: u64) -> anyhow::Result<Vec<(String, f64, f64)>> {
     let _stats = BpfStats::enable()?;
+    let _floor = super::floor::Floor::attach(c"netif_receive_skb")?;
     let mut per_config = Vec::new();
     for port in ["1", &IPERF_PORT.to_string()] {
         let tracer =
@@ -237,9 +238,10 @@ fn kernel_cost(testbed: &Testbed, seconds: u64) -> anyhow::Result<Vec<(String, f
         .collect())
 }
 
-/// Our programs' run_time_ns / run_cnt, by name, from `bpftool prog show`.
+/// Our programs' (and the floor's) run_time_ns / run_cnt, by name, from `bpftool prog show`.
 fn program_costs() -> anyhow::Result<BTreeMap<String, f64>> {
-    const OURS: [&str; 7] = [
+    const OURS: [&str; 8] = [
+        super::floor::NAME,
         "net_dev_queue",
         "net_dev_start_xmit",
         "netif_rx",
@@ -303,12 +305,20 @@ impl Results {
         let stack: Vec<_> = self
             .kernel
             .iter()
-            .filter(|(n, _, _)| !n.starts_with("tc_"))
+            .filter(|(n, _, _)| !n.starts_with("tc_") && n != super::floor::NAME)
             .collect();
         let mean = |f: fn(&(String, f64, f64)) -> f64| {
             stack.iter().map(|p| f(p)).sum::<f64>() / stack.len().max(1) as f64
         };
         (mean(|p| p.1), mean(|p| p.2))
+    }
+
+    /// The empty program's cost on the same traffic: (no match, match).
+    pub fn floor(&self) -> (f64, f64) {
+        self.kernel
+            .iter()
+            .find(|(n, _, _)| n == super::floor::NAME)
+            .map_or((f64::NAN, f64::NAN), |p| (p.1, p.2))
     }
 
     pub fn markdown(&self) -> String {
@@ -325,7 +335,7 @@ impl Results {
                 self.ratio(config).unwrap_or(f64::NAN)
             );
         }
-        md += "\n## Kernel program cost\n\n`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt per program, during iperf3 with tracer filtering on a port nothing uses and on the iperf3 port.\n\n| Program | ns per packet, no match | ns per packet, match |\n|---|---|---|\n";
+        md += "\n## Kernel program cost\n\n`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt per program, during iperf3 with tracer filtering on a port nothing uses and on the iperf3 port. `trc_floor` is an empty program (`r0 = 0; exit`) on `netif_receive_skb` during the same runs: the cost of the tracepoint call and of the accounting on this machine, under any program.\n\n| Program | ns per packet, no match | ns per packet, match |\n|---|---|---|\n";
         for (name, miss, hit) in &self.kernel {
             let _ = writeln!(md, "| {name} | {miss:.0} | {hit:.0} |");
         }
