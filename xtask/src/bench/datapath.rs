@@ -31,11 +31,23 @@ const CONFIGS: [&str; 4] = [
     "tcpdump on veth, docker0, uplink",
 ];
 
+/// One program's mean run time and how many runs it is the mean of.
+#[derive(Clone, Copy)]
+pub struct Cost {
+    ns: f64,
+    runs: f64,
+}
+
+const NO_COST: Cost = Cost {
+    ns: f64::NAN,
+    runs: 0.0,
+};
+
 pub struct Results {
     throughput: Vec<(String, Stat)>,
     lost: BTreeMap<String, Vec<u64>>,
     /// Per program: (name, ns per run when nothing matches, ns per run when everything does).
-    kernel: Vec<(String, f64, f64)>,
+    kernel: Vec<(String, Cost, Cost)>,
 }
 
 pub fn run(repeats: usize, quick: bool) -> anyhow::Result<Results> {
@@ -215,7 +227,7 @@ impl Drop for Tcpdump {
 
 /// Mean run time per program invocation, with nothing matching and with everything matching,
 /// from the kernel's own statistics.
-fn kernel_cost(testbed: &Testbed, seconds: u64) -> anyhow::Result<Vec<(String, f64, f64)>> {
+fn kernel_cost(testbed: &Testbed, seconds: u64) -> anyhow::Result<Vec<(String, Cost, Cost)>> {
     let _stats = BpfStats::enable()?;
     let _floor = super::floor::Floor::attach(c"netif_receive_skb")?;
     let mut per_config = Vec::new();
@@ -231,15 +243,15 @@ fn kernel_cost(testbed: &Testbed, seconds: u64) -> anyhow::Result<Vec<(String, f
     Ok(names
         .into_iter()
         .map(|name| {
-            let miss = per_config[0].get(&name).copied().unwrap_or(f64::NAN);
-            let hit = per_config[1].get(&name).copied().unwrap_or(f64::NAN);
+            let miss = per_config[0].get(&name).copied().unwrap_or(NO_COST);
+            let hit = per_config[1].get(&name).copied().unwrap_or(NO_COST);
             (name, miss, hit)
         })
         .collect())
 }
 
 /// Our programs' (and the floor's) run_time_ns / run_cnt, by name, from `bpftool prog show`.
-fn program_costs() -> anyhow::Result<BTreeMap<String, f64>> {
+fn program_costs() -> anyhow::Result<BTreeMap<String, Cost>> {
     const OURS: [&str; 8] = [
         super::floor::NAME,
         "net_dev_queue",
@@ -264,7 +276,13 @@ fn program_costs() -> anyhow::Result<BTreeMap<String, f64>> {
         if let (Some(time), Some(count)) = (time, count)
             && count > 0.0
         {
-            costs.insert(name.to_owned(), time / count);
+            costs.insert(
+                name.to_owned(),
+                Cost {
+                    ns: time / count,
+                    runs: count,
+                },
+            );
         }
     }
     Ok(costs)
@@ -300,15 +318,23 @@ impl Results {
         Some(find(config)? / find(CONFIGS[0])?)
     }
 
-    /// Mean over our tracepoint programs: (ns per non-matching packet, ns per matching one).
+    /// Mean run time per packet over all of tracer's programs, weighted by how often each
+    /// ran: (ns per non-matching packet, ns per matching one).
     pub fn kernel_cost(&self) -> (f64, f64) {
-        let stack: Vec<_> = self
+        let ours: Vec<_> = self
             .kernel
             .iter()
-            .filter(|(n, _, _)| !n.starts_with("tc_") && n != super::floor::NAME)
+            .filter(|(n, _, _)| n != super::floor::NAME)
             .collect();
-        let mean = |f: fn(&(String, f64, f64)) -> f64| {
-            stack.iter().map(|p| f(p)).sum::<f64>() / stack.len().max(1) as f64
+        let mean = |cost: fn(&(String, Cost, Cost)) -> Cost| {
+            let (time, runs) = ours.iter().map(|p| cost(p)).fold((0.0, 0.0), |(t, r), c| {
+                if c.runs > 0.0 {
+                    (t + c.ns * c.runs, r + c.runs)
+                } else {
+                    (t, r)
+                }
+            });
+            if runs > 0.0 { time / runs } else { f64::NAN }
         };
         (mean(|p| p.1), mean(|p| p.2))
     }
@@ -318,7 +344,7 @@ impl Results {
         self.kernel
             .iter()
             .find(|(n, _, _)| n == super::floor::NAME)
-            .map_or((f64::NAN, f64::NAN), |p| (p.1, p.2))
+            .map_or((f64::NAN, f64::NAN), |p| (p.1.ns, p.2.ns))
     }
 
     pub fn markdown(&self) -> String {
@@ -335,10 +361,19 @@ impl Results {
                 self.ratio(config).unwrap_or(f64::NAN)
             );
         }
-        md += "\n## Kernel program cost\n\n`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt per program, during iperf3 with tracer filtering on a port nothing uses and on the iperf3 port. `trc_floor` is an empty program (`r0 = 0; exit`) on `netif_receive_skb` during the same runs: the cost of the tracepoint call and of the accounting on this machine, under any program.\n\n| Program | ns per packet, no match | ns per packet, match |\n|---|---|---|\n";
+        md += "\n## Kernel program cost\n\n`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt per program, during iperf3 with tracer filtering on a port nothing uses and on the iperf3 port. `trc_floor` is an empty program (`r0 = 0; exit`) on `netif_receive_skb` during the same runs: the cost of the tracepoint call and of the accounting on this machine, under any program.\n\n| Program | ns per packet, no match | runs | ns per packet, match | runs |\n|---|---|---|---|---|\n";
         for (name, miss, hit) in &self.kernel {
-            let _ = writeln!(md, "| {name} | {miss:.0} | {hit:.0} |");
+            let _ = writeln!(
+                md,
+                "| {name} | {:.0} | {} | {:.0} | {} |",
+                miss.ns, miss.runs, hit.ns, hit.runs
+            );
         }
+        let (miss, hit) = self.kernel_cost();
+        let _ = writeln!(
+            md,
+            "| all of tracer's, weighted by runs | {miss:.0} | | {hit:.0} | |"
+        );
         md.push('\n');
         md
     }
@@ -347,7 +382,7 @@ impl Results {
         json!({
             "throughput_gbps": self.throughput.iter().map(|(c, s)| json!({"config": c, "gbps": s.json(), "ratio": self.ratio(c)})).collect::<Vec<_>>(),
             "lost": self.lost,
-            "kernel_ns": self.kernel.iter().map(|(n, miss, hit)| json!({"program": n, "no_match": miss, "match": hit})).collect::<Vec<_>>(),
+            "kernel_ns": self.kernel.iter().map(|(n, miss, hit)| json!({"program": n, "no_match_ns": miss.ns, "no_match_runs": miss.runs, "match_ns": hit.ns, "match_runs": hit.runs})).collect::<Vec<_>>(),
         })
     }
 }
