@@ -182,14 +182,16 @@ impl FlowTable {
 
     /// Registers a tuple (and its reverse, for the other direction) as belonging to `flow_id`.
     fn learn(&mut self, flow_id: u64, tuple: Tuple, direction: Direction) {
+        let mut added = false;
         for (tuple, direction) in [(tuple, direction), (tuple.reversed(), direction.other())] {
-            if self.index.contains_key(&tuple) {
-                continue;
+            if !self.index.contains_key(&tuple) {
+                self.index.insert(tuple, (flow_id, direction));
+                added = true;
             }
-            self.index.insert(tuple, (flow_id, direction));
-            if let Some(flow) = self.flows.get_mut(&flow_id) {
-                flow.tuples.push(tuple);
-            }
+        }
+        // The flow keeps one of the pair; removal looks up both.
+        if added && let Some(flow) = self.flows.get_mut(&flow_id) {
+            flow.tuples.push(tuple);
         }
     }
 
@@ -293,9 +295,13 @@ impl FlowTable {
                 if let Some(closed_at) = flow.closed_at {
                     self.closing.remove(&(closed_at, id));
                 }
-                for tuple in &flow.tuples {
-                    if self.index.get(tuple).is_some_and(|&(owner, _)| owner == id) {
-                        self.index.remove(tuple);
+                for tuple in flow.tuples.iter().flat_map(|t| [*t, t.reversed()]) {
+                    if self
+                        .index
+                        .get(&tuple)
+                        .is_some_and(|&(owner, _)| owner == id)
+                    {
+                        self.index.remove(&tuple);
                     }
                 }
                 Some(flow)
