@@ -14,9 +14,20 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use super::{Direction, Hop, HopLabel, NatKind, NatRecord, NatSource, Settings, stats::Latency};
 use crate::decode::{Conntrack, Proto, Tuple};
 
-/// TCP FIN and RST flags.
+/// TCP flags.
 const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether a packet opens a TCP connection: SYN without ACK.
+fn opens_connection(hops: &[Hop]) -> bool {
+    hops.iter().any(|h| {
+        h.event.has_l4
+            && h.event.tuple.proto == Proto::TCP
+            && h.event.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    })
+}
 
 /// A flow being tracked.
 #[derive(Debug)]
@@ -64,6 +75,8 @@ pub struct Assignment {
     pub flow_id: u64,
     pub direction: Direction,
     pub nat: Vec<NatRecord>,
+    /// A closed flow this packet ended, by opening a new connection on its tuple.
+    pub ended: Option<Flow>,
 }
 
 impl FlowTable {
@@ -86,6 +99,16 @@ impl FlowTable {
                     .iter()
                     .find_map(|h| self.index.get(&h.event.tuple).copied())
             });
+        // A SYN on the tuple of a connection that closed is a new connection (the port was
+        // used again within the closed flow's grace time): that flow ends here.
+        let mut ended = None;
+        let found = match found {
+            Some((id, _)) if opens_connection(hops) && self.is_closed(id) => {
+                ended = self.remove_all(vec![id]).pop();
+                None
+            }
+            found => found,
+        };
         let flow_id = match found {
             Some((id, _)) => id,
             None => self.create(conntrack.map_or(first, |ct| ct.orig), hops),
@@ -151,7 +174,14 @@ impl FlowTable {
             flow_id,
             direction,
             nat,
+            ended,
         }
+    }
+
+    fn is_closed(&self, flow_id: u64) -> bool {
+        self.flows
+            .get(&flow_id)
+            .is_some_and(|flow| flow.closed_at.is_some())
     }
 
     fn create(&mut self, orig: Tuple, hops: &[Hop]) -> u64 {

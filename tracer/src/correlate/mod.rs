@@ -281,6 +281,7 @@ impl Correlator {
                 prev = hop.event.ts_ns;
             }
             let assignment = self.flows.assign(&hops);
+            self.end(assignment.ended.into_iter().collect());
             self.out.extend(assignment.nat.into_iter().map(Record::Nat));
             self.out.push_back(Record::Packet(PacketTrace {
                 packet_id: packet.id,

@@ -16,6 +16,9 @@ pub enum Kernel {
     /// as nf_nat's), no TCX.
     #[value(name = "debian-6.1")]
     Debian61,
+    /// Debian 12's backported kernel (6.12, from bookworm-backports): kprobes, TCX.
+    #[value(name = "debian-6.12")]
+    Debian612,
 }
 
 /// A kernel unpacked for booting.
@@ -27,11 +30,12 @@ pub struct Image {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 1] = [Kernel::Debian61];
+    pub const ALL: [Kernel; 2] = [Kernel::Debian61, Kernel::Debian612];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Debian61 => "debian-6.1",
+            Kernel::Debian612 => "debian-6.12",
         }
     }
 
@@ -44,21 +48,25 @@ impl Kernel {
                 ("TRACER_EXPECT_NAT", "kprobe"),
                 ("TRACER_EXPECT_TC", "clsact"),
             ],
+            // The same for the NAT function; TCX exists from 6.6 on.
+            Kernel::Debian612 => vec![("TRACER_EXPECT_NAT", "kprobe"), ("TRACER_EXPECT_TC", "tcx")],
         }
     }
 
     /// Downloads (once) and unpacks the kernel package.
     pub fn fetch(self) -> anyhow::Result<Image> {
-        let package = match self {
-            // The package the distribution's kernel meta-package points at today.
-            Kernel::Debian61 => meta_target("linux-image-amd64")?,
+        let apt = match self {
+            Kernel::Debian61 => Apt::System,
+            Kernel::Debian612 => Apt::private("bookworm-backports")?,
         };
+        // The package the distribution's kernel meta-package points at today.
+        let package = meta_target(&apt, "linux-image-amd64")?;
         let cache = workspace().join("target/vm").join(&package);
         let unpacked = cache.join("root");
         if !unpacked.join("boot").exists() {
             std::fs::create_dir_all(&cache)?;
             util::run(
-                Command::new("apt-get")
+                apt.command("apt-get")
                     .current_dir(&cache)
                     .args(["download", &package]),
             )
@@ -74,9 +82,61 @@ impl Kernel {
     }
 }
 
+/// Which package lists apt reads.
+enum Apt {
+    /// The machine's own.
+    System,
+    /// Only `suite` of the Debian mirror, with lists and cache under `target/vm/apt`, so that
+    /// the machine's apt configuration is left as it is. Packages are checked against the
+    /// Debian archive keyring as usual.
+    Private(Vec<String>),
+}
+
+impl Apt {
+    fn private(suite: &str) -> anyhow::Result<Apt> {
+        let dir = workspace().join("target/vm/apt").join(suite);
+        let lists = dir.join("lists");
+        for sub in ["lists/partial", "cache/archives/partial", "parts"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let sources = dir.join("sources.list");
+        std::fs::write(
+            &sources,
+            format!(
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+                 http://deb.debian.org/debian {suite} main\n"
+            ),
+        )?;
+        let option = |key: &str, value: &Path| format!("-oDir::{key}={}", value.display());
+        let apt = Apt::Private(vec![
+            option("Etc::SourceList", &sources),
+            option("Etc::SourceParts", &dir.join("parts")),
+            option("State::Lists", &lists),
+            option("Cache", &dir.join("cache")),
+        ]);
+        let fetched = std::fs::read_dir(&lists)?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("_Packages"));
+        if !fetched {
+            util::run(apt.command("apt-get").arg("update"))
+                .with_context(|| format!("failed to read the {suite} package lists"))?;
+        }
+        Ok(apt)
+    }
+
+    /// `program` (apt-get, apt-cache) reading these lists.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        if let Apt::Private(options) = self {
+            command.args(options);
+        }
+        command
+    }
+}
+
 /// The package a Debian meta-package depends on (`linux-image-amd64` -> `linux-image-6.1.0-NN-amd64`).
-fn meta_target(meta: &str) -> anyhow::Result<String> {
-    let depends = output(Command::new("apt-cache").args(["depends", meta]))
+fn meta_target(apt: &Apt, meta: &str) -> anyhow::Result<String> {
+    let depends = output(apt.command("apt-cache").args(["depends", meta]))
         .with_context(|| format!("apt-cache depends {meta} failed"))?;
     depends
         .lines()
