@@ -214,8 +214,8 @@ impl FlowTable {
     fn learn(&mut self, flow_id: u64, tuple: Tuple, direction: Direction) {
         let mut added = false;
         for (tuple, direction) in [(tuple, direction), (tuple.reversed(), direction.other())] {
-            if !self.index.contains_key(&tuple) {
-                self.index.insert(tuple, (flow_id, direction));
+            if let std::collections::hash_map::Entry::Vacant(entry) = self.index.entry(tuple) {
+                entry.insert((flow_id, direction));
                 added = true;
             }
         }
