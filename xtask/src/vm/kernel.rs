@@ -39,6 +39,18 @@ impl Kernel {
         }
     }
 
+    /// qemu's `-accel` for this kernel.
+    pub fn accel(self) -> &'static str {
+        match self {
+            // Two host threads for the two vCPUs.
+            Kernel::Debian61 => "tcg",
+            // 6.12 patches its own code at boot (static keys, through int3) in a way that
+            // multi-threaded TCG breaks: it panics with "Oops: int3" in enqueue_timer. One
+            // host thread for both vCPUs is slower but boots.
+            Kernel::Debian612 => "tcg,thread=single",
+        }
+    }
+
     /// What the tests must find on this kernel, as environment variables.
     pub fn expectations(self) -> Vec<(&'static str, &'static str)> {
         match self {

@@ -47,7 +47,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         eprintln!("xtask: vm-test: {}", kernel.name());
         let image = kernel.fetch()?;
         let initrd = initramfs::build(&image, &tracer, &tests, &kernel.expectations())?;
-        if !boot(&image.vmlinuz, &initrd)? {
+        if !boot(&image.vmlinuz, &initrd, kernel.accel())? {
             failed.push(kernel.name());
         }
     }
@@ -93,9 +93,11 @@ fn build_tests() -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
 }
 
 /// Boots the guest and follows its console; true if it reported success.
-fn boot(vmlinuz: &std::path::Path, initrd: &std::path::Path) -> anyhow::Result<bool> {
+fn boot(vmlinuz: &std::path::Path, initrd: &std::path::Path, accel: &str) -> anyhow::Result<bool> {
     let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-cpu", "max", "-smp", "2", "-m", "3072"])
+        .args([
+            "-machine", "q35", "-accel", accel, "-cpu", "max", "-smp", "2", "-m", "3072",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
