@@ -23,6 +23,9 @@ use crate::netns::{Netns, run};
 pub const PREFIX: &str = "trc-";
 /// Address of the bridge, the containers' gateway.
 pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
+/// docker0's own MAC (locally administered), fixed so it never follows its ports.
+const BRIDGE_MAC: &str = "02:42:ac:11:00:01";
+
 /// Host side of the uplink: the address MASQUERADE rewrites container sources to.
 pub const UPLINK_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// Remote side of the uplink.
@@ -95,7 +98,12 @@ impl Testbed {
 
     fn build_host(&mut self) -> anyhow::Result<()> {
         let host = &self.host;
-        host.ip(&["link", "add", "docker0", "type", "bridge"])?;
+        // A bridge without an address of its own takes the lowest MAC of its ports, so
+        // deleting a container's veth could change it under the other containers' ARP caches
+        // (their connections then stall for a minute). Docker gives docker0 a fixed MAC too.
+        host.ip(&[
+            "link", "add", "docker0", "address", BRIDGE_MAC, "type", "bridge",
+        ])?;
         host.ip(&[
             "addr",
             "add",

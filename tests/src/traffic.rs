@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
-    sockopt::ReuseAddr,
+    sockopt::{ReuseAddr, TcpUserTimeout},
 };
 
 use crate::netns::Netns;
@@ -39,6 +39,10 @@ pub fn connect_from(
                 SocketAddr::V6(_) => AddressFamily::Inet6,
             };
             let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            // Bounds the handshake too: a lost SYN fails the test in IO_TIMEOUT, not after
+            // the two minutes of the kernel's SYN retries.
+            let user_timeout = u32::try_from(IO_TIMEOUT.as_millis())?;
+            setsockopt(&fd, TcpUserTimeout, &user_timeout)?;
             if let Some(port) = src_port {
                 setsockopt(&fd, ReuseAddr, &true)?;
                 let any: SocketAddr = match dst {
