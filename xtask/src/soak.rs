@@ -96,7 +96,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             lost = value["lost"].as_u64().unwrap_or(0);
         }
     }
-    std::fs::remove_file(&output)?;
     let reported: u64 = flows.values().sum();
     let reused = flows.values().filter(|&&n| n > 1).count();
     let (first, last) = (rss[1.min(rss.len() - 1)].1, rss[rss.len() - 1].1);
@@ -120,10 +119,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let path = workspace().join("bench/soak.md");
     std::fs::write(&path, &report)?;
     print!("{report}");
+    // On a mismatch the trace stays behind, to find the flows that were split or merged.
     anyhow::ensure!(
         reported == connections,
-        "{connections} connections but {reported} flows reported"
+        "{connections} connections but {reported} flows reported (trace kept in {})",
+        output.display()
     );
+    std::fs::remove_file(&output)?;
     anyhow::ensure!(
         last <= first + first / 2,
         "memory grew from {first} KiB to {last} KiB"

@@ -20,13 +20,15 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// Whether a packet opens a TCP connection: SYN without ACK.
-fn opens_connection(hops: &[Hop]) -> bool {
-    hops.iter().any(|h| {
-        h.event.has_l4
-            && h.event.tuple.proto == Proto::TCP
-            && h.event.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-    })
+/// The initial sequence number of a packet that opens a TCP connection (SYN without ACK).
+fn opening_seq(hops: &[Hop]) -> Option<u32> {
+    hops.iter()
+        .find(|h| {
+            h.event.has_l4
+                && h.event.tuple.proto == Proto::TCP
+                && h.event.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        })
+        .map(|h| h.event.tcp_seq)
 }
 
 /// A flow being tracked.
@@ -47,6 +49,8 @@ pub struct Flow {
     nat_reported: [bool; 2],
     fin: [bool; 2],
     closed_at: Option<u64>,
+    /// Initial sequence number of the SYN that opened the flow, if it was seen.
+    syn_seq: Option<u32>,
     tuples: Vec<Tuple>,
 }
 
@@ -100,14 +104,22 @@ impl FlowTable {
                     .find_map(|h| self.index.get(&h.event.tuple).copied())
             });
         // A SYN on the tuple of a connection that closed is a new connection (the port was
-        // used again within the closed flow's grace time): that flow ends here.
+        // used again within the closed flow's grace time): that flow ends here. Unless it is
+        // the flow's own SYN sent again: a SYN answered from TIME_WAIT with an ACK, reset by
+        // the client and retried is one connection attempt, and stays one flow.
+        let syn_seq = opening_seq(hops);
         let mut ended = None;
-        let found = match found {
-            Some((id, _)) if opens_connection(hops) && self.is_closed(id) => {
-                ended = self.remove_all(vec![id]).pop();
-                None
+        let found = match (found, syn_seq) {
+            (Some((id, _)), Some(seq)) if self.is_closed(id) => {
+                if self.flows[&id].syn_seq == Some(seq) {
+                    self.reopen(id);
+                    found
+                } else {
+                    ended = self.remove_all(vec![id]).pop();
+                    None
+                }
             }
-            found => found,
+            (found, _) => found,
         };
         let flow_id = match found {
             Some((id, _)) => id,
@@ -135,6 +147,9 @@ impl FlowTable {
 
         let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
         flow.packets[direction as usize] += 1;
+        if flow.syn_seq.is_none() {
+            flow.syn_seq = syn_seq;
+        }
         let last = hops.last().map_or(0, |h| h.event.ts_ns);
         if last > flow.last_ts {
             self.activity.remove(&(flow.last_ts, flow_id));
@@ -178,6 +193,17 @@ impl FlowTable {
         }
     }
 
+    /// Takes a closed flow back to open: its connection goes on.
+    fn reopen(&mut self, flow_id: u64) {
+        let Some(flow) = self.flows.get_mut(&flow_id) else {
+            return;
+        };
+        if let Some(closed_at) = flow.closed_at.take() {
+            self.closing.remove(&(closed_at, flow_id));
+        }
+        flow.fin = [false, false];
+    }
+
     fn is_closed(&self, flow_id: u64) -> bool {
         self.flows
             .get(&flow_id)
@@ -202,6 +228,7 @@ impl FlowTable {
                 nat_reported: [false, false],
                 fin: [false, false],
                 closed_at: None,
+                syn_seq: None,
                 tuples: Vec::new(),
             },
         );

@@ -340,42 +340,72 @@ fn packets_complete_after_the_idle_time_and_flows_after_closing() {
     assert_eq!(correlator.sizes(), (0, 0));
 }
 
-/// A connection that closed, and a new one from the same port within the grace time (the
-/// kernel chose the port again): two flows, the first ended by the second's SYN.
-#[test]
-fn a_new_connection_on_a_closed_flows_tuple_is_a_new_flow() {
+/// Sends single-hop TCP packets (time, flags, sequence number) from the container, each
+/// completed before the next; the records of all of them, with the flows ended at the finish.
+fn records_of_segments(segments: &[(u64, u8, u32)]) -> Vec<Record> {
     let settings = Settings::default();
     let mut correlator = Correlator::new(settings.clone());
     let mut records = Vec::new();
-    let mut send = |ts: u64, skb: u64, flags: u8, seq: u32| {
-        let mut e = event(ts, Hook::NetDevQueue, CTR, "eth0", skb, inner());
+    for (n, &(ts, flags, seq)) in segments.iter().enumerate() {
+        let mut e = event(
+            ts,
+            Hook::NetDevQueue,
+            CTR,
+            "eth0",
+            0xa000 + n as u64,
+            inner(),
+        );
         e.tcp_flags = flags;
         e.tcp_seq = seq;
         correlator.push(e);
         correlator.tick(ts + settings.packet_idle_ns);
-        while let Some(record) = correlator.pop() {
-            records.push(record);
-        }
-    };
-    send(1_000_000, 0xa000, 0x02, 1000);
-    send(2_000_000, 0xb000, 0x14, 1001);
-    send(3_000_000, 0xc000, 0x02, 9000);
-    correlator.finish();
-    while let Some(record) = correlator.pop() {
-        records.push(record);
+        records.extend(std::iter::from_fn(|| correlator.pop()));
     }
-    let flows: Vec<_> = records
+    correlator.finish();
+    records.extend(std::iter::from_fn(|| correlator.pop()));
+    records
+}
+
+/// (flow id, packets per direction) of every flow record, in order.
+fn flows(records: &[Record]) -> Vec<(u64, [u64; 2])> {
+    records
         .iter()
         .filter_map(|r| match r {
             Record::Flow(f) => Some((f.flow_id, f.packets)),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// A connection that closed, and a new one from the same port within the grace time (the
+/// kernel chose the port again): two flows, the first ended by the second's SYN.
+#[test]
+fn a_new_connection_on_a_closed_flows_tuple_is_a_new_flow() {
+    let records = records_of_segments(&[
+        (1_000_000, 0x02, 1000),
+        (2_000_000, 0x14, 1001),
+        (3_000_000, 0x02, 9000),
+    ]);
+    let flows = flows(&records);
     assert_eq!(flows.len(), 2, "{flows:?}");
     assert_eq!(flows[0].1, [2, 0], "SYN and RST in the first flow");
     assert_eq!(flows[1].1, [1, 0], "the new SYN alone in the second");
     let packets = packets(&records);
     assert_eq!(packets[2].flow_id, flows[1].0);
+}
+
+/// A SYN reset and sent again with the same sequence number (the client's answer when the
+/// server replied from TIME_WAIT with an ACK): one connection attempt, one flow.
+#[test]
+fn a_syn_retried_after_a_reset_stays_in_its_flow() {
+    let records = records_of_segments(&[
+        (1_000_000, 0x02, 1000),
+        (2_000_000, 0x04, 77),
+        (3_000_000, 0x02, 1000),
+    ]);
+    let flows = flows(&records);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0].1, [3, 0]);
 }
 
 /// Interfaces that come and go (a container per flow): the segments of flows that ended are
