@@ -1,5 +1,5 @@
 //! The guest's root file system: busybox, the modules the testbed needs, iproute2, iptables
-//! (the legacy backend, so only the x_tables modules are needed), the release `tracer`, the
+//! (the legacy backend, so only the x_tables modules are needed), the `tracer` binary, the
 //! test binaries with their shared libraries, and an `/init` that runs the tests and prints the
 //! verdict on the console.
 

@@ -2,9 +2,9 @@
 //!
 //! For each kernel of the matrix: download its Debian package through the Debian mirror (and
 //! cache it), build an initramfs with busybox, the kernel modules the testbed needs, iproute2,
-//! iptables, the release `tracer` and the integration test binaries that cover the path
-//! (SNAT, DNAT, drops) and the ladder, boot it under qemu, and read the verdict from the serial
-//! console. What each kernel should give (which rung reaches the NAT function, which TC
+//! iptables, `tracer` (the debug build unless `--release`) and the integration test binaries
+//! that cover the path (SNAT, DNAT, drops) and the ladder, boot it under qemu, and read the
+//! verdict from the serial console. What each kernel should give (which rung reaches the NAT function, which TC
 //! mechanism) is passed to the tests, which fail when a rung is not what it should be.
 
 mod initramfs;
@@ -31,6 +31,10 @@ pub struct Args {
     /// Kernels to test (default: all of the matrix).
     #[arg(long = "kernel", value_enum)]
     kernels: Vec<kernel::Kernel>,
+    /// Put the release build of tracer into the guests (default: the debug build, which the
+    /// test command has built already; a release build would add minutes of compiling).
+    #[arg(long)]
+    release: bool,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -40,7 +44,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         args.kernels.clone()
     };
-    let tracer = build_tracer(true)?;
+    let tracer = build_tracer(args.release)?;
     let tests = build_tests()?;
     let mut failed = Vec::new();
     for kernel in kernels {
