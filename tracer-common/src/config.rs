@@ -200,4 +200,5 @@ impl Default for Config {
 }
 
 #[cfg(feature = "user")]
+// SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for Config {}

@@ -72,8 +72,8 @@ pub struct PacketEvent {
     pub tcp_flags: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    /// Conntrack state of the packet (`enum ip_conntrack_info`) plus one; 0 when the packet has no
-    /// conntrack entry (or conntrack could not be read).
+    /// Conntrack state of the packet (`enum ip_conntrack_info`) as `wire::conntrack::encode_state`
+    /// stores it; 0 when the packet has no conntrack entry (or conntrack could not be read).
     pub ct_state: u8,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
@@ -187,6 +187,7 @@ pub struct PacketWithHeaders {
 assert_size!(PacketWithHeaders, 216 + 8 + SNAP_MAX);
 
 #[cfg(feature = "user")]
+// SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for PacketEvent {}
 
 /// Per-hook counters the programs keep in the `COUNTERS` per-CPU array, at index

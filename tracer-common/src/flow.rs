@@ -71,4 +71,5 @@ fn compare(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {
 }
 
 #[cfg(feature = "user")]
+// SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}

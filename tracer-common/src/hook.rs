@@ -1,4 +1,6 @@
-//! The places in the kernel where tracer observes packets.
+//! The places in the kernel where tracer observes packets, and the names of the programs and
+//! maps in the object that tracer-ebpf builds. The collector finds programs and maps by these
+//! names; a unit test of the collector checks every one against the built object.
 
 /// Where an event was taken. The numeric values are part of the event layout.
 #[repr(u8)]
@@ -71,4 +73,32 @@ impl Hook {
             Hook::NetDevQueue | Hook::NetDevStartXmit | Hook::TcEgress
         )
     }
+}
+
+/// Program names in the eBPF object: the names of the entry functions in tracer-ebpf.
+pub mod program {
+    pub const NET_DEV_QUEUE: &str = "net_dev_queue";
+    pub const NET_DEV_QUEUE_RAW: &str = "net_dev_queue_raw";
+    pub const NET_DEV_START_XMIT: &str = "net_dev_start_xmit";
+    pub const NET_DEV_START_XMIT_RAW: &str = "net_dev_start_xmit_raw";
+    pub const NETIF_RX: &str = "netif_rx";
+    pub const NETIF_RX_RAW: &str = "netif_rx_raw";
+    pub const NETIF_RECEIVE_SKB: &str = "netif_receive_skb";
+    pub const NETIF_RECEIVE_SKB_RAW: &str = "netif_receive_skb_raw";
+    pub const KFREE_SKB: &str = "kfree_skb";
+    pub const KFREE_SKB_RAW: &str = "kfree_skb_raw";
+    pub const NF_NAT_MANIP_PKT_FENTRY: &str = "nf_nat_manip_pkt_fentry";
+    pub const NF_NAT_MANIP_PKT_KPROBE: &str = "nf_nat_manip_pkt_kprobe";
+    pub const TC_INGRESS: &str = "tc_ingress";
+    pub const TC_EGRESS: &str = "tc_egress";
+}
+
+/// Map names in the eBPF object: the names of the map statics in tracer-ebpf.
+pub mod map {
+    /// The ring buffer of events.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU counters per hook (see `event::Counter`).
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Connections the filter matched (see `flow::FlowKey`).
+    pub const TRACKED: &str = "TRACKED";
 }

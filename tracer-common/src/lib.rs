@@ -3,7 +3,8 @@
 //! This crate is the only place where the layouts that cross the kernel/user boundary are
 //! defined: the events the programs push into the ring buffer ([`event`]), the hooks they run
 //! on ([`hook`]), and the read-only configuration the collector hands them before they are
-//! loaded ([`config`]). Every type is `#[repr(C)]` with explicit padding and a compile-time size
+//! loaded ([`config`]), and the numbers of the packet formats and the kernel both sides read
+//! ([`wire`]). Every type is `#[repr(C)]` with explicit padding and a compile-time size
 //! check, so that both sides agree byte for byte.
 #![no_std]
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod event;
 pub mod flow;
 pub mod hook;
+pub mod wire;
 
 /// Fails the build when `$ty` is not exactly `$size` bytes.
 #[macro_export]

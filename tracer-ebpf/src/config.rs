@@ -11,6 +11,7 @@ pub(crate) static CONFIG: Config = Config::new();
 /// compiler from folding in the placeholder value above.
 macro_rules! conf {
     ($($field:ident).+) => {
+        // SAFETY: a field of `CONFIG`, a static that is never written.
         unsafe { core::ptr::read_volatile(&raw const $crate::config::CONFIG.$($field).+) }
     };
 }

@@ -40,6 +40,8 @@ static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
 #[inline(always)]
 pub fn count(hook: u8, counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter_index(hook, counter)) {
+        // SAFETY: the map gave a valid pointer to this CPU's slot, which nothing else writes
+        // while this program runs (programs do not migrate between CPUs).
         unsafe { *slot += 1 };
     }
 }
@@ -48,6 +50,10 @@ pub fn count(hook: u8, counter: Counter) {
 /// part of a connection matched earlier. Remembers the connection when the packet matched and
 /// carries a conntrack entry, so that its packets also match where they have none.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied on the small BPF stack"
+)]
 pub fn matches(event: &PacketEvent) -> bool {
     if filter::is_empty() {
         return true;
@@ -81,6 +87,10 @@ pub fn matches(event: &PacketEvent) -> bool {
 /// is decided (conntrack fills it in at POSTROUTING), so it is the one checked: a packet seen
 /// before the NAT must not keep the translated tuple from being stored later.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value are copied on the small BPF stack"
+)]
 fn track(orig: &CtTuple, reply: &CtTuple) {
     let reply = FlowKey::new(
         reply.protonum,
@@ -102,6 +112,8 @@ fn track(orig: &CtTuple, reply: &CtTuple) {
     let _ = TRACKED.insert(&orig, &1, 0);
     let _ = TRACKED.insert(&reply, &1, 0);
     if let Some(on) = TRACKING.get_ptr_mut(0) {
+        // SAFETY: the map gave a valid pointer to its only entry; a racing store writes the
+        // same value.
         unsafe { *on = 1 };
     }
 }
@@ -138,6 +150,8 @@ fn submit_with_headers(event: &PacketEvent, bytes: &impl Bytes, l3: u32, snap_le
         return false;
     };
     let record = entry.as_mut_ptr();
+    // SAFETY: `record` is the reserved, exclusively owned and 8-byte aligned ring buffer space
+    // of one `PacketWithHeaders`; every write stays within it.
     unsafe {
         words::copy(event, &raw mut (*record).event);
         (*record).event.kind = EventKind::PacketWithHeaders as u8;

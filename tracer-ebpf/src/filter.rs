@@ -11,13 +11,10 @@ use tracer_common::{
         OP_TRUE, SIDE_DST, SIDE_SRC,
     },
     event::{CtTuple, PacketEvent},
+    wire::ipproto,
 };
 
 use crate::config::CONFIG;
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_SCTP: u8 = 132;
 
 /// The fields a filter looks at.
 pub struct View<'a> {
@@ -55,49 +52,51 @@ impl<'a> View<'a> {
             dst: &tuple.dst_addr,
             src_port: tuple.src_port,
             dst_port: tuple.dst_port,
-            has_ports: matches!(tuple.protonum, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP),
+            has_ports: ipproto::has_ports(tuple.protonum),
         }
     }
+}
+
+/// Reads a field of the frozen `CONFIG` (see [`crate::config`]).
+#[inline(always)]
+fn config<T: Copy>(field: *const T) -> T {
+    // SAFETY: `field` points into `CONFIG`, a static that lives as long as the program and
+    // is never written; the volatile read keeps its placeholder value from being folded in.
+    unsafe { core::ptr::read_volatile(field) }
 }
 
 /// Whether the filter is empty (matches everything).
 #[inline(always)]
 pub fn is_empty() -> bool {
-    unsafe { core::ptr::read_volatile(&raw const CONFIG.filter.len) == 0 }
+    config(&raw const CONFIG.filter.len) == 0
 }
 
 /// Runs the filter on `view`.
 #[inline(always)]
 pub fn evaluate(view: &View) -> bool {
-    let len = unsafe { core::ptr::read_volatile(&raw const CONFIG.filter.len) } as usize;
+    let len = config(&raw const CONFIG.filter.len) as usize;
     let mut stack: u64 = 0;
     for i in 0..FILTER_MAX {
         if i >= len {
             break;
         }
         // Field by field: copying whole instructions would cost stack the program lacks.
-        let insn: *const FilterInsn = &raw const CONFIG.filter.insns[i];
-        let field =
-            |f: fn(*const FilterInsn) -> *const u8| unsafe { core::ptr::read_volatile(f(insn)) };
-        let value = match field(|i| unsafe { &raw const (*i).op }) {
+        let insn: &'static FilterInsn = &CONFIG.filter.insns[i];
+        let value = match config(&raw const insn.op) {
             OP_TRUE => true,
-            OP_FAMILY => view.family == field(|i| unsafe { &raw const (*i).family }),
-            OP_PROTO => view.proto == field(|i| unsafe { &raw const (*i).proto }),
+            OP_FAMILY => view.family == config(&raw const insn.family),
+            OP_PROTO => view.proto == config(&raw const insn.proto),
             OP_HOST => {
-                view.family == field(|i| unsafe { &raw const (*i).family })
-                    && on_side(field(|i| unsafe { &raw const (*i).side }), |src| {
-                        host(view, src, insn)
-                    })
+                view.family == config(&raw const insn.family)
+                    && on_side(config(&raw const insn.side), |src| host(view, src, insn))
             }
             OP_PORT => {
-                let (lo, hi) = unsafe {
-                    (
-                        core::ptr::read_volatile(&raw const (*insn).port_lo),
-                        core::ptr::read_volatile(&raw const (*insn).port_hi),
-                    )
-                };
+                let (lo, hi) = (
+                    config(&raw const insn.port_lo),
+                    config(&raw const insn.port_hi),
+                );
                 view.has_ports
-                    && on_side(field(|i| unsafe { &raw const (*i).side }), |src| {
+                    && on_side(config(&raw const insn.side), |src| {
                         let port = if src { view.src_port } else { view.dst_port };
                         lo <= port && port <= hi
                     })
@@ -134,19 +133,20 @@ fn on_side(side: u8, test: impl Fn(bool) -> bool) -> bool {
     }
 }
 
-/// Whether the source (or destination) address is in the instruction's network.
+/// Whether the source (or destination) address is in the instruction's network, compared in
+/// two 8-byte halves.
 #[inline(always)]
-fn host(view: &View, src: bool, insn: *const FilterInsn) -> bool {
+fn host(view: &View, src: bool, insn: &'static FilterInsn) -> bool {
     let addr = if src { view.src } else { view.dst };
-    let packet_half =
-        |at: usize| unsafe { core::ptr::read_unaligned(addr.as_ptr().add(at).cast::<u64>()) };
-    let (mask, net) = unsafe { (&raw const (*insn).mask, &raw const (*insn).addr) };
-    let insn_half = |bytes: *const [u8; 16], at: usize| unsafe {
-        core::ptr::read_volatile(bytes.cast::<u8>().add(at).cast::<[u8; 8]>())
+    let half = |bytes: &[u8; 16], at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_ne_bytes(word)
     };
     let matches = |at: usize| {
-        packet_half(at) & u64::from_ne_bytes(insn_half(mask, at))
-            == u64::from_ne_bytes(insn_half(net, at))
+        let mask = u64::from_ne_bytes(config(insn.mask[at..].as_ptr().cast::<[u8; 8]>()));
+        let net = u64::from_ne_bytes(config(insn.addr[at..].as_ptr().cast::<[u8; 8]>()));
+        half(addr, at) & mask == net
     };
     matches(0) && matches(8)
 }

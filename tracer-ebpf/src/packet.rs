@@ -9,26 +9,10 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
 };
-use tracer_common::event::{
-    FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR, PacketEvent,
+use tracer_common::{
+    event::{FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR, PacketEvent},
+    wire::{ether, header, ipproto},
 };
-
-/// `ETH_P_IP`
-pub const ETH_P_IP: u16 = 0x0800;
-/// `ETH_P_IPV6`
-pub const ETH_P_IPV6: u16 = 0x86dd;
-/// `ETH_P_8021Q`
-pub const ETH_P_8021Q: u16 = 0x8100;
-/// `ETH_P_8021AD`
-pub const ETH_P_8021AD: u16 = 0x88a8;
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_DSTOPTS: u8 = 60;
-const IPPROTO_SCTP: u8 = 132;
 
 /// IPv6 extension headers followed before giving up on finding the L4 header.
 const MAX_IPV6_EXT: usize = 4;
@@ -56,8 +40,8 @@ pub enum Parsed {
 #[inline(always)]
 pub fn parse_l3(bytes: &impl Bytes, proto: u16, l3: u32, event: &mut PacketEvent) -> Parsed {
     match proto {
-        ETH_P_IP => parse_ipv4(bytes, l3, event),
-        ETH_P_IPV6 => parse_ipv6(bytes, l3, event),
+        ether::P_IP => parse_ipv4(bytes, l3, event),
+        ether::P_IPV6 => parse_ipv6(bytes, l3, event),
         _ => Parsed::NotIp,
     }
 }
@@ -109,7 +93,7 @@ fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
     let mut offset = l3 + Ipv6Hdr::LEN as u32;
     for _ in 0..MAX_IPV6_EXT {
         match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+            ipproto::HOPOPTS | ipproto::ROUTING | ipproto::DSTOPTS => {
                 let Some(ext) = bytes.load::<[u8; 2]>(offset) else {
                     event.flags |= FLAG_NONLINEAR;
                     return Parsed::Ip;
@@ -117,7 +101,7 @@ fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
                 next = ext[0];
                 offset += (u32::from(ext[1]) + 1) * 8;
             }
-            IPPROTO_FRAGMENT => {
+            ipproto::FRAGMENT => {
                 let Some(frag) = bytes.load::<[u8; 4]>(offset) else {
                     event.flags |= FLAG_NONLINEAR;
                     return Parsed::Ip;
@@ -145,13 +129,13 @@ fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
 #[inline(always)]
 fn parse_l4(bytes: &impl Bytes, proto: u8, l4: u32, event: &mut PacketEvent) {
     match proto {
-        IPPROTO_TCP => {
+        ipproto::TCP => {
             // Up to and including the flags byte; options are not needed.
-            let Some(tcp) = bytes.load::<[u8; 14]>(l4) else {
+            let Some(tcp) = bytes.load::<[u8; header::TCP_FLAGS_END]>(l4) else {
                 event.flags |= FLAG_NONLINEAR;
                 return;
             };
-            const _: () = assert!(TcpHdr::LEN >= 14);
+            const _: () = assert!(TcpHdr::LEN >= header::TCP_FLAGS_END);
             event.src_port = u16::from_be_bytes([tcp[0], tcp[1]]);
             event.dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
             event.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
@@ -160,18 +144,20 @@ fn parse_l4(bytes: &impl Bytes, proto: u8, l4: u32, event: &mut PacketEvent) {
             event.headers_len += u16::from(tcp[12] >> 4) * 4;
             event.flags |= FLAG_L4;
         }
-        IPPROTO_UDP | IPPROTO_SCTP => {
+        ipproto::UDP | ipproto::SCTP => {
             let Some(ports) = bytes.load::<[u8; 4]>(l4) else {
                 event.flags |= FLAG_NONLINEAR;
                 return;
             };
             event.src_port = u16::from_be_bytes([ports[0], ports[1]]);
             event.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-            // UDP's header; SCTP's common header is 12 bytes.
-            event.headers_len += if proto == IPPROTO_SCTP { 12 } else { 8 };
+            event.headers_len += if proto == ipproto::SCTP {
+                header::SCTP_LEN
+            } else {
+                header::UDP_LEN
+            };
             event.flags |= FLAG_L4;
         }
-        // ICMP and ICMPv6: type, code, checksum and the 4-byte rest of header.
-        _ => event.headers_len += 8,
+        _ => event.headers_len += header::ICMP_LEN,
     }
 }

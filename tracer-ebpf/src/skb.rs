@@ -9,6 +9,7 @@ use tracer_common::{
     config::OFFSET_UNKNOWN,
     event::{Counter, CtTuple, FAMILY_IPV4, FAMILY_IPV6},
     hook::Hook,
+    wire::conntrack::{self, AF_INET, AF_INET6, TUPLE_SIZE},
 };
 
 use core::mem::MaybeUninit;
@@ -19,16 +20,6 @@ use crate::{
     packet::{Bytes, Parsed, parse_l3},
     words,
 };
-
-/// `NFCT_INFOMASK`: the low bits of `skb->_nfct` hold `enum ip_conntrack_info`.
-const NFCT_INFOMASK: u64 = 7;
-/// `IP_CT_UNTRACKED`
-const IP_CT_UNTRACKED: u64 = 7;
-/// `AF_INET` / `AF_INET6` as stored in `nf_conntrack_tuple.src.l3num`.
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-/// `sizeof(struct nf_conntrack_tuple)` as the collector checks it against BTF.
-pub const CT_TUPLE_SIZE: usize = 40;
 
 /// Where the L3 header of the skb starts at a given hook.
 #[derive(Clone, Copy)]
@@ -68,6 +59,8 @@ impl Access for Direct {
         if offset == OFFSET_UNKNOWN || base == 0 {
             return None;
         }
+        // SAFETY: BTF-typed programs may load from kernel pointers: the verifier checks the
+        // access against the kernel's BTF and turns a fault into a zero read.
         Some(unsafe { core::ptr::read_volatile((base + u64::from(offset)) as *const T) })
     }
 }
@@ -85,6 +78,7 @@ fn read<T: Copy>(base: u64, offset: u32) -> Option<T> {
     if offset == OFFSET_UNKNOWN || base == 0 {
         return None;
     }
+    // SAFETY: the helper copies from kernel memory and fails cleanly on a bad address.
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
@@ -111,6 +105,8 @@ impl Bytes for Linear {
             return 0;
         };
         let src = (self.head + u64::from(offset)) as *const u8;
+        // SAFETY: the helper copies from kernel memory and fails cleanly on a bad address;
+        // `dst` is a valid buffer of the length passed.
         match unsafe { bpf_probe_read_kernel_buf(src, dst) } {
             Ok(()) => len,
             Err(_) => 0,
@@ -140,6 +136,7 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
     event.hook = hook as u8;
     event.location = extra.location;
     event.drop_reason = extra.drop_reason;
+    // SAFETY: a helper without arguments.
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
     event.skb = skb;
 
@@ -176,10 +173,11 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
     event.len = len;
 
     let nfct: u64 = A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0);
-    let ct = nfct & !NFCT_INFOMASK;
-    if ct != 0 && nfct & NFCT_INFOMASK != IP_CT_UNTRACKED {
+    let ct = nfct & !conntrack::INFO_MASK;
+    let info = nfct & conntrack::INFO_MASK;
+    if ct != 0 && info != conntrack::UNTRACKED {
         event.ct = ct;
-        event.ct_state = (nfct & NFCT_INFOMASK) as u8 + 1;
+        event.ct_state = conntrack::encode_state(info as u8);
         read_tuple(ct, conf!(offsets.ct_tuple_orig), &mut event.ct_orig);
         read_tuple(ct, conf!(offsets.ct_tuple_reply), &mut event.ct_reply);
     }
@@ -204,7 +202,7 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
 #[inline(always)]
 fn read_tuple(ct: u64, offset: u32, tuple: &mut CtTuple) {
     // Read into uninitialized stack: a zeroed buffer would cost a byte-by-byte `memset` call.
-    let Some(raw) = read::<[u8; CT_TUPLE_SIZE]>(ct, offset) else {
+    let Some(raw) = read::<[u8; TUPLE_SIZE]>(ct, offset) else {
         return;
     };
     let field = |offset: u32, len: usize| raw.get(offset as usize..offset as usize + len);

@@ -18,18 +18,14 @@ use aya_ebpf::{
 use tracer_common::{
     event::{Counter, FLAG_TC},
     hook::Hook,
+    wire::ether,
 };
 
 use crate::{
     emit::{count, matches, submit},
-    packet::{Bytes, ETH_P_8021AD, ETH_P_8021Q, Parsed, parse_l3},
+    packet::{Bytes, Parsed, parse_l3},
     words,
 };
-
-/// Ethernet header length.
-const ETH_HLEN: u32 = 14;
-/// 802.1Q tag length.
-const VLAN_HLEN: u32 = 4;
 
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
@@ -57,6 +53,7 @@ impl Bytes for TcContext {
         if len == 0 {
             return 0;
         }
+        // SAFETY: `dst` is valid for `len` bytes, and the helper checks the packet's bounds.
         let rc = unsafe {
             bpf_skb_load_bytes(
                 self.skb.skb.cast(),
@@ -83,13 +80,17 @@ fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
     let event = words::new_event(&mut slot);
     event.hook = hook as u8;
     event.flags = FLAG_TC;
+    // SAFETY: a helper without arguments.
     event.ts_ns = unsafe { bpf_ktime_get_ns() };
 
-    let mut proto = u16::from_be(Bytes::load::<u16>(ctx, 12)?);
-    let mut l3 = ETH_HLEN;
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        proto = u16::from_be(Bytes::load::<u16>(ctx, ETH_HLEN + 2)?);
-        l3 += VLAN_HLEN;
+    let mut proto = u16::from_be(Bytes::load::<u16>(ctx, ether::TYPE_OFFSET)?);
+    let mut l3 = ether::HEADER_LEN;
+    if proto == ether::P_8021Q || proto == ether::P_8021AD {
+        proto = u16::from_be(Bytes::load::<u16>(
+            ctx,
+            ether::HEADER_LEN + ether::VLAN_TYPE_OFFSET,
+        )?);
+        l3 += ether::VLAN_HEADER_LEN;
     }
     if parse_l3(ctx, proto, l3, event) == Parsed::NotIp {
         return None;
@@ -97,6 +98,7 @@ fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
     if !matches(event) {
         return None;
     }
+    // SAFETY: the context of a TC program points at its `__sk_buff`, valid while it runs.
     let skb = unsafe { &*ctx.skb.skb };
     event.len = skb.len;
     event.mark = skb.mark;

@@ -11,7 +11,7 @@ use core::mem::MaybeUninit;
 use tracer_common::event::{EventKind, PacketEvent};
 
 const WORDS: usize = size_of::<PacketEvent>() / 8;
-const _: () = assert!(size_of::<PacketEvent>() % 8 == 0 && align_of::<PacketEvent>() == 8);
+const _: () = assert!(size_of::<PacketEvent>().is_multiple_of(8) && align_of::<PacketEvent>() == 8);
 
 /// Fills `slot` in place with what [`PacketEvent::zeroed`] gives, and returns it.
 #[inline(always)]

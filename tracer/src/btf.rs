@@ -14,8 +14,8 @@ use tracer_common::config::{KernelOffsets, OFFSET_UNKNOWN};
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Split BTF of the conntrack module, when conntrack is not built in.
 const CONNTRACK_BTF: &str = "/sys/kernel/btf/nf_conntrack";
-/// `sizeof(struct nf_conntrack_tuple)` that the programs copy (tracer-ebpf `CT_TUPLE_SIZE`).
-const CT_TUPLE_SIZE: u32 = 40;
+/// `sizeof(struct nf_conntrack_tuple)` that the programs copy.
+const CT_TUPLE_SIZE: u32 = tracer_common::wire::conntrack::TUPLE_SIZE as u32;
 
 /// Why offsets could not be resolved.
 #[derive(Debug, thiserror::Error)]

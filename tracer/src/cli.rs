@@ -1,13 +1,15 @@
-//! Command line.
+//! Command line: clap's view of the options, turned into the plain options of the layers
+//! below (`From` conversions at the end). Nothing below this module knows about clap.
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracer_common::{config::Filter, event::SNAP_MAX};
+use tracer_common::event::SNAP_MAX;
 
 use crate::{
-    filter::{self, FilterError},
-    kernel::tc::TcMode,
+    kernel::{hooks::HookSet, tc::TcMode},
+    output,
+    session::{live, select::Selection},
 };
 
 /// Follow packets hop by hop through container networking: from a container's eth0 through
@@ -79,8 +81,8 @@ pub struct TraceArgs {
 
     /// How TC programs are attached: TCX links where the kernel has them (auto), or filters on
     /// a clsact qdisc (as `tc filter show` lists them).
-    #[arg(long, value_enum, default_value_t = TcMode::Auto)]
-    pub tc_mode: TcMode,
+    #[arg(long, value_enum, default_value_t = TcModeArg::Auto)]
+    pub tc_mode: TcModeArg,
 
     /// Exit after N packets have been traced.
     #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -142,39 +144,49 @@ impl TraceArgs {
             (Some(port), false) => Some(format!("port {port} and ({expression})")),
         }
     }
+}
 
-    /// The compiled filter.
-    pub fn filter(&self) -> Result<Filter, FilterError> {
-        let expression = self.expression().map(|e| filter::parse(&e)).transpose()?;
-        filter::compile(expression.as_ref())
+impl From<TraceArgs> for live::Options {
+    fn from(args: TraceArgs) -> Self {
+        live::Options {
+            expression: args.expression(),
+            selection: Selection {
+                interfaces: args.interfaces,
+                containers: args.container,
+                netns: args.netns,
+            },
+            hooks: args.hooks.into(),
+            tc_mode: args.tc_mode.into(),
+            count: args.count,
+            duration: args.duration,
+            format: args.output.into(),
+            ring_bytes: args.ring_size,
+            packet_timeout: args.packet_timeout,
+            pcapng: args.pcapng,
+            snap_len: args.snap_len,
+            kernel_btf: args.kernel_btf,
+            record: args.record,
+            ready_file: args.ready_file,
+        }
     }
 }
 
-/// A mistake in what the user asked for (as opposed to a problem with the machine): reported
-/// with exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-impl From<FilterError> for UsageError {
-    fn from(err: FilterError) -> Self {
-        UsageError(err.to_string())
-    }
-}
-
-impl From<anyhow::Error> for UsageError {
-    fn from(err: anyhow::Error) -> Self {
-        UsageError(format!("{err:#}"))
-    }
-}
-
-/// Output formats.
+/// Output formats on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// For people.
     Text,
     /// JSON Lines (see the README for the contract).
     Json,
+}
+
+impl From<Format> for output::Format {
+    fn from(format: Format) -> Self {
+        match format {
+            Format::Text => output::Format::Text,
+            Format::Json => output::Format::Json,
+        }
+    }
 }
 
 /// Hook sets.
@@ -184,4 +196,34 @@ pub enum Hooks {
     All,
     /// Stack tracepoints and NAT functions only; no TC programs are attached.
     Stack,
+}
+
+impl From<Hooks> for HookSet {
+    fn from(hooks: Hooks) -> Self {
+        match hooks {
+            Hooks::All => HookSet::all(),
+            Hooks::Stack => HookSet::global(),
+        }
+    }
+}
+
+/// How TC programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TcModeArg {
+    /// TCX links where the kernel has them (6.6+), clsact qdisc filters otherwise.
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// Filters on a clsact qdisc, through netlink, even where TCX exists.
+    Clsact,
+}
+
+impl From<TcModeArg> for TcMode {
+    fn from(mode: TcModeArg) -> Self {
+        match mode {
+            TcModeArg::Auto => TcMode::Auto,
+            TcModeArg::Tcx => TcMode::Tcx,
+            TcModeArg::Clsact => TcMode::Clsact,
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! The commands besides tracing: `tracer topology` and `tracer doctor`.
+//! The commands: a trace (the default), `tracer topology`, `tracer doctor` and `tracer replay`.
 
 use std::{
     io::{self, Write},
@@ -8,14 +8,22 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cli::{Format, UsageError},
-    correlate::{self, Correlator},
-    decode::decode,
+    cli::{Format, TraceArgs},
+    correlate::Limits,
+    error::UsageError,
     names::NameTable,
-    output::{self, RunStats, sink::Sink},
-    reader::Recording,
+    output,
+    session::{Session, live::Trace, replay},
     topology::Topology,
 };
+
+/// A trace, as `args` say, until Ctrl-C, SIGTERM, `-c` or `--duration`.
+pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
+    let mut trace = Trace::start(args.into()).await?;
+    trace.run().await?;
+    trace.finish().await?;
+    Ok(())
+}
 
 /// `tracer topology`: containers and namespaces with their interfaces, peers and bridges.
 pub async fn topology(format: Format) -> anyhow::Result<()> {
@@ -46,35 +54,23 @@ pub fn doctor() -> anyhow::Result<()> {
 }
 
 /// `tracer replay FILE`: what `tracer` would have printed for a recording (`--record`), from
-/// the recording alone. The events' own timestamps are the clock, so packets complete and
-/// flows end as they did live.
+/// the recording alone.
 pub fn replay(path: &Path, format: Format) -> anyhow::Result<()> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read {}", path.display()))
         .map_err(UsageError::from)?;
-    let mut recording = Recording::new(io::BufReader::new(file));
-    let mut correlator = Correlator::new(correlate::Settings::default());
-    let mut sink = Sink::new(format, 0, Default::default(), None);
-    let mut names = NameTable::default();
-    let mut stats = RunStats::default();
-    let mut record = Vec::new();
-    let mut latest = 0;
-    while recording.next_into(&mut record)? {
-        stats.events += 1;
-        match decode(&record) {
-            Ok(event) => {
-                latest = latest.max(event.ts_ns);
-                correlator.push(event);
-            }
-            Err(_) => stats.malformed += 1,
-        }
-        if stats.events % 1024 == 0 {
-            correlator.tick(latest);
-            sink.write_ready(&mut correlator, &mut names, &mut stats)?;
-        }
-    }
-    correlator.finish();
-    sink.write_ready(&mut correlator, &mut names, &mut stats)?;
-    sink.stats(&stats)?;
+    let out = output::open(
+        format.into(),
+        io::BufWriter::new(io::stdout()),
+        &output::Options::default(),
+    )?;
+    let session = Session::new(
+        Limits::default(),
+        Default::default(),
+        None,
+        vec![out],
+        NameTable::default(),
+    );
+    replay::run(file, session)?;
     Ok(())
 }

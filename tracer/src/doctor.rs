@@ -8,8 +8,8 @@ use std::{fmt::Write as _, path::Path};
 use crate::{
     btf,
     kernel::{
-        Programs, Settings,
-        ladder::{Mechanism, Outcome},
+        LoadOptions, Programs,
+        hooks::{HookSet, Mechanism, Outcome},
         tc,
     },
 };
@@ -38,13 +38,14 @@ pub fn probe() -> Report {
         outcomes: Vec::new(),
         tcx: tc::has_tcx(),
     };
-    match Programs::load(&Settings {
+    match Programs::load(&LoadOptions {
+        hooks: HookSet::global(),
         filter: crate::filter::compile(None).expect("the empty filter compiles"),
         ring_bytes: 1 << 12,
         snap_len: 0,
         snap_headers_only: true,
         kernel_btf: None,
-        tc_mode: crate::kernel::tc::TcMode::Auto,
+        tc_mode: tc::TcMode::Auto,
     }) {
         Ok(mut programs) => {
             report.notes = programs.notes().to_vec();
@@ -103,24 +104,20 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "{:<20} {:<8} {}",
-                    outcome.ladder.target,
+                    outcome.spec.target,
                     mechanism.name(),
                     verdict
                 );
             }
             if chosen.is_none() {
-                let consequence = if outcome.ladder.required {
+                let consequence = if outcome.spec.required {
                     "tracing is not possible without it"
-                } else if outcome.ladder.target == "nf_nat_manip_pkt" {
+                } else if outcome.spec.target == "nf_nat_manip_pkt" {
                     "no NAT function hop; NAT is still found from conntrack and by comparing hops"
                 } else {
                     "this hop is left out"
                 };
-                let _ = writeln!(
-                    out,
-                    "{:<20} {:<8} {consequence}",
-                    outcome.ladder.target, "-"
-                );
+                let _ = writeln!(out, "{:<20} {:<8} {consequence}", outcome.spec.target, "-");
             }
         }
         out
@@ -130,7 +127,7 @@ impl Report {
     pub fn chosen(&self, target: &str) -> Option<Mechanism> {
         self.outcomes
             .iter()
-            .find(|o| o.ladder.target == target)
+            .find(|o| o.spec.target == target)
             .and_then(Outcome::chosen)
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Data flow, one module per stage: [`kernel`] loads and attaches the programs, [`reader`]
 //! drains the ring buffer, [`decode`] turns records into events, [`correlate`] stitches them
-//! into packets, flows and NAT records, and [`output`] writes text or JSON. [`btf`] supplies
-//! kernel offsets, [`netns`] and [`names`] name namespaces, [`run`] ties a session together.
+//! into packets, flows and NAT records, and [`output`] writes text, JSON or pcapng. [`btf`]
+//! supplies kernel offsets, [`topology`], [`netns`] and [`names`] name namespaces. A
+//! [`session`] ties the stages together; [`commands`] and [`cli`] sit on top. Dependencies
+//! point one way, from the commands down; ARCHITECTURE.md has the picture.
 
 pub mod btf;
 pub mod cli;
@@ -12,14 +14,14 @@ pub mod commands;
 pub mod correlate;
 pub mod decode;
 pub mod doctor;
+pub mod error;
 pub mod filter;
-pub mod follow;
 pub mod kernel;
 pub mod names;
 pub mod netns;
 pub mod output;
 pub mod privileges;
 pub mod reader;
-pub mod run;
-pub mod select;
+pub mod recording;
+pub mod session;
 pub mod topology;

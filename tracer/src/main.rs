@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tracer::cli::{Cli, Command, UsageError};
+use tracer::{
+    cli::{Cli, Command},
+    error::UsageError,
+};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            None => tracer::run::trace(cli.trace).await,
+            None => tracer::commands::trace(cli.trace).await,
             Some(Command::Topology { output }) => tracer::commands::topology(output).await,
             Some(Command::Doctor) => tracer::commands::doctor(),
             Some(Command::Replay { file, output }) => tracer::commands::replay(&file, output),

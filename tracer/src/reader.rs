@@ -5,7 +5,7 @@
 //! shutdown it drains once more, so events committed before the stop are not lost.
 
 use std::{
-    io::{self, Read, Write},
+    io::{self, Write},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -18,6 +18,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 use crate::{
     clock::monotonic_ns,
     decode::{HopEvent, decode},
+    recording::{self, Recorder},
 };
 
 /// What the reader has done, shared with the session.
@@ -38,10 +39,6 @@ const IDLE_DRAIN: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Upper bound on one batch, to keep latency and memory in check under load.
 const MAX_BATCH: usize = 4096;
-
-/// Where raw records are copied to with `--record`: each record as a little-endian `u32`
-/// length followed by its bytes, the format [`read_recording`] reads back.
-pub type Recorder = Box<dyn Write + Send>;
 
 /// Reads `ring` until `stop` turns true, then drains it and returns.
 pub async fn run(
@@ -97,8 +94,7 @@ async fn drain(
             let Some(item) = ring.next() else { break };
             stats.records.fetch_add(1, Ordering::Relaxed);
             if let Some(recorder) = recorder.as_mut() {
-                recorder.write_all(&(item.len() as u32).to_le_bytes())?;
-                recorder.write_all(&item)?;
+                recording::write(recorder, &item)?;
             }
             match decode(&item) {
                 Ok(event) => batch.push(event),
@@ -120,39 +116,4 @@ async fn drain(
             return Ok(true);
         }
     }
-}
-
-/// Reads records written by a [`Recorder`] back one at a time, for replay without the kernel.
-pub struct Recording<R> {
-    input: R,
-}
-
-impl<R: Read> Recording<R> {
-    pub fn new(input: R) -> Self {
-        Recording { input }
-    }
-
-    /// Reads the next record into `record`; false at the end of the recording.
-    pub fn next_into(&mut self, record: &mut Vec<u8>) -> io::Result<bool> {
-        let mut len = [0u8; 4];
-        match self.input.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(err) => return Err(err),
-        }
-        record.resize(u32::from_le_bytes(len) as usize, 0);
-        self.input.read_exact(record)?;
-        Ok(true)
-    }
-}
-
-/// Every record of a recording.
-pub fn read_recording(input: impl Read) -> io::Result<Vec<Vec<u8>>> {
-    let mut recording = Recording::new(input);
-    let mut records = Vec::new();
-    let mut record = Vec::new();
-    while recording.next_into(&mut record)? {
-        records.push(std::mem::take(&mut record));
-    }
-    Ok(records)
 }

@@ -7,11 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use tracer::{
-    correlate::{Correlator, Record, Settings},
+    correlate::{Correlator, Limits, Record},
     decode::decode,
     names::NameTable,
-    output::{RunStats, json::JsonWriter, text::TextWriter},
-    reader::read_recording,
+    output::{self, Format, RunStats},
+    recording::read_recording,
 };
 
 fn data(name: &str) -> PathBuf {
@@ -23,7 +23,7 @@ fn data(name: &str) -> PathBuf {
 /// Decodes and correlates a recording, returning every record in output order.
 fn correlate(recording: &str) -> Vec<Record> {
     let file = std::fs::File::open(data(recording)).expect("recording");
-    let mut correlator = Correlator::new(Settings::default());
+    let mut correlator = Correlator::new(Limits::default());
     for raw in read_recording(file).expect("readable recording") {
         correlator.push(decode(&raw).expect("recorded events decode"));
     }
@@ -74,34 +74,40 @@ fn check(expected_file: &str, actual: &str) {
     }
 }
 
-#[test]
-fn text_output_of_a_masqueraded_handshake() {
-    let records = correlate("snat-handshake.events");
-    let names = names("snat-handshake.names");
+/// Everything `format` writes for the records of a recording.
+fn render(format: Format, recording: &str, names_file: &str) -> String {
+    let records = correlate(recording);
+    let names = names(names_file);
     let mut out = Vec::new();
-    let mut writer = TextWriter::new(&mut out, 0);
+    let mut writer = output::open(format, &mut out, &output::Options::default()).expect("open");
     for record in &records {
         writer.record(record, &names).expect("write");
     }
     writer.stats(&stats(&records)).expect("write");
+    drop(writer);
+    String::from_utf8(out).expect("utf-8")
+}
+
+#[test]
+fn text_output_of_a_masqueraded_handshake() {
     check(
         "snat-handshake.txt",
-        &String::from_utf8(out).expect("utf-8"),
+        &render(
+            Format::Text,
+            "snat-handshake.events",
+            "snat-handshake.names",
+        ),
     );
 }
 
 #[test]
 fn json_output_of_a_masqueraded_handshake() {
-    let records = correlate("snat-handshake.events");
-    let names = names("snat-handshake.names");
-    let mut out = Vec::new();
-    let mut writer = JsonWriter::new(&mut out);
-    for record in &records {
-        writer.record(record, &names).expect("write");
-    }
-    writer.stats(&stats(&records)).expect("write");
     check(
         "snat-handshake.jsonl",
-        &String::from_utf8(out).expect("utf-8"),
+        &render(
+            Format::Json,
+            "snat-handshake.events",
+            "snat-handshake.names",
+        ),
     );
 }

@@ -67,15 +67,18 @@ fn nightly_llvm_major() -> anyhow::Result<u32> {
         "--installed",
     ]))
     .unwrap_or_default();
-    if !components.lines().any(|line| line.starts_with("rust-src")) {
-        eprintln!("xtask: setup: installing rust-src for the nightly toolchain");
-        util::run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+    // rust-src for `-Z build-std=core`, clippy for the lint of the eBPF crate.
+    for component in ["rust-src", "clippy"] {
+        if !components.lines().any(|line| line.starts_with(component)) {
+            eprintln!("xtask: setup: installing {component} for the nightly toolchain");
+            util::run(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))?;
+        }
     }
     let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))
         .unwrap_or_default();

@@ -35,7 +35,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Formatting and clippy on the userspace crates; the eBPF crate only builds for BPF.
+/// Formatting, and clippy on every crate: the userspace ones, and the eBPF crate for the BPF
+/// target with the nightly that builds it.
 fn lint() -> anyhow::Result<()> {
     run_command(
         Command::new(env!("CARGO"))
@@ -51,5 +52,23 @@ fn lint() -> anyhow::Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ]))?;
+    run_command(
+        Command::new("cargo")
+            .current_dir(workspace().join("tracer-ebpf"))
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .args([
+                "+nightly",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--bins",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )
 }

@@ -10,15 +10,10 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use tracer_common::wire::tcp;
 
-use super::{Direction, Hop, HopLabel, NatKind, NatRecord, NatSource, Settings, stats::Latency};
+use super::{Direction, Hop, HopLabel, Limits, NatKind, NatRecord, NatSource, stats::Latency};
 use crate::decode::{Conntrack, Proto, Tuple};
-
-/// TCP flags.
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// The initial sequence number of a packet that opens a TCP connection (SYN without ACK).
 fn opening_seq(hops: &[Hop]) -> Option<u32> {
@@ -26,7 +21,7 @@ fn opening_seq(hops: &[Hop]) -> Option<u32> {
         .find(|h| {
             h.event.has_l4
                 && h.event.tuple.proto == Proto::TCP
-                && h.event.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+                && h.event.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
         })
         .map(|h| h.event.tcp_seq)
 }
@@ -83,56 +78,108 @@ pub struct Assignment {
     pub ended: Option<Flow>,
 }
 
-impl FlowTable {
-    /// Finds or creates the flow of a completed packet (hops sorted by time), registers what the
-    /// packet revealed, and records its per-hop latencies.
-    pub fn assign(&mut self, hops: &[Hop]) -> Assignment {
+/// What a completed packet says about its flow, read once from its hops.
+struct Sighting<'h> {
+    hops: &'h [Hop],
+    /// Hops whose ports and TCP fields were read, in time order.
+    with_l4: Vec<&'h Hop>,
+    /// The tuple the packet was first seen with.
+    first: Tuple,
+    /// The conntrack entry of the first hop that carried one.
+    conntrack: Option<Conntrack>,
+    /// The initial sequence number, when the packet opens a TCP connection.
+    syn_seq: Option<u32>,
+}
+
+impl<'h> Sighting<'h> {
+    fn of(hops: &'h [Hop]) -> Self {
         let with_l4: Vec<&Hop> = hops.iter().filter(|h| h.event.has_l4).collect();
+        let conntrack = hops.iter().find_map(|h| h.event.conntrack);
         let first = with_l4
             .first()
             .copied()
             .or(hops.first())
-            .map(|h| h.event.tuple);
-        let conntrack = hops.iter().find_map(|h| h.event.conntrack);
-        let first = first.unwrap_or_else(|| conntrack.map_or_else(unknown_tuple, |ct| ct.orig));
+            .map(|h| h.event.tuple)
+            .unwrap_or_else(|| conntrack.map_or_else(unknown_tuple, |ct| ct.orig));
+        Sighting {
+            hops,
+            with_l4,
+            first,
+            conntrack,
+            syn_seq: opening_seq(hops),
+        }
+    }
+}
 
-        let found = conntrack
-            .and_then(|ct| self.index.get(&ct.orig).copied())
-            .or_else(|| {
-                with_l4
-                    .iter()
-                    .find_map(|h| self.index.get(&h.event.tuple).copied())
-            });
-        // A SYN on the tuple of a connection that closed is a new connection (the port was
-        // used again within the closed flow's grace time): that flow ends here. Unless it is
-        // the flow's own SYN sent again: a SYN answered from TIME_WAIT with an ACK, reset by
-        // the client and retried is one connection attempt, and stays one flow.
-        let syn_seq = opening_seq(hops);
-        let mut ended = None;
-        let found = match (found, syn_seq) {
-            (Some((id, _)), Some(seq)) if self.is_closed(id) => {
-                if self.flows[&id].syn_seq == Some(seq) {
-                    self.reopen(id);
-                    found
-                } else {
-                    ended = self.remove_all(vec![id]).pop();
-                    None
-                }
-            }
-            (found, _) => found,
-        };
+impl FlowTable {
+    /// Finds or creates the flow of a completed packet (hops sorted by time), registers what the
+    /// packet revealed, and records its per-hop latencies.
+    pub fn assign(&mut self, hops: &[Hop]) -> Assignment {
+        let sighting = Sighting::of(hops);
+        let (found, ended) = self.lookup(&sighting);
         let flow_id = match found {
-            Some((id, _)) => id,
-            None => self.create(conntrack.map_or(first, |ct| ct.orig), hops),
+            Some(id) => id,
+            None => self.create(
+                sighting.conntrack.map_or(sighting.first, |ct| ct.orig),
+                hops,
+            ),
         };
-        if let Some(ct) = conntrack {
+        if let Some(ct) = sighting.conntrack {
             self.learn_conntrack(flow_id, &ct);
         }
         let direction = self
             .index
-            .get(&first)
+            .get(&sighting.first)
             .map_or(Direction::Original, |&(_, dir)| dir);
+        let nat = self.learn_rewrites(flow_id, direction, &sighting.with_l4);
+        self.count_packet(flow_id, direction, &sighting);
+        self.record_latencies(flow_id, direction, hops);
+        self.track_close(flow_id, direction, &sighting);
+        Assignment {
+            flow_id,
+            direction,
+            nat,
+            ended,
+        }
+    }
 
+    /// The flow the packet belongs to, by its conntrack entry or any tuple it was seen with.
+    /// A SYN on the tuple of a connection that closed is a new connection (the port was used
+    /// again within the closed flow's grace time): that flow ends here, and is returned. Unless
+    /// it is the flow's own SYN sent again: a SYN answered from TIME_WAIT with an ACK, reset by
+    /// the client and retried is one connection attempt, and stays one flow.
+    fn lookup(&mut self, sighting: &Sighting) -> (Option<u64>, Option<Flow>) {
+        let found = sighting
+            .conntrack
+            .and_then(|ct| self.index.get(&ct.orig).copied())
+            .or_else(|| {
+                sighting
+                    .with_l4
+                    .iter()
+                    .find_map(|h| self.index.get(&h.event.tuple).copied())
+            })
+            .map(|(id, _)| id);
+        match (found, sighting.syn_seq) {
+            (Some(id), Some(seq)) if self.is_closed(id) => {
+                if self.flows[&id].syn_seq == Some(seq) {
+                    self.reopen(id);
+                    (Some(id), None)
+                } else {
+                    (None, self.remove_all(vec![id]).pop())
+                }
+            }
+            (found, _) => (found, None),
+        }
+    }
+
+    /// Registers every tuple the packet was seen with, and reports the NAT between hops where
+    /// its tuple changed.
+    fn learn_rewrites(
+        &mut self,
+        flow_id: u64,
+        direction: Direction,
+        with_l4: &[&Hop],
+    ) -> Vec<NatRecord> {
         let mut nat = Vec::new();
         for pair in with_l4.windows(2) {
             let (before, after) = (pair[0], pair[1]);
@@ -141,21 +188,30 @@ impl FlowTable {
                 nat.extend(self.observed_nat(flow_id, direction, before, after));
             }
         }
-        for hop in &with_l4 {
+        for hop in with_l4 {
             self.learn(flow_id, hop.event.tuple, direction);
         }
+        nat
+    }
 
+    /// Counts the packet and moves the flow's last activity to its last hop.
+    fn count_packet(&mut self, flow_id: u64, direction: Direction, sighting: &Sighting) {
         let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
         flow.packets[direction as usize] += 1;
         if flow.syn_seq.is_none() {
-            flow.syn_seq = syn_seq;
+            flow.syn_seq = sighting.syn_seq;
         }
-        let last = hops.last().map_or(0, |h| h.event.ts_ns);
+        let last = sighting.hops.last().map_or(0, |h| h.event.ts_ns);
         if last > flow.last_ts {
             self.activity.remove(&(flow.last_ts, flow_id));
             flow.last_ts = last;
             self.activity.insert((last, flow_id));
         }
+    }
+
+    /// Adds the time between each two consecutive hops to the flow's segment between them.
+    fn record_latencies(&mut self, flow_id: u64, direction: Direction, hops: &[Hop]) {
+        let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
         for pair in hops.windows(2) {
             let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
             match flow.hops.iter_mut().find(|(k, _)| **k == key) {
@@ -175,21 +231,24 @@ impl FlowTable {
                 }
             }
         }
-        let flags = hops.iter().fold(0, |acc, h| acc | h.event.tcp_flags);
-        if first.proto == Proto::TCP {
-            if flags & TCP_FIN != 0 {
-                flow.fin[direction as usize] = true;
-            }
-            if (flags & TCP_RST != 0 || flow.fin == [true, true]) && flow.closed_at.is_none() {
-                flow.closed_at = Some(flow.last_ts);
-                self.closing.insert((flow.last_ts, flow_id));
-            }
+    }
+
+    /// Marks a TCP flow closed once both sides sent FIN, or either reset it.
+    fn track_close(&mut self, flow_id: u64, direction: Direction, sighting: &Sighting) {
+        if sighting.first.proto != Proto::TCP {
+            return;
         }
-        Assignment {
-            flow_id,
-            direction,
-            nat,
-            ended,
+        let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
+        let flags = sighting
+            .hops
+            .iter()
+            .fold(0, |acc, h| acc | h.event.tcp_flags);
+        if flags & tcp::FIN != 0 {
+            flow.fin[direction as usize] = true;
+        }
+        if (flags & tcp::RST != 0 || flow.fin == [true, true]) && flow.closed_at.is_none() {
+            flow.closed_at = Some(flow.last_ts);
+            self.closing.insert((flow.last_ts, flow_id));
         }
     }
 
@@ -294,15 +353,15 @@ impl FlowTable {
     }
 
     /// Removes and returns flows that ended: idle too long, or closed and past the grace time.
-    pub fn expire(&mut self, now_ns: u64, settings: &Settings) -> Vec<Flow> {
+    pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<Flow> {
         let due = |set: &BTreeSet<(u64, u64)>, after: u64| -> Vec<u64> {
             set.iter()
                 .take_while(|(ts, _)| now_ns.saturating_sub(*ts) >= after)
                 .map(|&(_, id)| id)
                 .collect()
         };
-        let mut ended = due(&self.activity, settings.flow_idle_ns);
-        ended.extend(due(&self.closing, settings.closed_flow_grace_ns));
+        let mut ended = due(&self.activity, limits.flow_idle_ns);
+        ended.extend(due(&self.closing, limits.closed_flow_grace_ns));
         ended.sort_unstable();
         ended.dedup();
         self.remove_all(ended)

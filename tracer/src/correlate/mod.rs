@@ -19,7 +19,7 @@ use crate::decode::{HopEvent, IfName, Tuple};
 
 /// Limits and timeouts.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct Limits {
     /// A packet is complete when no hop joined it for this long.
     pub packet_idle_ns: u64,
     /// How far apart two hops of one packet may be when only their content links them.
@@ -34,9 +34,9 @@ pub struct Settings {
     pub max_flows: usize,
 }
 
-impl Default for Settings {
+impl Default for Limits {
     fn default() -> Self {
-        Settings {
+        Limits {
             packet_idle_ns: 100_000_000,
             content_window_ns: 10_000_000,
             flow_idle_ns: 30_000_000_000,
@@ -214,32 +214,32 @@ pub enum Record {
 /// The stage between the decoder and the outputs.
 #[derive(Debug, Default)]
 pub struct Correlator {
-    settings: Settings,
+    limits: Limits,
     packets: PacketTable,
     flows: FlowTable,
     out: VecDeque<Record>,
 }
 
 impl Correlator {
-    pub fn new(settings: Settings) -> Correlator {
+    pub fn new(limits: Limits) -> Correlator {
         Correlator {
-            settings,
+            limits,
             ..Correlator::default()
         }
     }
 
     /// Adds one hop event.
     pub fn push(&mut self, event: HopEvent) {
-        let evicted = self.packets.push(event, &self.settings);
+        let evicted = self.packets.push(event, &self.limits);
         self.complete(evicted);
     }
 
     /// Completes idle packets and ends idle or closed flows, as of `now_ns` (same clock as the
     /// events).
     pub fn tick(&mut self, now_ns: u64) {
-        let done = self.packets.expire(now_ns, &self.settings);
+        let done = self.packets.expire(now_ns, &self.limits);
         self.complete(done);
-        let ended = self.flows.expire(now_ns, &self.settings);
+        let ended = self.flows.expire(now_ns, &self.limits);
         self.end(ended);
     }
 
@@ -290,7 +290,7 @@ impl Correlator {
                 hops,
             }));
         }
-        let evicted = self.flows.shrink_to(self.settings.max_flows);
+        let evicted = self.flows.shrink_to(self.limits.max_flows);
         self.end(evicted);
     }
 

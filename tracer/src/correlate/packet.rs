@@ -7,10 +7,10 @@
 //! - its skb is one the packet was seen with, and its content key (protocol, IP id, IP length,
 //!   TCP sequence/ack/flags: the fields NAT leaves alone) is the packet's; or
 //! - it has no skb (TC programs) or a new one, its content key is the packet's, and it came
-//!   within [`Settings::content_window_ns`] of the packet's last hop.
+//!   within [`Limits::content_window_ns`] of the packet's last hop.
 //!
 //! Otherwise it starts a new packet. A packet is complete once no hop has joined it for
-//! [`Settings::packet_idle_ns`]; the table holds at most [`Settings::max_packets`] active
+//! [`Limits::packet_idle_ns`]; the table holds at most [`Limits::max_packets`] active
 //! packets and completes the least recently active first when it is full. Packets are kept in
 //! order of last activity, so expiry only looks at the packets that are due.
 
@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{Hop, Settings};
+use super::{Hop, Limits};
 use crate::decode::{HopEvent, Proto};
 
 /// The fields that identify a packet across hops and survive NAT.
@@ -74,7 +74,7 @@ pub struct PacketTable {
 
 impl PacketTable {
     /// Adds `event` to its packet. Returns packets completed to make room.
-    pub fn push(&mut self, event: HopEvent, settings: &Settings) -> Vec<ActivePacket> {
+    pub fn push(&mut self, event: HopEvent, limits: &Limits) -> Vec<ActivePacket> {
         let content = ContentKey::of(&event);
         let skb = event.skb;
         let by_skb = (event.skb != 0)
@@ -83,14 +83,14 @@ impl PacketTable {
             .filter(|id| self.active[id].content == content);
         let by_content = || {
             self.by_content.get(&content).filter(|id| {
-                event.ts_ns.saturating_sub(self.active[id].last_ts) <= settings.content_window_ns
+                event.ts_ns.saturating_sub(self.active[id].last_ts) <= limits.content_window_ns
             })
         };
         let mut completed = Vec::new();
         let id = match by_skb.or_else(by_content).copied() {
             Some(id) => id,
             None => {
-                if self.active.len() >= settings.max_packets {
+                if self.active.len() >= limits.max_packets {
                     completed.extend(self.complete_oldest());
                 }
                 self.next_id += 1;
@@ -129,10 +129,10 @@ impl PacketTable {
     }
 
     /// Completes every packet idle since before `now_ns - packet_idle_ns`.
-    pub fn expire(&mut self, now_ns: u64, settings: &Settings) -> Vec<ActivePacket> {
+    pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<ActivePacket> {
         let mut done = Vec::new();
         while let Some(&(last_ts, id)) = self.idle.first() {
-            if now_ns.saturating_sub(last_ts) < settings.packet_idle_ns {
+            if now_ns.saturating_sub(last_ts) < limits.packet_idle_ns {
                 break;
             }
             done.extend(self.remove(id));
@@ -145,9 +145,9 @@ impl PacketTable {
     pub fn drain(&mut self) -> Vec<ActivePacket> {
         self.expire(
             u64::MAX,
-            &Settings {
+            &Limits {
                 packet_idle_ns: 0,
-                ..Settings::default()
+                ..Limits::default()
             },
         )
     }

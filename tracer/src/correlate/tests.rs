@@ -147,7 +147,7 @@ fn masquerade_ct() -> Conntrack {
 }
 
 fn run(events: Vec<HopEvent>) -> Vec<Record> {
-    let mut correlator = Correlator::new(Settings::default());
+    let mut correlator = Correlator::new(Limits::default());
     for event in events {
         correlator.push(event);
     }
@@ -318,24 +318,24 @@ fn tc_hops_take_the_place_of_their_neighbour_on_the_same_interface() {
 
 #[test]
 fn packets_complete_after_the_idle_time_and_flows_after_closing() {
-    let settings = Settings::default();
-    let mut correlator = Correlator::new(settings.clone());
+    let limits = Limits::default();
+    let mut correlator = Correlator::new(limits.clone());
     for event in syn_path(1_000_000, 0xa000, None) {
         correlator.push(event);
     }
-    correlator.tick(1_012_000 + settings.packet_idle_ns - 1);
+    correlator.tick(1_012_000 + limits.packet_idle_ns - 1);
     assert!(correlator.pop().is_none(), "still within the idle time");
-    correlator.tick(1_012_000 + settings.packet_idle_ns);
+    correlator.tick(1_012_000 + limits.packet_idle_ns);
     assert!(matches!(correlator.pop(), Some(Record::Nat(_))));
     assert!(matches!(correlator.pop(), Some(Record::Packet(_))));
     // An RST closes the flow; it ends after the grace time.
     let mut rst = event(500_000_000, Hook::NetDevQueue, CTR, "eth0", 0xf000, inner());
     rst.tcp_flags = 0x04;
     correlator.push(rst);
-    correlator.tick(500_000_000 + settings.packet_idle_ns);
+    correlator.tick(500_000_000 + limits.packet_idle_ns);
     assert!(matches!(correlator.pop(), Some(Record::Packet(_))));
     assert_eq!(correlator.sizes(), (0, 1));
-    correlator.tick(500_000_000 + settings.closed_flow_grace_ns);
+    correlator.tick(500_000_000 + limits.closed_flow_grace_ns);
     assert!(matches!(correlator.pop(), Some(Record::Flow(f)) if f.packets == [2, 0]));
     assert_eq!(correlator.sizes(), (0, 0));
 }
@@ -343,8 +343,8 @@ fn packets_complete_after_the_idle_time_and_flows_after_closing() {
 /// Sends single-hop TCP packets (time, flags, sequence number) from the container, each
 /// completed before the next; the records of all of them, with the flows ended at the finish.
 fn records_of_segments(segments: &[(u64, u8, u32)]) -> Vec<Record> {
-    let settings = Settings::default();
-    let mut correlator = Correlator::new(settings.clone());
+    let limits = Limits::default();
+    let mut correlator = Correlator::new(limits.clone());
     let mut records = Vec::new();
     for (n, &(ts, flags, seq)) in segments.iter().enumerate() {
         let mut e = event(
@@ -358,7 +358,7 @@ fn records_of_segments(segments: &[(u64, u8, u32)]) -> Vec<Record> {
         e.tcp_flags = flags;
         e.tcp_seq = seq;
         correlator.push(e);
-        correlator.tick(ts + settings.packet_idle_ns);
+        correlator.tick(ts + limits.packet_idle_ns);
         records.extend(std::iter::from_fn(|| correlator.pop()));
     }
     correlator.finish();
@@ -412,11 +412,11 @@ fn a_syn_retried_after_a_reset_stays_in_its_flow() {
 /// forgotten, so the shared table does not grow with every interface ever seen.
 #[test]
 fn segments_of_ended_flows_are_forgotten() {
-    let settings = Settings::default();
-    let mut correlator = Correlator::new(settings.clone());
+    let limits = Limits::default();
+    let mut correlator = Correlator::new(limits.clone());
     let mut most = 0;
     for i in 0..10_000u64 {
-        let start = i * settings.flow_idle_ns / 4;
+        let start = i * limits.flow_idle_ns / 4;
         let src = tuple(
             addr(2, [10, (i >> 8) as u8, i as u8]),
             40_000,
@@ -436,7 +436,7 @@ fn segments_of_ended_flows_are_forgotten() {
             e.ifindex = 100 + i as u32;
             correlator.push(e);
         }
-        correlator.tick(start + settings.packet_idle_ns);
+        correlator.tick(start + limits.packet_idle_ns);
         while correlator.pop().is_some() {}
         most = most.max(correlator.segments());
     }
@@ -455,12 +455,12 @@ fn segments_of_ended_flows_are_forgotten() {
 /// the tables stay within their limits.
 #[test]
 fn memory_is_bounded_under_never_completed_packets() {
-    let settings = Settings {
+    let limits = Limits {
         max_packets: 1_000,
         max_flows: 2_000,
-        ..Settings::default()
+        ..Limits::default()
     };
-    let mut correlator = Correlator::new(settings.clone());
+    let mut correlator = Correlator::new(limits.clone());
     let mut emitted = 0;
     for i in 0..100_000u64 {
         let src = tuple(
@@ -480,8 +480,8 @@ fn memory_is_bounded_under_never_completed_packets() {
         e.tcp_seq = i as u32;
         correlator.push(e);
         let (packets, flows) = correlator.sizes();
-        assert!(packets <= settings.max_packets, "{packets} packets at {i}");
-        assert!(flows <= settings.max_flows, "{flows} flows at {i}");
+        assert!(packets <= limits.max_packets, "{packets} packets at {i}");
+        assert!(flows <= limits.max_flows, "{flows} flows at {i}");
         while correlator.pop().is_some() {
             emitted += 1;
         }

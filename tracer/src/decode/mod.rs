@@ -13,6 +13,7 @@ use tracer_common::{
         FLAG_TC, PacketEvent, PacketWithHeaders, SNAP_MAX,
     },
     hook::Hook,
+    wire::{conntrack, ipproto},
 };
 
 /// Why a record was rejected.
@@ -37,11 +38,11 @@ pub enum DecodeError {
 pub struct Proto(pub u8);
 
 impl Proto {
-    pub const ICMP: Proto = Proto(1);
-    pub const TCP: Proto = Proto(6);
-    pub const UDP: Proto = Proto(17);
-    pub const ICMPV6: Proto = Proto(58);
-    pub const SCTP: Proto = Proto(132);
+    pub const ICMP: Proto = Proto(ipproto::ICMP);
+    pub const TCP: Proto = Proto(ipproto::TCP);
+    pub const UDP: Proto = Proto(ipproto::UDP);
+    pub const ICMPV6: Proto = Proto(ipproto::ICMPV6);
+    pub const SCTP: Proto = Proto(ipproto::SCTP);
 
     /// Lower-case name (`tcp`, `udp`, ...) or the number.
     pub fn name(self) -> std::borrow::Cow<'static, str> {
@@ -126,14 +127,14 @@ pub struct HopEvent {
     pub mark: u32,
     pub conntrack: Option<Conntrack>,
     /// Set at `kfree_skb`: why and where the packet was dropped.
-    pub drop: Option<Drop>,
+    pub drop: Option<DropInfo>,
     /// The packet's first bytes from the IP header on, when they were asked for (`-w`).
     pub headers: Option<Bytes>,
 }
 
 /// A drop as the kernel reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drop {
+pub struct DropInfo {
     /// `enum skb_drop_reason` value; names come from the running kernel's BTF.
     pub reason: u32,
     /// Code address that freed the packet.
@@ -212,7 +213,7 @@ fn packet(raw: &PacketEvent) -> Result<HopEvent, DecodeError> {
     let hook = Hook::from_u8(raw.hook).ok_or(DecodeError::UnknownHook(raw.hook))?;
     let conntrack = (raw.ct != 0).then(|| Conntrack {
         id: raw.ct,
-        info: raw.ct_state.saturating_sub(1),
+        info: conntrack::decode_state(raw.ct_state).unwrap_or(0),
         orig: ct_tuple(&raw.ct_orig),
         reply: ct_tuple(&raw.ct_reply),
     });
@@ -244,7 +245,7 @@ fn packet(raw: &PacketEvent) -> Result<HopEvent, DecodeError> {
         ip_len: raw.ip_len,
         mark: raw.mark,
         conntrack,
-        drop: (hook == Hook::KfreeSkb).then_some(Drop {
+        drop: (hook == Hook::KfreeSkb).then_some(DropInfo {
             reason: raw.drop_reason,
             location: raw.location,
         }),

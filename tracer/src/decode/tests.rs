@@ -17,7 +17,7 @@ fn syn_event() -> PacketEvent {
     e.l4_proto = 6;
     e.tcp_flags = 0x02;
     e.flags = FLAG_L4;
-    e.ct_state = 2 + 1;
+    e.ct_state = tracer_common::wire::conntrack::encode_state(2);
     e.ttl = 63;
     e.ts_ns = 1_000_000;
     e.skb = 0xffff_8881_2096_6000;
@@ -163,7 +163,7 @@ fn interface_names_are_nul_terminated_and_lossy() {
 #[test]
 fn decodes_records_captured_from_the_kernel() {
     let recording = include_bytes!("../../../tests/data/golden/snat-handshake.events");
-    let records = crate::reader::read_recording(&recording[..]).expect("recording");
+    let records = crate::recording::read_recording(&recording[..]).expect("recording");
     assert!(records.len() > 50);
     let events: Vec<HopEvent> = records
         .iter()

@@ -2,9 +2,12 @@
 
 use std::net::IpAddr;
 
-use tracer_common::config::{
-    FILTER_MAX, Filter, FilterInsn, OP_AND, OP_FAMILY, OP_HOST, OP_NOT, OP_OR, OP_PORT, OP_PROTO,
-    SIDE_DST, SIDE_EITHER, SIDE_SRC,
+use tracer_common::{
+    config::{
+        FILTER_MAX, Filter, FilterInsn, OP_AND, OP_FAMILY, OP_HOST, OP_NOT, OP_OR, OP_PORT,
+        OP_PROTO, SIDE_DST, SIDE_EITHER, SIDE_SRC,
+    },
+    event::{FAMILY_IPV4, FAMILY_IPV6},
 };
 
 use super::{
@@ -55,9 +58,9 @@ fn emit(expr: &Expr, out: &mut Vec<FilterInsn>) {
                 IpAddr::V4(v4) => {
                     let mut bytes = [0u8; 16];
                     bytes[..4].copy_from_slice(&v4.octets());
-                    (bytes, 4)
+                    (bytes, FAMILY_IPV4)
                 }
-                IpAddr::V6(v6) => (v6.octets(), 6),
+                IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
             };
             insn.family = family;
             for bit in 0..usize::from(*prefix) {

@@ -2,6 +2,11 @@
 
 use std::net::IpAddr;
 
+use tracer_common::{
+    event::{FAMILY_IPV4, FAMILY_IPV6},
+    wire::ipproto,
+};
+
 use super::FilterError;
 
 /// Which address or port of a packet a primitive looks at.
@@ -217,13 +222,13 @@ impl Parser {
 
     fn protocol(&mut self) -> Option<Expr0> {
         let proto = match self.peek()? {
-            "ip" => Expr0::Family(4),
-            "ip6" => Expr0::Family(6),
-            "tcp" => Expr0::Proto(6, None),
-            "udp" => Expr0::Proto(17, None),
-            "sctp" => Expr0::Proto(132, None),
-            "icmp" => Expr0::Proto(1, Some(4)),
-            "icmp6" => Expr0::Proto(58, Some(6)),
+            "ip" => Expr0::Family(FAMILY_IPV4),
+            "ip6" => Expr0::Family(FAMILY_IPV6),
+            "tcp" => Expr0::Proto(ipproto::TCP, None),
+            "udp" => Expr0::Proto(ipproto::UDP, None),
+            "sctp" => Expr0::Proto(ipproto::SCTP, None),
+            "icmp" => Expr0::Proto(ipproto::ICMP, Some(FAMILY_IPV4)),
+            "icmp6" => Expr0::Proto(ipproto::ICMPV6, Some(FAMILY_IPV6)),
             _ => return None,
         };
         self.next();

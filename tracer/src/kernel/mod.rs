@@ -2,8 +2,12 @@
 //!
 //! The object built from `tracer-ebpf` is embedded in the binary. Before load, the programs'
 //! `CONFIG` global receives the filter and the kernel offsets from BTF ([`crate::btf`]). Stack
-//! hooks attach as BTF tracepoints; TC programs attach with TCX links where the kernel has them
-//! and to a clsact qdisc otherwise. Everything is detached when [`Programs`] is dropped.
+//! hooks attach as [`hooks::HOOKS`] says (the first rung of each ladder the kernel accepts); TC
+//! programs attach with TCX links where the kernel has them and to a clsact qdisc otherwise.
+//! Everything is detached when [`Programs`] is dropped.
+//!
+//! This layer knows nothing of the command line or of what the user selected: it takes plain
+//! options ([`LoadOptions`], [`tc::TcTarget`]) and reports plain results.
 
 use std::collections::HashMap;
 
@@ -15,25 +19,24 @@ use aya::{
 use tracer_common::{
     config::{CONFIG_SYMBOL, Config, Filter},
     event::{COUNTER_SLOTS, Counter, counter_index},
-    hook::Hook,
+    hook::{Hook, map},
 };
 
 use crate::btf;
 
-pub mod ladder;
+pub mod hooks;
 pub mod tc;
+
+use hooks::{HookSet, Mechanism};
 
 /// The compiled programs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// Name of the ring buffer map.
-const EVENTS_MAP: &str = "EVENTS";
-/// Name of the per-CPU counters map.
-const COUNTERS_MAP: &str = "COUNTERS";
-
 /// What to load.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct LoadOptions {
+    /// The hooks to attach.
+    pub hooks: HookSet,
     /// The compiled filter expression.
     pub filter: Filter,
     /// Bytes of each packet to copy into events (0 for none).
@@ -52,8 +55,9 @@ pub struct Settings {
 pub struct Programs {
     ebpf: Ebpf,
     btf: aya::Btf,
+    hooks: HookSet,
     /// Global hooks attached, with the mechanism the ladder chose.
-    attachments: Vec<(Hook, ladder::Mechanism)>,
+    attachments: Vec<(Hook, Mechanism)>,
     /// Interfaces the TC programs are attached to.
     tc: tc::Attached,
     /// Notes for the user about reduced functionality.
@@ -63,9 +67,9 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// Loads the object with `settings` and the running kernel's offsets. Nothing is attached.
-    pub fn load(settings: &Settings) -> anyhow::Result<Programs> {
-        let resolved = btf::resolve_kernel(settings.kernel_btf.as_deref()).context(
+    /// Loads the object with `options` and the running kernel's offsets. Nothing is attached.
+    pub fn load(options: &LoadOptions) -> anyhow::Result<Programs> {
+        let resolved = btf::resolve_kernel(options.kernel_btf.as_deref()).context(
             "tracer needs the kernel's BTF (a kernel built with CONFIG_DEBUG_INFO_BTF, or \
              --kernel-btf FILE)",
         )?;
@@ -74,9 +78,9 @@ impl Programs {
             notes.push(format!("conntrack tuples unavailable: {why}"));
         }
         let mut config = Config::new();
-        config.filter = settings.filter;
-        config.snap_len = settings.snap_len;
-        config.snap_headers_only = u32::from(settings.snap_headers_only);
+        config.filter = options.filter;
+        config.snap_len = options.snap_len;
+        config.snap_headers_only = u32::from(options.snap_headers_only);
         if let Some((&value, _)) = resolved
             .drop_reasons
             .iter()
@@ -87,10 +91,10 @@ impl Programs {
         config.offsets = resolved.offsets;
         let ebpf = EbpfLoader::new()
             .override_global(CONFIG_SYMBOL, &config, true)
-            .map_max_entries(EVENTS_MAP, settings.ring_bytes)
+            .map_max_entries(map::EVENTS, options.ring_bytes)
             .load(OBJECT)
             .context("failed to load the eBPF object")?;
-        let btf = match &settings.kernel_btf {
+        let btf = match &options.kernel_btf {
             Some(path) => aya::Btf::parse_file(path, aya::Endianness::default()),
             None => aya::Btf::from_sys_fs(),
         }
@@ -98,8 +102,9 @@ impl Programs {
         Ok(Programs {
             ebpf,
             btf,
+            hooks: options.hooks,
             attachments: Vec::new(),
-            tc: tc::Attached::new(settings.tc_mode),
+            tc: tc::Attached::new(options.tc_mode),
             notes,
             drop_reasons: resolved.drop_reasons,
         })
@@ -109,7 +114,7 @@ impl Programs {
     pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
             .ebpf
-            .take_map(EVENTS_MAP)
+            .take_map(map::EVENTS)
             .ok_or_else(|| anyhow!("ring buffer already taken"))?;
         Ok(RingBuf::try_from(map)?)
     }
@@ -118,7 +123,7 @@ impl Programs {
     pub fn counters(&self) -> anyhow::Result<HashMap<Hook, HookCounters>> {
         let map = self
             .ebpf
-            .map(COUNTERS_MAP)
+            .map(map::COUNTERS)
             .ok_or_else(|| anyhow!("counters map missing"))?;
         let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
         let mut result = HashMap::new();
@@ -141,8 +146,14 @@ impl Programs {
         Ok(result)
     }
 
-    pub fn attachments(&self) -> &[(Hook, ladder::Mechanism)] {
+    /// Global hooks attached, with the mechanism each uses.
+    pub fn attachments(&self) -> &[(Hook, Mechanism)] {
         &self.attachments
+    }
+
+    /// The hooks this load was asked for.
+    pub fn hooks(&self) -> HookSet {
+        self.hooks
     }
 
     /// Drop reason names of the running kernel, by value.
@@ -175,7 +186,7 @@ impl Programs {
     }
 
     /// How many interfaces have TC programs, and by which mechanism.
-    pub fn tc_summary(&self) -> (usize, Option<&'static str>) {
+    pub fn tc_summary(&self) -> (usize, Option<Mechanism>) {
         (self.tc.len(), self.tc.mechanism())
     }
 }
@@ -203,5 +214,35 @@ impl Drop for Programs {
     /// filters; tracepoint links go with the object.
     fn drop(&mut self) {
         self.release_tc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OBJECT, hooks::HOOKS};
+    use tracer_common::hook::map;
+
+    /// Every program the hook table names, and every map the collector opens, is in the object
+    /// that was built: a renamed program fails here rather than at run time.
+    #[test]
+    fn the_object_has_every_program_and_map_the_collector_names() {
+        let object = aya_obj::Object::parse(OBJECT).expect("the built object parses");
+        for spec in HOOKS {
+            for rung in spec.rungs {
+                assert!(
+                    object.programs.contains_key(rung.program),
+                    "program {} of hook {} is not in the object (it has {:?})",
+                    rung.program,
+                    spec.target,
+                    object.programs.keys().collect::<Vec<_>>()
+                );
+            }
+        }
+        for name in [map::EVENTS, map::COUNTERS, map::TRACKED] {
+            assert!(
+                object.maps.contains_key(name),
+                "map {name} is not in the object"
+            );
+        }
     }
 }

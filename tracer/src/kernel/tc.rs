@@ -19,8 +19,21 @@ use aya::{
 };
 use tracer_common::hook::Hook;
 
-use super::{Programs, ladder::describe};
-use crate::{decode::IfName, netns, select::Target, topology::netlink::Netlink};
+use super::{
+    Programs,
+    hooks::{Mechanism, describe, spec},
+};
+use crate::{decode::IfName, netns, topology::netlink::Netlink};
+
+/// An interface to attach the TC programs to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TcTarget {
+    pub netns_inode: u64,
+    pub ifindex: u32,
+    pub ifname: String,
+    /// Where to enter the interface's namespace; `None` for tracer's own.
+    pub netns_path: Option<PathBuf>,
+}
 
 /// An interface with TC programs attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +54,7 @@ pub enum AttachError {
 }
 
 /// How TC programs are attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TcMode {
     /// TCX links where the kernel has them (6.6+), clsact qdisc filters otherwise.
     Auto,
@@ -74,8 +87,8 @@ struct Attachment {
 pub struct Attached {
     mode: TcMode,
     links: BTreeMap<(u64, u32), Attachment>,
-    /// `tcx` or `clsact`, once something was attached.
-    mechanism: Option<&'static str>,
+    /// TCX or clsact, once something was attached.
+    mechanism: Option<Mechanism>,
     /// Interfaces (namespace path, ifindex) that got a clsact qdisc from tracer, removed when
     /// tracer is done with them.
     added_qdiscs: Vec<(Option<PathBuf>, u32)>,
@@ -112,7 +125,7 @@ impl Attached {
         self.links.is_empty()
     }
 
-    pub fn mechanism(&self) -> Option<&'static str> {
+    pub fn mechanism(&self) -> Option<Mechanism> {
         self.mechanism
     }
 
@@ -127,23 +140,19 @@ pub fn has_tcx() -> bool {
 }
 
 impl Programs {
-    /// Attaches the ingress and egress programs to `target`, whose namespace is at `netns_path`
-    /// (`None` for tracer's own).
-    pub fn attach_tc(
-        &mut self,
-        target: &Target,
-        netns_path: Option<&Path>,
-    ) -> Result<(), AttachError> {
+    /// Attaches the ingress and egress programs to `target`.
+    pub fn attach_tc(&mut self, target: &TcTarget) -> Result<(), AttachError> {
         if self.tc.contains(target.netns_inode, target.ifindex) {
             return Ok(());
         }
-        for hook in [Hook::TcIngress, Hook::TcEgress] {
+        let netns_path = target.netns_path.as_deref();
+        for hook in TC_HOOKS {
             let program = self.classifier(hook)?;
             if program.fd().is_err() {
                 program.load().map_err(|err| {
                     anyhow!(
                         "the {} program was refused ({}); tracing without TC hops",
-                        hook.name(),
+                        program_name(hook),
                         describe(&err)
                     )
                 })?;
@@ -191,7 +200,7 @@ impl Programs {
             return;
         };
         let detach = || {
-            for (hook, id) in [Hook::TcIngress, Hook::TcEgress].into_iter().zip(ids) {
+            for (hook, id) in TC_HOOKS.into_iter().zip(ids) {
                 if let Ok(program) = self.classifier(hook) {
                     let _ = program.detach(id);
                 }
@@ -213,7 +222,7 @@ impl Programs {
         &mut self,
         ifname: &str,
         ifindex: u32,
-    ) -> Result<(&'static str, [SchedClassifierLinkId; 2], bool), AttachError> {
+    ) -> Result<(Mechanism, [SchedClassifierLinkId; 2], bool), AttachError> {
         let gone = || AttachError::Gone(ifname.to_owned());
         if nix::net::if_::if_nametoindex(ifname).map_err(|_| gone())? != ifindex {
             return Err(gone());
@@ -224,11 +233,8 @@ impl Programs {
             // Filters a killed tracer left behind carry the program names; they would run next
             // to ours. (Filters survive their process; TCX links do not.)
             let mut removed = 0;
-            for (attach_type, hook) in [
-                (TcAttachType::Ingress, Hook::TcIngress),
-                (TcAttachType::Egress, Hook::TcEgress),
-            ] {
-                if tc::qdisc_detach_program(ifname, attach_type, hook.name()).is_ok() {
+            for (attach_type, hook) in ATTACH_TYPES.into_iter().zip(TC_HOOKS) {
+                if tc::qdisc_detach_program(ifname, attach_type, program_name(hook)).is_ok() {
                     removed += 1;
                 }
             }
@@ -242,10 +248,7 @@ impl Programs {
             added_qdisc = tc::qdisc_add_clsact(ifname).is_ok() || removed > 0;
         }
         let mut ids = Vec::with_capacity(2);
-        for (hook, attach_type) in [
-            (Hook::TcIngress, TcAttachType::Ingress),
-            (Hook::TcEgress, TcAttachType::Egress),
-        ] {
+        for (hook, attach_type) in TC_HOOKS.into_iter().zip(ATTACH_TYPES) {
             let options = if tcx {
                 TcAttachOptions::TcxOrder(LinkOrder::default())
             } else {
@@ -273,7 +276,12 @@ impl Programs {
             }
         }
         let ids: [SchedClassifierLinkId; 2] = ids.try_into().map_err(|_| gone())?;
-        Ok((if tcx { "tcx" } else { "clsact" }, ids, added_qdisc))
+        let mechanism = if tcx {
+            Mechanism::Tcx
+        } else {
+            Mechanism::Clsact
+        };
+        Ok((mechanism, ids, added_qdisc))
     }
 
     /// Detaches every TC program and removes the clsact qdiscs tracer added.
@@ -305,12 +313,22 @@ impl Programs {
     }
 
     fn classifier(&mut self, hook: Hook) -> Result<&mut SchedClassifier, AttachError> {
+        let name = program_name(hook);
         let program = self
             .ebpf
-            .program_mut(hook.name())
-            .ok_or_else(|| anyhow!("program {} missing from the object", hook.name()))?;
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
         Ok(program.try_into().map_err(anyhow::Error::from)?)
     }
+}
+
+/// The TC hooks, ingress first, in the order of [`ATTACH_TYPES`].
+const TC_HOOKS: [Hook; 2] = [Hook::TcIngress, Hook::TcEgress];
+const ATTACH_TYPES: [TcAttachType; 2] = [TcAttachType::Ingress, TcAttachType::Egress];
+
+/// The program of a TC hook (the same for both of its mechanisms).
+fn program_name(hook: Hook) -> &'static str {
+    spec(hook).rungs[0].program
 }
 
 /// Whether an attach failed because the interface disappeared.

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use std::{borrow::Cow, net::IpAddr};
 
-use super::{Hex, RunStats, TcpFlags};
+use super::{Hex, Output, RunStats, TcpFlags};
 use crate::{
     correlate::{FlowSummary, Hop, HopLabel, NatRecord, PacketTrace, Record},
     decode::{Conntrack, Tuple},
@@ -27,14 +27,6 @@ impl<W: Write> JsonWriter<W> {
         JsonWriter { out }
     }
 
-    pub fn record(&mut self, record: &Record, names: &NameTable) -> io::Result<()> {
-        match record {
-            Record::Packet(packet) => self.packet(packet, names),
-            Record::Nat(nat) => self.line(&NatJson::new(nat, names)),
-            Record::Flow(flow) => self.line(&FlowJson::new(flow, names)),
-        }
-    }
-
     fn packet(&mut self, packet: &PacketTrace, names: &NameTable) -> io::Result<()> {
         for hop in &packet.hops {
             self.line(&HopJson::new(packet, hop, names))?;
@@ -42,7 +34,22 @@ impl<W: Write> JsonWriter<W> {
         Ok(())
     }
 
-    pub fn stats(&mut self, stats: &RunStats) -> io::Result<()> {
+    fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")
+    }
+}
+
+impl<W: Write> Output for JsonWriter<W> {
+    fn record(&mut self, record: &Record, names: &NameTable) -> io::Result<()> {
+        match record {
+            Record::Packet(packet) => self.packet(packet, names),
+            Record::Nat(nat) => self.line(&NatJson::new(nat, names)),
+            Record::Flow(flow) => self.line(&FlowJson::new(flow, names)),
+        }
+    }
+
+    fn stats(&mut self, stats: &RunStats) -> io::Result<()> {
         self.line(&StatsJson {
             kind: "stats",
             stats,
@@ -50,13 +57,8 @@ impl<W: Write> JsonWriter<W> {
         self.out.flush()
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
-    }
-
-    fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")
     }
 }
 

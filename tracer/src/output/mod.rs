@@ -1,19 +1,76 @@
-//! Output formats: text for people, JSON Lines for programs.
+//! Output formats: text for people, JSON Lines for programs, pcapng for Wireshark.
 //!
-//! Both render the correlator's [`Record`](crate::correlate::Record)s, naming namespaces and
-//! containers through a [`NameTable`](crate::names::NameTable).
+//! Every format implements [`Output`]: it renders the correlator's [`Record`]s, naming
+//! namespaces and containers through a [`NameTable`], and is made by the one factory, [`open`].
+//! Which records are shown (the selection, `-c`) is decided before they get here.
+//!
+//! Adding a format: a module with a writer that implements [`Output`], a [`Format`] value, and
+//! its arm in [`open`].
 
 pub mod json;
 pub mod pcapng;
-pub mod sink;
 pub mod text;
 pub mod topology;
 
-use std::{fmt::Write as _, fs::File, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{
+    fmt::Write as _,
+    fs::File,
+    io::{self, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::Path,
+};
 
 use anyhow::Context as _;
+use tracer_common::wire::tcp;
 
-use crate::decode::Tuple;
+use crate::{correlate::Record, decode::Tuple, names::NameTable};
+
+/// Where a trace's records go.
+pub trait Output {
+    /// Writes one record.
+    fn record(&mut self, record: &Record, names: &NameTable) -> io::Result<()>;
+    /// Writes the closing statistics and flushes (formats with no place for them only flush).
+    fn stats(&mut self, stats: &RunStats) -> io::Result<()>;
+    /// Pushes what is buffered to the destination.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// The output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// For people: a block per packet, a latency table per flow.
+    Text,
+    /// JSON Lines, the contract in the README.
+    Json,
+    /// pcapng: a packet record per hop, for Wireshark.
+    Pcapng,
+}
+
+/// What formats need to know besides their destination.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to print wall-clock times for kernel timestamps.
+    pub realtime_offset_ns: i128,
+    /// Bytes captured per hop (pcapng's interface snap length).
+    pub snap_len: u32,
+}
+
+/// Makes the writer of `format` on `out`.
+pub fn open<'a>(
+    format: Format,
+    out: impl Write + 'a,
+    options: &Options,
+) -> anyhow::Result<Box<dyn Output + 'a>> {
+    Ok(match format {
+        Format::Text => Box::new(text::TextWriter::new(out, options.realtime_offset_ns)),
+        Format::Json => Box::new(json::JsonWriter::new(out)),
+        Format::Pcapng => Box::new(pcapng::PcapngWriter::new(
+            out,
+            options.snap_len,
+            options.realtime_offset_ns,
+        )?),
+    })
+}
 
 /// Creates an output file readable by its owner only, refusing to follow a symlink at `path`
 /// (an attacker's link must not redirect root's output).
@@ -39,14 +96,23 @@ pub struct TcpFlags(pub u8);
 
 impl std::fmt::Display for TcpFlags {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Bit order FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, as in tcpdump's print-tcp.c.
-        const LETTERS: [char; 8] = ['F', 'S', 'R', 'P', '.', 'U', 'E', 'W'];
+        // In the order of tcpdump's print-tcp.c.
+        const LETTERS: [(u8, char); 8] = [
+            (tcp::FIN, 'F'),
+            (tcp::SYN, 'S'),
+            (tcp::RST, 'R'),
+            (tcp::PSH, 'P'),
+            (tcp::ACK, '.'),
+            (tcp::URG, 'U'),
+            (tcp::ECE, 'E'),
+            (tcp::CWR, 'W'),
+        ];
         if self.0 == 0 {
             return f.write_str("none");
         }
-        for (bit, letter) in LETTERS.iter().enumerate() {
-            if self.0 & (1 << bit) != 0 {
-                f.write_char(*letter)?;
+        for (bit, letter) in LETTERS {
+            if self.0 & bit != 0 {
+                f.write_char(letter)?;
             }
         }
         Ok(())
@@ -106,13 +172,14 @@ mod tests {
 
     #[test]
     fn flags_like_tcpdump() {
-        assert_eq!(tcp_flags(0x02), "S");
-        assert_eq!(tcp_flags(0x12), "S.");
-        assert_eq!(tcp_flags(0x10), ".");
-        assert_eq!(tcp_flags(0x18), "P.");
-        assert_eq!(tcp_flags(0x11), "F.");
-        assert_eq!(tcp_flags(0x04), "R");
-        assert_eq!(tcp_flags(0x14), "R.");
+        assert_eq!(tcp_flags(tcp::SYN), "S");
+        assert_eq!(tcp_flags(tcp::SYN | tcp::ACK), "S.");
+        assert_eq!(tcp_flags(tcp::ACK), ".");
+        assert_eq!(tcp_flags(tcp::PSH | tcp::ACK), "P.");
+        assert_eq!(tcp_flags(tcp::FIN | tcp::ACK), "F.");
+        assert_eq!(tcp_flags(tcp::RST), "R");
+        assert_eq!(tcp_flags(tcp::RST | tcp::ACK), "R.");
+        assert_eq!(tcp_flags(0xc0), "EW");
         assert_eq!(tcp_flags(0), "none");
     }
 

@@ -2,7 +2,12 @@
 //! after the hop's interface and namespace or container, with a comment carrying the flow,
 //! the packet, the hook and the latency, so that Wireshark and tshark show the path.
 
-use std::{borrow::Cow, collections::HashMap, io::Write, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    io::{self, Write},
+    time::Duration,
+};
 
 use pcap_file::{
     DataLink,
@@ -15,9 +20,9 @@ use pcap_file::{
     },
 };
 
-use super::duration;
+use super::{Output, RunStats, duration};
 use crate::{
-    correlate::{HopLabel, PacketTrace},
+    correlate::{HopLabel, PacketTrace, Record},
     names::NameTable,
 };
 
@@ -79,10 +84,6 @@ impl<W: Write> PcapngWriter<W> {
         Ok(())
     }
 
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        self.writer.get_mut().flush()
-    }
-
     /// The interface block for a hop's interface, written the first time it is needed.
     fn interface(&mut self, label: &HopLabel, names: &NameTable) -> anyhow::Result<u32> {
         let key = (label.netns_inode, label.ifindex, label.ifname.0);
@@ -112,5 +113,23 @@ impl<W: Write> PcapngWriter<W> {
         let id = self.interfaces.len() as u32;
         self.interfaces.insert(key, id);
         Ok(id)
+    }
+}
+
+impl<W: Write> Output for PcapngWriter<W> {
+    /// Packets only: NAT and flows are in the packets' comments.
+    fn record(&mut self, record: &Record, names: &NameTable) -> io::Result<()> {
+        match record {
+            Record::Packet(packet) => self.packet(packet, names).map_err(io::Error::other),
+            Record::Nat(_) | Record::Flow(_) => Ok(()),
+        }
+    }
+
+    fn stats(&mut self, _stats: &RunStats) -> io::Result<()> {
+        self.flush()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.get_mut().flush()
     }
 }

@@ -3,7 +3,9 @@
 
 use std::io::{self, Write};
 
-use super::{RunStats, duration, endpoint, tcp_flags, tuple};
+use tracer_common::wire::tcp;
+
+use super::{Output, RunStats, duration, endpoint, tcp_flags, tuple};
 use crate::{
     correlate::{Direction, FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record},
     decode::{HopEvent, Proto, Tuple},
@@ -22,17 +24,6 @@ impl<W: Write> TextWriter<W> {
         TextWriter {
             out,
             realtime_offset_ns,
-        }
-    }
-
-    pub fn record(&mut self, record: &Record, names: &NameTable) -> io::Result<()> {
-        match record {
-            Record::Packet(packet) => self.packet(packet, names),
-            // Observed translations are shown inside the packet; only those known from
-            // conntrack alone need a line of their own.
-            Record::Nat(nat) if nat.source == NatSource::Conntrack => self.nat(nat),
-            Record::Nat(_) => Ok(()),
-            Record::Flow(flow) => self.flow(flow, names),
         }
     }
 
@@ -139,8 +130,21 @@ impl<W: Write> TextWriter<W> {
         }
         Ok(())
     }
+}
 
-    pub fn stats(&mut self, stats: &RunStats) -> io::Result<()> {
+impl<W: Write> Output for TextWriter<W> {
+    fn record(&mut self, record: &Record, names: &NameTable) -> io::Result<()> {
+        match record {
+            Record::Packet(packet) => self.packet(packet, names),
+            // Observed translations are shown inside the packet; only those known from
+            // conntrack alone need a line of their own.
+            Record::Nat(nat) if nat.source == NatSource::Conntrack => self.nat(nat),
+            Record::Nat(_) => Ok(()),
+            Record::Flow(flow) => self.flow(flow, names),
+        }
+    }
+
+    fn stats(&mut self, stats: &RunStats) -> io::Result<()> {
         writeln!(
             self.out,
             "{} events, {} lost, {} malformed; {} packets in {} flows",
@@ -149,7 +153,7 @@ impl<W: Write> TextWriter<W> {
         self.out.flush()
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 }
@@ -159,7 +163,7 @@ fn summary(event: &HopEvent) -> String {
     let mut text = format!("{} {}", event.tuple.proto.name(), tuple(&event.tuple));
     if event.tuple.proto == Proto::TCP && event.has_l4 {
         text += &format!(" [{}] seq {}", tcp_flags(event.tcp_flags), event.tcp_seq);
-        if event.tcp_flags & 0x10 != 0 {
+        if event.tcp_flags & tcp::ACK != 0 {
             text += &format!(" ack {}", event.tcp_ack);
         }
     }

@@ -43,6 +43,7 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<Results> {
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, and both out-pointers are to live locals.
     let rc = unsafe { libc::wait4(pid, &raw mut status, 0, &raw mut usage) };
     let seconds = start.elapsed().as_secs_f64();
     let _ = child.try_wait();

@@ -18,6 +18,8 @@ use tracer_tests::{
     tracer::Tracer,
 };
 
+use tracer_common::hook::program;
+
 use super::Stat;
 
 const IPERF_PORT: u16 = 5201;
@@ -254,13 +256,13 @@ fn kernel_cost(testbed: &Testbed, seconds: u64) -> anyhow::Result<Vec<(String, C
 fn program_costs() -> anyhow::Result<BTreeMap<String, Cost>> {
     const OURS: [&str; 8] = [
         super::floor::NAME,
-        "net_dev_queue",
-        "net_dev_start_xmit",
-        "netif_rx",
-        "netif_receive_skb",
-        "kfree_skb",
-        "tc_ingress",
-        "tc_egress",
+        program::NET_DEV_QUEUE,
+        program::NET_DEV_START_XMIT,
+        program::NETIF_RX,
+        program::NETIF_RECEIVE_SKB,
+        program::KFREE_SKB,
+        program::TC_INGRESS,
+        program::TC_EGRESS,
     ];
     let output = Command::new("bpftool")
         .args(["prog", "show", "--json"])

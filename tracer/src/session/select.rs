@@ -7,25 +7,20 @@ use std::collections::BTreeSet;
 use anyhow::bail;
 
 use crate::{
-    cli::TraceArgs,
     correlate::PacketTrace,
+    kernel::tc::TcTarget,
     topology::{LinkKind, Namespace, Topology},
 };
 
-/// An interface to attach TC programs to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Target {
-    pub netns_inode: u64,
-    pub ifindex: u32,
-    pub ifname: String,
-}
-
-/// The user's selection.
+/// The user's selection, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
-    interfaces: Vec<String>,
-    containers: Vec<String>,
-    netns: Vec<String>,
+    /// `-i`: interfaces.
+    pub interfaces: Vec<String>,
+    /// `--container`: container names.
+    pub containers: Vec<String>,
+    /// `--netns`: named network namespaces.
+    pub netns: Vec<String>,
 }
 
 /// A place a shown packet must touch: a whole namespace, or one interface in it.
@@ -36,14 +31,6 @@ pub enum Place {
 }
 
 impl Selection {
-    pub fn new(args: &TraceArgs) -> Selection {
-        Selection {
-            interfaces: args.interfaces.clone(),
-            containers: args.container.clone(),
-            netns: args.netns.clone(),
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.interfaces.is_empty() && self.containers.is_empty() && self.netns.is_empty()
     }
@@ -105,16 +92,17 @@ impl Selection {
     /// Interfaces for the TC programs: the selected ones, or, for a namespace, its links, their
     /// veth peers, the bridges those are on, and the uplinks next to them. With no selection,
     /// every veth end, bridge and uplink.
-    pub fn targets(places: &BTreeSet<Place>, topology: &Topology) -> Vec<Target> {
+    pub fn targets(places: &BTreeSet<Place>, topology: &Topology) -> Vec<TcTarget> {
         let mut targets = BTreeSet::new();
         let mut add = |ns: &Namespace, ifindex: u32| {
             if let Some(link) = ns.link(ifindex)
                 && link.kind != LinkKind::Loopback
             {
-                targets.insert(Target {
+                targets.insert(TcTarget {
                     netns_inode: ns.inode,
                     ifindex,
                     ifname: link.name.clone(),
+                    netns_path: (!ns.own).then(|| ns.path.clone()),
                 });
             }
         };

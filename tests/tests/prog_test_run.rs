@@ -9,20 +9,21 @@ use aya::maps::{MapData, RingBuf};
 use tracer::{
     decode::{HopEvent, decode},
     filter,
-    kernel::{Programs, Settings},
+    kernel::{LoadOptions, Programs, hooks::HookSet, tc::TcMode},
 };
 use tracer_common::hook::Hook;
 
 const TC_ACT_UNSPEC: i32 = -1;
 
 fn programs() -> (Programs, RingBuf<MapData>) {
-    let mut programs = Programs::load(&Settings {
+    let mut programs = Programs::load(&LoadOptions {
+        hooks: HookSet::all(),
         filter: filter::compile(None).expect("empty filter"),
         ring_bytes: 1 << 16,
         snap_len: 0,
         snap_headers_only: true,
         kernel_btf: None,
-        tc_mode: tracer::kernel::tc::TcMode::Auto,
+        tc_mode: TcMode::Auto,
     })
     .expect("programs load (run as root)");
     let ring = programs.take_events().expect("ring buffer");

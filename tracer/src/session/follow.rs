@@ -2,14 +2,14 @@
 //! interfaces that appear get TC programs within a refresh, interfaces and namespaces that
 //! vanish are forgotten quietly.
 
-use std::{collections::BTreeSet, collections::HashMap, path::PathBuf};
+use std::{collections::BTreeSet, collections::HashMap};
 
+use super::select::{Place, Selection};
 use crate::{
-    cli::{Hooks, TraceArgs, UsageError},
-    kernel::{Programs, tc::AttachError},
+    error::UsageError,
+    kernel::{Programs, hooks::HookSet, tc::AttachError},
     names::NameTable,
-    select::{Place, Selection, Target},
-    topology::{Topology, docker},
+    topology::{Namespace, Topology, docker},
 };
 
 /// What one [`Follower::apply`] did.
@@ -34,17 +34,15 @@ pub struct Follower {
 impl Follower {
     /// Discovers the topology and resolves the selection; an unknown container, namespace or
     /// interface is an error.
-    pub async fn start(args: &TraceArgs) -> anyhow::Result<Follower> {
+    pub async fn start(selection: &Selection, hooks: HookSet) -> anyhow::Result<Follower> {
         let containers = docker_names().await;
         let topology = discover(containers.clone()).await?;
-        let places = Selection::new(args)
-            .places(&topology)
-            .map_err(UsageError::from)?;
+        let places = selection.places(&topology).map_err(UsageError::from)?;
         Ok(Follower {
             topology,
             places,
             containers,
-            tc: args.hooks == Hooks::All,
+            tc: hooks.has_interface_hooks(),
             reported: BTreeSet::new(),
         })
     }
@@ -86,13 +84,12 @@ impl Follower {
             if programs.tc_attached(target.netns_inode, target.ifindex) {
                 continue;
             }
-            let path = self.path_of(target);
-            match programs.attach_tc(target, path.as_deref()) {
+            match programs.attach_tc(target) {
                 Ok(()) => {
                     let place = self
                         .topology
                         .namespace(target.netns_inode)
-                        .map_or_else(String::new, |ns| ns.display_name());
+                        .map_or_else(String::new, Namespace::display_name);
                     applied
                         .attached
                         .push(format!("{} in {place}", target.ifname));
@@ -110,12 +107,6 @@ impl Follower {
 
     pub fn names(&self) -> NameTable {
         self.topology.names()
-    }
-
-    /// Path to enter the target's namespace, `None` for tracer's own.
-    fn path_of(&self, target: &Target) -> Option<PathBuf> {
-        let ns = self.topology.namespace(target.netns_inode)?;
-        (!ns.own).then(|| ns.path.clone())
     }
 }
 

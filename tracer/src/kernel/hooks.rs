@@ -1,16 +1,21 @@
-//! The hook ladder: every hook lists the mechanisms that can implement it, best first, and
-//! tracer uses the first one the running kernel accepts (loads and attaches).
+//! The hook table: every hook tracer has, the programs that implement it, the ladder of
+//! mechanisms that can attach them (best first), and what hop it shows. tracer uses the first
+//! rung the running kernel accepts (loads and attaches).
 //!
 //! Hooks that are kernel tracepoints use the BTF tracepoint (typed, cheap, a stable
 //! interface) and fall back to the raw tracepoint. The NAT function has no tracepoint: it is
 //! reached with fentry, or a kprobe where fentry is refused, and is left out when neither
-//! works; NAT is then still found from conntrack and by comparing hops. TC programs have their
-//! own ladder (TCX links, then clsact; see [`super::tc`]).
+//! works; NAT is then still found from conntrack and by comparing hops. TC programs are
+//! attached per interface, with TCX links where the kernel has them and to a clsact qdisc
+//! otherwise (see [`super::tc`]).
+//!
+//! Adding a hook: a program in tracer-ebpf, its name in `tracer_common::hook::program`, a
+//! [`Hook`] value, and one entry in [`HOOKS`].
 
 use std::{fmt, path::Path};
 
 use aya::programs::{BtfTracePoint, FEntry, KProbe, ProgramError, RawTracePoint};
-use tracer_common::hook::Hook;
+use tracer_common::hook::{Hook, program};
 
 use super::Programs;
 
@@ -24,6 +29,10 @@ pub enum Mechanism {
     Kprobe,
     TpBtf,
     RawTp,
+    /// A TCX link on an interface (Linux 6.6+).
+    Tcx,
+    /// A filter on an interface's clsact qdisc.
+    Clsact,
 }
 
 impl Mechanism {
@@ -33,6 +42,8 @@ impl Mechanism {
             Mechanism::Kprobe => "kprobe",
             Mechanism::TpBtf => "tp_btf",
             Mechanism::RawTp => "raw_tp",
+            Mechanism::Tcx => "tcx",
+            Mechanism::Clsact => "clsact",
         }
     }
 }
@@ -44,78 +55,169 @@ pub struct Rung {
     pub program: &'static str,
 }
 
-/// The ladder of one hook.
+/// Where a hook's programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Once, for the whole kernel (tracepoints, kernel functions).
+    Global,
+    /// On each traced interface (TC).
+    Interface,
+}
+
+/// One hook: what runs where, how it is attached, and what it shows.
 #[derive(Debug, Clone, Copy)]
-pub struct Ladder {
+pub struct HookSpec {
     pub hook: Hook,
-    /// Tracepoint or kernel function the rungs attach to.
+    /// Tracepoint or kernel function the rungs attach to (for TC, the direction).
     pub target: &'static str,
+    pub scope: Scope,
+    /// Mechanisms, best first.
     pub rungs: &'static [Rung],
     /// Whether tracing cannot go on without this hook.
     pub required: bool,
+    /// The hop it shows, for `tracer doctor` and the documentation.
+    pub shows: &'static str,
 }
 
 const fn rung(mechanism: Mechanism, program: &'static str) -> Rung {
     Rung { mechanism, program }
 }
 
-/// Every global hook, in path order.
-pub const LADDERS: [Ladder; 6] = [
-    Ladder {
+/// Every hook, in path order.
+pub const HOOKS: [HookSpec; 8] = [
+    HookSpec {
         hook: Hook::NetDevQueue,
         target: "net_dev_queue",
+        scope: Scope::Global,
         rungs: &[
-            rung(Mechanism::TpBtf, "net_dev_queue"),
-            rung(Mechanism::RawTp, "net_dev_queue_raw"),
+            rung(Mechanism::TpBtf, program::NET_DEV_QUEUE),
+            rung(Mechanism::RawTp, program::NET_DEV_QUEUE_RAW),
         ],
         required: true,
+        shows: "a packet handed to a device for transmission",
     },
-    Ladder {
+    HookSpec {
         hook: Hook::NetDevStartXmit,
         target: "net_dev_start_xmit",
+        scope: Scope::Global,
         rungs: &[
-            rung(Mechanism::TpBtf, "net_dev_start_xmit"),
-            rung(Mechanism::RawTp, "net_dev_start_xmit_raw"),
+            rung(Mechanism::TpBtf, program::NET_DEV_START_XMIT),
+            rung(Mechanism::RawTp, program::NET_DEV_START_XMIT_RAW),
         ],
         required: true,
+        shows: "the driver about to transmit the packet",
     },
-    Ladder {
+    HookSpec {
         hook: Hook::NetifRx,
         target: "netif_rx",
+        scope: Scope::Global,
         rungs: &[
-            rung(Mechanism::TpBtf, "netif_rx"),
-            rung(Mechanism::RawTp, "netif_rx_raw"),
+            rung(Mechanism::TpBtf, program::NETIF_RX),
+            rung(Mechanism::RawTp, program::NETIF_RX_RAW),
         ],
         required: true,
+        shows: "a packet queued to a CPU's backlog (a veth delivering to its peer)",
     },
-    Ladder {
+    HookSpec {
         hook: Hook::NetifReceiveSkb,
         target: "netif_receive_skb",
+        scope: Scope::Global,
         rungs: &[
-            rung(Mechanism::TpBtf, "netif_receive_skb"),
-            rung(Mechanism::RawTp, "netif_receive_skb_raw"),
+            rung(Mechanism::TpBtf, program::NETIF_RECEIVE_SKB),
+            rung(Mechanism::RawTp, program::NETIF_RECEIVE_SKB_RAW),
         ],
         required: true,
+        shows: "a packet entering a device's receive path (a bridge too)",
     },
-    Ladder {
+    HookSpec {
         hook: Hook::KfreeSkb,
         target: "kfree_skb",
+        scope: Scope::Global,
         rungs: &[
-            rung(Mechanism::TpBtf, "kfree_skb"),
-            rung(Mechanism::RawTp, "kfree_skb_raw"),
+            rung(Mechanism::TpBtf, program::KFREE_SKB),
+            rung(Mechanism::RawTp, program::KFREE_SKB_RAW),
         ],
         required: false,
+        shows: "a packet dropped, with the kernel's reason and the dropping function",
     },
-    Ladder {
+    HookSpec {
         hook: Hook::NfNatManipPkt,
         target: "nf_nat_manip_pkt",
+        scope: Scope::Global,
         rungs: &[
-            rung(Mechanism::Fentry, "nf_nat_manip_pkt_fentry"),
-            rung(Mechanism::Kprobe, "nf_nat_manip_pkt_kprobe"),
+            rung(Mechanism::Fentry, program::NF_NAT_MANIP_PKT_FENTRY),
+            rung(Mechanism::Kprobe, program::NF_NAT_MANIP_PKT_KPROBE),
         ],
         required: false,
+        shows: "netfilter about to rewrite the packet (NAT)",
+    },
+    HookSpec {
+        hook: Hook::TcIngress,
+        target: "tc ingress",
+        scope: Scope::Interface,
+        rungs: &[
+            rung(Mechanism::Tcx, program::TC_INGRESS),
+            rung(Mechanism::Clsact, program::TC_INGRESS),
+        ],
+        required: false,
+        shows: "the packet as the device received it, before the stack",
+    },
+    HookSpec {
+        hook: Hook::TcEgress,
+        target: "tc egress",
+        scope: Scope::Interface,
+        rungs: &[
+            rung(Mechanism::Tcx, program::TC_EGRESS),
+            rung(Mechanism::Clsact, program::TC_EGRESS),
+        ],
+        required: false,
+        shows: "the packet as the device sends it, after queueing decisions",
     },
 ];
+
+/// The table entry of `hook`.
+pub fn spec(hook: Hook) -> &'static HookSpec {
+    HOOKS
+        .iter()
+        .find(|spec| spec.hook == hook)
+        .expect("every hook has an entry in HOOKS")
+}
+
+/// A set of hooks to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookSet(u16);
+
+impl HookSet {
+    /// Every hook in the table.
+    pub fn all() -> HookSet {
+        HOOKS
+            .iter()
+            .fold(HookSet(0), |set, spec| set.with(spec.hook))
+    }
+
+    /// Every hook attached once for the whole kernel: no per-interface (TC) programs.
+    pub fn global() -> HookSet {
+        HOOKS
+            .iter()
+            .filter(|spec| spec.scope == Scope::Global)
+            .fold(HookSet(0), |set, spec| set.with(spec.hook))
+    }
+
+    pub fn with(self, hook: Hook) -> HookSet {
+        HookSet(self.0 | 1 << hook as u8)
+    }
+
+    pub fn contains(self, hook: Hook) -> bool {
+        self.0 & (1 << hook as u8) != 0
+    }
+
+    /// Whether any hook of the set is attached per interface.
+    pub fn has_interface_hooks(self) -> bool {
+        HOOKS
+            .iter()
+            .any(|spec| spec.scope == Scope::Interface && self.contains(spec.hook))
+    }
+}
 
 /// Why a rung was not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,10 +239,10 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// What happened on one ladder.
+/// What happened on one hook's ladder.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub ladder: Ladder,
+    pub spec: HookSpec,
     /// Every rung tried, in order, with its result.
     pub tried: Vec<(Mechanism, Result<(), Refusal>)>,
 }
@@ -155,23 +257,27 @@ impl Outcome {
 }
 
 impl Programs {
-    /// Climbs every ladder: attaches each hook with the first rung that works. With `all`,
-    /// tries every rung even after one worked (for `tracer doctor`), keeping only the first.
+    /// Climbs the ladder of every global hook in the loaded set: attaches each with the first
+    /// rung that works. With `all`, tries every rung even after one worked (for `tracer
+    /// doctor`), keeping only the first.
     pub fn climb(&mut self, all: bool) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
-        for ladder in LADDERS {
+        for spec in HOOKS {
+            if spec.scope != Scope::Global || !self.hooks.contains(spec.hook) {
+                continue;
+            }
             let mut outcome = Outcome {
-                ladder,
+                spec,
                 tried: Vec::new(),
             };
-            for rung in ladder.rungs {
+            for rung in spec.rungs {
                 let chosen = outcome.chosen().is_some();
                 if chosen && !all {
                     break;
                 }
-                let result = self.try_rung(ladder.target, *rung, !chosen);
+                let result = self.try_rung(spec.target, *rung, !chosen);
                 if result.is_ok() && !chosen {
-                    self.attachments.push((ladder.hook, rung.mechanism));
+                    self.attachments.push((spec.hook, rung.mechanism));
                 }
                 outcome.tried.push((rung.mechanism, result));
             }
@@ -211,6 +317,10 @@ impl Programs {
                 let result = p.attach().map(drop).map_err(attach);
                 settle(result, keep, || p.unload())
             }
+            Mechanism::Tcx | Mechanism::Clsact => Err(Refusal::Load(format!(
+                "{} is attached per interface, not globally",
+                rung.program
+            ))),
             Mechanism::Kprobe => {
                 let p: &mut KProbe = program.try_into().map_err(load)?;
                 p.load().map_err(load)?;

@@ -1,0 +1,112 @@
+//! Numbers and offsets from the packet formats and the kernel that both sides read: EtherTypes,
+//! header offsets, IP protocol numbers, TCP flag bits and conntrack's packet states. The kernel
+//! programs parse with them and the collector names and interprets what they found with them.
+
+/// Link-layer (Ethernet) framing, as TC programs see a packet (include/uapi/linux/if_ether.h).
+pub mod ether {
+    /// `ETH_HLEN`: destination and source MAC and the EtherType.
+    pub const HEADER_LEN: u32 = 14;
+    /// Offset of the EtherType in the Ethernet header (after two 6-byte MAC addresses).
+    pub const TYPE_OFFSET: u32 = 12;
+    /// `VLAN_HLEN`: one 802.1Q tag (TCI and the inner EtherType).
+    pub const VLAN_HEADER_LEN: u32 = 4;
+    /// Offset of the inner EtherType in a VLAN tag.
+    pub const VLAN_TYPE_OFFSET: u32 = 2;
+    /// `ETH_P_IP`
+    pub const P_IP: u16 = 0x0800;
+    /// `ETH_P_IPV6`
+    pub const P_IPV6: u16 = 0x86dd;
+    /// `ETH_P_8021Q`
+    pub const P_8021Q: u16 = 0x8100;
+    /// `ETH_P_8021AD`
+    pub const P_8021AD: u16 = 0x88a8;
+}
+
+/// IP protocol numbers (include/uapi/linux/in.h, in6.h).
+pub mod ipproto {
+    /// IPv6 hop-by-hop options.
+    pub const HOPOPTS: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    /// IPv6 routing header.
+    pub const ROUTING: u8 = 43;
+    /// IPv6 fragment header.
+    pub const FRAGMENT: u8 = 44;
+    pub const ICMPV6: u8 = 58;
+    /// IPv6 destination options.
+    pub const DSTOPTS: u8 = 60;
+    pub const SCTP: u8 = 132;
+
+    /// Whether the protocol's header starts with 16-bit source and destination ports.
+    pub const fn has_ports(proto: u8) -> bool {
+        matches!(proto, TCP | UDP | SCTP)
+    }
+}
+
+/// Header lengths the parser and the capture length use.
+pub mod header {
+    /// A UDP header.
+    pub const UDP_LEN: u16 = 8;
+    /// SCTP's common header.
+    pub const SCTP_LEN: u16 = 12;
+    /// ICMP and ICMPv6: type, code, checksum and the 4-byte rest of header.
+    pub const ICMP_LEN: u16 = 8;
+    /// A TCP header up to and including the flags byte (what the parser reads).
+    pub const TCP_FLAGS_END: usize = 14;
+}
+
+/// TCP flag bits in the flags byte (byte 13 of the header), FIN first, as tcpdump orders them.
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// Conntrack's view of a packet: `skb->_nfct` holds the `nf_conn` pointer with
+/// `enum ip_conntrack_info` in its low bits (include/linux/skbuff.h,
+/// include/uapi/linux/netfilter/nf_conntrack_common.h).
+pub mod conntrack {
+    /// `NFCT_INFOMASK`
+    pub const INFO_MASK: u64 = 7;
+    /// `IP_CT_UNTRACKED`: the packet is explicitly not tracked.
+    pub const UNTRACKED: u64 = 7;
+    /// `AF_INET` as stored in `nf_conntrack_tuple.src.l3num`.
+    pub const AF_INET: u16 = 2;
+    /// `AF_INET6` as stored in `nf_conntrack_tuple.src.l3num`.
+    pub const AF_INET6: u16 = 10;
+    /// `sizeof(struct nf_conntrack_tuple)`: the programs copy this many bytes, and the
+    /// collector checks the running kernel's BTF agrees before it loads them.
+    pub const TUPLE_SIZE: usize = 40;
+
+    /// `PacketEvent::ct_state` for a packet whose entry has `info` (`enum ip_conntrack_info`):
+    /// the state plus one, so that 0 can mean "no entry".
+    #[inline(always)]
+    pub const fn encode_state(info: u8) -> u8 {
+        info + 1
+    }
+
+    /// The `enum ip_conntrack_info` that [`encode_state`] stored, or `None` for "no entry".
+    #[inline(always)]
+    pub const fn decode_state(state: u8) -> Option<u8> {
+        state.checked_sub(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conntrack::{decode_state, encode_state};
+
+    #[test]
+    fn conntrack_states_round_trip() {
+        for info in 0..=6 {
+            assert_eq!(decode_state(encode_state(info)), Some(info));
+        }
+        assert_eq!(decode_state(0), None);
+    }
+}

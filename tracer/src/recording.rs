@@ -1,0 +1,50 @@
+//! The format of `--record` files: each raw ring buffer record as a little-endian `u32` length
+//! followed by its bytes. The reader writes it; `tracer replay`, the golden tests and the
+//! benchmarks read it back.
+
+use std::io::{self, Read, Write};
+
+/// Where raw records are copied to with `--record`.
+pub type Recorder = Box<dyn Write + Send>;
+
+/// Appends one record.
+pub fn write(out: &mut impl Write, record: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(record.len()).map_err(io::Error::other)?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(record)
+}
+
+/// Reads records written by [`write`] back one at a time, for replay without the kernel.
+pub struct Recording<R> {
+    input: R,
+}
+
+impl<R: Read> Recording<R> {
+    pub fn new(input: R) -> Self {
+        Recording { input }
+    }
+
+    /// Reads the next record into `record`; false at the end of the recording.
+    pub fn next_into(&mut self, record: &mut Vec<u8>) -> io::Result<bool> {
+        let mut len = [0u8; 4];
+        match self.input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(err) => return Err(err),
+        }
+        record.resize(u32::from_le_bytes(len) as usize, 0);
+        self.input.read_exact(record)?;
+        Ok(true)
+    }
+}
+
+/// Every record of a recording.
+pub fn read_recording(input: impl Read) -> io::Result<Vec<Vec<u8>>> {
+    let mut recording = Recording::new(input);
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    while recording.next_into(&mut record)? {
+        records.push(std::mem::take(&mut record));
+    }
+    Ok(records)
+}

@@ -1,0 +1,410 @@
+//! A live trace: discover, load and attach, read, correlate, write, detach.
+//!
+//! [`Trace::start`] checks what the user asked for, opens the outputs, discovers the topology,
+//! loads the programs and attaches them, and starts the ring buffer reader; [`Trace::run`]
+//! feeds the session until Ctrl-C, SIGTERM, `-c` or `--duration`; [`Trace::finish`] drains
+//! the ring, writes what is left and the statistics, and detaches everything.
+
+use std::{
+    io::{self, IsTerminal},
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tracer_common::event::SNAP_MAX;
+
+use super::{Session, follow::Follower, select::Selection};
+use crate::{
+    clock::{monotonic_ns, realtime_offset_ns},
+    correlate::Limits,
+    decode::HopEvent,
+    error::UsageError,
+    kernel::{
+        self, LoadOptions, Programs,
+        hooks::{HookSet, Outcome},
+        tc::TcMode,
+    },
+    output::{self, Format, HookStats, Output, RunStats},
+    reader::{self, ReaderStats},
+    recording::Recorder,
+};
+
+/// How often idle packets are completed and flows expired.
+const TICK: Duration = Duration::from_millis(20);
+/// How often the topology is read again, to attach to new interfaces and name new namespaces.
+const REFRESH: Duration = Duration::from_millis(500);
+/// Batches of events the reader may have sent ahead of the session.
+const BATCHES_IN_FLIGHT: usize = 64;
+
+/// What a live trace is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The filter expression (tcpdump syntax), `None` for every packet.
+    pub expression: Option<String>,
+    /// What to look at (`-i`, `--container`, `--netns`).
+    pub selection: Selection,
+    pub hooks: HookSet,
+    pub tc_mode: TcMode,
+    /// Stop after this many packets.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Format on stdout.
+    pub format: Format,
+    pub ring_bytes: u32,
+    /// A packet is complete when no hop joined it for this long.
+    pub packet_timeout: Duration,
+    /// `-w`: also a pcapng file.
+    pub pcapng: Option<PathBuf>,
+    /// `-s`: bytes per hop for the pcapng file; only headers when `None`.
+    pub snap_len: Option<u32>,
+    pub kernel_btf: Option<PathBuf>,
+    /// `--record`: raw events to this file.
+    pub record: Option<PathBuf>,
+    /// Created once every hook is attached.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// A running trace.
+pub struct Trace {
+    options: Options,
+    session: Session<'static>,
+    programs: Programs,
+    follower: Follower,
+    reader: JoinHandle<anyhow::Result<()>>,
+    reader_stats: Arc<ReaderStats>,
+    batches: mpsc::Receiver<Vec<HopEvent>>,
+    stop: watch::Sender<bool>,
+    signals: [Signal; 2],
+}
+
+impl Trace {
+    /// Everything up to the ready signal.
+    pub async fn start(options: Options) -> anyhow::Result<Trace> {
+        crate::privileges::check()?;
+        kernel::check_ring_bytes(options.ring_bytes).map_err(UsageError::from)?;
+        let filter = match &options.expression {
+            Some(expression) => Some(crate::filter::parse(expression).map_err(UsageError::from)?),
+            None => None,
+        };
+        let filter = crate::filter::compile(filter.as_ref()).map_err(UsageError::from)?;
+        let mut follower = Follower::start(&options.selection, options.hooks).await?;
+        // Output files first: a path that cannot be written is reported before anything loads.
+        let pcapng = options
+            .pcapng
+            .as_deref()
+            .map(output::create_private)
+            .transpose()
+            .map_err(UsageError::from)?;
+        let recorder = match &options.record {
+            Some(path) => Some(Box::new(io::BufWriter::new(
+                output::create_private(path).map_err(UsageError::from)?,
+            )) as Recorder),
+            None => None,
+        };
+        let mut programs = Programs::load(&LoadOptions {
+            hooks: options.hooks,
+            filter,
+            ring_bytes: options.ring_bytes,
+            snap_len: match (&pcapng, options.snap_len) {
+                (None, _) => 0,
+                (Some(_), Some(bytes)) => bytes,
+                (Some(_), None) => SNAP_MAX as u32,
+            },
+            // Payload only when asked for with -s.
+            snap_headers_only: options.snap_len.is_none(),
+            kernel_btf: options.kernel_btf.clone(),
+            tc_mode: options.tc_mode,
+        })?;
+        for outcome in programs.climb(false) {
+            report_unused(&outcome)?;
+        }
+        for message in follower.apply(&mut programs).failures {
+            eprintln!("tracer: warning: {message}");
+        }
+        for note in programs.notes() {
+            eprintln!("tracer: note: {note}");
+        }
+        for cleaned in programs.tc_cleaned() {
+            eprintln!("tracer: note: {cleaned}");
+        }
+        let ring = programs.take_events()?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let (batch_tx, batches) = mpsc::channel::<Vec<HopEvent>>(BATCHES_IN_FLIGHT);
+        let reader_stats = Arc::new(ReaderStats::default());
+        let reader = tokio::spawn(reader::run(
+            ring,
+            batch_tx,
+            stop_rx,
+            Arc::clone(&reader_stats),
+            recorder,
+        ));
+
+        let output_options = output::Options {
+            realtime_offset_ns: realtime_offset_ns(),
+            snap_len: options.snap_len.unwrap_or(SNAP_MAX as u32),
+        };
+        let mut outputs: Vec<Box<dyn Output>> = vec![output::open(
+            options.format,
+            io::BufWriter::new(io::stdout()),
+            &output_options,
+        )?];
+        if let Some(file) = pcapng {
+            outputs.push(output::open(
+                Format::Pcapng,
+                io::BufWriter::new(file),
+                &output_options,
+            )?);
+        }
+        let mut names = follower.names();
+        names.set_drop_reasons(programs.drop_reasons().clone());
+        let session = Session::new(
+            Limits {
+                packet_idle_ns: options.packet_timeout.as_nanos() as u64,
+                ..Limits::default()
+            },
+            follower.places.clone(),
+            options.count,
+            outputs,
+            names,
+        );
+
+        // Signal handlers go in before the ready line, so a signal sent right after it is seen.
+        let signals = [
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ];
+        announce_ready(&programs, &options)?;
+        Ok(Trace {
+            options,
+            session,
+            programs,
+            follower,
+            reader,
+            reader_stats,
+            batches,
+            stop,
+            signals,
+        })
+    }
+
+    /// Feeds the session until a signal, `-c` or `--duration`, and until the reader has drained
+    /// the ring after that.
+    pub async fn run(&mut self) -> anyhow::Result<()> {
+        let deadline = self
+            .options
+            .duration
+            .map(|d| tokio::time::Instant::now() + d);
+        let mut tick = tokio::time::interval(TICK);
+        let mut refresh = tokio::time::interval(REFRESH);
+        refresh.reset();
+        // A live status line on stderr, only for a person watching a terminal.
+        let live = io::stderr().is_terminal();
+        let mut status = tokio::time::interval(Duration::from_secs(1));
+        let mut stopping = false;
+        loop {
+            let [sigint, sigterm] = &mut self.signals;
+            tokio::select! {
+                batch = self.batches.recv() => match batch {
+                    Some(batch) => self.push(batch),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    // Events already read but not yet handed over come first, and packets are
+                    // only declared complete up to the time the reader last found the ring
+                    // empty: a reader running late must not cut a packet's path in two.
+                    while let Ok(batch) = self.batches.try_recv() {
+                        self.push(batch);
+                    }
+                    let horizon = self.reader_stats.drained_at.load(Ordering::Acquire);
+                    self.session.tick(monotonic_ns().min(horizon));
+                }
+                _ = refresh.tick(), if !stopping => self.refresh().await,
+                _ = status.tick(), if live => self.show_status(),
+                _ = sigint.recv(), if !stopping => stopping = true,
+                _ = sigterm.recv(), if !stopping => stopping = true,
+                _ = sleep_until(deadline), if !stopping => stopping = true,
+            }
+            if self.session.write_ready()? {
+                stopping = true;
+            }
+            if stopping {
+                // The reader drains the ring once more and closes the channel.
+                self.stop.send_replace(true);
+            }
+        }
+        if live {
+            eprint!("\r\x1b[K");
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and the statistics, and detaches everything.
+    pub async fn finish(self) -> anyhow::Result<RunStats> {
+        let Trace {
+            session,
+            programs,
+            reader,
+            reader_stats,
+            ..
+        } = self;
+        reader.await.context("ring buffer reader failed")??;
+        let mut hooks: Vec<_> = programs.counters()?.into_iter().collect();
+        hooks.sort_by_key(|(hook, _)| *hook);
+        let stats = session.finish(|stats| {
+            stats.events = reader_stats.records.load(Ordering::Relaxed);
+            stats.malformed = reader_stats.malformed.load(Ordering::Relaxed);
+            for (hook, counters) in hooks {
+                stats.lost += counters.lost;
+                stats.filtered += counters.filtered;
+                stats.hooks.push(HookStats {
+                    hook: hook.name().to_owned(),
+                    seen: counters.seen,
+                    filtered: counters.filtered,
+                    emitted: counters.emitted,
+                    lost: counters.lost,
+                });
+            }
+        })?;
+        // Like tcpdump's closing line: on stderr too, so it is seen whatever stdout is.
+        eprintln!(
+            "tracer: {} events, {} lost, {} malformed; {} packets in {} flows",
+            stats.events, stats.lost, stats.malformed, stats.packets, stats.flows
+        );
+        drop(programs);
+        Ok(stats)
+    }
+
+    /// Hands a batch to the session, naming the interfaces of TC events.
+    fn push(&mut self, batch: Vec<HopEvent>) {
+        let programs = &self.programs;
+        self.session.push(batch.into_iter().map(|mut event| {
+            resolve_tc_interface(programs, &mut event);
+            event
+        }));
+    }
+
+    /// Reads the topology again: new namespaces get names and TC programs.
+    async fn refresh(&mut self) {
+        if let Err(err) = self.follower.refresh().await {
+            log::warn!("failed to read the topology: {err:#}");
+        }
+        // Names first, so that packets of a new namespace are named once it is followed.
+        self.session.rename(self.follower.names());
+        let applied = self.follower.apply(&mut self.programs);
+        for message in applied.failures {
+            eprintln!("tracer: warning: {message}");
+        }
+        if !applied.attached.is_empty() {
+            eprintln!("tracer: following {}", applied.attached.join(", "));
+        }
+        for cleaned in self.programs.tc_cleaned() {
+            eprintln!("tracer: note: {cleaned}");
+        }
+    }
+
+    fn show_status(&self) {
+        let (emitted, lost) = self.programs.counters().map_or((0, 0), |counters| {
+            counters
+                .values()
+                .fold((0, 0), |(e, l), c| (e + c.emitted, l + c.lost))
+        });
+        let (open_packets, open_flows) = self.session.sizes();
+        eprint!(
+            "\r\x1b[Ktracer: {emitted} events, {lost} lost; {} packets shown; {open_packets} packets and {open_flows} flows open",
+            self.session.packets_shown()
+        );
+    }
+}
+
+/// Says which hook could not be attached, and fails when tracing cannot go on without it.
+fn report_unused(outcome: &Outcome) -> anyhow::Result<()> {
+    if outcome.chosen().is_some() {
+        return Ok(());
+    }
+    let tried: Vec<String> = outcome
+        .tried
+        .iter()
+        .map(|(mechanism, result)| match result {
+            Ok(()) => format!("{}: works", mechanism.name()),
+            Err(refusal) => format!("{}: {refusal}", mechanism.name()),
+        })
+        .collect();
+    let message = format!("no {} hop ({})", outcome.spec.target, tried.join("; "));
+    if outcome.spec.required {
+        anyhow::bail!("{message}; `tracer doctor` shows what this kernel allows");
+    }
+    eprintln!("tracer: note: {message}");
+    Ok(())
+}
+
+/// Tells scripts that every hook is attached: a line on stderr and, if asked, a file.
+fn announce_ready(programs: &Programs, options: &Options) -> anyhow::Result<()> {
+    let stack = programs.attachments().len();
+    let (tc, mechanism) = programs.tc_summary();
+    let mut parts: Vec<String> = Vec::new();
+    for (_, mechanism) in programs.attachments() {
+        let count = programs
+            .attachments()
+            .iter()
+            .filter(|(_, m)| m == mechanism)
+            .count();
+        let part = format!("{count} {}", mechanism.name());
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    if let Some(mechanism) = mechanism {
+        parts.push(format!(
+            "{} {} on {tc} interfaces",
+            tc * 2,
+            mechanism.name()
+        ));
+    }
+    eprintln!(
+        "tracer: ready: {} hooks attached ({}){}",
+        stack + tc * 2,
+        parts.join(", "),
+        options
+            .expression
+            .as_ref()
+            .map(|e| format!(", filter '{e}'"))
+            .unwrap_or_default(),
+    );
+    if let Some(path) = &options.ready_file {
+        std::fs::write(path, b"ready\n")
+            .with_context(|| format!("failed to write ready file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// TC events carry only an interface index; name the interface and its namespace when only
+/// one attached interface has that index. Otherwise the correlator takes them from the
+/// packet's neighbouring hop on the same index.
+fn resolve_tc_interface(programs: &Programs, event: &mut HopEvent) {
+    if !event.tc {
+        return;
+    }
+    let mut candidates = programs
+        .tc_interfaces()
+        .filter(|i| i.ifindex == event.ifindex);
+    if let (Some(only), None) = (candidates.next(), candidates.next()) {
+        event.netns_inode = only.netns_inode;
+        event.ifname = only.ifname;
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,173 @@
+//! A trace session: what connects the stages. [`Session`] is the collector's side, shared by
+//! a live trace ([`live::Trace`]) and `tracer replay` ([`replay`]): decoded events in, the
+//! correlator's records out to every output, with the user's selection and `-c` applied.
+//!
+//! This is the only layer that knows about both the kernel and the outputs, and (with
+//! [`select`] and [`follow`]) about what the user selected.
+
+pub mod follow;
+pub mod live;
+pub mod replay;
+pub mod select;
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    io,
+};
+
+use crate::{
+    correlate::{Correlator, Limits, PacketTrace, Record},
+    decode::HopEvent,
+    names::{NameTable, kernel_symbol},
+    output::{Output, RunStats},
+};
+use select::{Place, touches};
+
+/// The collector's side of a trace.
+pub struct Session<'a> {
+    correlator: Correlator,
+    shown: Shown,
+    outputs: Vec<Box<dyn Output + 'a>>,
+    names: NameTable,
+    stats: RunStats,
+}
+
+impl<'a> Session<'a> {
+    /// A session writing to `outputs`, showing packets that touch `places` (all when empty),
+    /// at most `count` of them.
+    pub fn new(
+        limits: Limits,
+        places: BTreeSet<Place>,
+        count: Option<u64>,
+        outputs: Vec<Box<dyn Output + 'a>>,
+        names: NameTable,
+    ) -> Session<'a> {
+        Session {
+            correlator: Correlator::new(limits),
+            shown: Shown {
+                places,
+                count,
+                flows: HashSet::new(),
+            },
+            outputs,
+            names,
+            stats: RunStats::default(),
+        }
+    }
+
+    /// Adds decoded events.
+    pub fn push(&mut self, events: impl IntoIterator<Item = HopEvent>) {
+        for event in events {
+            self.correlator.push(event);
+        }
+    }
+
+    /// Completes idle packets and ends idle flows as of `now_ns` (the events' clock).
+    pub fn tick(&mut self, now_ns: u64) {
+        self.correlator.tick(now_ns);
+    }
+
+    /// Writes what the correlator has ready. Returns true once `-c` packets were written.
+    pub fn write_ready(&mut self) -> io::Result<bool> {
+        let mut wrote = false;
+        while let Some(record) = self.correlator.pop() {
+            if !self.shown.admits(&record, &mut self.stats) {
+                continue;
+            }
+            if let Record::Packet(packet) = &record {
+                name_drop_locations(packet, &mut self.names);
+            }
+            for output in &mut self.outputs {
+                output.record(&record, &self.names)?;
+            }
+            wrote = true;
+        }
+        if wrote {
+            for output in &mut self.outputs {
+                output.flush()?;
+            }
+        }
+        Ok(self.shown.count_reached(&self.stats))
+    }
+
+    /// Completes every packet and flow, writes them, and ends every output with the
+    /// statistics: the session's own counts (packets, flows) and what `totals` adds (the
+    /// reader's and the kernel's counts).
+    pub fn finish(mut self, totals: impl FnOnce(&mut RunStats)) -> io::Result<RunStats> {
+        self.correlator.finish();
+        self.write_ready()?;
+        totals(&mut self.stats);
+        for output in &mut self.outputs {
+            output.stats(&self.stats)?;
+        }
+        Ok(self.stats)
+    }
+
+    /// Packets collecting hops and flows open, for the live status line.
+    pub fn sizes(&self) -> (usize, usize) {
+        self.correlator.sizes()
+    }
+
+    /// Packets written so far.
+    pub fn packets_shown(&self) -> u64 {
+        self.stats.packets
+    }
+
+    /// Replaces the names of namespaces and containers (the topology changed), keeping what
+    /// was learnt of the kernel's names.
+    pub fn rename(&mut self, mut names: NameTable) {
+        names.keep_kernel_names(&self.names);
+        self.names = names;
+    }
+}
+
+/// Which records are shown: the selection (`-i`, `--container`, `--netns`) and `-c`.
+struct Shown {
+    places: BTreeSet<Place>,
+    count: Option<u64>,
+    /// Flows with a shown packet, when a selection hides some.
+    flows: HashSet<u64>,
+}
+
+impl Shown {
+    /// Whether to show `record`, counting what is shown.
+    fn admits(&mut self, record: &Record, stats: &mut RunStats) -> bool {
+        let selective = !self.places.is_empty();
+        match record {
+            Record::Packet(packet) => {
+                if self.count_reached(stats) || !touches(packet, &self.places) {
+                    return false;
+                }
+                if selective {
+                    self.flows.insert(packet.flow_id);
+                }
+                stats.packets += 1;
+                true
+            }
+            Record::Nat(nat) => !selective || self.flows.contains(&nat.flow_id),
+            Record::Flow(flow) => {
+                let shown = !selective || self.flows.remove(&flow.flow_id);
+                if shown {
+                    stats.flows += 1;
+                }
+                shown
+            }
+        }
+    }
+
+    fn count_reached(&self, stats: &RunStats) -> bool {
+        self.count.is_some_and(|n| stats.packets >= n)
+    }
+}
+
+/// Looks up the kernel functions that dropped the packet, once per address.
+fn name_drop_locations(packet: &PacketTrace, names: &mut NameTable) {
+    for hop in &packet.hops {
+        if let Some(drop) = hop.event.drop
+            && !names.has_symbol(drop.location)
+            && let Some(symbol) = kernel_symbol(drop.location)
+        {
+            names.set_symbol(drop.location, symbol);
+        }
+    }
+}
