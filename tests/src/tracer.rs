@@ -107,10 +107,19 @@ impl Tracer {
             stderr: Some(stderr),
             lines,
         };
-        if tracer
+        // With TC programs asked for, they attach after the ready line, in the background;
+        // tests that trace TC hops wait for them too.
+        let ready = tracer
             .wait_for_line(READY_TIMEOUT, |line| line.starts_with("tracer: ready"))
-            .is_err()
-        {
+            .and_then(|_| {
+                if asks_for_tc(args) {
+                    tracer.wait_for_line(READY_TIMEOUT, |line| {
+                        line.starts_with("tracer: TC programs attached")
+                    })?;
+                }
+                Ok(())
+            });
+        if ready.is_err() {
             let finished = tracer.kill()?;
             bail!(
                 "tracer did not become ready ({}): {}",
@@ -186,6 +195,16 @@ impl Drop for Tracer {
             let _ = self.kill();
         }
     }
+}
+
+/// Whether `args` ask for the TC programs (`--hooks all`, `--hooks +tc`, ...).
+fn asks_for_tc(args: &[&str]) -> bool {
+    args.windows(2).any(|pair| {
+        pair[0] == "--hooks"
+            && pair[1]
+                .split(',')
+                .any(|item| matches!(item.trim_start_matches('+'), "all" | "tc"))
+    })
 }
 
 /// Runs `tracer ARGS` to completion (for commands that exit by themselves).

@@ -50,16 +50,23 @@ fn hook_ladder_matches_the_kernel() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
     let server = SocketAddr::from((SERVER_ADDR, port));
     let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--output", "json"])?;
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "+tc",
+    ])?;
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);
-    let ready = finished
+    let attached = finished
         .stderr
         .lines()
-        .find(|l| l.starts_with("tracer: ready"))
+        .find(|l| l.starts_with("tracer: TC programs attached"))
         .unwrap_or_default();
-    assert!(ready.contains(&format!(" {tc} on ")), "{ready}");
+    assert!(attached.ends_with(&format!(" ({tc})")), "{attached}");
 
     let ctr_ns = &testbed.containers[0].netns.name;
     let packets = trace::packets(&finished.json()?);
@@ -103,6 +110,8 @@ fn clsact_filters_never_outlive_tracer() -> anyhow::Result<()> {
     let args = [
         "--port",
         "10082",
+        "--hooks",
+        "+tc",
         "--tc-mode",
         "clsact",
         "-i",

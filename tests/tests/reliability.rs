@@ -13,7 +13,7 @@ use tracer_tests::{
 
 /// Starts a tracer with TC programs on the testbed's host side, returns it with its links.
 fn start(testbed: &Testbed, extra: &[&str]) -> anyhow::Result<(Tracer, Vec<u32>)> {
-    let mut args = vec!["--netns", &testbed.host.name];
+    let mut args = vec!["--netns", &testbed.host.name, "--hooks", "all"];
     args.extend_from_slice(extra);
     let tracer = Tracer::start(&args)?;
     let links = bpf::links_of(tracer.pid());
@@ -49,7 +49,14 @@ fn error_exit_detaches_everything() -> anyhow::Result<()> {
     let listener = traffic::listen(&testbed.remote, server)?;
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full")?;
     let tracer = Tracer::start_with_stdout(
-        &["--netns", &testbed.host.name, "--port", &port.to_string()],
+        &[
+            "--netns",
+            &testbed.host.name,
+            "--port",
+            &port.to_string(),
+            "--hooks",
+            "all",
+        ],
         Stdio::from(full),
     )?;
     let links = bpf::links_of(tracer.pid());
@@ -87,12 +94,21 @@ fn traffic_passes_untouched_and_later_tc_programs_see_it() -> anyhow::Result<()>
     let receiver = traffic::udp_bind(&testbed.remote, server)?;
     let sender = traffic::udp_bind(&ctr.netns, SocketAddr::from((ctr.addr, 0)))?;
 
-    let first = Tracer::start(&["--port", &port.to_string(), "--output", "json"])?;
+    let first = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "+tc",
+    ])?;
     let second = Tracer::start(&[
         "--port",
         &port.to_string(),
         "--output",
         "json",
+        "--hooks",
+        "+tc",
         "-i",
         &ctr.host_veth,
         "--netns",
@@ -131,7 +147,14 @@ fn faults_during_a_trace_are_survived() -> anyhow::Result<()> {
     let mut testbed = Testbed::up(3)?;
     let server = SocketAddr::from((SERVER_ADDR, port));
     let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::start(&["--port", &port.to_string(), "--output", "json"])?;
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--hooks",
+        "+tc",
+    ])?;
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
 
     testbed.replug(1)?;

@@ -24,6 +24,8 @@ fn tc_hops_sit_between_the_stack_hops_of_their_interface() -> anyhow::Result<()>
         &port.to_string(),
         "--output",
         "json",
+        "--hooks",
+        "all",
         "-i",
         "docker0",
         "-i",
@@ -34,8 +36,16 @@ fn tc_hops_sit_between_the_stack_hops_of_their_interface() -> anyhow::Result<()>
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);
+    // Every global hook is attached before the ready line, the TC programs after it.
     assert!(
-        finished.stderr.contains("5 tp_btf, 4 tcx on 2 interfaces"),
+        finished.stderr.contains("ready: 5 hooks attached (5 tp_btf"),
+        "{}",
+        finished.stderr
+    );
+    assert!(
+        finished
+            .stderr
+            .contains("TC programs attached to 2 interfaces (tcx)"),
         "{}",
         finished.stderr
     );

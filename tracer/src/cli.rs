@@ -74,10 +74,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "NAME")]
     pub netns: Vec<String>,
 
-    /// Which hooks to use: the stack tracepoints alone, or also TC programs on the
-    /// interfaces of containers, bridges and uplinks.
-    #[arg(long, value_enum, default_value_t = Hooks::All)]
-    pub hooks: Hooks,
+    /// Which hooks to use, as comma-separated changes to the default set (queue, receive,
+    /// drop, nat): `+tc` adds TC programs, `+xmit` and `+rx` the transmit and backlog
+    /// tracepoints, `-nat` removes one; `all`, `stack` (all but TC) or a bare list (`queue,drop`)
+    /// start over. See the README for what each adds and costs.
+    #[arg(long, value_name = "HOOKS", default_value = "default", value_parser = parse_hooks)]
+    pub hooks: HookSet,
 
     /// How TC programs are attached: TCX links where the kernel has them (auto), or filters on
     /// a clsact qdisc (as `tc filter show` lists them).
@@ -155,7 +157,7 @@ impl From<TraceArgs> for live::Options {
                 containers: args.container,
                 netns: args.netns,
             },
-            hooks: args.hooks.into(),
+            hooks: args.hooks,
             tc_mode: args.tc_mode.into(),
             count: args.count,
             duration: args.duration,
@@ -189,22 +191,8 @@ impl From<Format> for output::Format {
     }
 }
 
-/// Hook sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Hooks {
-    /// Stack tracepoints, NAT functions where the kernel allows, and TC programs.
-    All,
-    /// Stack tracepoints and NAT functions only; no TC programs are attached.
-    Stack,
-}
-
-impl From<Hooks> for HookSet {
-    fn from(hooks: Hooks) -> Self {
-        match hooks {
-            Hooks::All => HookSet::all(),
-            Hooks::Stack => HookSet::global(),
-        }
-    }
+fn parse_hooks(spec: &str) -> Result<HookSet, String> {
+    HookSet::parse(spec)
 }
 
 /// How TC programs are attached.

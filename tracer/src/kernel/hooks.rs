@@ -68,6 +68,10 @@ pub enum Scope {
 #[derive(Debug, Clone, Copy)]
 pub struct HookSpec {
     pub hook: Hook,
+    /// What `--hooks` calls it (the TC hooks share one name).
+    pub name: &'static str,
+    /// Whether a trace uses it unless told otherwise.
+    pub default: bool,
     /// Tracepoint or kernel function the rungs attach to (for TC, the direction).
     pub target: &'static str,
     pub scope: Scope,
@@ -87,6 +91,8 @@ const fn rung(mechanism: Mechanism, program: &'static str) -> Rung {
 pub const HOOKS: [HookSpec; 8] = [
     HookSpec {
         hook: Hook::NetDevQueue,
+        name: "queue",
+        default: true,
         target: "net_dev_queue",
         scope: Scope::Global,
         rungs: &[
@@ -98,28 +104,34 @@ pub const HOOKS: [HookSpec; 8] = [
     },
     HookSpec {
         hook: Hook::NetDevStartXmit,
+        name: "xmit",
+        default: false,
         target: "net_dev_start_xmit",
         scope: Scope::Global,
         rungs: &[
             rung(Mechanism::TpBtf, program::NET_DEV_START_XMIT),
             rung(Mechanism::RawTp, program::NET_DEV_START_XMIT_RAW),
         ],
-        required: true,
+        required: false,
         shows: "the driver about to transmit the packet",
     },
     HookSpec {
         hook: Hook::NetifRx,
+        name: "rx",
+        default: false,
         target: "netif_rx",
         scope: Scope::Global,
         rungs: &[
             rung(Mechanism::TpBtf, program::NETIF_RX),
             rung(Mechanism::RawTp, program::NETIF_RX_RAW),
         ],
-        required: true,
+        required: false,
         shows: "a packet queued to a CPU's backlog (a veth delivering to its peer)",
     },
     HookSpec {
         hook: Hook::NetifReceiveSkb,
+        name: "receive",
+        default: true,
         target: "netif_receive_skb",
         scope: Scope::Global,
         rungs: &[
@@ -131,6 +143,8 @@ pub const HOOKS: [HookSpec; 8] = [
     },
     HookSpec {
         hook: Hook::KfreeSkb,
+        name: "drop",
+        default: true,
         target: "kfree_skb",
         scope: Scope::Global,
         rungs: &[
@@ -142,6 +156,8 @@ pub const HOOKS: [HookSpec; 8] = [
     },
     HookSpec {
         hook: Hook::NfNatManipPkt,
+        name: "nat",
+        default: true,
         target: "nf_nat_manip_pkt",
         scope: Scope::Global,
         rungs: &[
@@ -153,6 +169,8 @@ pub const HOOKS: [HookSpec; 8] = [
     },
     HookSpec {
         hook: Hook::TcIngress,
+        name: "tc",
+        default: false,
         target: "tc ingress",
         scope: Scope::Interface,
         rungs: &[
@@ -164,6 +182,8 @@ pub const HOOKS: [HookSpec; 8] = [
     },
     HookSpec {
         hook: Hook::TcEgress,
+        name: "tc",
+        default: false,
         target: "tc egress",
         scope: Scope::Interface,
         rungs: &[
@@ -190,21 +210,81 @@ pub struct HookSet(u16);
 impl HookSet {
     /// Every hook in the table.
     pub fn all() -> HookSet {
-        HOOKS
-            .iter()
-            .fold(HookSet(0), |set, spec| set.with(spec.hook))
+        HookSet::of(|_| true)
+    }
+
+    /// The hooks a trace uses unless told otherwise: one egress and one ingress point per
+    /// device, drops, and the NAT function.
+    pub fn default_set() -> HookSet {
+        HookSet::of(|spec| spec.default)
     }
 
     /// Every hook attached once for the whole kernel: no per-interface (TC) programs.
     pub fn global() -> HookSet {
+        HookSet::of(|spec| spec.scope == Scope::Global)
+    }
+
+    fn of(keep: impl Fn(&HookSpec) -> bool) -> HookSet {
         HOOKS
             .iter()
-            .filter(|spec| spec.scope == Scope::Global)
+            .filter(|spec| keep(spec))
             .fold(HookSet(0), |set, spec| set.with(spec.hook))
     }
 
+    /// The hooks named `name` in `--hooks` (both TC hooks for `tc`).
+    fn named(name: &str) -> Option<HookSet> {
+        let set = HookSet::of(|spec| spec.name == name);
+        (set.0 != 0).then_some(set)
+    }
+
+    /// Parses `--hooks`: comma-separated items applied in order to the default set. `all`,
+    /// `default`, `stack` (every hook but TC) and a bare hook name start over from that set
+    /// (`queue,receive` is exactly those two); `+name` adds a hook and `-name` removes one.
+    pub fn parse(spec: &str) -> Result<HookSet, String> {
+        let mut set = HookSet::default_set();
+        for (index, item) in spec.split(',').map(str::trim).enumerate() {
+            let (op, name) = match item.split_at_checked(1) {
+                Some(("+", name)) => ('+', name),
+                Some(("-", name)) => ('-', name),
+                _ => ('=', item),
+            };
+            let named = match name {
+                "all" => HookSet::all(),
+                "default" => HookSet::default_set(),
+                "stack" => HookSet::global(),
+                name => HookSet::named(name).ok_or_else(|| {
+                    format!(
+                        "unknown hook '{name}' in --hooks (hooks: {}; sets: all, default, stack)",
+                        hook_names().join(", ")
+                    )
+                })?,
+            };
+            set = match op {
+                '+' => HookSet(set.0 | named.0),
+                '-' => HookSet(set.0 & !named.0),
+                _ if index == 0 => named,
+                _ => HookSet(set.0 | named.0),
+            };
+        }
+        if set.0 == 0 {
+            return Err("--hooks leaves no hook to attach".to_owned());
+        }
+        Ok(set)
+    }
+
+    /// The names of the hooks in the set, in table order.
+    pub fn names(self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = Vec::new();
+        for spec in HOOKS.iter().filter(|spec| self.contains(spec.hook)) {
+            if !names.contains(&spec.name) {
+                names.push(spec.name);
+            }
+        }
+        names
+    }
+
     pub fn with(self, hook: Hook) -> HookSet {
-        HookSet(self.0 | 1 << hook as u8)
+        HookSet(self.0 | (1 << hook as u8))
     }
 
     pub fn contains(self, hook: Hook) -> bool {
@@ -217,6 +297,11 @@ impl HookSet {
             .iter()
             .any(|spec| spec.scope == Scope::Interface && self.contains(spec.hook))
     }
+}
+
+/// Every hook name `--hooks` takes, in table order.
+pub fn hook_names() -> Vec<&'static str> {
+    HookSet::all().names()
 }
 
 /// Why a rung was not used.
@@ -373,5 +458,34 @@ pub(crate) fn describe(err: &ProgramError) -> String {
             }
             text
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_set_has_one_egress_and_one_ingress_point_drops_and_nat() {
+        assert_eq!(
+            HookSet::default_set().names(),
+            ["queue", "receive", "drop", "nat"]
+        );
+    }
+
+    #[test]
+    fn hooks_are_added_removed_and_replaced() {
+        let parse = |spec: &str| HookSet::parse(spec).map(HookSet::names);
+        assert_eq!(
+            parse("+tc,+xmit").unwrap(),
+            ["queue", "xmit", "receive", "drop", "nat", "tc"]
+        );
+        assert_eq!(parse("all").unwrap(), hook_names());
+        assert_eq!(parse("all,-tc").unwrap(), HookSet::global().names());
+        assert_eq!(parse("stack").unwrap(), HookSet::global().names());
+        assert_eq!(parse("queue,receive").unwrap(), ["queue", "receive"]);
+        assert_eq!(parse("-drop").unwrap(), ["queue", "receive", "nat"]);
+        assert!(parse("+bogus").unwrap_err().contains("unknown hook 'bogus'"));
+        assert!(parse("queue,-queue").unwrap_err().contains("no hook"));
     }
 }

@@ -19,6 +19,8 @@ pub struct Applied {
     pub attached: Vec<String>,
     /// Attach failures, each reported once.
     pub failures: Vec<String>,
+    /// Whether interfaces are left that still lack TC programs (the budget ran out).
+    pub pending: bool,
 }
 
 /// The topology as last seen, and what the user selected in it.
@@ -27,8 +29,8 @@ pub struct Follower {
     pub places: BTreeSet<Place>,
     containers: HashMap<u64, String>,
     tc: bool,
-    /// Attach failures already reported, so each is said once.
-    reported: BTreeSet<(u64, u32)>,
+    /// Interfaces whose attach failed (reported once, not tried again) or that were gone.
+    given_up: BTreeSet<(u64, u32)>,
 }
 
 impl Follower {
@@ -43,7 +45,7 @@ impl Follower {
             places,
             containers,
             tc: hooks.has_interface_hooks(),
-            reported: BTreeSet::new(),
+            given_up: BTreeSet::new(),
         })
     }
 
@@ -65,9 +67,11 @@ impl Follower {
         Ok(())
     }
 
-    /// Attaches the TC programs to targets that lack them and forgets attachments whose
-    /// interface is gone. Returns what was newly attached, and failures not reported before.
-    pub fn apply(&mut self, programs: &mut Programs) -> Applied {
+    /// Attaches the TC programs to at most `budget` targets that lack them and forgets
+    /// attachments whose interface is gone. Returns what was newly attached, failures not
+    /// reported before, and whether targets are left. (Each attach waits for the kernel, for
+    /// milliseconds: a small budget keeps the trace reading events in between.)
+    pub fn apply(&mut self, programs: &mut Programs, budget: usize) -> Applied {
         let mut applied = Applied::default();
         if !self.tc {
             return applied;
@@ -80,10 +84,18 @@ impl Follower {
                 programs.detach_tc(inode, ifindex);
             }
         }
+        let mut tried = 0;
         for target in &targets {
-            if programs.tc_attached(target.netns_inode, target.ifindex) {
+            if programs.tc_attached(target.netns_inode, target.ifindex)
+                || self.given_up.contains(&(target.netns_inode, target.ifindex))
+            {
                 continue;
             }
+            if tried == budget {
+                applied.pending = true;
+                break;
+            }
+            tried += 1;
             match programs.attach_tc(target) {
                 Ok(()) => {
                     let place = self
@@ -94,11 +106,13 @@ impl Follower {
                         .attached
                         .push(format!("{} in {place}", target.ifname));
                 }
-                Err(AttachError::Gone(_)) => {}
+                // Not tried again: the next topology no longer has it.
+                Err(AttachError::Gone(_)) => {
+                    self.given_up.insert((target.netns_inode, target.ifindex));
+                }
                 Err(AttachError::Failed(err)) => {
-                    if self.reported.insert((target.netns_inode, target.ifindex)) {
-                        applied.failures.push(format!("{err:#}"));
-                    }
+                    self.given_up.insert((target.netns_inode, target.ifindex));
+                    applied.failures.push(format!("{err:#}"));
                 }
             }
         }

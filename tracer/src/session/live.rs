@@ -20,7 +20,11 @@ use tokio::{
 };
 use tracer_common::event::SNAP_MAX;
 
-use super::{Session, follow::Follower, select::Selection};
+use super::{
+    Session,
+    follow::{Applied, Follower},
+    select::Selection,
+};
 use crate::{
     clock::{monotonic_ns, realtime_offset_ns},
     correlate::Limits,
@@ -42,6 +46,10 @@ const TICK: Duration = Duration::from_millis(20);
 const REFRESH: Duration = Duration::from_millis(500);
 /// Batches of events the reader may have sent ahead of the session.
 const BATCHES_IN_FLIGHT: usize = 64;
+/// Interfaces given TC programs at a time, between which the trace reads events: each attach
+/// waits for the kernel (an RCU grace period), so TC never holds up the ready signal or the
+/// reading of events for long.
+const TC_ATTACH_BUDGET: usize = 2;
 
 /// What a live trace is asked to do.
 #[derive(Debug, Clone)]
@@ -83,6 +91,8 @@ pub struct Trace {
     batches: mpsc::Receiver<Vec<HopEvent>>,
     stop: watch::Sender<bool>,
     signals: [Signal; 2],
+    /// Whether interfaces still wait for their TC programs.
+    tc_pending: bool,
 }
 
 impl Trace {
@@ -95,7 +105,7 @@ impl Trace {
             None => None,
         };
         let filter = crate::filter::compile(filter.as_ref()).map_err(UsageError::from)?;
-        let mut follower = Follower::start(&options.selection, options.hooks).await?;
+        let follower = Follower::start(&options.selection, options.hooks).await?;
         // Output files first: a path that cannot be written is reported before anything loads.
         let pcapng = options
             .pcapng
@@ -125,9 +135,6 @@ impl Trace {
         })?;
         for outcome in programs.climb(false) {
             report_unused(&outcome)?;
-        }
-        for message in follower.apply(&mut programs).failures {
-            eprintln!("tracer: warning: {message}");
         }
         for note in programs.notes() {
             eprintln!("tracer: note: {note}");
@@ -184,6 +191,7 @@ impl Trace {
         ];
         announce_ready(&programs, &options)?;
         Ok(Trace {
+            tc_pending: options.hooks.has_interface_hooks(),
             options,
             session,
             programs,
@@ -228,6 +236,7 @@ impl Trace {
                     self.session.tick(monotonic_ns().min(horizon));
                 }
                 _ = refresh.tick(), if !stopping => self.refresh().await,
+                () = std::future::ready(()), if self.tc_pending && !stopping => self.attach_tc(),
                 _ = status.tick(), if live => self.show_status(),
                 _ = sigint.recv(), if !stopping => stopping = true,
                 _ = sigterm.recv(), if !stopping => stopping = true,
@@ -299,15 +308,25 @@ impl Trace {
         }
         // Names first, so that packets of a new namespace are named once it is followed.
         self.session.rename(self.follower.names());
-        let applied = self.follower.apply(&mut self.programs);
-        for message in applied.failures {
-            eprintln!("tracer: warning: {message}");
+        if !self.tc_pending {
+            let applied = self.follower.apply(&mut self.programs, TC_ATTACH_BUDGET);
+            self.tc_pending = applied.pending;
+            report_applied(applied, &mut self.programs, "following");
         }
-        if !applied.attached.is_empty() {
-            eprintln!("tracer: following {}", applied.attached.join(", "));
-        }
-        for cleaned in self.programs.tc_cleaned() {
-            eprintln!("tracer: note: {cleaned}");
+    }
+
+    /// Attaches TC programs to the next few interfaces of the first round, after the ready
+    /// signal; says when every interface has them.
+    fn attach_tc(&mut self) {
+        let applied = self.follower.apply(&mut self.programs, TC_ATTACH_BUDGET);
+        self.tc_pending = applied.pending;
+        report_applied(applied, &mut self.programs, "");
+        if !self.tc_pending {
+            let (interfaces, mechanism) = self.programs.tc_summary();
+            eprintln!(
+                "tracer: TC programs attached to {interfaces} interfaces{}",
+                mechanism.map_or_else(String::new, |m| format!(" ({})", m.name()))
+            );
         }
     }
 
@@ -322,6 +341,20 @@ impl Trace {
             "\r\x1b[Ktracer: {emitted} events, {lost} lost; {} packets shown; {open_packets} packets and {open_flows} flows open",
             self.session.packets_shown()
         );
+    }
+}
+
+/// Says what an attach round did: failures, interfaces newly followed (when `verb` is given)
+/// and filters an earlier tracer left behind.
+fn report_applied(applied: Applied, programs: &mut Programs, verb: &str) {
+    for message in applied.failures {
+        eprintln!("tracer: warning: {message}");
+    }
+    if !verb.is_empty() && !applied.attached.is_empty() {
+        eprintln!("tracer: {verb} {}", applied.attached.join(", "));
+    }
+    for cleaned in programs.tc_cleaned() {
+        eprintln!("tracer: note: {cleaned}");
     }
 }
 
