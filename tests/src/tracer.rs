@@ -57,8 +57,16 @@ impl Tracer {
         Self::start_with_stdout(args, Stdio::piped())
     }
 
-    /// Starts `tracer --port PORT --output json --hooks stack EXTRA...`: the stack tracepoints
-    /// only, as JSON, which is what most tests read.
+    /// Starts `tracer --port PORT --output json EXTRA...`: the default hooks, as JSON.
+    pub fn json(port: u16, extra: &[&str]) -> anyhow::Result<Tracer> {
+        let port = port.to_string();
+        let mut args = vec!["--port", &port, "--output", "json"];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    /// Starts `tracer --port PORT --output json --hooks stack EXTRA...`: every stack
+    /// tracepoint and no TC, as JSON.
     pub fn stack_json(port: u16, extra: &[&str]) -> anyhow::Result<Tracer> {
         let port = port.to_string();
         let mut args = vec!["--port", &port, "--output", "json", "--hooks", "stack"];

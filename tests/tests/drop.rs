@@ -100,14 +100,14 @@ fn closed_port_shows_the_rst_path() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Traces the stack hooks on `port` while the first container tries to connect to the server
+/// Traces the default hooks on `port` while the first container tries to connect to the server
 /// address on it; the outcome of the attempt and the traced packets.
 fn trace_connect(
     testbed: &Testbed,
     port: u16,
     timeout: Duration,
 ) -> anyhow::Result<(std::io::Result<std::net::TcpStream>, Vec<Packet>)> {
-    let tracer = Tracer::stack_json(port, &[])?;
+    let tracer = Tracer::json(port, &[])?;
     let server = SocketAddr::from((SERVER_ADDR, port));
     let attempt = testbed.containers[0]
         .netns

@@ -13,7 +13,14 @@ use tracer_tests::{
 
 /// Starts a tracer with TC programs on the testbed's uplink, returns it with its link ids.
 fn start(testbed: &Testbed, extra: &[&str]) -> anyhow::Result<(Tracer, Vec<u32>)> {
-    let mut args = vec!["-i", "eth0", "--netns", &testbed.host.name, "--hooks", "all"];
+    let mut args = vec![
+        "-i",
+        "eth0",
+        "--netns",
+        &testbed.host.name,
+        "--hooks",
+        "all",
+    ];
     args.extend_from_slice(extra);
     let tracer = Tracer::start(&args)?;
     let links = bpf::links_of(tracer.pid());

@@ -235,7 +235,7 @@ fn published_port_dnat_is_followed_into_the_container() -> anyhow::Result<()> {
     testbed.publish(host_port, 0, container_port)?;
     let ctr = &testbed.containers[0];
     let listener = traffic::listen(&ctr.netns, SocketAddr::from((ctr.addr, container_port)))?;
-    let tracer = Tracer::stack_json(host_port, &[])?;
+    let tracer = Tracer::json(host_port, &[])?;
     traffic::exchange(
         &testbed.remote,
         None,

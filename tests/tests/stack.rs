@@ -1,4 +1,6 @@
-//! The stack tracepoints on the Docker-like testbed: a SYN from a container, hop by hop.
+//! The stack tracepoints on the Docker-like testbed: a SYN from a container, hop by hop, with
+//! every stack hook, with the default set (one egress and one ingress point per device), and
+//! with each opt-in tracepoint added to the default set.
 
 use std::net::SocketAddr;
 
@@ -9,21 +11,62 @@ use tracer_tests::{
     traffic,
 };
 
+/// Every stack tracepoint.
+const STACK: &[&str] = &[
+    "net_dev_queue",
+    "net_dev_start_xmit",
+    "netif_rx",
+    "netif_receive_skb",
+];
+/// The default set's device hooks.
+const DEFAULT: &[&str] = &["net_dev_queue", "netif_receive_skb"];
+
 /// The SYN leaves the container's eth0, crosses its veth to the host, goes up through docker0,
 /// is masqueraded, leaves the uplink, and arrives in the remote namespace: every hop in
 /// order, in the right namespace, with the source rewritten only after the bridge.
 #[test]
 fn syn_crosses_veth_bridge_nat_and_uplink() -> anyhow::Result<()> {
-    let port = 10001;
+    syn_takes_the_docker_path("stack", STACK, 10001)
+}
+
+/// The default hooks show every device once in each direction: the container's eth0, the
+/// host's veth, docker0, the uplink and the remote, with the NAT between docker0 and the
+/// uplink.
+#[test]
+fn default_hooks_show_every_device_once() -> anyhow::Result<()> {
+    syn_takes_the_docker_path("default", DEFAULT, 10005)
+}
+
+/// `+xmit` adds the driver's transmit hop on every sending device, `+rx` the backlog hop on
+/// every veth receiver, and nothing else.
+#[test]
+fn opt_in_hooks_add_their_hops() -> anyhow::Result<()> {
+    syn_takes_the_docker_path(
+        "+xmit",
+        &["net_dev_queue", "net_dev_start_xmit", "netif_receive_skb"],
+        10008,
+    )?;
+    syn_takes_the_docker_path(
+        "+rx",
+        &["net_dev_queue", "netif_rx", "netif_receive_skb"],
+        10009,
+    )
+}
+
+/// A SYN traced with `--hooks HOOKS` takes the path of [`syn_from_container`] at `shown`.
+fn syn_takes_the_docker_path(hooks: &str, shown: &[&str], port: u16) -> anyhow::Result<()> {
     let testbed = Testbed::up(2)?;
-    let lines = trace_exchange(&testbed, SocketAddr::from((SERVER_ADDR, port)))?;
+    let lines = trace_exchange(&testbed, SocketAddr::from((SERVER_ADDR, port)), hooks)?;
     let ctr = &testbed.containers[0];
-    let syn = syn_from_container(&lines, &testbed);
+    let (syn, before_nat) = syn_from_container(&lines, &testbed, shown);
     let ctr_addr = ctr.addr.to_string();
     let uplink_addr = UPLINK_ADDR.to_string();
     for (index, hop) in stack_hops(&syn).iter().enumerate() {
-        // Hops 0-4 are before the NAT, 5-8 after it.
-        let expected_src = if index < 5 { &ctr_addr } else { &uplink_addr };
+        let expected_src = if index < before_nat {
+            &ctr_addr
+        } else {
+            &uplink_addr
+        };
         assert_eq!(hop["src_ip"], expected_src.as_str(), "hop {index}: {hop}");
         assert_eq!(hop["dst_ip"], SERVER_ADDR.to_string(), "hop {index}");
         assert_eq!(hop["dst_port"], port, "hop {index}");
@@ -34,6 +77,12 @@ fn syn_crosses_veth_bridge_nat_and_uplink() -> anyhow::Result<()> {
     // MASQUERADE kept the port: nothing else was connecting.
     let src_port = &syn.hops[0]["src_port"];
     assert!(syn.hops.iter().all(|hop| &hop["src_port"] == src_port));
+    let snat = trace::of_type(&lines, "nat")
+        .into_iter()
+        .find(|n| n["flow_id"] == syn.flow_id() && n["direction"] == "original")
+        .expect("the SNAT record");
+    assert_eq!(snat["kind"], "snat");
+    assert_eq!(snat["after"]["src_ip"], uplink_addr);
     Ok(())
 }
 
@@ -46,18 +95,22 @@ fn netns_inode(name: &serde_json::Value, testbed: &Testbed) -> u64 {
         .unwrap_or(0)
 }
 
-/// The same SYN over IPv6, masqueraded by NAT66: every hop, with IPv6 addresses, and one flow
-/// for the handshake.
+/// The same SYN over IPv6, masqueraded by NAT66, with the default hooks: every device, with
+/// IPv6 addresses, and one flow for the handshake.
 #[test]
 fn ipv6_syn_is_traced_end_to_end() -> anyhow::Result<()> {
     use tracer_tests::testbed::{SERVER_ADDR6, UPLINK_ADDR6};
     let port = 10007;
     let testbed = Testbed::up(1)?;
-    let lines = trace_exchange(&testbed, SocketAddr::from((SERVER_ADDR6, port)))?;
+    let lines = trace_exchange(&testbed, SocketAddr::from((SERVER_ADDR6, port)), "default")?;
     let ctr = &testbed.containers[0];
-    let syn = syn_from_container(&lines, &testbed);
+    let (syn, before_nat) = syn_from_container(&lines, &testbed, DEFAULT);
     for (index, hop) in stack_hops(&syn).iter().enumerate() {
-        let expected_src = if index < 5 { ctr.addr6 } else { UPLINK_ADDR6 };
+        let expected_src = if index < before_nat {
+            ctr.addr6
+        } else {
+            UPLINK_ADDR6
+        };
         assert_eq!(hop["src_ip"], expected_src.to_string(), "hop {index}");
         assert_eq!(hop["dst_ip"], SERVER_ADDR6.to_string(), "hop {index}");
     }
@@ -80,19 +133,29 @@ fn ipv6_syn_is_traced_end_to_end() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Traces the stack hooks on `server`'s port while the first container exchanges a message
+/// Traces `server`'s port with `--hooks HOOKS` while the first container exchanges a message
 /// with `server` in the remote namespace; the tracer's JSON lines.
-fn trace_exchange(testbed: &Testbed, server: SocketAddr) -> anyhow::Result<Vec<serde_json::Value>> {
+fn trace_exchange(
+    testbed: &Testbed,
+    server: SocketAddr,
+    hooks: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::stack_json(server.port(), &[])?;
+    let port = server.port().to_string();
+    let tracer = Tracer::start(&["--port", &port, "--output", "json", "--hooks", hooks])?;
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);
     finished.json()
 }
 
-/// The SYN that starts in the first container, asserted to take the Docker path hop by hop.
-fn syn_from_container(lines: &[serde_json::Value], testbed: &Testbed) -> trace::Packet {
+/// The SYN that starts in the first container, asserted to take the Docker path hop by hop at
+/// the hooks in `shown`; with the number of its hops before the NAT.
+fn syn_from_container(
+    lines: &[serde_json::Value],
+    testbed: &Testbed,
+    shown: &[&str],
+) -> (trace::Packet, usize) {
     let ctr = &testbed.containers[0];
     let (ctr_ns, host_ns, remote_ns) = (&ctr.netns.name, &testbed.host.name, &testbed.remote.name);
     let syn = trace::packets(lines)
@@ -101,21 +164,26 @@ fn syn_from_container(lines: &[serde_json::Value], testbed: &Testbed) -> trace::
         .expect("a SYN starting in the container");
     // The NAT function's own hop exists only where fentry or kprobes reach it; the kernel
     // test asserts it, here it is left out.
-    assert_eq!(
-        without_nat_function(syn.places()),
-        vec![
-            place(ctr_ns, "eth0", "net_dev_queue"),
-            place(ctr_ns, "eth0", "net_dev_start_xmit"),
-            place(host_ns, &ctr.host_veth, "netif_rx"),
-            place(host_ns, &ctr.host_veth, "netif_receive_skb"),
-            place(host_ns, "docker0", "netif_receive_skb"),
-            place(host_ns, "eth0", "net_dev_queue"),
-            place(host_ns, "eth0", "net_dev_start_xmit"),
-            place(remote_ns, "eth0", "netif_rx"),
-            place(remote_ns, "eth0", "netif_receive_skb"),
-        ]
-    );
-    syn
+    let path: Vec<trace::Place> = [
+        place(ctr_ns, "eth0", "net_dev_queue"),
+        place(ctr_ns, "eth0", "net_dev_start_xmit"),
+        place(host_ns, &ctr.host_veth, "netif_rx"),
+        place(host_ns, &ctr.host_veth, "netif_receive_skb"),
+        place(host_ns, "docker0", "netif_receive_skb"),
+        place(host_ns, "eth0", "net_dev_queue"),
+        place(host_ns, "eth0", "net_dev_start_xmit"),
+        place(remote_ns, "eth0", "netif_rx"),
+        place(remote_ns, "eth0", "netif_receive_skb"),
+    ]
+    .into_iter()
+    .filter(|(_, _, hook)| shown.contains(&hook.as_str()))
+    .collect();
+    assert_eq!(without_nat_function(syn.places()), path);
+    let bridge = path
+        .iter()
+        .position(|p| *p == place(host_ns, "docker0", "netif_receive_skb"))
+        .expect("the bridge is on the path");
+    (syn, bridge + 1)
 }
 
 /// The packet's hops at the stack tracepoints, without the NAT function's hop.

@@ -38,7 +38,9 @@ fn tc_hops_sit_between_the_stack_hops_of_their_interface() -> anyhow::Result<()>
     assert!(finished.status.success(), "{}", finished.stderr);
     // Every global hook is attached before the ready line, the TC programs after it.
     assert!(
-        finished.stderr.contains("ready: 5 hooks attached (5 tp_btf"),
+        finished
+            .stderr
+            .contains("ready: 5 hooks attached (5 tp_btf"),
         "{}",
         finished.stderr
     );

@@ -485,7 +485,11 @@ mod tests {
         assert_eq!(parse("stack").unwrap(), HookSet::global().names());
         assert_eq!(parse("queue,receive").unwrap(), ["queue", "receive"]);
         assert_eq!(parse("-drop").unwrap(), ["queue", "receive", "nat"]);
-        assert!(parse("+bogus").unwrap_err().contains("unknown hook 'bogus'"));
+        assert!(
+            parse("+bogus")
+                .unwrap_err()
+                .contains("unknown hook 'bogus'")
+        );
         assert!(parse("queue,-queue").unwrap_err().contains("no hook"));
     }
 }

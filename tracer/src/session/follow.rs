@@ -87,7 +87,9 @@ impl Follower {
         let mut tried = 0;
         for target in &targets {
             if programs.tc_attached(target.netns_inode, target.ifindex)
-                || self.given_up.contains(&(target.netns_inode, target.ifindex))
+                || self
+                    .given_up
+                    .contains(&(target.netns_inode, target.ifindex))
             {
                 continue;
             }
