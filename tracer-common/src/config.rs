@@ -172,8 +172,12 @@ pub struct Config {
     /// `SKB_DROP_REASON_QUEUE_PURGE` in the running kernel: a socket freeing its queues as it
     /// closes, which is not a packet dying on its path, so `kfree_skb` skips it.
     pub drop_reason_queue_purge: u32,
+    /// Unread bytes in the ring buffer from which an event wakes the reader up; below it, the
+    /// reader finds events on its own short timer, so that a burst costs one wake-up rather
+    /// than one per event.
+    pub wakeup_bytes: u32,
 }
-assert_size!(Config, 8 + 40 * FILTER_MAX + 88 + 12);
+assert_size!(Config, 8 + 40 * FILTER_MAX + 88 + 16);
 
 impl Config {
     /// A configuration that matches everything and knows no offsets: programs emit nothing useful
@@ -189,6 +193,7 @@ impl Config {
             snap_len: 0,
             snap_headers_only: 1,
             drop_reason_queue_purge: u32::MAX,
+            wakeup_bytes: 0,
         }
     }
 }

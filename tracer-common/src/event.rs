@@ -191,22 +191,21 @@ assert_size!(PacketWithHeaders, 216 + 8 + SNAP_MAX);
 unsafe impl aya::Pod for PacketEvent {}
 
 /// Per-hook counters the programs keep in the `COUNTERS` per-CPU array, at index
-/// `hook * COUNTER_SLOTS + counter`.
+/// `hook * COUNTER_SLOTS + counter`. Each run of a program adds one to exactly one of them, so
+/// the runs of a hook are their sum.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// The program ran (one packet at one hook).
-    Seen = 0,
-    /// The packet did not match the filter.
-    Filtered = 1,
+    /// The packet did not match the filter (or was not IP).
+    Filtered = 0,
     /// An event was written to the ring buffer.
-    Emitted = 2,
+    Emitted = 1,
     /// The packet matched but the ring buffer was full: the event is lost.
-    Lost = 3,
+    Lost = 2,
 }
 
 /// Slots per hook in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 3;
 /// Entries in the `COUNTERS` map: room for hook values up to 15.
 pub const COUNTER_ENTRIES: u32 = 16 * COUNTER_SLOTS;
 

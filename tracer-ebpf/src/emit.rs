@@ -1,21 +1,29 @@
 //! The output path: the filter decision, the per-hook counters and the ring buffer.
+//!
+//! A packet is decided on what was parsed into [`Headers`] and, only where that does not
+//! decide, on its conntrack tuples and the connections matched before; only a packet that
+//! matches is stamped and written, in place in the ring buffer.
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use tracer_common::{
     event::{
-        COUNTER_ENTRIES, Counter, CtTuple, EventKind, FLAG_L4, PacketEvent, PacketWithHeaders,
-        SNAP_MAX, counter_index,
+        COUNTER_ENTRIES, Counter, EventKind, FLAG_L4, PacketEvent, PacketWithHeaders, SNAP_MAX,
+        counter_index,
     },
     flow::FlowKey,
 };
 
 use crate::{
     config::conf,
+    conntrack::{Conntrack, Scratch, Tuples, copy16},
     filter::{self, View},
-    packet::Bytes,
+    packet::{Bytes, Headers},
     words,
 };
 
@@ -36,7 +44,7 @@ static TRACKED: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(1 << 16, 
 #[map]
 static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Adds one to `counter` of `hook` on this CPU.
+/// Adds one to `counter` of `hook` on this CPU: the one counter update of a program run.
 #[inline(always)]
 pub fn count(hook: u8, counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter_index(hook, counter)) {
@@ -46,41 +54,48 @@ pub fn count(hook: u8, counter: Counter) {
     }
 }
 
-/// Whether the filter lets `event` through: by its own tuple, by its conntrack tuples, or as
-/// part of a connection matched earlier. Remembers the connection when the packet matched and
-/// carries a conntrack entry, so that its packets also match where they have none.
+/// Whether the filter lets the packet through: by its own tuple, by its conntrack tuples
+/// (read into `scratch` once the packet is known to have an entry), or as part of a
+/// connection matched earlier. Remembers the connection when the packet matched and carries a
+/// conntrack entry, so that its packets also match where they have none. A match carries the
+/// tuples, which the event needs.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "a key passed by value is copied on the small BPF stack"
 )]
-pub fn matches(event: &PacketEvent) -> bool {
+pub fn matches<'s>(
+    headers: &Headers,
+    ct: &Conntrack,
+    scratch: &'s mut MaybeUninit<Scratch>,
+) -> Option<Option<Tuples<'s>>> {
+    let tuples = ct.read(scratch);
     if filter::is_empty() {
-        return true;
+        return Some(tuples);
     }
-    let has_ports = event.flags & FLAG_L4 != 0;
-    let has_ct = event.ct != 0;
-    let matched = filter::evaluate(&View::packet(event, has_ports))
-        || (has_ct
-            && (filter::evaluate(&View::tuple(&event.ct_orig))
-                || filter::evaluate(&View::tuple(&event.ct_reply))));
+    let has_ports = headers.flags & FLAG_L4 != 0;
+    let matched = filter::evaluate(&View::packet(headers, has_ports))
+        || tuples.as_ref().is_some_and(|tuples| {
+            tuples.view(0).is_some_and(|v| filter::evaluate(&v))
+                || tuples.view(1).is_some_and(|v| filter::evaluate(&v))
+        });
     if matched {
-        if has_ct {
-            track(&event.ct_orig, &event.ct_reply);
+        if let Some(tuples) = &tuples {
+            track(tuples);
         }
-        return true;
+        return Some(tuples);
     }
     if TRACKING.get(0).is_none_or(|&on| on == 0) {
-        return false;
+        return None;
     }
     let key = FlowKey::new(
-        event.l4_proto,
-        &event.src_addr,
-        event.src_port,
-        &event.dst_addr,
-        event.dst_port,
+        headers.l4_proto,
+        &headers.src_addr,
+        headers.src_port,
+        &headers.dst_addr,
+        headers.dst_port,
     );
-    TRACKED.get_ptr(&key).is_some()
+    TRACKED.get_ptr(&key).is_some().then_some(tuples)
 }
 
 /// Remembers both tuples of a connection. The reply tuple is the one that changes when NAT
@@ -91,24 +106,14 @@ pub fn matches(event: &PacketEvent) -> bool {
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value are copied on the small BPF stack"
 )]
-fn track(orig: &CtTuple, reply: &CtTuple) {
-    let reply = FlowKey::new(
-        reply.protonum,
-        &reply.src_addr,
-        reply.src_port,
-        &reply.dst_addr,
-        reply.dst_port,
-    );
+fn track(tuples: &Tuples) {
+    let Some(reply) = tuples.view(1) else { return };
+    let reply = flow_key(&reply);
     if TRACKED.get_ptr(&reply).is_some() {
         return;
     }
-    let orig = FlowKey::new(
-        orig.protonum,
-        &orig.src_addr,
-        orig.src_port,
-        &orig.dst_addr,
-        orig.dst_port,
-    );
+    let Some(orig) = tuples.view(0) else { return };
+    let orig = flow_key(&orig);
     let _ = TRACKED.insert(&orig, &1, 0);
     let _ = TRACKED.insert(&reply, &1, 0);
     if let Some(on) = TRACKING.get_ptr_mut(0) {
@@ -118,55 +123,123 @@ fn track(orig: &CtTuple, reply: &CtTuple) {
     }
 }
 
-/// Writes `event` to the ring buffer, with the packet's first bytes (from `l3` in `bytes`)
-/// when the collector asked for them, counting it as emitted or lost.
+/// The key of the connection a conntrack tuple describes. (A function, not a closure: LLVM
+/// leaves small closures out of line, and a BPF function must not return its result through a
+/// stack address.)
 #[inline(always)]
-pub fn submit(event: &PacketEvent, bytes: &impl Bytes, l3: u32) {
-    let hook = event.hook;
-    let mut snap_len = conf!(snap_len) as usize;
-    if conf!(snap_headers_only) != 0 {
-        snap_len = snap_len.min(usize::from(event.headers_len));
-    }
-    let written = if conf!(snap_len) == 0 {
-        EVENTS.output::<PacketEvent>(event, 0).is_ok()
-    } else {
-        submit_with_headers(event, bytes, l3, snap_len.min(SNAP_MAX))
-    };
-    count(
-        hook,
-        if written {
-            Counter::Emitted
-        } else {
-            Counter::Lost
-        },
-    );
+fn flow_key(view: &View) -> FlowKey {
+    FlowKey::new(view.proto, view.src, view.src_port, view.dst, view.dst_port)
 }
 
-/// Fills a [`PacketWithHeaders`] in place in the ring buffer: the packet bytes are copied
-/// straight into it, never onto the small BPF stack.
-#[inline(always)]
-fn submit_with_headers(event: &PacketEvent, bytes: &impl Bytes, l3: u32, snap_len: usize) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<PacketWithHeaders>(0) else {
-        return false;
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` is the reserved, exclusively owned and 8-byte aligned ring buffer space
-    // of one `PacketWithHeaders`; every write stays within it.
-    unsafe {
-        words::copy(event, &raw mut (*record).event);
-        (*record).event.kind = EventKind::PacketWithHeaders as u8;
-        // Three stores: an array assignment would be a byte-by-byte `memset` call.
-        let pad = (&raw mut (*record)._pad).cast::<u16>();
-        for i in 0..3 {
-            core::ptr::write_volatile(pad.add(i), 0);
-        }
-        let headers = &mut (*record).headers;
-        let copied = match headers.get_mut(..snap_len) {
-            Some(dst) => bytes.copy(l3, dst),
-            None => 0,
+/// A reserved ring buffer record, being filled in place.
+pub enum Record {
+    Plain(RingBufEntry<PacketEvent>),
+    WithHeaders(RingBufEntry<PacketWithHeaders>),
+}
+
+impl Record {
+    /// Reserves a record of the kind the collector asked for (with the packet's first bytes
+    /// for `-w`), with its event zeroed and filled from `headers` and `ct`; `None` when the
+    /// ring buffer is full.
+    #[inline(always)]
+    pub fn reserve(
+        hook: u8,
+        headers: &Headers,
+        ct: &Conntrack,
+        tuples: Option<&Tuples>,
+    ) -> Option<Record> {
+        let mut record = if conf!(snap_len) == 0 {
+            Record::Plain(EVENTS.reserve::<PacketEvent>(0)?)
+        } else {
+            Record::WithHeaders(EVENTS.reserve::<PacketWithHeaders>(0)?)
         };
-        (*record).snap_len = copied as u16;
+        let event = record.event();
+        // SAFETY: `event` is the reserved, exclusively owned and aligned space of one event;
+        // it is zeroed before any field is written.
+        unsafe {
+            words::zero_raw(event);
+            let e = &mut *event;
+            e.kind = EventKind::Packet as u8;
+            e.hook = hook;
+            e.family = headers.family;
+            e.l4_proto = headers.l4_proto;
+            e.tcp_flags = headers.tcp_flags;
+            e.flags = headers.flags;
+            e.ttl = headers.ttl;
+            e.tcp_seq = headers.tcp_seq;
+            e.tcp_ack = headers.tcp_ack;
+            e.ip_id = headers.ip_id;
+            e.src_port = headers.src_port;
+            e.dst_port = headers.dst_port;
+            e.ip_len = headers.ip_len;
+            e.headers_len = headers.headers_len;
+            copy16(&headers.src_addr, &raw mut e.src_addr);
+            copy16(&headers.dst_addr, &raw mut e.dst_addr);
+            if ct.ct != 0 {
+                e.ct = ct.ct;
+                e.ct_state = ct.state;
+            }
+            if let Some(tuples) = tuples {
+                tuples.write(0, &raw mut e.ct_orig);
+                tuples.write(1, &raw mut e.ct_reply);
+            }
+        }
+        Some(record)
     }
-    entry.submit(0);
-    true
+
+    /// The event in the record.
+    #[inline(always)]
+    pub fn event(&mut self) -> *mut PacketEvent {
+        match self {
+            Record::Plain(entry) => entry.as_mut_ptr(),
+            // SAFETY: a place computation within the reserved record, no access.
+            Record::WithHeaders(entry) => unsafe { &raw mut (*entry.as_mut_ptr()).event },
+        }
+    }
+
+    /// Copies the packet's first bytes (from `l3` in `bytes`) into a record that has room for
+    /// them, stamps the event with the time, and commits it. Wakes the reader only when
+    /// enough is waiting for it (`Config::wakeup_bytes`); otherwise its timer finds the event.
+    #[inline(always)]
+    pub fn submit(mut self, ts_ns: u64, bytes: &impl Bytes, l3: u32) {
+        let event = self.event();
+        // SAFETY: the reserved event, filled by `reserve`.
+        unsafe { (*event).ts_ns = ts_ns };
+        let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(conf!(wakeup_bytes))
+        {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        match self {
+            Record::Plain(entry) => entry.submit(u64::from(wakeup)),
+            Record::WithHeaders(mut entry) => {
+                let (snap_len, headers_only) = (conf!(snap_len) as usize, conf!(snap_headers_only));
+                let record = entry.as_mut_ptr();
+                // SAFETY: `record` is the reserved, exclusively owned and 8-byte aligned ring
+                // buffer space of one `PacketWithHeaders`; every write stays within it.
+                unsafe {
+                    let headers_len = usize::from((*record).event.headers_len);
+                    (*record).event.kind = EventKind::PacketWithHeaders as u8;
+                    // Three stores: an array assignment would be a byte-by-byte `memset` call.
+                    let pad = (&raw mut (*record)._pad).cast::<u16>();
+                    for i in 0..3 {
+                        core::ptr::write_volatile(pad.add(i), 0);
+                    }
+                    let snap_len = if headers_only != 0 {
+                        snap_len.min(headers_len)
+                    } else {
+                        snap_len
+                    };
+                    let headers = &mut (*record).headers;
+                    let copied = match headers.get_mut(..snap_len.min(SNAP_MAX)) {
+                        Some(dst) => bytes.copy(l3, dst),
+                        None => 0,
+                    };
+                    (*record).snap_len = copied as u16;
+                }
+                entry.submit(u64::from(wakeup));
+            }
+        }
+    }
 }

@@ -5,54 +5,36 @@
 //! a stack of bits. It lives in the frozen `CONFIG`, so the verifier knows every instruction
 //! and follows only the branch each one takes.
 
-use tracer_common::{
-    config::{
-        FILTER_MAX, FilterInsn, OP_AND, OP_FAMILY, OP_HOST, OP_NOT, OP_OR, OP_PORT, OP_PROTO,
-        OP_TRUE, SIDE_DST, SIDE_SRC,
-    },
-    event::{CtTuple, PacketEvent},
-    wire::ipproto,
+use tracer_common::config::{
+    FILTER_MAX, FilterInsn, OP_AND, OP_FAMILY, OP_HOST, OP_NOT, OP_OR, OP_PORT, OP_PROTO, OP_TRUE,
+    SIDE_DST, SIDE_SRC,
 };
 
-use crate::config::CONFIG;
+use crate::{config::CONFIG, packet::Headers};
 
 /// The fields a filter looks at.
 pub struct View<'a> {
-    family: u8,
-    proto: u8,
-    src: &'a [u8; 16],
-    dst: &'a [u8; 16],
-    src_port: u16,
-    dst_port: u16,
-    has_ports: bool,
+    pub family: u8,
+    pub proto: u8,
+    pub src: &'a [u8; 16],
+    pub dst: &'a [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub has_ports: bool,
 }
 
 impl<'a> View<'a> {
     /// The packet as it is at this hop.
     #[inline(always)]
-    pub fn packet(event: &'a PacketEvent, has_ports: bool) -> Self {
+    pub fn packet(headers: &'a Headers, has_ports: bool) -> Self {
         View {
-            family: event.family,
-            proto: event.l4_proto,
-            src: &event.src_addr,
-            dst: &event.dst_addr,
-            src_port: event.src_port,
-            dst_port: event.dst_port,
+            family: headers.family,
+            proto: headers.l4_proto,
+            src: &headers.src_addr,
+            dst: &headers.dst_addr,
+            src_port: headers.src_port,
+            dst_port: headers.dst_port,
             has_ports,
-        }
-    }
-
-    /// The packet as one of its conntrack tuples describes the connection.
-    #[inline(always)]
-    pub fn tuple(tuple: &'a CtTuple) -> Self {
-        View {
-            family: tuple.family,
-            proto: tuple.protonum,
-            src: &tuple.src_addr,
-            dst: &tuple.dst_addr,
-            src_port: tuple.src_port,
-            dst_port: tuple.dst_port,
-            has_ports: ipproto::has_ports(tuple.protonum),
         }
     }
 }

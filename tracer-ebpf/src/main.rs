@@ -8,6 +8,7 @@
 #![no_main]
 
 mod config;
+mod conntrack;
 mod drop;
 mod emit;
 mod filter;

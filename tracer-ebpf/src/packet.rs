@@ -1,18 +1,55 @@
-//! L3/L4 header parsing shared by every hook.
+//! L3/L4 header parsing shared by every hook, into a small [`Headers`] on the stack: the
+//! filter decides on it, and only a packet that matches becomes an event.
 //!
 //! The parser reads through [`Bytes`], so the same code serves tracepoints (which read the
-//! `sk_buff`'s linear data with `bpf_probe_read_kernel`) and TC programs (which read the packet
-//! with `bpf_skb_load_bytes`). It never reads past the limit the source reports, follows IPv4
-//! options and up to [`MAX_IPV6_EXT`] IPv6 extension headers, and stops at non-first fragments.
+//! `sk_buff`'s linear data with `bpf_probe_read_kernel`, once for the usual headers: see
+//! `skb::Window`) and TC programs (which read the packet with `bpf_skb_load_bytes`). It never
+//! reads past the limit the source reports, follows IPv4 options and up to [`MAX_IPV6_EXT`]
+//! IPv6 extension headers, and stops at non-first fragments.
 
+use core::mem::MaybeUninit;
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
 };
+
 use tracer_common::{
-    event::{FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR, PacketEvent},
+    event::{FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR},
     wire::{ether, header, ipproto},
 };
+
+use crate::words;
+
+/// What the parser finds in a packet's headers; the fields mean what the [`PacketEvent`]
+/// fields of the same names mean.
+///
+/// [`PacketEvent`]: tracer_common::event::PacketEvent
+#[repr(C, align(8))]
+pub struct Headers {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub ip_id: u16,
+    pub ip_len: u16,
+    pub headers_len: u16,
+    pub family: u8,
+    pub l4_proto: u8,
+    pub tcp_flags: u8,
+    pub flags: u8,
+    pub ttl: u8,
+    pub _pad: u8,
+}
+
+impl Headers {
+    /// Zeroes `slot` in place and returns it.
+    #[inline(always)]
+    pub fn zeroed(slot: &mut MaybeUninit<Headers>) -> &mut Headers {
+        words::zero(slot)
+    }
+}
 
 /// IPv6 extension headers followed before giving up on finding the L4 header.
 const MAX_IPV6_EXT: usize = 4;
@@ -38,7 +75,7 @@ pub enum Parsed {
 
 /// Fills the IP and L4 fields of `event` from the header at `l3` with EtherType `proto`.
 #[inline(always)]
-pub fn parse_l3(bytes: &impl Bytes, proto: u16, l3: u32, event: &mut PacketEvent) -> Parsed {
+pub fn parse_l3(bytes: &impl Bytes, proto: u16, l3: u32, event: &mut Headers) -> Parsed {
     match proto {
         ether::P_IP => parse_ipv4(bytes, l3, event),
         ether::P_IPV6 => parse_ipv6(bytes, l3, event),
@@ -47,7 +84,7 @@ pub fn parse_l3(bytes: &impl Bytes, proto: u16, l3: u32, event: &mut PacketEvent
 }
 
 #[inline(always)]
-fn parse_ipv4(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
+fn parse_ipv4(bytes: &impl Bytes, l3: u32, event: &mut Headers) -> Parsed {
     let Some(ip) = bytes.load::<Ipv4Hdr>(l3) else {
         event.flags |= FLAG_NONLINEAR;
         return Parsed::NotIp;
@@ -74,7 +111,7 @@ fn parse_ipv4(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
+fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut Headers) -> Parsed {
     let Some(ip) = bytes.load::<Ipv6Hdr>(l3) else {
         event.flags |= FLAG_NONLINEAR;
         return Parsed::NotIp;
@@ -127,7 +164,7 @@ fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut PacketEvent) -> Parsed {
 /// Fills ports (TCP, UDP, SCTP) and TCP sequence numbers and flags, and extends
 /// `headers_len` (which covers the IP headers on entry) over the L4 header.
 #[inline(always)]
-fn parse_l4(bytes: &impl Bytes, proto: u8, l4: u32, event: &mut PacketEvent) {
+fn parse_l4(bytes: &impl Bytes, proto: u8, l4: u32, event: &mut Headers) {
     match proto {
         ipproto::TCP => {
             // Up to and including the flags byte; options are not needed.

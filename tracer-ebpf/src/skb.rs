@@ -4,21 +4,18 @@
 //! plain loads where the program has BTF-typed arguments and `bpf_probe_read_kernel` where it
 //! has not (see [`Access`]), so the same code serves tracepoints, kprobes and fentry programs.
 
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
-use tracer_common::{
-    config::OFFSET_UNKNOWN,
-    event::{Counter, CtTuple, FAMILY_IPV4, FAMILY_IPV6},
-    hook::Hook,
-    wire::conntrack::{self, AF_INET, AF_INET6, TUPLE_SIZE},
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
 };
+use tracer_common::{config::OFFSET_UNKNOWN, event::Counter, hook::Hook};
 
 use core::mem::MaybeUninit;
 
 use crate::{
     config::conf,
-    emit::{count, matches, submit},
-    packet::{Bytes, Parsed, parse_l3},
-    words,
+    conntrack::{Conntrack, SCRATCH, Scratch},
+    emit::{Record, count, matches},
+    packet::{Bytes, Headers, Parsed, parse_l3},
 };
 
 /// Where the L3 header of the skb starts at a given hook.
@@ -114,32 +111,80 @@ impl Bytes for Linear {
     }
 }
 
+/// The first [`SCRATCH`] bytes from the L3 header, read with one helper call into the
+/// program's scratch buffer: the usual headers (IPv4 with options or IPv6, and the L4 header
+/// up to the TCP flags) are parsed from here; what lies beyond is read from the skb.
+struct Window<'a> {
+    linear: &'a Linear,
+    start: u32,
+    /// The window, when the read worked (it can fail near the end of the buffer).
+    bytes: Option<&'a [u8; SCRATCH]>,
+}
+
+impl<'a> Window<'a> {
+    #[inline(always)]
+    fn read(linear: &'a Linear, start: u32, scratch: &'a mut MaybeUninit<Scratch>) -> Self {
+        // SAFETY: the helper writes `SCRATCH` bytes, the buffer's size, and zeroes them when it
+        // fails; the buffer is initialized once it returns.
+        let bytes = unsafe {
+            let rc = generated::bpf_probe_read_kernel(
+                scratch.as_mut_ptr().cast(),
+                SCRATCH as u32,
+                (linear.head + u64::from(start)) as *const core::ffi::c_void,
+            );
+            (rc == 0).then(|| &scratch.assume_init_ref().0)
+        };
+        Window {
+            linear,
+            start,
+            bytes,
+        }
+    }
+}
+
+impl Bytes for Window<'_> {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: u32) -> Option<T> {
+        let end = offset.checked_add(size_of::<T>() as u32)?;
+        if end > self.linear.limit {
+            return None;
+        }
+        // Compared as it is used, without arithmetic on it, so that the verifier sees the
+        // bound (an offset before the window wraps around to a large number).
+        let at = offset.wrapping_sub(self.start) as usize;
+        if let Some(bytes) = self.bytes
+            && at <= SCRATCH - size_of::<T>()
+        {
+            // SAFETY: `at..at + size_of::<T>()` is within the initialized window, and `T` is
+            // plain bytes read unaligned.
+            return Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().add(at).cast()) });
+        }
+        self.linear.load(offset)
+    }
+
+    #[inline(always)]
+    fn copy(&self, offset: u32, dst: &mut [u8]) -> usize {
+        self.linear.copy(offset, dst)
+    }
+}
+
 /// Emits an event for `skb` at `hook` if it matches the filter.
 #[inline(always)]
 pub fn trace<A: Access>(skb: u64, hook: Hook, at: L3At) {
     trace_with::<A>(skb, hook, at, Extra::default());
 }
 
-/// [`trace`] with what only some hooks know.
+/// [`trace`] with what only some hooks know. Counts the run once: filtered, emitted or lost.
 #[inline(always)]
 pub fn trace_with<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) {
-    count(hook as u8, Counter::Seen);
-    if emit::<A>(skb, hook, at, extra).is_none() {
-        count(hook as u8, Counter::Filtered);
-    }
+    let counter = emit::<A>(skb, hook, at, extra).unwrap_or(Counter::Filtered);
+    count(hook as u8, counter);
 }
 
+/// Parses, decides and, for a packet that matches, writes its event. `None` for a packet
+/// that is not IP or does not match.
 #[inline(always)]
-fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
-    let mut slot = MaybeUninit::uninit();
-    let event = words::new_event(&mut slot);
-    event.hook = hook as u8;
-    event.location = extra.location;
-    event.drop_reason = extra.drop_reason;
-    // SAFETY: a helper without arguments.
-    event.ts_ns = unsafe { bpf_ktime_get_ns() };
-    event.skb = skb;
-
+fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<Counter> {
     let head: u64 = A::read(skb, conf!(offsets.skb_head))?;
     let data: u64 = A::read(skb, conf!(offsets.skb_data))?;
     let len: u32 = A::read(skb, conf!(offsets.skb_len))?;
@@ -166,64 +211,47 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<()> {
             }
         }
     };
-    if parse_l3(&linear, protocol, l3, event) == Parsed::NotIp {
-        return None;
-    }
-    event.skb_head = head;
-    event.len = len;
-
-    let nfct: u64 = A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0);
-    let ct = nfct & !conntrack::INFO_MASK;
-    let info = nfct & conntrack::INFO_MASK;
-    if ct != 0 && info != conntrack::UNTRACKED {
-        event.ct = ct;
-        event.ct_state = conntrack::encode_state(info as u8);
-        read_tuple(ct, conf!(offsets.ct_tuple_orig), &mut event.ct_orig);
-        read_tuple(ct, conf!(offsets.ct_tuple_reply), &mut event.ct_reply);
-    }
-    if !matches(event) {
+    let mut scratch = MaybeUninit::uninit();
+    let mut headers = MaybeUninit::uninit();
+    let headers = Headers::zeroed(&mut headers);
+    let window = Window::read(&linear, l3, &mut scratch);
+    if parse_l3(&window, protocol, l3, headers) == Parsed::NotIp {
         return None;
     }
 
-    event.mark = A::read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
+    let ct = Conntrack::of(A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0));
+    let tuples = matches(headers, &ct, &mut scratch)?;
+    let Some(record) = Record::reserve(hook as u8, headers, &ct, tuples.as_ref()) else {
+        return Some(Counter::Lost);
+    };
+    let mut record = record;
+    let event = record.event();
     let dev: u64 = A::read(skb, conf!(offsets.skb_dev)).unwrap_or(0);
-    event.ifindex = A::read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
-    if let Some(name) = read::<[u8; 16]>(dev, conf!(offsets.dev_name)) {
-        event.ifname = name;
-    }
     let net: u64 = A::read(dev, conf!(offsets.dev_net)).unwrap_or(0);
-    event.netns_inode = A::read(net, conf!(offsets.net_inum)).unwrap_or(0);
-
-    submit(event, &linear, l3);
-    Some(())
-}
-
-/// Copies the conntrack tuple at `ct + offset` into `tuple`, leaving it zero on failure.
-#[inline(always)]
-fn read_tuple(ct: u64, offset: u32, tuple: &mut CtTuple) {
-    // Read into uninitialized stack: a zeroed buffer would cost a byte-by-byte `memset` call.
-    let Some(raw) = read::<[u8; TUPLE_SIZE]>(ct, offset) else {
-        return;
-    };
-    let field = |offset: u32, len: usize| raw.get(offset as usize..offset as usize + len);
-    let (Some(src), Some(sport), Some(l3num), Some(dst), Some(dport), Some(proto)) = (
-        field(conf!(offsets.tuple_src_addr), 16),
-        field(conf!(offsets.tuple_src_port), 2),
-        field(conf!(offsets.tuple_l3num), 2),
-        field(conf!(offsets.tuple_dst_addr), 16),
-        field(conf!(offsets.tuple_dst_port), 2),
-        field(conf!(offsets.tuple_protonum), 1),
-    ) else {
-        return;
-    };
-    tuple.family = match u16::from_ne_bytes([l3num[0], l3num[1]]) {
-        AF_INET => FAMILY_IPV4,
-        AF_INET6 => FAMILY_IPV6,
-        _ => return,
-    };
-    tuple.src_addr.copy_from_slice(src);
-    tuple.dst_addr.copy_from_slice(dst);
-    tuple.src_port = u16::from_be_bytes([sport[0], sport[1]]);
-    tuple.dst_port = u16::from_be_bytes([dport[0], dport[1]]);
-    tuple.protonum = proto[0];
+    let mark = A::read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
+    let ifindex = A::read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
+    let netns_inode = A::read(net, conf!(offsets.net_inum)).unwrap_or(0);
+    let dev_name = conf!(offsets.dev_name);
+    // SAFETY: the reserved event, zeroed and filled by `reserve`; plain stores, and a helper
+    // that copies the device name from kernel memory (leaving it zeroed when it fails).
+    unsafe {
+        let e = &mut *event;
+        e.skb = skb;
+        e.skb_head = head;
+        e.len = len;
+        e.location = extra.location;
+        e.drop_reason = extra.drop_reason;
+        e.mark = mark;
+        e.ifindex = ifindex;
+        e.netns_inode = netns_inode;
+        if dev != 0 && dev_name != OFFSET_UNKNOWN {
+            let name = (&raw mut e.ifname).cast::<core::ffi::c_void>();
+            let src = (dev + u64::from(dev_name)) as *const core::ffi::c_void;
+            generated::bpf_probe_read_kernel(name, 16, src);
+        }
+    }
+    // SAFETY: a helper without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    record.submit(ts_ns, &linear, l3);
+    Some(Counter::Emitted)
 }

@@ -22,9 +22,9 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{count, matches, submit},
-    packet::{Bytes, Parsed, parse_l3},
-    words,
+    conntrack::Conntrack,
+    emit::{Record, count, matches},
+    packet::{Bytes, Headers, Parsed, parse_l3},
 };
 
 #[classifier]
@@ -68,21 +68,12 @@ impl Bytes for TcContext {
 
 #[inline(always)]
 fn trace(ctx: &TcContext, hook: Hook) {
-    count(hook as u8, Counter::Seen);
-    if emit(ctx, hook).is_none() {
-        count(hook as u8, Counter::Filtered);
-    }
+    let counter = emit(ctx, hook).unwrap_or(Counter::Filtered);
+    count(hook as u8, counter);
 }
 
 #[inline(always)]
-fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
-    let mut slot = MaybeUninit::uninit();
-    let event = words::new_event(&mut slot);
-    event.hook = hook as u8;
-    event.flags = FLAG_TC;
-    // SAFETY: a helper without arguments.
-    event.ts_ns = unsafe { bpf_ktime_get_ns() };
-
+fn emit(ctx: &TcContext, hook: Hook) -> Option<Counter> {
     let mut proto = u16::from_be(Bytes::load::<u16>(ctx, ether::TYPE_OFFSET)?);
     let mut l3 = ether::HEADER_LEN;
     if proto == ether::P_8021Q || proto == ether::P_8021AD {
@@ -92,17 +83,30 @@ fn emit(ctx: &TcContext, hook: Hook) -> Option<()> {
         )?);
         l3 += ether::VLAN_HEADER_LEN;
     }
-    if parse_l3(ctx, proto, l3, event) == Parsed::NotIp {
+    let mut headers = MaybeUninit::uninit();
+    let headers = Headers::zeroed(&mut headers);
+    if parse_l3(ctx, proto, l3, headers) == Parsed::NotIp {
         return None;
     }
-    if !matches(event) {
-        return None;
+    headers.flags |= FLAG_TC;
+    // A TC program sees no conntrack entry.
+    let ct = Conntrack::of(0);
+    let mut scratch = MaybeUninit::uninit();
+    let tuples = matches(headers, &ct, &mut scratch)?;
+    let Some(mut record) = Record::reserve(hook as u8, headers, &ct, tuples.as_ref()) else {
+        return Some(Counter::Lost);
+    };
+    let event = record.event();
+    // SAFETY: the context of a TC program points at its `__sk_buff`, valid while it runs;
+    // `event` is the reserved event, zeroed and filled by `reserve`.
+    unsafe {
+        let skb = &*ctx.skb.skb;
+        (*event).len = skb.len;
+        (*event).mark = skb.mark;
+        (*event).ifindex = skb.ifindex;
     }
-    // SAFETY: the context of a TC program points at its `__sk_buff`, valid while it runs.
-    let skb = unsafe { &*ctx.skb.skb };
-    event.len = skb.len;
-    event.mark = skb.mark;
-    event.ifindex = skb.ifindex;
-    submit(event, ctx, l3);
-    Some(())
+    // SAFETY: a helper without arguments.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    record.submit(ts_ns, ctx, l3);
+    Some(Counter::Emitted)
 }

@@ -1,4 +1,4 @@
-//! Zeroing and copying events eight bytes at a time.
+//! Zeroing records eight bytes at a time.
 //!
 //! LLVM turns a large zero-fill or struct copy into a call to `memset` or `memcpy`, which for
 //! BPF are subprograms that move one byte per loop iteration: zeroing a 216-byte event that
@@ -8,34 +8,42 @@
 
 use core::mem::MaybeUninit;
 
-use tracer_common::event::{EventKind, PacketEvent};
-
-const WORDS: usize = size_of::<PacketEvent>() / 8;
-const _: () = assert!(size_of::<PacketEvent>().is_multiple_of(8) && align_of::<PacketEvent>() == 8);
-
-/// Fills `slot` in place with what [`PacketEvent::zeroed`] gives, and returns it.
-#[inline(always)]
-pub fn new_event(slot: &mut MaybeUninit<PacketEvent>) -> &mut PacketEvent {
-    let words = slot.as_mut_ptr().cast::<u64>();
-    for i in 0..WORDS {
-        // SAFETY: `i` is within the event, which is 8-byte aligned and a whole number of words.
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
-    }
-    // SAFETY: every byte was just written, and all zeroes is a valid event.
-    let event = unsafe { slot.assume_init_mut() };
-    event.kind = EventKind::Packet as u8;
-    event
-}
-
-/// Copies `src` to `dst`.
+/// A record that is plain integers and arrays, 8-byte aligned and a whole number of words:
+/// all zeroes is a valid value, and it can be written word by word.
 ///
 /// # Safety
-/// `dst` must be valid for writing one 8-byte aligned event.
+/// Implementors must be `repr(C)` plain data of that shape.
+pub unsafe trait Words: Sized {
+    const WORDS: usize = {
+        assert!(size_of::<Self>().is_multiple_of(8) && align_of::<Self>() == 8);
+        size_of::<Self>() / 8
+    };
+}
+
+// SAFETY: repr(C) integers and arrays, 216 bytes, 8-byte aligned (asserted by `WORDS`).
+unsafe impl Words for tracer_common::event::PacketEvent {}
+// SAFETY: repr(C, align(8)) integers and arrays, 56 bytes (asserted by `WORDS`).
+unsafe impl Words for crate::packet::Headers {}
+
+/// Zeroes `slot` in place and returns it.
 #[inline(always)]
-pub unsafe fn copy(src: &PacketEvent, dst: *mut PacketEvent) {
-    let (from, to) = (core::ptr::from_ref(src).cast::<u64>(), dst.cast::<u64>());
-    for i in 0..WORDS {
-        // SAFETY: both are whole, aligned events, and `i` is within them.
-        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+pub fn zero<T: Words>(slot: &mut MaybeUninit<T>) -> &mut T {
+    // SAFETY: the slot is valid for `T::WORDS` aligned words, and all zeroes is a valid `T`.
+    unsafe {
+        zero_raw(slot.as_mut_ptr());
+        slot.assume_init_mut()
+    }
+}
+
+/// Zeroes the `T` at `dst`.
+///
+/// # Safety
+/// `dst` must be valid for writing one `T`.
+#[inline(always)]
+pub unsafe fn zero_raw<T: Words>(dst: *mut T) {
+    let words = dst.cast::<u64>();
+    for i in 0..T::WORDS {
+        // SAFETY: `i` is within the record, which is 8-byte aligned and whole words long.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
 }

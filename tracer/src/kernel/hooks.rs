@@ -445,7 +445,14 @@ fn attach(err: ProgramError) -> Refusal {
 /// The root cause of an aya error in one line, without the verifier log.
 pub(crate) fn describe(err: &ProgramError) -> String {
     match err {
-        ProgramError::LoadError { io_error, .. } => io_error.to_string(),
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            // The whole log is long; `RUST_LOG=debug` shows it for a bug report.
+            log::debug!("verifier log:\n{verifier_log}");
+            io_error.to_string()
+        }
         ProgramError::SyscallError(syscall) => {
             format!("{} failed: {}", syscall.call, syscall.io_error)
         }

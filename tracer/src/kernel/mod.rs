@@ -32,6 +32,10 @@ use hooks::{HookSet, Mechanism};
 /// The compiled programs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
+/// An event wakes the reader once this fraction of the ring holds unread events; below it the
+/// reader drains on its timer (`reader::IDLE_DRAIN`), which bounds the delay.
+const WAKEUP_FRACTION: u32 = 16;
+
 /// What to load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -89,6 +93,7 @@ impl Programs {
             config.drop_reason_queue_purge = value;
         }
         config.offsets = resolved.offsets;
+        config.wakeup_bytes = options.ring_bytes / WAKEUP_FRACTION;
         let ebpf = EbpfLoader::new()
             .override_global(CONFIG_SYMBOL, &config, true)
             .map_max_entries(map::EVENTS, options.ring_bytes)
@@ -132,17 +137,22 @@ impl Programs {
                 let values = array.get(&counter_index(hook as u8, counter), 0)?;
                 Ok(values.iter().sum())
             };
+            let (filtered, emitted, lost) = (
+                read(Counter::Filtered)?,
+                read(Counter::Emitted)?,
+                read(Counter::Lost)?,
+            );
             let counters = HookCounters {
-                seen: read(Counter::Seen)?,
-                filtered: read(Counter::Filtered)?,
-                emitted: read(Counter::Emitted)?,
-                lost: read(Counter::Lost)?,
+                seen: filtered + emitted + lost,
+                filtered,
+                emitted,
+                lost,
             };
             if counters.seen > 0 {
                 result.insert(hook, counters);
             }
         }
-        const _: () = assert!(COUNTER_SLOTS == 4);
+        const _: () = assert!(COUNTER_SLOTS == 3);
         Ok(result)
     }
 

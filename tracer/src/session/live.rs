@@ -91,8 +91,10 @@ pub struct Trace {
     batches: mpsc::Receiver<Vec<HopEvent>>,
     stop: watch::Sender<bool>,
     signals: [Signal; 2],
-    /// Whether interfaces still wait for their TC programs.
+    /// Whether interfaces may still wait for their TC programs.
     tc_pending: bool,
+    /// Whether the first round of TC attachments has ended (and was announced).
+    tc_announced: bool,
 }
 
 impl Trace {
@@ -192,6 +194,7 @@ impl Trace {
         announce_ready(&programs, &options)?;
         Ok(Trace {
             tc_pending: options.hooks.has_interface_hooks(),
+            tc_announced: false,
             options,
             session,
             programs,
@@ -308,20 +311,20 @@ impl Trace {
         }
         // Names first, so that packets of a new namespace are named once it is followed.
         self.session.rename(self.follower.names());
-        if !self.tc_pending {
-            let applied = self.follower.apply(&mut self.programs, TC_ATTACH_BUDGET);
-            self.tc_pending = applied.pending;
-            report_applied(applied, &mut self.programs, "following");
-        }
+        // New interfaces get their TC programs from the loop, a few at a time.
+        self.tc_pending = self.options.hooks.has_interface_hooks();
     }
 
-    /// Attaches TC programs to the next few interfaces of the first round, after the ready
-    /// signal; says when every interface has them.
+    /// Attaches TC programs to the next few interfaces that lack them. The first round, right
+    /// after the ready line, ends with a line that says how many interfaces have them; later
+    /// rounds name the interfaces they follow.
     fn attach_tc(&mut self) {
         let applied = self.follower.apply(&mut self.programs, TC_ATTACH_BUDGET);
         self.tc_pending = applied.pending;
-        report_applied(applied, &mut self.programs, "");
-        if !self.tc_pending {
+        let verb = if self.tc_announced { "following" } else { "" };
+        report_applied(applied, &mut self.programs, verb);
+        if !self.tc_pending && !self.tc_announced {
+            self.tc_announced = true;
             let (interfaces, mechanism) = self.programs.tc_summary();
             eprintln!(
                 "tracer: TC programs attached to {interfaces} interfaces{}",
