@@ -131,6 +131,9 @@ fn flow_key(view: &View) -> FlowKey {
     FlowKey::new(view.proto, view.src, view.src_port, view.dst, view.dst_port)
 }
 
+/// Bytes the largest record takes in the ring buffer, with the ring's 8-byte record header.
+const RECORD_MAX: u64 = (size_of::<PacketWithHeaders>() + 8) as u64;
+
 /// A reserved ring buffer record, being filled in place.
 pub enum Record {
     Plain(RingBufEntry<PacketEvent>),
@@ -205,8 +208,11 @@ impl Record {
         let event = self.event();
         // SAFETY: the reserved event, filled by `reserve`.
         unsafe { (*event).ts_ns = ts_ns };
-        let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(conf!(wakeup_bytes))
-        {
+        // Unread bytes, this record included: the record that takes them past the threshold
+        // wakes the reader, once; the reader's timer finds the others.
+        let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+        let threshold = u64::from(conf!(wakeup_bytes));
+        let wakeup = if unread >= threshold && unread < threshold + RECORD_MAX {
             BPF_RB_FORCE_WAKEUP
         } else {
             BPF_RB_NO_WAKEUP
