@@ -52,6 +52,34 @@ impl FlowKey {
     }
 }
 
+impl FlowKey {
+    /// A 64-bit digest of the key (not a hash for tables: cheap, for telling a remembered key
+    /// from another one).
+    #[inline(always)]
+    pub fn signature(&self) -> u64 {
+        let word = |bytes: &[u8; 16], half: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[half * 8..half * 8 + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let ports =
+            u64::from(self.port_a) | u64::from(self.port_b) << 16 | u64::from(self.proto) << 32;
+        [
+            word(&self.addr_a, 0),
+            word(&self.addr_a, 1),
+            word(&self.addr_b, 0),
+            word(&self.addr_b, 1),
+            ports,
+        ]
+        .into_iter()
+        .fold(0xcbf2_9ce4_8422_2325, |acc: u64, w| {
+            (acc ^ w)
+                .wrapping_mul(0x0000_0100_0000_01b3)
+                .rotate_left(29)
+        })
+    }
+}
+
 /// Orders two addresses as big-endian numbers, in two 8-byte halves (cheap in eBPF).
 #[inline(always)]
 fn compare(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {

@@ -39,6 +39,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIE
 #[map]
 static TRACKED: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);
 
+/// The entry (`nf_conn` address, reply key signature) each CPU last remembered in [`TRACKED`].
+#[map]
+static LAST_TRACKED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Set once anything was tracked: until then, the hash lookup for a packet that matched
 /// nothing would be wasted (an array lookup is inlined by the verifier, a hash lookup is not).
 #[map]
@@ -81,7 +85,7 @@ pub fn matches<'s>(
         });
     if matched {
         if let Some(tuples) = &tuples {
-            track(tuples);
+            track(ct.ct, tuples);
         }
         return Some(tuples);
     }
@@ -100,26 +104,39 @@ pub fn matches<'s>(
 
 /// Remembers both tuples of a connection. The reply tuple is the one that changes when NAT
 /// is decided (conntrack fills it in at POSTROUTING), so it is the one checked: a packet seen
-/// before the NAT must not keep the translated tuple from being stored later.
+/// before the NAT must not keep the translated tuple from being stored later. The last entry
+/// each CPU remembered, with its reply tuple, is kept, so that the packets of a busy
+/// connection skip the hash lookup.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value are copied on the small BPF stack"
 )]
-fn track(tuples: &Tuples) {
+fn track(ct: u64, tuples: &Tuples) {
     let Some(reply) = tuples.view(1) else { return };
     let reply = flow_key(&reply);
-    if TRACKED.get_ptr(&reply).is_some() {
+    let signature = reply.signature();
+    let last = LAST_TRACKED.get_ptr_mut(0);
+    if let Some(last) = last
+        // SAFETY: the map gave a valid pointer to this CPU's slot.
+        && unsafe { (*last)[0] == ct && (*last)[1] == signature }
+    {
         return;
     }
-    let Some(orig) = tuples.view(0) else { return };
-    let orig = flow_key(&orig);
-    let _ = TRACKED.insert(&orig, &1, 0);
-    let _ = TRACKED.insert(&reply, &1, 0);
-    if let Some(on) = TRACKING.get_ptr_mut(0) {
-        // SAFETY: the map gave a valid pointer to its only entry; a racing store writes the
-        // same value.
-        unsafe { *on = 1 };
+    if TRACKED.get_ptr(&reply).is_none() {
+        let Some(orig) = tuples.view(0) else { return };
+        let orig = flow_key(&orig);
+        let _ = TRACKED.insert(&orig, &1, 0);
+        let _ = TRACKED.insert(&reply, &1, 0);
+        if let Some(on) = TRACKING.get_ptr_mut(0) {
+            // SAFETY: the map gave a valid pointer to its only entry; a racing store writes
+            // the same value.
+            unsafe { *on = 1 };
+        }
+    }
+    if let Some(last) = last {
+        // SAFETY: the map gave a valid pointer to this CPU's slot.
+        unsafe { *last = [ct, signature] };
     }
 }
 
