@@ -231,9 +231,9 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<Count
     let mark = A::read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
     let ifindex = A::read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
     let netns_inode = A::read(net, conf!(offsets.net_inum)).unwrap_or(0);
-    let dev_name = conf!(offsets.dev_name);
-    // SAFETY: the reserved event, zeroed and filled by `reserve`; plain stores, and a helper
-    // that copies the device name from kernel memory (leaving it zeroed when it fails).
+    // Two words: plain loads for BTF-typed programs, one helper call for the others.
+    let name: [u64; 2] = A::read(dev, conf!(offsets.dev_name)).unwrap_or([0; 2]);
+    // SAFETY: the reserved event, zeroed and filled by `reserve`; plain stores.
     unsafe {
         let e = &mut *event;
         e.skb = skb;
@@ -244,11 +244,9 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<Count
         e.mark = mark;
         e.ifindex = ifindex;
         e.netns_inode = netns_inode;
-        if dev != 0 && dev_name != OFFSET_UNKNOWN {
-            let name = (&raw mut e.ifname).cast::<core::ffi::c_void>();
-            let src = (dev + u64::from(dev_name)) as *const core::ffi::c_void;
-            generated::bpf_probe_read_kernel(name, 16, src);
-        }
+        let ifname = (&raw mut e.ifname).cast::<u64>();
+        ifname.write_unaligned(name[0]);
+        ifname.add(1).write_unaligned(name[1]);
     }
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
