@@ -72,3 +72,77 @@ fn bad_expression_is_a_usage_error() -> anyhow::Result<()> {
     assert!(finished.stderr.contains("service names are not supported"));
     Ok(())
 }
+
+/// A conntrack entry freed and reused by another connection is judged again: with a filter
+/// that only conntrack can satisfy after the NAT (`host <ctr1>`, while the uplink hops carry
+/// the uplink's address), connections from a container the filter does not select alternate
+/// with connections from one it does, each entry deleted as its connection ends, so that the
+/// next connection gets the freed entry. Every packet of every selected connection is traced
+/// on both sides of the NAT, and at least one of them did reuse an entry the kernel programs
+/// had judged not to match.
+#[test]
+fn a_reused_conntrack_entry_is_judged_again() -> anyhow::Result<()> {
+    let port = 10043;
+    let rounds = 20;
+    let testbed = Testbed::up(2)?;
+    let (ctr1, ctr2) = (&testbed.containers[0], &testbed.containers[1]);
+    let server = SocketAddr::from((SERVER_ADDR, port));
+    let listener = traffic::listen(&testbed.remote, server)?;
+    let selected = Tracer::start(&["--output", "json", "host", &ctr1.addr.to_string()])?;
+    // The other container's connections, traced only to learn their entries' addresses.
+    let others = Tracer::start(&["--output", "json", "host", &ctr2.addr.to_string()])?;
+    for _ in 0..rounds {
+        for ctr in [ctr2, ctr1] {
+            traffic::exchange(&ctr.netns, None, server, &listener)?;
+            testbed
+                .host
+                .exec("conntrack", &["-D", "-s", &ctr.addr.to_string()])?;
+        }
+    }
+    let (selected, others) = (selected.stop()?, others.stop()?);
+    assert!(selected.status.success(), "{}", selected.stderr);
+
+    let host = &testbed.host.name;
+    let packets = trace::packets(&selected.json()?);
+    let entries = |packets: &[trace::Packet]| -> std::collections::BTreeSet<String> {
+        packets
+            .iter()
+            .flat_map(|p| p.hops.iter())
+            .filter_map(|hop| hop["conntrack"]["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let mut flows = std::collections::BTreeSet::new();
+    for packet in &packets {
+        let start = trace::text(&packet.first()["netns"]);
+        let (uplink_hook, end) = if start == ctr1.netns.name {
+            (
+                "net_dev_queue",
+                (testbed.remote.name.as_str(), "netif_receive_skb"),
+            )
+        } else if start == testbed.remote.name {
+            (
+                "netif_receive_skb",
+                (ctr1.netns.name.as_str(), "netif_receive_skb"),
+            )
+        } else {
+            continue;
+        };
+        assert!(
+            packet.hop_at(host, "eth0", uplink_hook).is_some()
+                && packet.hop_at(end.0, "eth0", end.1).is_some(),
+            "a packet of a selected connection lost hops: {:#?}",
+            packet.places()
+        );
+        flows.insert(packet.flow_id());
+    }
+    assert_eq!(flows.len(), rounds, "{}", selected.stderr);
+    let reused: Vec<String> = entries(&packets)
+        .intersection(&entries(&trace::packets(&others.json()?)))
+        .cloned()
+        .collect();
+    assert!(
+        !reused.is_empty(),
+        "no selected connection reused an entry of the other container's, so this test showed nothing"
+    );
+    Ok(())
+}

@@ -54,6 +54,12 @@ impl Conntrack {
         }
     }
 
+    /// Whether the entry is established, so its tuples (and NAT) are settled.
+    #[inline(always)]
+    pub fn settled(&self) -> bool {
+        matches!(conntrack::decode_state(self.state), Some(0 | 3))
+    }
+
     /// Reads both tuples into `scratch` with one helper call; `None` without an entry, or
     /// where the running kernel does not lay them out as expected.
     #[inline(always)]

@@ -39,12 +39,18 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIE
 #[map]
 static TRACKED: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);
 
+/// Connections found not to match, by conntrack entry (`nf_conn` address): the signatures of
+/// the entry's two tuples' keys, and the [`TRACKING`] generation the verdict was made in.
+#[map]
+static VERDICTS: LruHashMap<u64, [u64; 3]> = LruHashMap::with_max_entries(1 << 16, 0);
+
 /// The entry (`nf_conn` address, reply key signature) each CPU last remembered in [`TRACKED`].
 #[map]
 static LAST_TRACKED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Set once anything was tracked: until then, the hash lookup for a packet that matched
-/// nothing would be wasted (an array lookup is inlined by the verifier, a hash lookup is not).
+/// The tracking generation: 0 until anything was tracked (until then, the hash lookup for a
+/// packet that matched nothing would be wasted; an array lookup is inlined by the verifier, a
+/// hash lookup is not), then one more for every connection tracked.
 #[map]
 static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -63,6 +69,13 @@ pub fn count(hook: u8, counter: Counter) {
 /// connection matched earlier. Remembers the connection when the packet matched and carries a
 /// conntrack entry, so that its packets also match where they have none. A match carries the
 /// tuples, which the event needs.
+///
+/// A connection found not to match is remembered by its conntrack entry in [`VERDICTS`], so
+/// that its later packets are rejected without reading the tuples. The verdict is used only
+/// while it must still hold: the entry is established (its tuples, NAT included, are
+/// settled), the packet's own tuple is one of the two the verdict was made on (an entry freed
+/// and reused by another connection is not mistaken for the old one), and no connection was
+/// tracked since (one might be this connection, seen where its tuples differ).
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -73,12 +86,23 @@ pub fn matches<'s>(
     ct: &Conntrack,
     scratch: &'s mut MaybeUninit<Scratch>,
 ) -> Option<Option<Tuples<'s>>> {
-    let tuples = ct.read(scratch);
     if filter::is_empty() {
-        return Some(tuples);
+        return Some(ct.read(scratch));
     }
     let has_ports = headers.flags & FLAG_L4 != 0;
-    let matched = filter::evaluate(&View::packet(headers, has_ports))
+    let own = filter::evaluate(&View::packet(headers, has_ports));
+    let generation = u64::from(TRACKING.get(0).copied().unwrap_or(0));
+    let cacheable = !own && ct.ct != 0 && ct.settled();
+    if cacheable && let Some(verdict) = VERDICTS.get_ptr(&ct.ct) {
+        let signature = packet_key(headers).signature();
+        // SAFETY: the map gave a valid pointer to the entry's value.
+        let [orig, reply, made_at] = unsafe { *verdict };
+        if (signature == orig || signature == reply) && made_at == generation {
+            return None;
+        }
+    }
+    let tuples = ct.read(scratch);
+    let matched = own
         || tuples.as_ref().is_some_and(|tuples| {
             tuples.view(0).is_some_and(|v| filter::evaluate(&v))
                 || tuples.view(1).is_some_and(|v| filter::evaluate(&v))
@@ -89,17 +113,33 @@ pub fn matches<'s>(
         }
         return Some(tuples);
     }
-    if TRACKING.get(0).is_none_or(|&on| on == 0) {
-        return None;
+    if generation != 0 && TRACKED.get_ptr(&packet_key(headers)).is_some() {
+        return Some(tuples);
     }
-    let key = FlowKey::new(
+    if cacheable
+        && let Some(tuples) = &tuples
+        && let (Some(orig), Some(reply)) = (tuples.view(0), tuples.view(1))
+    {
+        let verdict = [
+            flow_key(&orig).signature(),
+            flow_key(&reply).signature(),
+            generation,
+        ];
+        let _ = VERDICTS.insert(&ct.ct, &verdict, 0);
+    }
+    None
+}
+
+/// The key of the connection the packet's own tuple describes.
+#[inline(always)]
+fn packet_key(headers: &Headers) -> FlowKey {
+    FlowKey::new(
         headers.l4_proto,
         &headers.src_addr,
         headers.src_port,
         &headers.dst_addr,
         headers.dst_port,
-    );
-    TRACKED.get_ptr(&key).is_some().then_some(tuples)
+    )
 }
 
 /// Remembers both tuples of a connection. The reply tuple is the one that changes when NAT
@@ -131,7 +171,7 @@ fn track(ct: u64, tuples: &Tuples) {
         if let Some(on) = TRACKING.get_ptr_mut(0) {
             // SAFETY: the map gave a valid pointer to its only entry; a racing store writes
             // the same value.
-            unsafe { *on = 1 };
+            unsafe { *on = (*on).wrapping_add(1).max(1) };
         }
     }
     if let Some(last) = last {
