@@ -59,13 +59,15 @@ pub struct TraceArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
 
-    /// Only this interface (repeatable): TC programs go on it, and only packets that cross it
-    /// are shown. Looked up in the namespace given by --netns, or in tracer's own.
+    /// Only this interface (repeatable): only packets that cross it are shown, and with
+    /// `--hooks +tc` TC programs go on it. Looked up in the namespace given by --netns, or in
+    /// tracer's own.
     #[arg(short = 'i', long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
 
-    /// Only this container (repeatable, Docker name or id prefix): its interfaces, their veth
-    /// peers and bridges get TC programs, and only packets that touch it are shown.
+    /// Only this container (repeatable, Docker name or id prefix): only packets that touch it
+    /// are shown, and with `--hooks +tc` its interfaces, their veth peers and bridges get TC
+    /// programs.
     #[arg(long, value_name = "NAME")]
     pub container: Vec<String>,
 
@@ -125,7 +127,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH")]
     pub record: Option<PathBuf>,
 
-    /// Create this file once every hook is attached (for scripts and tests).
+    /// Create this file once every hook is attached (for scripts and tests); TC programs, when
+    /// asked for, attach after it.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 
