@@ -85,6 +85,12 @@ impl Report {
                 "clsact qdisc filters through netlink (no TCX before Linux 6.6)"
             }
         );
+        let _ = writeln!(
+            out,
+            "hooks      default: {}; opt-in with --hooks +NAME: {}",
+            HookSet::default_set().names().join(", "),
+            HookSet::opt_in().names().join(", ")
+        );
         for note in &self.notes {
             let _ = writeln!(out, "note       {note}");
         }

@@ -219,6 +219,11 @@ impl HookSet {
         HookSet::of(|spec| spec.default)
     }
 
+    /// The hooks a trace uses only when asked to.
+    pub fn opt_in() -> HookSet {
+        HookSet::of(|spec| !spec.default)
+    }
+
     /// Every hook attached once for the whole kernel: no per-interface (TC) programs.
     pub fn global() -> HookSet {
         HookSet::of(|spec| spec.scope == Scope::Global)
