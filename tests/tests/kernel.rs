@@ -50,14 +50,7 @@ fn hook_ladder_matches_the_kernel() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
     let server = SocketAddr::from((SERVER_ADDR, port));
     let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "+tc",
-    ])?;
+    let tracer = Tracer::json(port, &["--hooks", "+tc"])?;
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);

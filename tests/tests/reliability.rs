@@ -94,14 +94,7 @@ fn traffic_passes_untouched_and_later_tc_programs_see_it() -> anyhow::Result<()>
     let receiver = traffic::udp_bind(&testbed.remote, server)?;
     let sender = traffic::udp_bind(&ctr.netns, SocketAddr::from((ctr.addr, 0)))?;
 
-    let first = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "+tc",
-    ])?;
+    let first = Tracer::json(port, &["--hooks", "+tc"])?;
     let second = Tracer::start(&[
         "--port",
         &port.to_string(),
@@ -147,14 +140,7 @@ fn faults_during_a_trace_are_survived() -> anyhow::Result<()> {
     let mut testbed = Testbed::up(3)?;
     let server = SocketAddr::from((SERVER_ADDR, port));
     let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "+tc",
-    ])?;
+    let tracer = Tracer::json(port, &["--hooks", "+tc"])?;
     traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
 
     testbed.replug(1)?;

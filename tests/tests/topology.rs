@@ -81,14 +81,7 @@ fn containers_appearing_and_vanishing_during_a_trace() -> anyhow::Result<()> {
     let mut testbed = Testbed::up(2)?;
     let server = SocketAddr::from((SERVER_ADDR, port));
     let listener = traffic::listen(&testbed.remote, server)?;
-    let tracer = Tracer::start(&[
-        "--port",
-        &port.to_string(),
-        "--output",
-        "json",
-        "--hooks",
-        "+tc",
-    ])?;
+    let tracer = Tracer::json(port, &["--hooks", "+tc"])?;
 
     // Remove ctr2 mid-trace, add ctr3.
     drop(testbed.containers.remove(1));
