@@ -2,7 +2,7 @@
 //! MASQUERADE and the uplink to the remote, untraced and under each observed configuration,
 //! in pairs (see `pairs`).
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tracer_tests::testbed::Testbed;
 
@@ -41,6 +41,9 @@ fn measure(testbed: &Testbed, config: Config, seconds: u64) -> anyhow::Result<Sa
         .as_f64()
         .context("no throughput in the iperf3 report")?
         / 1e9;
+    if gbps <= 0.0 {
+        bail!("iperf3 moved no data under {}", config.name());
+    }
     Ok(Sample {
         value: gbps,
         overhead,

@@ -41,7 +41,14 @@ impl Pair {
 #[derive(Debug, Clone)]
 pub struct Paired {
     pub pairs: Vec<Pair>,
+    /// Why pairs were run again: one line per failed attempt.
+    pub retried: Vec<String>,
 }
+
+/// How often a pair whose run failed (iperf3 or an observer did not work) is run again
+/// before the benchmark gives up. On this VM a run very rarely stalls; one bad run should
+/// not cost the other hundred.
+const RETRIES: usize = 2;
 
 /// Runs `repeats` pairs of every configuration in `configs`, in an order drawn from `rng`.
 /// `measure` runs one configuration once.
@@ -57,7 +64,10 @@ pub fn run(
         .flat_map(|&c| std::iter::repeat_n(c, repeats))
         .collect();
     rng.shuffle(&mut order);
-    let mut pairs = Vec::new();
+    let mut paired = Paired {
+        pairs: Vec::new(),
+        retried: Vec::new(),
+    };
     for (index, config) in order.into_iter().enumerate() {
         let traced_first = rng.coin();
         eprintln!(
@@ -71,21 +81,34 @@ pub fn run(
                 ", after untraced"
             }
         );
-        let (untraced, traced) = if traced_first {
-            let traced = measure(config)?;
-            (measure(Config::Untraced)?, traced)
-        } else {
-            let untraced = measure(Config::Untraced)?;
-            (untraced, measure(config)?)
+        let mut attempt = 0;
+        let (untraced, traced) = loop {
+            let both = if traced_first {
+                measure(config).and_then(|traced| Ok((measure(Config::Untraced)?, traced)))
+            } else {
+                measure(Config::Untraced).and_then(|untraced| Ok((untraced, measure(config)?)))
+            };
+            match both {
+                Ok(both) => break both,
+                Err(err) if attempt < RETRIES => {
+                    attempt += 1;
+                    eprintln!(
+                        "xtask: bench: {what}: pair {}: {err:#}; running it again",
+                        index + 1
+                    );
+                    paired.retried.push(format!("{}: {err:#}", config.name()));
+                }
+                Err(err) => return Err(err),
+            }
         };
-        pairs.push(Pair {
+        paired.pairs.push(Pair {
             config,
             traced_first,
             untraced,
             traced,
         });
     }
-    Ok(Paired { pairs })
+    Ok(paired)
 }
 
 /// Sum and per-run maximum of a count.
@@ -198,6 +221,14 @@ impl Paired {
                 tally_text(row.dropped),
             );
         }
+        if !self.retried.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nPairs run again after a failed run ({}): {}.",
+                self.retried.len(),
+                self.retried.join("; ")
+            );
+        }
         md
     }
 
@@ -226,7 +257,8 @@ impl Paired {
                        "untraced": side(&p.untraced), "traced": side(&p.traced), "ratio": p.ratio()})
             })
             .collect();
-        json!({"untraced": self.baseline().json(), "configs": rows, "pairs_in_run_order": pairs})
+        json!({"untraced": self.baseline().json(), "configs": rows, "pairs_in_run_order": pairs,
+               "retried": self.retried})
     }
 }
 
@@ -297,6 +329,28 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_pair_runs_again() {
+        let mut calls = 0;
+        let paired = run("test", &[Config::TracerAll], 1, &mut Rng::new(1), |_| {
+            calls += 1;
+            if calls == 1 {
+                anyhow::bail!("iperf3 stalled");
+            }
+            Ok(sample(1.0, Some(0)))
+        })
+        .unwrap();
+        assert_eq!((paired.pairs.len(), calls), (1, 3));
+        assert_eq!(
+            paired.retried,
+            ["tracer, every packet matches: iperf3 stalled"]
+        );
+        let always = run("test", &[Config::TracerAll], 1, &mut Rng::new(1), |_| {
+            anyhow::bail!("broken")
+        });
+        assert!(always.is_err());
+    }
+
+    #[test]
     fn lost_events_make_a_row_partial() {
         let pair = |lost| Pair {
             config: Config::TracerAll,
@@ -306,6 +360,7 @@ mod tests {
         };
         let paired = Paired {
             pairs: vec![pair(0), pair(1_200_000), pair(5)],
+            retried: Vec::new(),
         };
         let row = paired.row(Config::TracerAll).unwrap();
         assert!(row.partial());

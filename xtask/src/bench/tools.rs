@@ -36,7 +36,12 @@ pub fn iperf3(client: &Netns, args: &[&str]) -> anyhow::Result<Value> {
     let mut full = vec!["-c", &server, "-p", &port, "-J"];
     full.extend_from_slice(args);
     let output = client.exec("iperf3", &full)?;
-    serde_json::from_str(&output).context("failed to parse the iperf3 -J report")
+    let report: Value =
+        serde_json::from_str(&output).context("failed to parse the iperf3 -J report")?;
+    if let Some(error) = report["error"].as_str() {
+        bail!("iperf3 failed: {error}");
+    }
+    Ok(report)
 }
 
 /// iperf3 server in a namespace, killed on drop.
