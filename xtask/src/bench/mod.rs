@@ -92,6 +92,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     md += &loss.markdown();
     md += &startup.markdown();
     md += &targets::markdown(&targets::Inputs {
+        quick: args.quick,
         datapath: &datapath,
         cpu: &cpu,
         kernel: &programs,
