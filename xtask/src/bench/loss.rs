@@ -16,7 +16,7 @@ use tracer_tests::{
     traffic,
 };
 
-use super::datapath::lost_from;
+use super::tools::lost_from;
 
 const PORT: u16 = 10095;
 

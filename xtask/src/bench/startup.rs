@@ -1,15 +1,27 @@
 //! Start-up: from starting tracer to its ready line, with 1, 10 and 100 container namespaces
-//! on the bridge (topology discovery, program load, and TC attachment to every veth end).
+//! on the bridge (topology discovery, program load, and TC attachment to every veth end), with
+//! the default hooks and, when the binary has the option, with `--hooks all`.
 
-use std::{fmt::Write as _, process::Stdio, time::Instant};
+use std::{
+    fmt::Write as _,
+    process::{Command, Stdio},
+    time::Instant,
+};
 
 use serde_json::{Value, json};
 use tracer_tests::{testbed::Testbed, tracer::Tracer};
 
-use super::Stat;
+use super::stats::Stat;
+
+/// One row: which hooks, how many container namespaces, seconds to ready.
+struct Row {
+    hooks: &'static str,
+    containers: usize,
+    seconds: Stat,
+}
 
 pub struct Results {
-    sizes: Vec<(usize, Stat)>,
+    rows: Vec<Row>,
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Results> {
@@ -18,38 +30,66 @@ pub fn run(quick: bool) -> anyhow::Result<Results> {
     } else {
         (&[1, 10, 100], 3)
     };
-    let mut results = Vec::new();
+    // `--hooks all` on the largest testbed only: that is where attaching TC everywhere costs.
+    let largest = sizes.last().copied().unwrap_or(1);
+    let all_hooks = accepts_hooks_all();
+    let mut rows = Vec::new();
     for &containers in sizes {
         let _testbed = Testbed::up(containers)?;
-        let mut samples = Vec::new();
-        for _ in 0..repeats {
-            let start = Instant::now();
-            let tracer = Tracer::start_with_stdout(&["--port", "1"], Stdio::null())?;
-            samples.push(start.elapsed().as_secs_f64());
-            tracer.stop()?;
+        let mut variants = vec![("default", &[][..])];
+        if all_hooks && containers == largest {
+            variants.push(("--hooks all", &["--hooks", "all"][..]));
         }
-        results.push((containers, Stat::of(&samples)));
+        for (hooks, extra) in variants {
+            let mut args = vec!["--port", "1"];
+            args.extend_from_slice(extra);
+            let mut samples = Vec::new();
+            for _ in 0..repeats {
+                let start = Instant::now();
+                let tracer = Tracer::start_with_stdout(&args, Stdio::null())?;
+                samples.push(start.elapsed().as_secs_f64());
+                tracer.stop()?;
+            }
+            rows.push(Row {
+                hooks,
+                containers,
+                seconds: Stat::of(&samples),
+            });
+        }
     }
-    Ok(Results { sizes: results })
+    Ok(Results { rows })
+}
+
+/// Whether the tracer binary takes `--hooks all` (clap checks the value before `--version`
+/// exits).
+fn accepts_hooks_all() -> bool {
+    Command::new(tracer_tests::tracer::binary())
+        .args(["--hooks", "all", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 impl Results {
+    /// Median seconds to ready with the default hooks.
     pub fn seconds_for(&self, containers: usize) -> Option<f64> {
-        self.sizes
+        self.rows
             .iter()
-            .find(|(n, _)| *n == containers)
-            .map(|(_, s)| s.median)
+            .find(|r| r.hooks == "default" && r.containers == containers)
+            .map(|r| r.seconds.median)
     }
 
     pub fn markdown(&self) -> String {
         let mut md = String::from(
-            "## Start-up\n\nFrom starting tracer to `tracer: ready`, default hooks (TC on every veth end, bridge and uplink), on a machine with that many container namespaces.\n\n| Container namespaces | Seconds |\n|---|---|\n",
+            "## Start-up\n\nFrom starting tracer (`--port 1`) to `tracer: ready`, on a machine with that many container namespaces.\n\n| Hooks | Container namespaces | Seconds |\n|---|---|---|\n",
         );
-        for (containers, stat) in &self.sizes {
+        for row in &self.rows {
+            let s = row.seconds;
             let _ = writeln!(
                 md,
-                "| {containers} | {:.2} [{:.2}-{:.2}] |",
-                stat.median, stat.min, stat.max
+                "| {} | {} | {:.2} [{:.2}-{:.2}] |",
+                row.hooks, row.containers, s.median, s.min, s.max
             );
         }
         md.push('\n');
@@ -58,9 +98,9 @@ impl Results {
 
     pub fn json(&self) -> Value {
         json!(
-            self.sizes
+            self.rows
                 .iter()
-                .map(|(n, s)| json!({"containers": n, "seconds": s.json()}))
+                .map(|r| json!({"hooks": r.hooks, "containers": r.containers, "seconds": r.seconds.json()}))
                 .collect::<Vec<_>>()
         )
     }

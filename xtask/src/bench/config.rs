@@ -1,0 +1,125 @@
+//! What runs beside the traffic in each compared configuration: nothing, tracer (a filter that
+//! matches nothing, or every packet), or tcpdump on the three interfaces a container's packet
+//! crosses in the host (filter that matches nothing, or every packet). Started before a run,
+//! stopped after it, with what it lost or dropped.
+
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+use tracer_tests::{testbed::Testbed, tracer::Tracer};
+
+use super::tools::{Tcpdump, lost_from};
+
+/// One compared configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Config {
+    Untraced,
+    TracerNoMatch,
+    TracerAll,
+    TcpdumpNoMatch,
+    TcpdumpAll,
+}
+
+impl Config {
+    /// Every configuration compared to [`Config::Untraced`].
+    pub const OBSERVED: [Config; 4] = [
+        Config::TracerNoMatch,
+        Config::TracerAll,
+        Config::TcpdumpNoMatch,
+        Config::TcpdumpAll,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Untraced => "untraced",
+            Config::TracerNoMatch => "tracer, filter matches nothing",
+            Config::TracerAll => "tracer, every packet matches",
+            Config::TcpdumpNoMatch => "tcpdump -s 128, filter matches nothing",
+            Config::TcpdumpAll => "tcpdump -s 128, every packet",
+        }
+    }
+
+    /// Starts what this configuration runs, for traffic on TCP port `port` from the first
+    /// container; returns once all of it is ready.
+    pub fn start(self, testbed: &Testbed, port: u16) -> anyhow::Result<Running> {
+        let port = port.to_string();
+        let tracer_port = match self {
+            Config::TracerNoMatch => Some("1"),
+            Config::TracerAll => Some(port.as_str()),
+            _ => None,
+        };
+        let tracer = match tracer_port {
+            Some(p) => Some(Tracer::start_with_stdout(
+                &["--port", p, "--output", "json"],
+                Stdio::null(),
+            )?),
+            None => None,
+        };
+        let filter: Option<&[&str]> = match self {
+            Config::TcpdumpNoMatch => Some(&["port", "1"]),
+            Config::TcpdumpAll => Some(&[]),
+            _ => None,
+        };
+        let mut dumps = Vec::new();
+        if let Some(filter) = filter {
+            let veth = testbed.containers[0].host_veth.as_str();
+            for iface in [veth, "docker0", "eth0"] {
+                let mut args = vec!["-s", "128", "-w", "/dev/null"];
+                args.extend_from_slice(filter);
+                dumps.push(Tcpdump::start(&testbed.host, iface, &args)?);
+            }
+        }
+        Ok(Running { tracer, dumps })
+    }
+}
+
+/// What a configuration lost while it ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overhead {
+    /// Events tracer lost (tracer configurations only).
+    pub lost: Option<u64>,
+    /// Packets the kernel dropped from tcpdump's buffers, all interfaces together (tcpdump
+    /// configurations only).
+    pub dropped: Option<u64>,
+}
+
+/// A started configuration; dropping it stops everything too (for the error paths).
+pub struct Running {
+    tracer: Option<Tracer>,
+    dumps: Vec<Tcpdump>,
+}
+
+impl Running {
+    /// Process id of the running tracer, if any.
+    pub fn tracer_pid(&self) -> Option<u32> {
+        self.tracer.as_ref().map(Tracer::pid)
+    }
+
+    /// Stops everything and reports what was lost.
+    pub fn finish(mut self) -> anyhow::Result<Overhead> {
+        let mut overhead = Overhead::default();
+        for dump in &mut self.dumps {
+            let stopped = dump.stop()?;
+            let dropped = stopped.dropped.with_context(|| {
+                format!(
+                    "tcpdump on {} did not report its drops: {}",
+                    dump.iface(),
+                    stopped.stderr.trim()
+                )
+            })?;
+            *overhead.dropped.get_or_insert(0) += dropped;
+        }
+        if let Some(tracer) = self.tracer.take() {
+            let finished = tracer.stop()?;
+            if !finished.status.success() {
+                bail!(
+                    "tracer failed ({}): {}",
+                    finished.status,
+                    finished.stderr.trim()
+                );
+            }
+            overhead.lost = Some(lost_from(&finished.stderr));
+        }
+        Ok(overhead)
+    }
+}

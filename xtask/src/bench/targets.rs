@@ -1,0 +1,178 @@
+//! The targets, met or not, from one run's numbers. A result from runs in which tracer
+//! lost events is a partial trace and never counts as meeting a target.
+
+use std::fmt::Write as _;
+
+use super::{config::Config, cpu, datapath, kernel, observer, pairs::Row, pairs::ci_text, startup};
+
+/// Whether a target is met.
+enum Met {
+    Yes,
+    No,
+    /// tracer lost events in the runs behind the number.
+    LostEvents,
+    /// The number cannot decide it, for the reason given.
+    Undecided(&'static str),
+}
+
+impl Met {
+    fn from(met: bool) -> Met {
+        if met { Met::Yes } else { Met::No }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Met::Yes => "yes".to_owned(),
+            Met::No => "no".to_owned(),
+            Met::LostEvents => "not met (lost events)".to_owned(),
+            Met::Undecided(why) => format!("not established ({why})"),
+        }
+    }
+}
+
+pub struct Inputs<'a> {
+    /// Numbers from `--quick`: a smoke check, not a measurement.
+    pub quick: bool,
+    pub datapath: &'a datapath::Results,
+    pub cpu: &'a cpu::Results,
+    pub kernel: &'a kernel::Results,
+    pub observer: &'a observer::Results,
+    pub startup: &'a startup::Results,
+}
+
+pub fn markdown(r: &Inputs) -> String {
+    let mut md =
+        String::from("## Targets\n\n2-vCPU machine, default hooks, ratios within this run.");
+    if r.quick {
+        md += " These numbers come from `--quick` (one short pair per configuration, one observer round): they show that every benchmark runs and judge nothing; a full run does.";
+    }
+    md += "\n\n| Target | Measured | Met |\n|---|---|---|\n";
+    let mut row = |target: &str, measured: String, met: Met| {
+        let met = if r.quick {
+            "not judged (--quick)".to_owned()
+        } else {
+            met.text()
+        };
+        let _ = writeln!(md, "| {target} | {measured} | {met} |");
+    };
+    let throughput = |c| r.datapath.paired.row(c);
+    let nothing = throughput(Config::TracerNoMatch);
+    row(
+        "throughput, filter matches nothing >= 0.97x (95% CI lower bound >= 0.95x)",
+        ratio_text(nothing),
+        checked(nothing, |row| match row.ci {
+            None => Met::Undecided("no confidence interval"),
+            Some(ci) => Met::from(row.ratio.median >= 0.97 && ci.lo >= 0.95),
+        }),
+    );
+    let cpu = r.cpu.paired.row(Config::TracerNoMatch);
+    row(
+        "CPU per GB, filter matches nothing <= +3%",
+        ratio_text(cpu),
+        checked(cpu, |row| Met::from(row.ratio.median <= 1.03)),
+    );
+    let every = throughput(Config::TracerAll);
+    row(
+        "throughput, every packet matching, 0 events lost >= 0.85x",
+        ratio_text(every),
+        checked(every, |row| Met::from(row.ratio.median >= 0.85)),
+    );
+    let tcpdump = throughput(Config::TcpdumpAll);
+    row(
+        "throughput, every packet matching, better than tcpdump -s 128 capturing all",
+        format!(
+            "{} vs tcpdump {}",
+            ratio_text(every),
+            tcpdump.map_or_else(|| "-".to_owned(), |t| format!("{:.3}", t.ratio.median))
+        ),
+        checked(every, |row| match tcpdump {
+            Some(t) => Met::from(row.ratio.median > t.ratio.median),
+            None => Met::Undecided("no tcpdump runs"),
+        }),
+    );
+    let (miss, hit) = (&r.kernel.miss, &r.kernel.hit);
+    row(
+        "kernel cost per run, non-matching, net of floor <= 30 ns",
+        format!(
+            "{:.0} ns (floor {:.0} ns)",
+            miss.net_per_run(),
+            miss.floor.ns_per_run()
+        ),
+        Met::from(miss.net_per_run() <= 30.0),
+    );
+    row(
+        "kernel cost per emitted event, net of floor <= 200 ns",
+        format!(
+            "{:.0} ns (floor {:.0} ns, {} events lost)",
+            hit.net_per_run(),
+            hit.floor.ns_per_run(),
+            hit.lost
+        ),
+        if hit.lost > 0 {
+            Met::LostEvents
+        } else {
+            Met::from(hit.net_per_run() <= 200.0)
+        },
+    );
+    row(
+        "programs run per forwarded packet (SNAT path) <= 6",
+        format!(
+            "{:.2} (filter matching everything: {:.2})",
+            miss.runs_per_forwarded(),
+            hit.runs_per_forwarded()
+        ),
+        Met::from(miss.runs_per_forwarded() <= 6.0),
+    );
+    let observer = r.observer.ratio();
+    row(
+        "observer effect on container -> uplink latency <= +10%",
+        format!(
+            "{:+.1}% ({} events lost)",
+            (observer - 1.0) * 100.0,
+            r.observer.lost()
+        ),
+        if r.observer.lost() > 0 {
+            Met::LostEvents
+        } else {
+            Met::from(observer <= 1.10)
+        },
+    );
+    match r.startup.seconds_for(100) {
+        Some(seconds) => row(
+            "ready with 100 container namespaces <= 1 s",
+            format!("{seconds:.2} s"),
+            Met::from(seconds <= 1.0),
+        ),
+        None => row(
+            "ready with 100 container namespaces <= 1 s",
+            "-".to_owned(),
+            Met::Undecided("not measured by --quick"),
+        ),
+    }
+    md.push('\n');
+    md
+}
+
+/// "median [CI]" of a paired row, marked when it is a partial trace.
+fn ratio_text(row: Option<Row>) -> String {
+    row.map_or_else(
+        || "-".to_owned(),
+        |row| {
+            let text = format!("{:.3}x [{}]", row.ratio.median, ci_text(row.ci));
+            if row.partial() {
+                format!("partial trace: {text}")
+            } else {
+                text
+            }
+        },
+    )
+}
+
+/// `judge` on a full-trace row; lost events and missing rows decide first.
+fn checked(row: Option<Row>, judge: impl FnOnce(&Row) -> Met) -> Met {
+    match row {
+        None => Met::Undecided("not measured"),
+        Some(row) if row.partial() => Met::LostEvents,
+        Some(row) => judge(&row),
+    }
+}
