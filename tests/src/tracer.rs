@@ -31,6 +31,10 @@ pub struct Tracer {
     stderr: Option<JoinHandle<String>>,
     /// Every stderr line, as it is printed.
     lines: mpsc::Receiver<String>,
+    /// How long after its start tracer said it was ready.
+    pub ready_after: Duration,
+    /// How long after its start tracer said its TC programs were attached, when asked for.
+    pub tc_attached_after: Option<Duration>,
 }
 
 /// What a finished tracer printed.
@@ -83,6 +87,7 @@ impl Tracer {
                 binary.display()
             );
         }
+        let started = std::time::Instant::now();
         let mut child = Command::new(&binary)
             .args(args)
             .stdin(Stdio::null())
@@ -114,16 +119,20 @@ impl Tracer {
             stdout: Some(stdout),
             stderr: Some(stderr),
             lines,
+            ready_after: Duration::ZERO,
+            tc_attached_after: None,
         };
         // With TC programs asked for, they attach after the ready line, in the background;
         // tests that trace TC hops wait for them too.
         let ready = tracer
             .wait_for_line(READY_TIMEOUT, |line| line.starts_with("tracer: ready"))
             .and_then(|_| {
+                tracer.ready_after = started.elapsed();
                 if asks_for_tc(args) {
                     tracer.wait_for_line(READY_TIMEOUT, |line| {
                         line.starts_with("tracer: TC programs attached")
                     })?;
+                    tracer.tc_attached_after = Some(started.elapsed());
                 }
                 Ok(())
             });

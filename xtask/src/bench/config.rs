@@ -16,6 +16,8 @@ pub enum Config {
     Untraced,
     TracerNoMatch,
     TracerAll,
+    /// Every hook, TC included, with a filter that matches nothing: for what each hook costs.
+    TracerEveryHookNoMatch,
     TcpdumpNoMatch,
     TcpdumpAll,
 }
@@ -34,6 +36,7 @@ impl Config {
             Config::Untraced => "untraced",
             Config::TracerNoMatch => "tracer, filter matches nothing",
             Config::TracerAll => "tracer, every packet matches",
+            Config::TracerEveryHookNoMatch => "tracer with every hook, filter matches nothing",
             Config::TcpdumpNoMatch => "tcpdump -s 128, filter matches nothing",
             Config::TcpdumpAll => "tcpdump -s 128, every packet",
         }
@@ -43,16 +46,18 @@ impl Config {
     /// container; returns once all of it is ready.
     pub fn start(self, testbed: &Testbed, port: u16) -> anyhow::Result<Running> {
         let port = port.to_string();
-        let tracer_port = match self {
-            Config::TracerNoMatch => Some("1"),
-            Config::TracerAll => Some(port.as_str()),
+        let tracer_args: Option<[&str; 6]> = match self {
+            Config::TracerNoMatch => {
+                Some(["--port", "1", "--output", "json", "--hooks", "default"])
+            }
+            Config::TracerAll => Some(["--port", &port, "--output", "json", "--hooks", "default"]),
+            Config::TracerEveryHookNoMatch => {
+                Some(["--port", "1", "--output", "json", "--hooks", "all"])
+            }
             _ => None,
         };
-        let tracer = match tracer_port {
-            Some(p) => Some(Tracer::start_with_stdout(
-                &["--port", p, "--output", "json"],
-                Stdio::null(),
-            )?),
+        let tracer = match tracer_args {
+            Some(args) => Some(Tracer::start_with_stdout(&args, Stdio::null())?),
             None => None,
         };
         let filter: Option<&[&str]> = match self {

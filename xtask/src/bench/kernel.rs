@@ -104,6 +104,8 @@ pub struct Results {
     pub miss: Measured,
     /// Filter matching every packet.
     pub hit: Measured,
+    /// Every hook, TC included, filter matching nothing.
+    pub every_hook: Measured,
 }
 
 pub fn run(testbed: &Testbed, seconds: u64) -> anyhow::Result<Results> {
@@ -112,6 +114,7 @@ pub fn run(testbed: &Testbed, seconds: u64) -> anyhow::Result<Results> {
     Ok(Results {
         miss: measure(testbed, Config::TracerNoMatch, seconds)?,
         hit: measure(testbed, Config::TracerAll, seconds)?,
+        every_hook: measure(testbed, Config::TracerEveryHookNoMatch, seconds)?,
     })
 }
 
@@ -121,10 +124,10 @@ fn measure(testbed: &Testbed, config: Config, seconds: u64) -> anyhow::Result<Me
         .tracer_pid()
         .context("no tracer in this configuration")?;
     let (programs, floor) = snapshot(pid)?;
-    let tx = tx_packets(&testbed.host, "eth0")?;
+    let before = uplink_packets(&testbed.host, "eth0")?;
     let client = &testbed.containers[0].netns;
     iperf3(client, &["-P", "4", "-t", &seconds.to_string()])?;
-    let forwarded = tx_packets(&testbed.host, "eth0")? - tx;
+    let forwarded = uplink_packets(&testbed.host, "eth0")? - before;
     let (programs_after, floor_after) = snapshot(pid)?;
     let lost = running.finish()?.lost.unwrap_or(0);
     Ok(Measured {
@@ -216,13 +219,17 @@ fn program_type(program: &str) -> &'static str {
     }
 }
 
-/// Packets sent by `iface` in `netns` so far.
-fn tx_packets(netns: &Netns, iface: &str) -> anyhow::Result<u64> {
+/// Packets `iface` in `netns` sent and received so far: every packet of the traffic crosses
+/// the uplink once, the data out and the acknowledgements back.
+fn uplink_packets(netns: &Netns, iface: &str) -> anyhow::Result<u64> {
     let output = netns.ip(&["-s", "-j", "link", "show", iface])?;
     let links: Value = serde_json::from_str(&output).context("failed to parse ip -j -s link")?;
-    links[0]["stats64"]["tx"]["packets"]
-        .as_u64()
-        .with_context(|| format!("no tx packet count for {iface} in {}", netns.name))
+    let count = |direction: &str| {
+        links[0]["stats64"][direction]["packets"]
+            .as_u64()
+            .with_context(|| format!("no {direction} packet count for {iface} in {}", netns.name))
+    };
+    Ok(count("tx")? + count("rx")?)
 }
 
 /// `kernel.bpf_stats_enabled`, on while this lives and restored after.
@@ -286,7 +293,7 @@ impl Results {
             "\nNot loaded or never run on this kernel: {}.\n",
             missing.join(", ")
         );
-        md += "Per packet forwarded out of the uplink (the SNAT path; the uplink's tx_packets in the host namespace over the same run). Programs run per forwarded packet counts every run of tracer's programs, replies and ACKs of the same traffic included.\n\n| | no match | match |\n|---|---|---|\n";
+        md += "Per packet forwarded through the uplink, either way (the SNAT path: the data out and the acknowledgements back; the uplink's tx and rx packets in the host namespace over the same run), every run of tracer's programs counted.\n\n| | no match | match |\n|---|---|---|\n";
         let (m, h) = (&self.miss, &self.hit);
         let _ = writeln!(
             md,
@@ -306,6 +313,29 @@ impl Results {
             h.runs_per_forwarded()
         );
         let _ = writeln!(md, "| events lost | {} | {} |\n", m.lost, h.lost);
+        md += &self.every_hook_markdown();
+        md
+    }
+
+    /// What each hook costs, with every hook attached: per program, its net ns per run and
+    /// how many times it ran per forwarded packet.
+    fn every_hook_markdown(&self) -> String {
+        let e = &self.every_hook;
+        let mut md = String::from(
+            "With every hook (`--hooks all`, TC included), filter matching nothing: what each program costs and how often it runs.\n\n| Program | net ns/run | runs per forwarded packet | net ns per forwarded packet |\n|---|---|---|---|\n",
+        );
+        for (name, cost) in &e.programs {
+            let net = cost.ns_per_run() - e.floor.ns_per_run();
+            let runs = cost.runs as f64 / e.forwarded as f64;
+            let _ = writeln!(md, "| {name} | {net:.0} | {runs:.2} | {:.0} |", net * runs);
+        }
+        let _ = writeln!(
+            md,
+            "| **all** | {:.0} | {:.2} | {:.0} |\n",
+            e.net_per_run(),
+            e.runs_per_forwarded(),
+            e.net_per_run() * e.runs_per_forwarded()
+        );
         md
     }
 
@@ -324,7 +354,11 @@ impl Results {
                 "runs_per_forwarded_packet": m.runs_per_forwarded(), "lost": m.lost,
             })
         };
-        json!({"no_match": measured(&self.miss), "match": measured(&self.hit)})
+        json!({
+            "no_match": measured(&self.miss),
+            "match": measured(&self.hit),
+            "every_hook_no_match": measured(&self.every_hook),
+        })
     }
 }
 

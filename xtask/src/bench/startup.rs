@@ -1,11 +1,11 @@
 //! Start-up: from starting tracer to its ready line, with 1, 10 and 100 container namespaces
-//! on the bridge (topology discovery, program load, and TC attachment to every veth end), with
-//! the default hooks and, when the binary has the option, with `--hooks all`.
+//! on the bridge (topology discovery, program load and attachment), with the default hooks
+//! and with `--hooks all`, whose TC programs attach after the ready line (until they are all
+//! attached is reported too).
 
 use std::{
     fmt::Write as _,
     process::{Command, Stdio},
-    time::Instant,
 };
 
 use serde_json::{Value, json};
@@ -13,11 +13,13 @@ use tracer_tests::{testbed::Testbed, tracer::Tracer};
 
 use super::stats::Stat;
 
-/// One row: which hooks, how many container namespaces, seconds to ready.
+/// One row: which hooks, how many container namespaces, seconds to ready (and until TC
+/// programs were attached, when they were asked for).
 struct Row {
     hooks: &'static str,
     containers: usize,
     seconds: Stat,
+    tc_seconds: Option<Stat>,
 }
 
 pub struct Results {
@@ -43,17 +45,18 @@ pub fn run(quick: bool) -> anyhow::Result<Results> {
         for (hooks, extra) in variants {
             let mut args = vec!["--port", "1"];
             args.extend_from_slice(extra);
-            let mut samples = Vec::new();
+            let (mut samples, mut tc_samples) = (Vec::new(), Vec::new());
             for _ in 0..repeats {
-                let start = Instant::now();
                 let tracer = Tracer::start_with_stdout(&args, Stdio::null())?;
-                samples.push(start.elapsed().as_secs_f64());
+                samples.push(tracer.ready_after.as_secs_f64());
+                tc_samples.extend(tracer.tc_attached_after.map(|d| d.as_secs_f64()));
                 tracer.stop()?;
             }
             rows.push(Row {
                 hooks,
                 containers,
                 seconds: Stat::of(&samples),
+                tc_seconds: (!tc_samples.is_empty()).then(|| Stat::of(&tc_samples)),
             });
         }
     }
@@ -82,13 +85,17 @@ impl Results {
 
     pub fn markdown(&self) -> String {
         let mut md = String::from(
-            "## Start-up\n\nFrom starting tracer (`--port 1`) to `tracer: ready`, on a machine with that many container namespaces.\n\n| Hooks | Container namespaces | Seconds |\n|---|---|---|\n",
+            "## Start-up\n\nFrom starting tracer (`--port 1`) to `tracer: ready`, on a machine with that many container namespaces; with `--hooks all`, also until `tracer: TC programs attached` (they attach after the ready line).\n\n| Hooks | Container namespaces | Seconds to ready | Seconds until TC attached |\n|---|---|---|---|\n",
         );
         for row in &self.rows {
             let s = row.seconds;
+            let tc = row.tc_seconds.map_or_else(
+                || "-".to_owned(),
+                |t| format!("{:.2} [{:.2}-{:.2}]", t.median, t.min, t.max),
+            );
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.2} [{:.2}-{:.2}] |",
+                "| {} | {} | {:.2} [{:.2}-{:.2}] | {tc} |",
                 row.hooks, row.containers, s.median, s.min, s.max
             );
         }
@@ -100,7 +107,10 @@ impl Results {
         json!(
             self.rows
                 .iter()
-                .map(|r| json!({"hooks": r.hooks, "containers": r.containers, "seconds": r.seconds.json()}))
+                .map(|r| json!({
+                    "hooks": r.hooks, "containers": r.containers, "seconds": r.seconds.json(),
+                    "tc_attached_seconds": r.tc_seconds.map(|t| t.json()),
+                }))
                 .collect::<Vec<_>>()
         )
     }
