@@ -273,6 +273,24 @@ impl Results {
             .collect()
     }
 
+    /// The smallest and largest of the rounds' own medians, for the spread between rounds.
+    fn round_medians(&self, tracer_on: bool, tracer_view: bool) -> (f64, f64) {
+        self.rounds
+            .iter()
+            .filter(|r| r.tracer_on == tracer_on)
+            .map(|r| {
+                let values = if tracer_view {
+                    &r.tracer_ns
+                } else {
+                    &r.tcpdump_ns
+                };
+                Stat::of(values).median
+            })
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), m| {
+                (lo.min(m), hi.max(m))
+            })
+    }
+
     /// Median latency with tracer on over the median with it off (tcpdump's clock).
     pub fn ratio(&self) -> f64 {
         Stat::of(&self.pooled(true, false)).median / Stat::of(&self.pooled(false, false)).median
@@ -286,7 +304,7 @@ impl Results {
     pub fn markdown(&self) -> String {
         let rounds = self.rounds.len() / 2;
         let mut md = format!(
-            "## Observer effect\n\nContainer `eth0` -> uplink time of the packets a container sends, from tcpdump timestamps at both ends (`tcpdump -s 128 --time-stamp-precision nano`, filter `tcp port {PORT}`), packets matched across MASQUERADE by raw sequence and acknowledgement numbers, flags and payload length (retransmissions left out). Each round is {} connections from the container, each with {EXCHANGES} request/response exchanges of {CHUNK} bytes; {rounds} rounds with tracer off and {rounds} with tracer on (`--port {PORT} --output json`, default hooks), alternating, pooled.\n\n| tracer | packets | median | p90 |\n|---|---|---|---|\n",
+            "## Observer effect\n\nContainer `eth0` -> uplink time of the packets a container sends, from tcpdump timestamps at both ends (`tcpdump -s 128 --time-stamp-precision nano`, filter `tcp port {PORT}`), packets matched across MASQUERADE by raw sequence and acknowledgement numbers, flags and payload length (retransmissions left out). Each round is {} connections from the container, each with {EXCHANGES} request/response exchanges of {CHUNK} bytes; {rounds} rounds with tracer off and {rounds} with tracer on (`--port {PORT} --output json`, default hooks), alternating, pooled; the rounds' own medians give the spread between rounds.\n\n| tracer | packets | median | rounds' medians | p90 |\n|---|---|---|---|---|\n",
             self.connections
         );
         for (label, on, view) in [
@@ -299,17 +317,20 @@ impl Results {
             ),
         ] {
             let values = self.pooled(on, view);
+            let (lo, hi) = self.round_medians(on, view);
             let _ = writeln!(
                 md,
-                "| {label} | {} | {:.1} us | {:.1} us |",
+                "| {label} | {} | {:.1} us | {:.1}-{:.1} us | {:.1} us |",
                 values.len(),
                 Stat::of(&values).median / 1e3,
+                lo / 1e3,
+                hi / 1e3,
                 percentile(&values, 90.0) / 1e3
             );
         }
         let _ = writeln!(
             md,
-            "\nMedian with tracer on over median with it off: {:.3} (+{:.1}%). Events tracer lost in these rounds: {}.\n",
+            "\nMedian with tracer on over median with it off: {:.3} ({:+.1}%). Events tracer lost in these rounds: {}.\n",
             self.ratio(),
             (self.ratio() - 1.0) * 100.0,
             self.lost()
