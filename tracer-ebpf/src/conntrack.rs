@@ -21,10 +21,11 @@ use tracer_common::{
 
 use crate::{config::conf, filter::View};
 
-/// Bytes of stack a program lends, in turn, to the header window and to the tuples: from the
-/// original tuple to the end of the reply tuple, `sizeof(struct nf_conntrack_tuple_hash)` (56)
-/// further on.
-pub const SCRATCH: usize = 96;
+/// Bytes of stack a program lends, in turn, to the header window and to the tuples. The tuples
+/// need 96: from the original tuple to the end of the reply tuple,
+/// `sizeof(struct nf_conntrack_tuple_hash)` (56) further on. The window needs a header of up
+/// to 40 bytes read at any offset below 64 (see `skb::Window`).
+pub const SCRATCH: usize = 104;
 
 /// The stack a program lends in turn to the parser and to the tuples.
 #[repr(C, align(8))]
@@ -90,13 +91,29 @@ impl Conntrack {
 }
 
 /// Both tuples of an entry, as the kernel's bytes.
+#[derive(Clone, Copy)]
 pub struct Tuples<'s> {
     raw: &'s [u8; SCRATCH],
     /// Offset of the reply tuple in `raw`.
     gap: u32,
 }
 
-impl Tuples<'_> {
+impl<'s> Tuples<'s> {
+    /// The tuples [`Conntrack::read`] put in `scratch`.
+    ///
+    /// # Safety
+    /// `Conntrack::read` must have returned tuples for this `scratch`, which was not written
+    /// since.
+    #[inline(always)]
+    pub unsafe fn in_scratch(scratch: &'s MaybeUninit<Scratch>) -> Tuples<'s> {
+        let gap = conf!(offsets.ct_tuple_reply).wrapping_sub(conf!(offsets.ct_tuple_orig));
+        Tuples {
+            // SAFETY: the read filled the buffer, as the caller promises.
+            raw: unsafe { &scratch.assume_init_ref().0 },
+            gap,
+        }
+    }
+
     /// The original (0) or reply (1) tuple as the filter sees it, when it is an IPv4 or IPv6
     /// tuple.
     #[inline(always)]

@@ -76,18 +76,18 @@ pub fn count(hook: u8, counter: Counter) {
 /// settled), the packet's own tuple is one of the two the verdict was made on (an entry freed
 /// and reused by another connection is not mistaken for the old one), and no connection was
 /// tracked since (one might be this connection, seen where its tuples differ).
+///
+/// It returns a number rather than the tuples (which live in the scratch buffer), so that it
+/// could be a function of its own in the object: a BPF function must not return a stack
+/// address.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "a key passed by value is copied on the small BPF stack"
 )]
-pub fn matches<'s>(
-    headers: &Headers,
-    ct: &Conntrack,
-    scratch: &'s mut MaybeUninit<Scratch>,
-) -> Option<Option<Tuples<'s>>> {
+pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scratch>) -> Verdict {
     if filter::is_empty() {
-        return Some(ct.read(scratch));
+        return Verdict::matched(ct.read(scratch).as_ref());
     }
     let has_ports = headers.flags & FLAG_L4 != 0;
     let own = filter::evaluate(&View::packet(headers, has_ports));
@@ -98,23 +98,29 @@ pub fn matches<'s>(
         // SAFETY: the map gave a valid pointer to the entry's value.
         let [orig, reply, made_at] = unsafe { *verdict };
         if (signature == orig || signature == reply) && made_at == generation {
-            return None;
+            return Verdict::Miss;
         }
     }
     let tuples = ct.read(scratch);
-    let matched = own
-        || tuples.as_ref().is_some_and(|tuples| {
-            tuples.view(0).is_some_and(|v| filter::evaluate(&v))
-                || tuples.view(1).is_some_and(|v| filter::evaluate(&v))
-        });
+    // Plain branches, not closures: LLVM leaves closures out of line, and a BPF function
+    // call adds its frame to the 512 bytes of stack a program has in all.
+    let mut matched = own;
+    if !matched && let Some(tuples) = &tuples {
+        if let Some(orig) = tuples.view(0) {
+            matched = filter::evaluate(&orig);
+        }
+        if !matched && let Some(reply) = tuples.view(1) {
+            matched = filter::evaluate(&reply);
+        }
+    }
     if matched {
         if let Some(tuples) = &tuples {
             track(ct.ct, tuples);
         }
-        return Some(tuples);
+        return Verdict::matched(tuples.as_ref());
     }
     if generation != 0 && TRACKED.get_ptr(&packet_key(headers)).is_some() {
-        return Some(tuples);
+        return Verdict::matched(tuples.as_ref());
     }
     if cacheable
         && let Some(tuples) = &tuples
@@ -127,7 +133,29 @@ pub fn matches<'s>(
         ];
         let _ = VERDICTS.insert(&ct.ct, &verdict, 0);
     }
-    None
+    Verdict::Miss
+}
+
+/// What [`matches`] decided.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Miss = 0,
+    /// A match; the packet has no conntrack tuples.
+    Match = 1,
+    /// A match, with the entry's tuples read into the scratch buffer.
+    MatchWithTuples = 2,
+}
+
+impl Verdict {
+    #[inline(always)]
+    fn matched(tuples: Option<&Tuples>) -> Verdict {
+        if tuples.is_some() {
+            Verdict::MatchWithTuples
+        } else {
+            Verdict::Match
+        }
+    }
 }
 
 /// The key of the connection the packet's own tuple describes.

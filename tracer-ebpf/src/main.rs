@@ -12,6 +12,7 @@ mod conntrack;
 mod drop;
 mod emit;
 mod filter;
+mod frame;
 mod nat;
 mod packet;
 mod skb;

@@ -7,7 +7,6 @@
 //! reads past the limit the source reports, follows IPv4 options and up to [`MAX_IPV6_EXT`]
 //! IPv6 extension headers, and stops at non-first fragments.
 
-use core::mem::MaybeUninit;
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
@@ -44,10 +43,11 @@ pub struct Headers {
 }
 
 impl Headers {
-    /// Zeroes `slot` in place and returns it.
+    /// Zeroes every field.
     #[inline(always)]
-    pub fn zeroed(slot: &mut MaybeUninit<Headers>) -> &mut Headers {
-        words::zero(slot)
+    pub fn zero(&mut self) {
+        // SAFETY: `self` is one whole `Headers`.
+        unsafe { words::zero_raw(core::ptr::from_mut(self)) };
     }
 }
 

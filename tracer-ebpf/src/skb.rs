@@ -13,9 +13,10 @@ use core::mem::MaybeUninit;
 
 use crate::{
     config::conf,
-    conntrack::{Conntrack, SCRATCH, Scratch},
-    emit::{Record, count, matches},
-    packet::{Bytes, Headers, Parsed, parse_l3},
+    conntrack::{Conntrack, SCRATCH, Scratch, Tuples},
+    emit::{Record, Verdict, count, matches},
+    frame::{self, Frame},
+    packet::{Bytes, Parsed, parse_l3},
 };
 
 /// Where the L3 header of the skb starts at a given hook.
@@ -113,13 +114,17 @@ impl Bytes for Linear {
 
 /// The first [`SCRATCH`] bytes from the L3 header, read with one helper call into the
 /// program's scratch buffer: the usual headers (IPv4 with options or IPv6, and the L4 header
-/// up to the TCP flags) are parsed from here; what lies beyond is read from the skb.
+/// up to the TCP flags) are parsed from here, where they start within [`WINDOW_REACH`] bytes;
+/// what lies beyond is read from the skb.
 struct Window<'a> {
     linear: &'a Linear,
     start: u32,
     /// The window, when the read worked (it can fail near the end of the buffer).
     bytes: Option<&'a [u8; SCRATCH]>,
 }
+
+/// Headers that start this far into the window are read from it.
+const WINDOW_REACH: u32 = 64;
 
 impl<'a> Window<'a> {
     #[inline(always)]
@@ -149,14 +154,18 @@ impl Bytes for Window<'_> {
         if end > self.linear.limit {
             return None;
         }
-        // Compared as it is used, without arithmetic on it, so that the verifier sees the
-        // bound (an offset before the window wraps around to a large number).
-        let at = offset.wrapping_sub(self.start) as usize;
+        // An offset before the window wraps around to a large number.
+        let at = offset.wrapping_sub(self.start);
         if let Some(bytes) = self.bytes
-            && at <= SCRATCH - size_of::<T>()
+            && at < WINDOW_REACH
         {
-            // SAFETY: `at..at + size_of::<T>()` is within the initialized window, and `T` is
-            // plain bytes read unaligned.
+            // The mask changes nothing at run time. It shows every verifier the bound: LLVM
+            // would drop a mask of a value it knows is below 64, and older verifiers lose a
+            // bound that a comparison put on a register once it is spilled and reloaded.
+            let at = (core::hint::black_box(at) & (WINDOW_REACH - 1)) as usize;
+            const { assert!(WINDOW_REACH as usize - 1 + size_of::<T>() <= SCRATCH) };
+            // SAFETY: `at` is below 64 and the assertion above holds for `T`, so the read is
+            // within the initialized window; `T` is plain bytes read unaligned.
             return Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().add(at).cast()) });
         }
         self.linear.load(offset)
@@ -177,14 +186,27 @@ pub fn trace<A: Access>(skb: u64, hook: Hook, at: L3At) {
 /// [`trace`] with what only some hooks know. Counts the run once: filtered, emitted or lost.
 #[inline(always)]
 pub fn trace_with<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) {
-    let counter = emit::<A>(skb, hook, at, extra).unwrap_or(Counter::Filtered);
+    let counter = match frame::take() {
+        Some(mut taken) => {
+            let counter = emit::<A>(skb, hook, at, extra, taken.frame());
+            taken.give_back();
+            counter.unwrap_or(Counter::Filtered)
+        }
+        None => Counter::Lost,
+    };
     count(hook as u8, counter);
 }
 
 /// Parses, decides and, for a packet that matches, writes its event. `None` for a packet
 /// that is not IP or does not match.
 #[inline(always)]
-fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<Counter> {
+fn emit<A: Access>(
+    skb: u64,
+    hook: Hook,
+    at: L3At,
+    extra: Extra,
+    frame: &mut Frame,
+) -> Option<Counter> {
     let head: u64 = A::read(skb, conf!(offsets.skb_head))?;
     let data: u64 = A::read(skb, conf!(offsets.skb_data))?;
     let len: u32 = A::read(skb, conf!(offsets.skb_len))?;
@@ -211,16 +233,20 @@ fn emit<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) -> Option<Count
             }
         }
     };
-    let mut scratch = MaybeUninit::uninit();
-    let mut headers = MaybeUninit::uninit();
-    let headers = Headers::zeroed(&mut headers);
-    let window = Window::read(&linear, l3, &mut scratch);
+    let Frame { headers, scratch } = frame;
+    headers.zero();
+    let window = Window::read(&linear, l3, scratch);
     if parse_l3(&window, protocol, l3, headers) == Parsed::NotIp {
         return None;
     }
 
     let ct = Conntrack::of(A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0));
-    let tuples = matches(headers, &ct, &mut scratch)?;
+    let tuples = match matches(headers, &ct, scratch) {
+        Verdict::Miss => return None,
+        Verdict::Match => None,
+        // SAFETY: `matches` read the tuples into `scratch`, untouched since.
+        Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
+    };
     let Some(record) = Record::reserve(hook as u8, headers, &ct, tuples.as_ref()) else {
         return Some(Counter::Lost);
     };

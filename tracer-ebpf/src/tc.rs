@@ -7,8 +7,6 @@
 //! gives the socket's namespace, and forwarded packets have no socket), so its events carry
 //! only the interface index; the collector knows where it attached the program.
 
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
@@ -22,9 +20,10 @@ use tracer_common::{
 };
 
 use crate::{
-    conntrack::Conntrack,
-    emit::{Record, count, matches},
-    packet::{Bytes, Headers, Parsed, parse_l3},
+    conntrack::{Conntrack, Tuples},
+    emit::{Record, Verdict, count, matches},
+    frame::{self, Frame},
+    packet::{Bytes, Parsed, parse_l3},
 };
 
 #[classifier]
@@ -68,12 +67,19 @@ impl Bytes for TcContext {
 
 #[inline(always)]
 fn trace(ctx: &TcContext, hook: Hook) {
-    let counter = emit(ctx, hook).unwrap_or(Counter::Filtered);
+    let counter = match frame::take() {
+        Some(mut taken) => {
+            let counter = emit(ctx, hook, taken.frame());
+            taken.give_back();
+            counter.unwrap_or(Counter::Filtered)
+        }
+        None => Counter::Lost,
+    };
     count(hook as u8, counter);
 }
 
 #[inline(always)]
-fn emit(ctx: &TcContext, hook: Hook) -> Option<Counter> {
+fn emit(ctx: &TcContext, hook: Hook, frame: &mut Frame) -> Option<Counter> {
     let mut proto = u16::from_be(Bytes::load::<u16>(ctx, ether::TYPE_OFFSET)?);
     let mut l3 = ether::HEADER_LEN;
     if proto == ether::P_8021Q || proto == ether::P_8021AD {
@@ -83,16 +89,20 @@ fn emit(ctx: &TcContext, hook: Hook) -> Option<Counter> {
         )?);
         l3 += ether::VLAN_HEADER_LEN;
     }
-    let mut headers = MaybeUninit::uninit();
-    let headers = Headers::zeroed(&mut headers);
+    let Frame { headers, scratch } = frame;
+    headers.zero();
     if parse_l3(ctx, proto, l3, headers) == Parsed::NotIp {
         return None;
     }
     headers.flags |= FLAG_TC;
     // A TC program sees no conntrack entry.
     let ct = Conntrack::of(0);
-    let mut scratch = MaybeUninit::uninit();
-    let tuples = matches(headers, &ct, &mut scratch)?;
+    let tuples = match matches(headers, &ct, scratch) {
+        Verdict::Miss => return None,
+        Verdict::Match => None,
+        // SAFETY: `matches` read the tuples into `scratch`, untouched since.
+        Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
+    };
     let Some(mut record) = Record::reserve(hook as u8, headers, &ct, tuples.as_ref()) else {
         return Some(Counter::Lost);
     };

@@ -6,8 +6,6 @@
 //! during the datapath benchmark). Volatile word stores are never merged back into such a
 //! call, and the verifier sees every one of them.
 
-use core::mem::MaybeUninit;
-
 /// A record that is plain integers and arrays, 8-byte aligned and a whole number of words:
 /// all zeroes is a valid value, and it can be written word by word.
 ///
@@ -24,16 +22,6 @@ pub unsafe trait Words: Sized {
 unsafe impl Words for tracer_common::event::PacketEvent {}
 // SAFETY: repr(C, align(8)) integers and arrays, 56 bytes (asserted by `WORDS`).
 unsafe impl Words for crate::packet::Headers {}
-
-/// Zeroes `slot` in place and returns it.
-#[inline(always)]
-pub fn zero<T: Words>(slot: &mut MaybeUninit<T>) -> &mut T {
-    // SAFETY: the slot is valid for `T::WORDS` aligned words, and all zeroes is a valid `T`.
-    unsafe {
-        zero_raw(slot.as_mut_ptr());
-        slot.assume_init_mut()
-    }
-}
 
 /// Zeroes the `T` at `dst`.
 ///
