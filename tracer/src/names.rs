@@ -4,26 +4,44 @@
 //! when one is known, and the namespace's name otherwise (`ip netns` names); the namespace
 //! tracer itself runs in is called `host`.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use rustc_hash::FxHashMap;
 
 /// Names by namespace inode, drop reason value and code address.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct NameTable {
-    netns: HashMap<u64, String>,
-    containers: HashMap<u64, String>,
+    netns: FxHashMap<u64, String>,
+    containers: FxHashMap<u64, String>,
     drop_reasons: HashMap<u32, String>,
     symbols: HashMap<u64, String>,
+    /// Changes whenever a namespace or container is named, in this table or any other, so that
+    /// an output may keep what it rendered of the names of a place until this changes.
+    places_version: u64,
 }
+
+/// The source of [`NameTable::places_version`]: unique across tables.
+static PLACES_VERSION: AtomicU64 = AtomicU64::new(1);
 
 impl NameTable {
     /// Names the namespace with `inode`.
     pub fn set_netns(&mut self, inode: u64, name: impl Into<String>) {
         self.netns.insert(inode, name.into());
+        self.places_version = PLACES_VERSION.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Names the container whose network namespace has `inode`.
     pub fn set_container(&mut self, inode: u64, name: impl Into<String>) {
         self.containers.insert(inode, name.into());
+        self.places_version = PLACES_VERSION.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The same while the names of namespaces and containers stay the same.
+    pub fn places_version(&self) -> u64 {
+        self.places_version
     }
 
     /// Names `enum skb_drop_reason` values.

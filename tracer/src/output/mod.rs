@@ -94,44 +94,44 @@ pub fn tcp_flags(flags: u8) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct TcpFlags(pub u8);
 
+/// Each flag and its letter, in the order of tcpdump's print-tcp.c.
+const FLAG_LETTERS: [(u8, u8); 8] = [
+    (tcp::FIN, b'F'),
+    (tcp::SYN, b'S'),
+    (tcp::RST, b'R'),
+    (tcp::PSH, b'P'),
+    (tcp::ACK, b'.'),
+    (tcp::URG, b'U'),
+    (tcp::ECE, b'E'),
+    (tcp::CWR, b'W'),
+];
+
+impl TcpFlags {
+    /// Appends the letters (or `none`) to `out`.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        if self.0 == 0 {
+            out.extend_from_slice(b"none");
+            return;
+        }
+        for (bit, letter) in FLAG_LETTERS {
+            if self.0 & bit != 0 {
+                out.push(letter);
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for TcpFlags {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // In the order of tcpdump's print-tcp.c.
-        const LETTERS: [(u8, char); 8] = [
-            (tcp::FIN, 'F'),
-            (tcp::SYN, 'S'),
-            (tcp::RST, 'R'),
-            (tcp::PSH, 'P'),
-            (tcp::ACK, '.'),
-            (tcp::URG, 'U'),
-            (tcp::ECE, 'E'),
-            (tcp::CWR, 'W'),
-        ];
         if self.0 == 0 {
             return f.write_str("none");
         }
-        for (bit, letter) in LETTERS {
+        for (bit, letter) in FLAG_LETTERS {
             if self.0 & bit != 0 {
-                f.write_char(letter)?;
+                f.write_char(char::from(letter))?;
             }
         }
         Ok(())
-    }
-}
-
-impl serde::Serialize for TcpFlags {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-/// A kernel address, serialized as `0x...` without allocating.
-#[derive(Debug, Clone, Copy)]
-pub struct Hex(pub u64);
-
-impl serde::Serialize for Hex {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{:#x}", self.0))
     }
 }
 

@@ -1,0 +1,509 @@
+//! The writer against a reference: the serde structs it replaced, which define the JSON Lines
+//! contract field by field. Every kind of record, with and without the optional parts, with
+//! IPv6, names that need escaping and drops, must come out byte for byte the same.
+
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use serde::Serialize;
+use tracer_common::hook::Hook;
+
+use super::JsonWriter;
+use crate::{
+    correlate::{
+        Direction, FlowSummary, Hop, HopLabel, HopPair, NatKind, NatRecord, NatSource, PacketTrace,
+        Record, stats::Summary,
+    },
+    decode::{Conntrack, DropInfo, HopEvent, IfName, Proto, Tuple},
+    names::NameTable,
+    output::{Output, TcpFlags},
+};
+
+/// A kernel address, serialized as `0x...`.
+#[derive(Debug, Clone, Copy)]
+struct Hex(u64);
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:#x}", self.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Flags(u8);
+
+impl Serialize for Flags {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&TcpFlags(self.0))
+    }
+}
+
+/// The line the serde structs write for `record`.
+fn reference(record: &Record, names: &NameTable) -> String {
+    let mut out = String::new();
+    let mut line = |value: String| {
+        out.push_str(&value);
+        out.push('\n');
+    };
+    match record {
+        Record::Packet(packet) => {
+            for hop in &packet.hops {
+                line(serde_json::to_string(&HopJson::new(packet, hop, names)).unwrap());
+            }
+        }
+        Record::Nat(nat) => line(serde_json::to_string(&NatJson::new(nat, names)).unwrap()),
+        Record::Flow(flow) => line(serde_json::to_string(&FlowJson::new(flow, names)).unwrap()),
+    }
+    out
+}
+
+fn written(records: &[Record], names: &NameTable) -> String {
+    let mut out = Vec::new();
+    let mut writer = JsonWriter::new(&mut out);
+    for record in records {
+        writer.record(record, names).unwrap();
+    }
+    writer.flush().unwrap();
+    drop(writer);
+    String::from_utf8(out).unwrap()
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+fn tcp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Tuple {
+    Tuple {
+        proto: Proto::TCP,
+        src,
+        src_port,
+        dst,
+        dst_port,
+    }
+}
+
+fn event(netns_inode: u64, ifname: &str, tuple: Tuple) -> HopEvent {
+    HopEvent {
+        ts_ns: 5_957_406_977_487,
+        hook: Hook::NetDevQueue,
+        skb: 0xffff_8881_3dae_60e0,
+        skb_head: 0xffff_8881_3dae_7000,
+        netns_inode,
+        tc: false,
+        ifindex: 4,
+        ifname: IfName::new(ifname),
+        tuple,
+        has_l4: true,
+        fragment: false,
+        nonlinear: false,
+        tcp_flags: 0x12,
+        tcp_seq: 2_849_804_705,
+        tcp_ack: 17,
+        ip_id: 24_635,
+        ttl: 64,
+        len: 74,
+        ip_len: 60,
+        mark: 0x10,
+        conntrack: None,
+        drop: None,
+        headers: None,
+    }
+}
+
+fn label(netns_inode: u64, ifname: &str) -> HopLabel {
+    HopLabel {
+        hook: Hook::NetifReceiveSkb,
+        ifname: IfName::new(ifname),
+        ifindex: 3,
+        netns_inode,
+    }
+}
+
+fn names() -> NameTable {
+    let mut names = NameTable::default();
+    names.set_netns(1, "host");
+    names.set_netns(2, "ctr \"one\"\t");
+    names.set_container(2, "web\\1");
+    names.set_drop_reasons([(5, "NETFILTER_DROP".to_owned())].into());
+    names.set_symbol(0xffff_ffff_8100_0010, "nf_hook_slow+0x10");
+    names
+}
+
+fn records() -> Vec<Record> {
+    let outer = tcp(v4(172, 17, 0, 2), 42_598, v4(198, 19, 0, 252), 10_001);
+    let six = tcp(
+        IpAddr::V6("fd00::2".parse().unwrap()),
+        1,
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+        65_535,
+    );
+    let mut plain = event(1, "eth0", outer);
+    plain.tcp_flags = 0;
+    let mut udp = event(2, "veth\u{1}x", outer);
+    udp.tuple.proto = Proto::UDP;
+    let mut fragment = event(3, "", six);
+    fragment.has_l4 = false;
+    fragment.tuple.proto = Proto(200);
+    let mut tracked = event(2, "eth0", six);
+    tracked.conntrack = Some(Conntrack {
+        id: 0xffff_8880_0abc_d000,
+        info: 3,
+        orig: outer,
+        reply: outer.reversed(),
+    });
+    let mut dropped = event(1, "docker0", outer);
+    dropped.skb = 0;
+    dropped.drop = Some(DropInfo {
+        reason: 5,
+        location: 0xffff_ffff_8100_0010,
+    });
+    let mut unnamed = dropped.clone();
+    unnamed.drop = Some(DropInfo {
+        reason: 77,
+        location: 0x1234,
+    });
+    let hops = [plain, udp, fragment, tracked, dropped, unnamed]
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Hop {
+            event,
+            since_prev_ns: i as u64 * 1_000,
+            since_first_ns: i as u64 * 2_500,
+        })
+        .collect();
+    let nat = |at: Option<HopLabel>, source| {
+        Record::Nat(NatRecord {
+            flow_id: 9,
+            direction: Direction::Reply,
+            kind: NatKind::Dnat,
+            before: outer,
+            after: six,
+            at,
+            source,
+        })
+    };
+    let summary = Summary {
+        count: 5,
+        min_ns: 1,
+        p50_ns: 2,
+        p99_ns: 3,
+        max_ns: u64::MAX,
+    };
+    Vec::from([
+        Record::Packet(PacketTrace {
+            packet_id: 3,
+            flow_id: 9,
+            direction: Direction::Original,
+            hops,
+        }),
+        nat(Some(label(2, "eth0")), NatSource::Observed),
+        nat(None, NatSource::Conntrack),
+        Record::Flow(FlowSummary {
+            flow_id: 9,
+            orig: outer,
+            reply: six,
+            packets: [4, 0],
+            first_ts: 1,
+            last_ts: u64::MAX,
+            hops: Vec::from([
+                HopPair {
+                    direction: Direction::Original,
+                    from: label(1, "eth0"),
+                    to: label(4, "eth1"),
+                    latency: summary,
+                },
+                HopPair {
+                    direction: Direction::Reply,
+                    from: label(4, "eth1"),
+                    to: label(2, "eth0"),
+                    latency: summary,
+                },
+            ]),
+        }),
+        Record::Flow(FlowSummary {
+            flow_id: 10,
+            orig: six,
+            reply: outer,
+            packets: [0, 0],
+            first_ts: 0,
+            last_ts: 0,
+            hops: Vec::new(),
+        }),
+    ])
+}
+
+#[test]
+fn every_record_is_written_as_the_reference_writes_it() {
+    let names = names();
+    for record in records() {
+        assert_eq!(
+            written(std::slice::from_ref(&record), &names),
+            reference(&record, &names),
+            "{record:?}"
+        );
+    }
+}
+
+#[test]
+fn renamed_places_are_rendered_again() {
+    let records = records();
+    let mut names = names();
+    let mut out = Vec::new();
+    let mut writer = JsonWriter::new(&mut out);
+    writer.record(&records[0], &names).unwrap();
+    names.set_container(1, "db");
+    writer.record(&records[0], &names).unwrap();
+    writer.flush().unwrap();
+    drop(writer);
+    let written = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    let (before, after) = lines.split_at(lines.len() / 2);
+    assert!(before[0].contains("\"container\":null"), "{}", before[0]);
+    assert_eq!(after.join("\n") + "\n", reference(&records[0], &names));
+    assert!(after[0].contains("\"container\":\"db\""), "{}", after[0]);
+}
+
+#[test]
+fn every_line_is_one_json_object() {
+    let names = names();
+    let text = written(&records(), &names);
+    for line in text.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(value.is_object(), "{line}");
+    }
+}
+
+#[derive(Serialize)]
+struct HopJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    flow_id: u64,
+    packet_id: u64,
+    direction: &'static str,
+    ts_ns: u64,
+    hook: &'static str,
+    ifname: Cow<'a, str>,
+    ifindex: u32,
+    netns_inode: u64,
+    netns: Option<&'a str>,
+    container: Option<&'a str>,
+    proto: Cow<'static, str>,
+    src_ip: IpAddr,
+    src_port: u16,
+    dst_ip: IpAddr,
+    dst_port: u16,
+    tcp_flags: Option<Flags>,
+    tcp_seq: Option<u32>,
+    tcp_ack: Option<u32>,
+    ip_id: u16,
+    ttl: u8,
+    len: u32,
+    ip_len: u16,
+    mark: u32,
+    since_prev_ns: u64,
+    since_first_ns: u64,
+    skb: Hex,
+    conntrack: Option<ConntrackJson>,
+    /// `kfree_skb` only: the kernel's drop reason, without the `SKB_DROP_REASON_` prefix.
+    drop_reason: Option<String>,
+    /// `kfree_skb` only: the function that dropped the packet, as `name+0xoffset`.
+    drop_location: Option<String>,
+}
+
+impl<'a> HopJson<'a> {
+    fn new(packet: &PacketTrace, hop: &'a Hop, names: &'a NameTable) -> Self {
+        let e = &hop.event;
+        let tcp = e.has_l4 && e.tuple.proto == Proto::TCP;
+        HopJson {
+            kind: "hop",
+            flow_id: packet.flow_id,
+            packet_id: packet.packet_id,
+            direction: packet.direction.name(),
+            ts_ns: e.ts_ns,
+            hook: e.hook.name(),
+            ifname: e.ifname.as_str(),
+            ifindex: e.ifindex,
+            netns_inode: e.netns_inode,
+            netns: names.netns(e.netns_inode),
+            container: names.container(e.netns_inode),
+            proto: e.tuple.proto.name(),
+            src_ip: e.tuple.src,
+            src_port: e.tuple.src_port,
+            dst_ip: e.tuple.dst,
+            dst_port: e.tuple.dst_port,
+            tcp_flags: tcp.then_some(Flags(e.tcp_flags)),
+            tcp_seq: tcp.then_some(e.tcp_seq),
+            tcp_ack: tcp.then_some(e.tcp_ack),
+            ip_id: e.ip_id,
+            ttl: e.ttl,
+            len: e.len,
+            ip_len: e.ip_len,
+            mark: e.mark,
+            since_prev_ns: hop.since_prev_ns,
+            since_first_ns: hop.since_first_ns,
+            skb: Hex(e.skb),
+            conntrack: e.conntrack.as_ref().map(ConntrackJson::new),
+            drop_reason: e.drop.map(|d| names.drop_reason(d.reason)),
+            drop_location: e.drop.map(|d| names.symbol(d.location)),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TupleJson {
+    proto: Cow<'static, str>,
+    src_ip: IpAddr,
+    src_port: u16,
+    dst_ip: IpAddr,
+    dst_port: u16,
+}
+
+impl TupleJson {
+    fn new(t: &Tuple) -> Self {
+        TupleJson {
+            proto: t.proto.name(),
+            src_ip: t.src,
+            src_port: t.src_port,
+            dst_ip: t.dst,
+            dst_port: t.dst_port,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ConntrackJson {
+    id: Hex,
+    /// `enum ip_conntrack_info`
+    info: u8,
+    orig: TupleJson,
+    reply: TupleJson,
+}
+
+impl ConntrackJson {
+    fn new(ct: &Conntrack) -> Self {
+        ConntrackJson {
+            id: Hex(ct.id),
+            info: ct.info,
+            orig: TupleJson::new(&ct.orig),
+            reply: TupleJson::new(&ct.reply),
+        }
+    }
+}
+
+/// Where a hop is, for `nat` and `flow` objects.
+#[derive(Serialize)]
+struct PlaceJson<'a> {
+    hook: &'static str,
+    ifname: String,
+    ifindex: u32,
+    netns_inode: u64,
+    netns: Option<&'a str>,
+    container: Option<&'a str>,
+}
+
+impl<'a> PlaceJson<'a> {
+    fn new(label: &HopLabel, names: &'a NameTable) -> Self {
+        PlaceJson {
+            hook: label.hook.name(),
+            ifname: label.ifname.to_string(),
+            ifindex: label.ifindex,
+            netns_inode: label.netns_inode,
+            netns: names.netns(label.netns_inode),
+            container: names.container(label.netns_inode),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct NatJson<'a> {
+    #[serde(rename = "type")]
+    kind_tag: &'static str,
+    flow_id: u64,
+    kind: &'static str,
+    direction: &'static str,
+    before: TupleJson,
+    after: TupleJson,
+    /// Interface of the first hop that saw the translated packet; null when only conntrack
+    /// showed the translation.
+    ifname: Option<String>,
+    at: Option<PlaceJson<'a>>,
+    source: &'static str,
+}
+
+impl<'a> NatJson<'a> {
+    fn new(nat: &NatRecord, names: &'a NameTable) -> Self {
+        NatJson {
+            kind_tag: "nat",
+            flow_id: nat.flow_id,
+            kind: nat.kind.name(),
+            direction: nat.direction.name(),
+            before: TupleJson::new(&nat.before),
+            after: TupleJson::new(&nat.after),
+            ifname: nat.at.map(|at| at.ifname.to_string()),
+            at: nat.at.as_ref().map(|at| PlaceJson::new(at, names)),
+            source: match nat.source {
+                NatSource::Observed => "observed",
+                NatSource::Conntrack => "conntrack",
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HopPairJson<'a> {
+    direction: &'static str,
+    from: PlaceJson<'a>,
+    to: PlaceJson<'a>,
+    count: u64,
+    min_ns: u64,
+    p50_ns: u64,
+    p99_ns: u64,
+    max_ns: u64,
+}
+
+#[derive(Serialize)]
+struct FlowJson<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    flow_id: u64,
+    orig: TupleJson,
+    reply: TupleJson,
+    packets: u64,
+    packets_original: u64,
+    packets_reply: u64,
+    first_ts_ns: u64,
+    last_ts_ns: u64,
+    hops: Vec<HopPairJson<'a>>,
+}
+
+impl<'a> FlowJson<'a> {
+    fn new(flow: &FlowSummary, names: &'a NameTable) -> Self {
+        FlowJson {
+            kind: "flow",
+            flow_id: flow.flow_id,
+            orig: TupleJson::new(&flow.orig),
+            reply: TupleJson::new(&flow.reply),
+            packets: flow.packets[0] + flow.packets[1],
+            packets_original: flow.packets[0],
+            packets_reply: flow.packets[1],
+            first_ts_ns: flow.first_ts,
+            last_ts_ns: flow.last_ts,
+            hops: flow
+                .hops
+                .iter()
+                .map(|pair| HopPairJson {
+                    direction: pair.direction.name(),
+                    from: PlaceJson::new(&pair.from, names),
+                    to: PlaceJson::new(&pair.to, names),
+                    count: pair.latency.count,
+                    min_ns: pair.latency.min_ns,
+                    p50_ns: pair.latency.p50_ns,
+                    p99_ns: pair.latency.p99_ns,
+                    max_ns: pair.latency.max_ns,
+                })
+                .collect(),
+        }
+    }
+}
