@@ -48,8 +48,15 @@ pub enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
         output: Format,
+        /// Most flows tracked at once, as for a trace.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        max_flows: u64,
     },
 }
+
+/// The default of `--max-flows`.
+const DEFAULT_MAX_FLOWS: u64 = crate::correlate::DEFAULT_MAX_FLOWS as u64;
 
 /// Options of a trace (the default command).
 #[derive(Debug, Clone, Args)]
@@ -107,6 +114,12 @@ pub struct TraceArgs {
     /// A packet is complete when no hop has joined it for this long.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     pub packet_timeout: Duration,
+
+    /// Most flows tracked at once; beyond it the least recently active end early (their
+    /// summary is written then). Each costs a few hundred bytes.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_flows: u64,
 
     /// Also write every hop as a packet record to this pcapng file (for Wireshark): one
     /// interface per hop's interface and namespace, flow, packet and latency in comments.
@@ -167,6 +180,7 @@ impl From<TraceArgs> for live::Options {
             format: args.output.into(),
             ring_bytes: args.ring_size,
             packet_timeout: args.packet_timeout,
+            max_flows: args.max_flows as usize,
             pcapng: args.pcapng,
             snap_len: args.snap_len,
             kernel_btf: args.kernel_btf,

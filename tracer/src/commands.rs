@@ -55,7 +55,7 @@ pub fn doctor() -> anyhow::Result<()> {
 
 /// `tracer replay FILE`: what `tracer` would have printed for a recording (`--record`), from
 /// the recording alone.
-pub fn replay(path: &Path, format: Format) -> anyhow::Result<()> {
+pub fn replay(path: &Path, format: Format, max_flows: usize) -> anyhow::Result<()> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read {}", path.display()))
         .map_err(UsageError::from)?;
@@ -65,12 +65,16 @@ pub fn replay(path: &Path, format: Format) -> anyhow::Result<()> {
         &output::Options::default(),
     )?;
     let session = Session::new(
-        Limits::default(),
+        Limits {
+            max_flows,
+            ..Limits::default()
+        },
         Default::default(),
         None,
         vec![out],
         NameTable::default(),
     );
-    replay::run(file, session)?;
+    let stats = replay::run(file, session)?;
+    eprintln!("{}", crate::session::closing_line(&stats));
     Ok(())
 }

@@ -41,7 +41,11 @@ fn main() -> ExitCode {
             None => tracer::commands::trace(cli.trace).await,
             Some(Command::Topology { output }) => tracer::commands::topology(output).await,
             Some(Command::Doctor) => tracer::commands::doctor(),
-            Some(Command::Replay { file, output }) => tracer::commands::replay(&file, output),
+            Some(Command::Replay {
+                file,
+                output,
+                max_flows,
+            }) => tracer::commands::replay(&file, output, max_flows as usize),
         }
     });
     match result {

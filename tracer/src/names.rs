@@ -96,10 +96,13 @@ impl NameTable {
     }
 }
 
-/// Finds the kernel function containing `address` in `/proc/kallsyms`, as `function+0xoffset`.
-pub fn kernel_symbol(address: u64) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    let mut best: Option<(u64, &str)> = None;
+/// Finds the kernel functions containing `addresses` in one read of `/proc/kallsyms`, as
+/// `function+0xoffset`; `None` for an address in no function (or when kallsyms is hidden).
+pub fn kernel_symbols(addresses: &[u64]) -> Vec<Option<String>> {
+    let Ok(text) = std::fs::read_to_string("/proc/kallsyms") else {
+        return vec![None; addresses.len()];
+    };
+    let mut best: Vec<Option<(u64, &str)>> = vec![None; addresses.len()];
     for line in text.lines() {
         let mut fields = line.split_whitespace();
         let (Some(addr), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
@@ -112,10 +115,18 @@ pub fn kernel_symbol(address: u64) -> Option<String> {
         let Ok(addr) = u64::from_str_radix(addr, 16) else {
             continue;
         };
-        if addr <= address && best.is_none_or(|(b, _)| addr > b) {
-            best = Some((addr, name));
+        for (address, best) in addresses.iter().zip(&mut best) {
+            if addr <= *address && best.is_none_or(|(b, _)| addr > b) {
+                *best = Some((addr, name));
+            }
         }
     }
-    let (start, name) = best.filter(|(start, _)| *start != 0)?;
-    Some(format!("{name}+{:#x}", address - start))
+    addresses
+        .iter()
+        .zip(best)
+        .map(|(address, best)| {
+            let (start, name) = best.filter(|(start, _)| *start != 0)?;
+            Some(format!("{name}+{:#x}", address - start))
+        })
+        .collect()
 }

@@ -28,6 +28,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         crate::bench::run(&crate::bench::Args {
             quick: true,
             repeats: 1,
+            only: None,
         })?;
         // The hook ladder on the distribution kernels of the matrix.
         crate::vm::run(&crate::vm::Args::default())?;

@@ -7,9 +7,12 @@
 //! register all four views of the connection); otherwise rewrites observed between consecutive
 //! hops of one packet link the tuple before NAT to the tuple after it.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    hash::{Hash, Hasher},
+};
 
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHasher};
 use tracer_common::wire::tcp;
 
 use super::{Direction, Hop, HopLabel, Limits, NatKind, NatRecord, NatSource, stats::Latency};
@@ -39,33 +42,93 @@ pub struct Flow {
     pub packets: [u64; 2],
     pub first_ts: u64,
     pub last_ts: u64,
-    /// Latency per segment, in first-seen order.
-    pub hops: Vec<(Arc<Segment>, Latency)>,
+    /// Latency per segment (an id in the table's [`Segments`]), in first-seen order.
+    pub hops: Vec<(u32, Latency)>,
+    /// The segments of `hops`, filled in when the flow ends.
+    pub path: Vec<Segment>,
     nat_reported: [bool; 2],
     fin: [bool; 2],
     closed_at: Option<u64>,
     /// Initial sequence number of the SYN that opened the flow, if it was seen.
     syn_seq: Option<u32>,
-    tuples: Vec<Tuple>,
+    /// Tuples in the index besides `orig` and `reply` (and their reverses): tuples seen on one
+    /// side of a NAT that conntrack did not show, or what `orig` and `reply` were before
+    /// conntrack named them.
+    extra: Vec<Tuple>,
 }
 
-/// A direction and two consecutive places on a packet's path. Many flows take the same
-/// segments, so each is stored once and shared.
+/// A direction and two consecutive places on a packet's path.
 pub type Segment = (Direction, HopLabel, HopLabel);
+
+/// Segments many flows share, each stored once, by id, with the number of flows using it; an
+/// id is reused once no flow uses its segment (interfaces and namespaces come and go).
+#[derive(Debug, Default)]
+struct Segments {
+    all: Vec<(Segment, u32)>,
+    ids: HashMap<Segment, u32>,
+    free: Vec<u32>,
+}
+
+impl Segments {
+    /// The id of `segment`, counting one more user.
+    fn intern(&mut self, segment: Segment) -> u32 {
+        if let Some(&id) = self.ids.get(&segment) {
+            self.all[id as usize].1 += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.all[id as usize] = (segment, 1);
+                id
+            }
+            None => {
+                self.all.push((segment, 1));
+                u32::try_from(self.all.len() - 1).expect("fewer than 2^32 segments")
+            }
+        };
+        self.ids.insert(segment, id);
+        id
+    }
+
+    fn get(&self, id: u32) -> &Segment {
+        &self.all[id as usize].0
+    }
+
+    /// One user fewer; the id is free once none is left.
+    fn release(&mut self, id: u32) {
+        let (segment, users) = &mut self.all[id as usize];
+        *users -= 1;
+        if *users == 0 {
+            self.ids.remove(segment);
+            self.free.push(id);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// The index key of a tuple: a 64-bit hash, checked against the flow it leads to.
+fn tuple_key(tuple: &Tuple) -> u64 {
+    let mut hasher = FxHasher::default();
+    tuple.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// Flows and the index from every known tuple to its flow and direction.
 #[derive(Debug, Default)]
 pub struct FlowTable {
     flows: HashMap<u64, Flow>,
-    index: HashMap<Tuple, (u64, Direction)>,
-    /// Every segment a tracked flow has taken; pruned of the unused ones as flows end.
-    segments: HashSet<Arc<Segment>>,
-    /// How many segments there were after the last pruning.
-    segments_kept: usize,
+    /// [`tuple_key`] of every tuple of every flow, both ways, to the flow and direction.
+    index: HashMap<u64, (u64, Direction)>,
+    segments: Segments,
     /// (last packet time, id) of every flow, so that expiry looks only at flows that are due.
     activity: BTreeSet<(u64, u64)>,
     /// (close time, id) of closed TCP flows.
     closing: BTreeSet<(u64, u64)>,
+    /// Ids still to end at the end of the trace, newest first ([`FlowTable::drain_some`]).
+    draining: Vec<u64>,
     next_id: u64,
 }
 
@@ -128,9 +191,8 @@ impl FlowTable {
             self.learn_conntrack(flow_id, &ct);
         }
         let direction = self
-            .index
-            .get(&sighting.first)
-            .map_or(Direction::Original, |&(_, dir)| dir);
+            .find(&sighting.first)
+            .map_or(Direction::Original, |(_, dir)| dir);
         let nat = self.learn_rewrites(flow_id, direction, &sighting.with_l4);
         self.count_packet(flow_id, direction, &sighting);
         self.record_latencies(flow_id, direction, hops);
@@ -151,12 +213,12 @@ impl FlowTable {
     fn lookup(&mut self, sighting: &Sighting) -> (Option<u64>, Option<Flow>) {
         let found = sighting
             .conntrack
-            .and_then(|ct| self.index.get(&ct.orig).copied())
+            .and_then(|ct| self.find(&ct.orig))
             .or_else(|| {
                 sighting
                     .with_l4
                     .iter()
-                    .find_map(|h| self.index.get(&h.event.tuple).copied())
+                    .find_map(|h| self.find(&h.event.tuple))
             })
             .map(|(id, _)| id);
         match (found, sighting.syn_seq) {
@@ -214,20 +276,17 @@ impl FlowTable {
         let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
         for pair in hops.windows(2) {
             let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
-            match flow.hops.iter_mut().find(|(k, _)| **k == key) {
+            let segments = &mut self.segments;
+            match flow
+                .hops
+                .iter_mut()
+                .find(|(id, _)| *segments.get(*id) == key)
+            {
                 Some((_, latency)) => latency.record(pair[1].since_prev_ns),
                 None => {
-                    let segment = match self.segments.get(&key) {
-                        Some(segment) => Arc::clone(segment),
-                        None => {
-                            let segment = Arc::new(key);
-                            self.segments.insert(Arc::clone(&segment));
-                            segment
-                        }
-                    };
                     let mut latency = Latency::default();
                     latency.record(pair[1].since_prev_ns);
-                    flow.hops.push((segment, latency));
+                    flow.hops.push((segments.intern(key), latency));
                 }
             }
         }
@@ -284,11 +343,12 @@ impl FlowTable {
                 first_ts: ts,
                 last_ts: ts,
                 hops: Vec::new(),
+                path: Vec::new(),
                 nat_reported: [false, false],
                 fin: [false, false],
                 closed_at: None,
                 syn_seq: None,
-                tuples: Vec::new(),
+                extra: Vec::new(),
             },
         );
         self.activity.insert((ts, id));
@@ -296,29 +356,47 @@ impl FlowTable {
         id
     }
 
-    /// Registers a tuple (and its reverse, for the other direction) as belonging to `flow_id`.
+    /// The flow and direction of `tuple`.
+    fn find(&self, tuple: &Tuple) -> Option<(u64, Direction)> {
+        let &(id, direction) = self.index.get(&tuple_key(tuple))?;
+        self.flows
+            .get(&id)
+            .is_some_and(|flow| flow.knows(tuple))
+            .then_some((id, direction))
+    }
+
+    /// Registers a tuple (and its reverse, for the other direction) as belonging to `flow_id`,
+    /// unless another flow has it.
     fn learn(&mut self, flow_id: u64, tuple: Tuple, direction: Direction) {
+        if !self.flows.contains_key(&flow_id) {
+            return;
+        }
         let mut added = false;
         for (tuple, direction) in [(tuple, direction), (tuple.reversed(), direction.other())] {
-            if let std::collections::hash_map::Entry::Vacant(entry) = self.index.entry(tuple) {
-                entry.insert((flow_id, direction));
+            let key = tuple_key(&tuple);
+            // An entry whose flow does not know the tuple is another tuple's with the same
+            // hash, or one left over: this tuple takes it.
+            let taken = self.index.get(&key).is_some_and(|&(owner, _)| {
+                owner == flow_id || self.flows.get(&owner).is_some_and(|f| f.knows(&tuple))
+            });
+            if !taken {
+                self.index.insert(key, (flow_id, direction));
                 added = true;
             }
         }
-        // The flow keeps one of the pair; removal looks up both.
-        if added && let Some(flow) = self.flows.get_mut(&flow_id) {
-            flow.tuples.push(tuple);
+        let flow = self.flows.get_mut(&flow_id).expect("checked above");
+        if added && !flow.knows(&tuple) {
+            flow.extra.push(tuple);
         }
     }
 
     fn learn_conntrack(&mut self, flow_id: u64, ct: &Conntrack) {
-        self.learn(flow_id, ct.orig, Direction::Original);
-        self.learn(flow_id, ct.reply, Direction::Reply);
         if let Some(flow) = self.flows.get_mut(&flow_id) {
-            flow.orig = ct.orig;
-            flow.reply = ct.reply;
+            flow.rename(ct.orig, ct.reply);
             flow.reply_from_conntrack = true;
         }
+        self.learn(flow_id, ct.orig, Direction::Original);
+        self.learn(flow_id, ct.reply, Direction::Reply);
     }
 
     /// NAT records for a rewrite between two hops, once per flow and direction.
@@ -335,7 +413,7 @@ impl FlowTable {
         }
         flow.nat_reported[direction as usize] = true;
         if direction == Direction::Original && !flow.reply_from_conntrack {
-            flow.reply = after.event.tuple.reversed();
+            flow.rename(flow.orig, after.event.tuple.reversed());
         }
         let (b, a) = (before.event.tuple, after.event.tuple);
         nat_kinds(direction, &b, &a)
@@ -383,10 +461,17 @@ impl FlowTable {
         self.remove_all(oldest)
     }
 
-    /// Removes and returns every flow.
-    pub fn drain(&mut self) -> Vec<Flow> {
-        let all = self.flows.keys().copied().collect();
-        self.remove_all(all)
+    /// Removes and returns the `max` oldest flows (all when fewer), by id: the order they
+    /// began in. Meant for the end of a trace, when no flow is added any more.
+    pub fn drain_some(&mut self, max: usize) -> Vec<Flow> {
+        if self.draining.is_empty() {
+            self.draining = self.flows.keys().copied().collect();
+            // Newest first, so that the oldest are taken from the end.
+            self.draining.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        let keep = self.draining.len().saturating_sub(max);
+        let ids = self.draining.split_off(keep);
+        self.remove_all(ids)
     }
 
     pub fn len(&self) -> usize {
@@ -403,43 +488,60 @@ impl FlowTable {
 
     fn remove_all(&mut self, mut ids: Vec<u64>) -> Vec<Flow> {
         ids.sort_unstable();
-        let removed = ids
-            .into_iter()
+        ids.into_iter()
             .filter_map(|id| {
-                let flow = self.flows.remove(&id)?;
+                let mut flow = self.flows.remove(&id)?;
                 self.activity.remove(&(flow.last_ts, id));
                 if let Some(closed_at) = flow.closed_at {
                     self.closing.remove(&(closed_at, id));
                 }
-                for tuple in flow.tuples.iter().flat_map(|t| [*t, t.reversed()]) {
-                    if self
-                        .index
-                        .get(&tuple)
-                        .is_some_and(|&(owner, _)| owner == id)
-                    {
-                        self.index.remove(&tuple);
+                for tuple in flow.tuples().flat_map(|t| [*t, t.reversed()]) {
+                    let key = tuple_key(&tuple);
+                    if self.index.get(&key).is_some_and(|&(owner, _)| owner == id) {
+                        self.index.remove(&key);
                     }
+                }
+                flow.path = flow
+                    .hops
+                    .iter()
+                    .map(|&(segment, _)| *self.segments.get(segment))
+                    .collect();
+                for &(segment, _) in &flow.hops {
+                    self.segments.release(segment);
                 }
                 Some(flow)
             })
-            .collect();
-        self.prune_segments();
-        removed
-    }
-
-    /// Forgets the segments no flow uses any more (interfaces and namespaces come and go),
-    /// once the table has doubled since it was last pruned, so that pruning costs O(1) per
-    /// segment added.
-    fn prune_segments(&mut self) {
-        if self.segments.len() > 2 * self.segments_kept.max(64) {
-            self.segments
-                .retain(|segment| Arc::strong_count(segment) > 1);
-            self.segments_kept = self.segments.len();
-        }
+            .collect()
     }
 }
 
 impl Flow {
+    /// Every tuple of the flow in the index, one of each reversed pair.
+    fn tuples(&self) -> impl Iterator<Item = &Tuple> {
+        [&self.orig, &self.reply].into_iter().chain(&self.extra)
+    }
+
+    /// Whether `tuple` is one of the flow's, either way round.
+    fn knows(&self, tuple: &Tuple) -> bool {
+        let reversed = tuple.reversed();
+        self.tuples().any(|t| t == tuple || *t == reversed)
+    }
+
+    /// Names the flow's tuples anew, keeping the old ones it is indexed by.
+    fn rename(&mut self, orig: Tuple, reply: Tuple) {
+        for old in [self.orig, self.reply] {
+            let reversed = old.reversed();
+            let kept = [orig, reply]
+                .iter()
+                .chain(&self.extra)
+                .any(|t| *t == old || *t == reversed);
+            if !kept {
+                self.extra.push(old);
+            }
+        }
+        (self.orig, self.reply) = (orig, reply);
+    }
+
     /// NAT that conntrack shows for a direction in which no rewrite was observed (for example
     /// when only one side of the NAT was traced).
     pub fn unobserved_nat(&self) -> Vec<NatRecord> {

@@ -17,6 +17,9 @@ use tracer_common::hook::Hook;
 
 use crate::decode::{HopEvent, IfName, Tuple};
 
+/// Flows tracked at once unless the user says otherwise (`--max-flows`).
+pub const DEFAULT_MAX_FLOWS: usize = 262_144;
+
 /// Limits and timeouts.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -42,7 +45,7 @@ impl Default for Limits {
             flow_idle_ns: 30_000_000_000,
             closed_flow_grace_ns: 2_000_000_000,
             max_packets: 65_536,
-            max_flows: 262_144,
+            max_flows: DEFAULT_MAX_FLOWS,
         }
     }
 }
@@ -245,10 +248,21 @@ impl Correlator {
 
     /// Completes every packet and ends every flow.
     pub fn finish(&mut self) {
-        let done = self.packets.drain();
-        self.complete(done);
-        let ended = self.flows.drain();
+        while self.finish_some(usize::MAX) {}
+    }
+
+    /// Completes up to `max` packets, or once none is left, ends up to `max` flows (in the
+    /// order they began). True while some remain: the caller writes what is ready between
+    /// calls, so that ending a large table never holds all its records at once.
+    pub fn finish_some(&mut self, max: usize) -> bool {
+        if !self.packets.is_empty() {
+            let done = self.packets.drain_some(max);
+            self.complete(done);
+            return true;
+        }
+        let ended = self.flows.drain_some(max);
         self.end(ended);
+        !self.flows.is_empty()
     }
 
     /// The next output record.
@@ -301,8 +315,8 @@ impl Correlator {
             let hops = flow
                 .hops
                 .iter()
-                .filter_map(|(segment, latency)| {
-                    let (direction, from, to) = **segment;
+                .zip(&flow.path)
+                .filter_map(|((_, latency), &(direction, from, to))| {
                     Some(HopPair {
                         direction,
                         from,

@@ -11,10 +11,13 @@
 //!
 //! Otherwise it starts a new packet. A packet is complete once no hop has joined it for
 //! [`Limits::packet_idle_ns`]; the table holds at most [`Limits::max_packets`] active
-//! packets and completes the least recently active first when it is full. Packets are kept in
-//! order of last activity, so expiry only looks at the packets that are due.
+//! packets and completes the least recently active first when it is full.
+//!
+//! Packets wait in a queue in the order they were last looked at, not an ordered set: a hop
+//! costs no queue operation, and expiry looks only at the front, moving a packet that was
+//! active since to the back. A packet can so complete up to one idle time late, never early.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -67,8 +70,8 @@ pub struct PacketTable {
     active: HashMap<u64, ActivePacket>,
     by_skb: HashMap<u64, u64>,
     by_content: HashMap<ContentKey, u64>,
-    /// (last hop time, id) of every active packet.
-    idle: BTreeSet<(u64, u64)>,
+    /// (last hop time when queued, id) of every active packet, each once.
+    idle: VecDeque<(u64, u64)>,
     next_id: u64,
 }
 
@@ -105,7 +108,7 @@ impl PacketTable {
                         last_ts: event.ts_ns,
                     },
                 );
-                self.idle.insert((event.ts_ns, id));
+                self.idle.push_back((event.ts_ns, id));
                 id
             }
         };
@@ -115,11 +118,7 @@ impl PacketTable {
             self.by_skb.insert(skb, id);
         }
         self.by_content.insert(content, id);
-        if event.ts_ns > packet.last_ts {
-            self.idle.remove(&(packet.last_ts, id));
-            packet.last_ts = event.ts_ns;
-            self.idle.insert((packet.last_ts, id));
-        }
+        packet.last_ts = packet.last_ts.max(event.ts_ns);
         packet.hops.push(Hop {
             event,
             since_prev_ns: 0,
@@ -131,25 +130,32 @@ impl PacketTable {
     /// Completes every packet idle since before `now_ns - packet_idle_ns`.
     pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<ActivePacket> {
         let mut done = Vec::new();
-        while let Some(&(last_ts, id)) = self.idle.first() {
-            if now_ns.saturating_sub(last_ts) < limits.packet_idle_ns {
+        while let Some(&(queued_ts, id)) = self.idle.front() {
+            if now_ns.saturating_sub(queued_ts) < limits.packet_idle_ns {
                 break;
             }
-            done.extend(self.remove(id));
+            self.idle.pop_front();
+            let last_ts = self.active.get(&id).map_or(queued_ts, |p| p.last_ts);
+            if now_ns.saturating_sub(last_ts) < limits.packet_idle_ns {
+                self.idle.push_back((last_ts, id));
+            } else {
+                done.extend(self.remove(id));
+            }
         }
         done.sort_by_key(|p| (p.first_ts(), p.id));
         done
     }
 
-    /// Completes every packet.
-    pub fn drain(&mut self) -> Vec<ActivePacket> {
-        self.expire(
-            u64::MAX,
-            &Limits {
-                packet_idle_ns: 0,
-                ..Limits::default()
-            },
-        )
+    /// Completes the `max` least recently active packets (all when fewer).
+    pub fn drain_some(&mut self, max: usize) -> Vec<ActivePacket> {
+        let mut done = Vec::new();
+        while done.len() < max
+            && let Some(packet) = self.complete_oldest()
+        {
+            done.push(packet);
+        }
+        done.sort_by_key(|p| (p.first_ts(), p.id));
+        done
     }
 
     pub fn len(&self) -> usize {
@@ -160,14 +166,23 @@ impl PacketTable {
         self.active.is_empty()
     }
 
+    /// Completes the packet at the front of the queue, after moving those active since they
+    /// were queued to the back.
     fn complete_oldest(&mut self) -> Option<ActivePacket> {
-        let &(_, id) = self.idle.first()?;
-        self.remove(id)
+        while let Some((queued_ts, id)) = self.idle.pop_front() {
+            match self.active.get(&id) {
+                Some(packet) if packet.last_ts != queued_ts => {
+                    self.idle.push_back((packet.last_ts, id));
+                }
+                _ => return self.remove(id),
+            }
+        }
+        None
     }
 
+    /// Takes a packet out of the table; its place in the queue is already gone.
     fn remove(&mut self, id: u64) -> Option<ActivePacket> {
         let packet = self.active.remove(&id)?;
-        self.idle.remove(&(packet.last_ts, id));
         for skb in &packet.skbs {
             if self.by_skb.get(skb) == Some(&id) {
                 self.by_skb.remove(skb);

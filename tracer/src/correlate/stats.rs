@@ -1,13 +1,22 @@
-//! Latency statistics with bounded memory: exact up to [`RESERVOIR`] samples, then a uniform
-//! reservoir sample for the percentiles (min, max and count stay exact).
+//! Latency statistics in little memory: count, min and max always exact; every sample kept up
+//! to [`EXACT`] of them, so that the percentiles of a short series are exact; beyond that a
+//! log-linear histogram whose buckets are 1/32 of their value wide, so that a percentile is
+//! off by at most [`MAX_ERROR`] of itself.
 //!
 //! A flow holds one of these per pair of consecutive hops and direction, and most flows are
-//! short, so the common cases cost nothing on the heap: a single sample lives in `min`, and
-//! samples are kept as `u32` nanoseconds (gaps between two hops of one packet longer than
-//! 4.29 s count as 4.29 s in the percentiles; min and max stay exact).
+//! short: one or two samples live in `min` and `max` and cost nothing on the heap. Durations
+//! are kept as `u32` nanoseconds: a gap of more than 4.29 s between two hops of one packet
+//! counts as 4.29 s.
 
-/// Samples kept per hop pair.
-pub const RESERVOIR: usize = 256;
+/// Samples kept exactly per hop pair.
+pub const EXACT: usize = 64;
+
+/// Bits of a value below its leading one that pick its bucket: 32 buckets per power of two.
+const SUB_BITS: u32 = 5;
+/// Values below this have a bucket each.
+const LINEAR: u32 = 2 << SUB_BITS;
+/// Largest relative error of a percentile read from the histogram: half a bucket.
+pub const MAX_ERROR: f64 = 1.0 / (2 << SUB_BITS) as f64;
 
 /// Summary of a series of durations in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,93 +31,159 @@ pub struct Summary {
 /// Collects durations.
 #[derive(Debug, Clone, Default)]
 pub struct Latency {
-    count: u64,
-    min: u64,
-    max: u64,
-    /// Empty while `count` is 1: the one sample is `min`.
-    samples: Vec<u32>,
+    count: u32,
+    min: u32,
+    max: u32,
+    /// From the third sample on.
+    samples: Option<Box<Samples>>,
+}
+
+#[derive(Debug, Clone)]
+enum Samples {
+    /// Every sample, up to [`EXACT`].
+    Exact(Vec<u32>),
+    /// (bucket, count), sorted by bucket.
+    Histogram(Vec<(u16, u32)>),
 }
 
 impl Latency {
     pub fn record(&mut self, ns: u64) {
-        self.count += 1;
-        if self.count == 1 {
-            (self.min, self.max) = (ns, ns);
-            return;
-        }
-        if self.count == 2 {
-            self.samples.push(saturate(self.min));
-        }
-        self.min = self.min.min(ns);
-        self.max = self.max.max(ns);
-        if self.samples.len() < RESERVOIR {
-            self.samples.push(saturate(ns));
-            return;
-        }
-        // Algorithm R: keep each new sample with probability RESERVOIR / count. The random
-        // number comes from the count, so output is reproducible.
-        let slot = splitmix64(self.count) % self.count;
-        if let Some(kept) = self.samples.get_mut(slot as usize) {
-            *kept = saturate(ns);
+        let ns = u32::try_from(ns).unwrap_or(u32::MAX);
+        self.count = self.count.saturating_add(1);
+        match self.count {
+            1 => (self.min, self.max) = (ns, ns),
+            2 => (self.min, self.max) = (self.min.min(ns), self.max.max(ns)),
+            _ => {
+                let samples = self.samples.get_or_insert_with(|| {
+                    // The first two samples are the min and the max.
+                    let mut first = Vec::with_capacity(4);
+                    first.extend([self.min, self.max]);
+                    Box::new(Samples::Exact(first))
+                });
+                samples.add(ns);
+                self.min = self.min.min(ns);
+                self.max = self.max.max(ns);
+            }
         }
     }
 
     pub fn summary(&self) -> Option<Summary> {
-        match self.count {
-            0 => None,
-            1 => Some(Summary {
-                count: 1,
-                min_ns: self.min,
-                p50_ns: self.min,
-                p99_ns: self.min,
-                max_ns: self.min,
-            }),
-            count => {
-                let mut sorted = self.samples.clone();
+        let (min, max) = (u64::from(self.min), u64::from(self.max));
+        let (p50, p99) = match (self.count, &self.samples) {
+            (0, _) => return None,
+            (1, _) => (min, min),
+            // Nearest rank of two: the smaller is the median, the larger the 99th.
+            (2, _) | (_, None) => (min, max),
+            (_, Some(samples)) => (samples.percentile(50), samples.percentile(99)),
+        };
+        Some(Summary {
+            count: u64::from(self.count),
+            min_ns: min,
+            // A bucket's middle may lie outside what was seen.
+            p50_ns: p50.clamp(min, max),
+            p99_ns: p99.clamp(min, max),
+            max_ns: max,
+        })
+    }
+}
+
+impl Samples {
+    fn add(&mut self, ns: u32) {
+        match self {
+            Samples::Exact(values) if values.len() < EXACT => values.push(ns),
+            Samples::Exact(values) => {
+                let mut histogram = Vec::new();
+                for &value in values.iter() {
+                    count(&mut histogram, value);
+                }
+                count(&mut histogram, ns);
+                *self = Samples::Histogram(histogram);
+            }
+            Samples::Histogram(histogram) => count(histogram, ns),
+        }
+    }
+
+    /// Nearest-rank percentile.
+    fn percentile(&self, pct: u64) -> u64 {
+        match self {
+            Samples::Exact(values) => {
+                let mut sorted = values.clone();
                 sorted.sort_unstable();
-                Some(Summary {
-                    count,
-                    min_ns: self.min,
-                    p50_ns: percentile(&sorted, 50),
-                    p99_ns: percentile(&sorted, 99),
-                    max_ns: self.max,
-                })
+                let rank = (sorted.len() as u64 * pct).div_ceil(100).max(1);
+                u64::from(sorted[rank as usize - 1])
+            }
+            Samples::Histogram(histogram) => {
+                let total: u64 = histogram.iter().map(|&(_, n)| u64::from(n)).sum();
+                let rank = (total * pct).div_ceil(100).max(1);
+                let mut seen = 0;
+                for &(bucket, n) in histogram {
+                    seen += u64::from(n);
+                    if seen >= rank {
+                        return middle(bucket);
+                    }
+                }
+                histogram.last().map_or(0, |&(bucket, _)| middle(bucket))
             }
         }
     }
 }
 
-fn saturate(ns: u64) -> u32 {
-    u32::try_from(ns).unwrap_or(u32::MAX)
+/// Adds one `value` to a sparse histogram.
+fn count(histogram: &mut Vec<(u16, u32)>, value: u32) {
+    let bucket = bucket(value);
+    match histogram.binary_search_by_key(&bucket, |&(b, _)| b) {
+        Ok(at) => histogram[at].1 = histogram[at].1.saturating_add(1),
+        Err(at) => histogram.insert(at, (bucket, 1)),
+    }
 }
 
-/// A well-mixed 64-bit number from `x` (splitmix64's finalizer).
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+/// The bucket of `value`: values below [`LINEAR`] each have their own; above, each power of two
+/// is cut into 32 buckets.
+fn bucket(value: u32) -> u16 {
+    if value < LINEAR {
+        return value as u16;
+    }
+    let exponent = 31 - value.leading_zeros();
+    let sub = (value >> (exponent - SUB_BITS)) & ((1 << SUB_BITS) - 1);
+    (LINEAR + (exponent - SUB_BITS - 1) * (1 << SUB_BITS) + sub) as u16
 }
 
-/// Nearest-rank percentile of sorted, non-empty `values`.
-fn percentile(values: &[u32], pct: u64) -> u64 {
-    let rank = (values.len() as u64 * pct).div_ceil(100).max(1);
-    u64::from(values[rank as usize - 1])
+/// The middle of a bucket's values.
+fn middle(bucket: u16) -> u64 {
+    let bucket = u32::from(bucket);
+    if bucket < LINEAR {
+        return u64::from(bucket);
+    }
+    let exponent = (bucket - LINEAR) / (1 << SUB_BITS) + SUB_BITS + 1;
+    let sub = (bucket - LINEAR) % (1 << SUB_BITS);
+    let low = (1u64 << exponent) + (u64::from(sub) << (exponent - SUB_BITS));
+    let width = 1u64 << (exponent - SUB_BITS);
+    low + width / 2
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn exact_for_small_series() {
+    /// Nearest-rank percentile of `values`, computed the plain way.
+    fn exact(values: &[u64], pct: u64) -> u64 {
+        let mut sorted = values.to_vec();
+        sorted.sort_unstable();
+        sorted[((sorted.len() as u64 * pct).div_ceil(100).max(1) - 1) as usize]
+    }
+
+    fn summary_of(values: &[u64]) -> Summary {
         let mut latency = Latency::default();
-        for ns in [50, 10, 40, 20, 30] {
+        for &ns in values {
             latency.record(ns);
         }
-        let summary = latency.summary().unwrap();
+        latency.summary().unwrap()
+    }
+
+    #[test]
+    fn exact_for_small_series() {
         assert_eq!(
-            summary,
+            summary_of(&[50, 10, 40, 20, 30]),
             Summary {
                 count: 5,
                 min_ns: 10,
@@ -120,27 +195,64 @@ mod tests {
     }
 
     #[test]
-    fn bounded_for_long_series() {
-        let mut latency = Latency::default();
-        for ns in 1..=100_000u64 {
-            latency.record(ns);
+    fn exact_up_to_the_limit_of_exact_samples() {
+        // Every length from 1 to EXACT, in an order that is neither sorted nor reversed.
+        for len in 1..=EXACT as u64 {
+            let values: Vec<u64> = (0..len).map(|i| (i * 7919) % 1013 + 500).collect();
+            let summary = summary_of(&values);
+            assert_eq!(summary.p50_ns, exact(&values, 50), "{len} samples");
+            assert_eq!(summary.p99_ns, exact(&values, 99), "{len} samples");
+            assert_eq!(summary.min_ns, *values.iter().min().unwrap());
+            assert_eq!(summary.max_ns, *values.iter().max().unwrap());
         }
-        assert_eq!(latency.samples.len(), RESERVOIR);
-        let summary = latency.summary().unwrap();
-        assert_eq!(
-            (summary.count, summary.min_ns, summary.max_ns),
-            (100_000, 1, 100_000)
-        );
-        // A uniform sample of 1..=100000 has its median near 50000.
-        assert!((40_000..60_000).contains(&summary.p50_ns), "{summary:?}");
-        assert!(summary.p99_ns > 95_000, "{summary:?}");
     }
 
     #[test]
-    fn one_sample_is_kept_without_allocating() {
+    fn long_series_are_within_the_error_bound() {
+        // Long tails and clusters, as hop gaps have them.
+        let mut state = 0x1234_5678_u64;
+        let values: Vec<u64> = (0..100_000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                let r = state >> 33;
+                if r.is_multiple_of(100) {
+                    50_000 + r % 900_000
+                } else {
+                    1_500 + r % 3_000
+                }
+            })
+            .collect();
+        let summary = summary_of(&values);
+        for (got, pct) in [(summary.p50_ns, 50), (summary.p99_ns, 99)] {
+            let want = exact(&values, pct);
+            let error = got.abs_diff(want) as f64 / want as f64;
+            assert!(error <= MAX_ERROR, "p{pct}: {got} for {want} ({error})");
+        }
+        assert_eq!(summary.count, 100_000);
+    }
+
+    #[test]
+    fn buckets_are_ordered_and_hold_their_values() {
+        let mut previous = 0;
+        for value in (0..20)
+            .chain((5..32).flat_map(|e| [1u32 << e, (1 << e) + 1, (1 << e) + (1 << (e - 1))]))
+        {
+            let bucket = bucket(value);
+            assert!(bucket >= previous, "{value}");
+            previous = bucket;
+            let error = middle(bucket).abs_diff(u64::from(value)) as f64 / f64::from(value.max(1));
+            assert!(error <= MAX_ERROR, "{value}: {} ({error})", middle(bucket));
+        }
+        assert_eq!(bucket(u32::MAX), bucket(u32::MAX - 1));
+    }
+
+    #[test]
+    fn one_or_two_samples_are_kept_without_allocating() {
         let mut latency = Latency::default();
         latency.record(1234);
-        assert_eq!(latency.samples.capacity(), 0);
+        assert!(latency.samples.is_none());
         assert_eq!(
             latency.summary(),
             Some(Summary {
@@ -152,22 +264,23 @@ mod tests {
             })
         );
         latency.record(10);
+        assert!(latency.samples.is_none());
         let summary = latency.summary().unwrap();
         assert_eq!(
-            (summary.min_ns, summary.p50_ns, summary.max_ns),
-            (10, 10, 1234)
+            (
+                summary.min_ns,
+                summary.p50_ns,
+                summary.p99_ns,
+                summary.max_ns
+            ),
+            (10, 10, 1234, 1234)
         );
     }
 
     #[test]
-    fn long_gaps_saturate_only_in_percentiles() {
-        let mut latency = Latency::default();
-        let long = 10_000_000_000;
-        latency.record(long);
-        latency.record(long);
-        let summary = latency.summary().unwrap();
-        assert_eq!((summary.min_ns, summary.max_ns), (long, long));
-        assert_eq!(summary.p50_ns, u64::from(u32::MAX));
+    fn long_gaps_saturate() {
+        let summary = summary_of(&[10_000_000_000, 10_000_000_000]);
+        assert_eq!(summary.max_ns, u64::from(u32::MAX));
     }
 
     #[test]

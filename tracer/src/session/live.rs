@@ -69,6 +69,8 @@ pub struct Options {
     pub ring_bytes: u32,
     /// A packet is complete when no hop joined it for this long.
     pub packet_timeout: Duration,
+    /// Most flows tracked at once.
+    pub max_flows: usize,
     /// `-w`: also a pcapng file.
     pub pcapng: Option<PathBuf>,
     /// `-s`: bytes per hop for the pcapng file; only headers when `None`.
@@ -178,6 +180,7 @@ impl Trace {
         let session = Session::new(
             Limits {
                 packet_idle_ns: options.packet_timeout.as_nanos() as u64,
+                max_flows: options.max_flows,
                 ..Limits::default()
             },
             follower.places.clone(),
@@ -286,11 +289,7 @@ impl Trace {
                 });
             }
         })?;
-        // Like tcpdump's closing line: on stderr too, so it is seen whatever stdout is.
-        eprintln!(
-            "tracer: {} events, {} lost, {} malformed; {} packets in {} flows",
-            stats.events, stats.lost, stats.malformed, stats.packets, stats.flows
-        );
+        eprintln!("{}", super::closing_line(&stats));
         drop(programs);
         Ok(stats)
     }

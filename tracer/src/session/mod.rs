@@ -18,10 +18,13 @@ use std::{
 use crate::{
     correlate::{Correlator, Limits, PacketTrace, Record},
     decode::HopEvent,
-    names::{NameTable, kernel_symbol},
+    names::{NameTable, kernel_symbols},
     output::{Output, RunStats},
 };
 use select::{Place, touches};
+
+/// Packets or flows ended between two writes when a trace finishes.
+const FINISH_CHUNK: usize = 1024;
 
 /// The collector's side of a trace.
 pub struct Session<'a> {
@@ -94,7 +97,10 @@ impl<'a> Session<'a> {
     /// statistics: the session's own counts (packets, flows) and what `totals` adds (the
     /// reader's and the kernel's counts).
     pub fn finish(mut self, totals: impl FnOnce(&mut RunStats)) -> io::Result<RunStats> {
-        self.correlator.finish();
+        // A chunk at a time, written as it ends, to keep memory flat.
+        while self.correlator.finish_some(FINISH_CHUNK) {
+            self.write_ready()?;
+        }
         self.write_ready()?;
         totals(&mut self.stats);
         for output in &mut self.outputs {
@@ -119,6 +125,27 @@ impl<'a> Session<'a> {
         names.keep_kernel_names(&self.names);
         self.names = names;
     }
+}
+
+/// The closing line, on stderr like tcpdump's so that it is seen whatever stdout is: what was
+/// read, lost and reported, and the collector's peak memory (VmHWM: the most resident memory
+/// the process ever had; live, that includes the ring buffer pages it read).
+pub fn closing_line(stats: &RunStats) -> String {
+    let mut line = format!(
+        "tracer: {} events, {} lost, {} malformed; {} packets in {} flows",
+        stats.events, stats.lost, stats.malformed, stats.packets, stats.flows
+    );
+    if let Some(kib) = peak_memory_kib() {
+        line += &format!("; peak memory {:.1} MiB", kib as f64 / 1024.0);
+    }
+    line
+}
+
+/// The process's `VmHWM` from `/proc/self/status`, in KiB.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
 /// Which records are shown: the selection (`-i`, `--container`, `--netns`) and `-c`.
@@ -160,14 +187,21 @@ impl Shown {
     }
 }
 
-/// Looks up the kernel functions that dropped the packet, once per address.
+/// Looks up the kernel functions that dropped the packet, once per address (an address in no
+/// function keeps its number), all of a packet's in one read of kallsyms.
 fn name_drop_locations(packet: &PacketTrace, names: &mut NameTable) {
-    for hop in &packet.hops {
-        if let Some(drop) = hop.event.drop
-            && !names.has_symbol(drop.location)
-            && let Some(symbol) = kernel_symbol(drop.location)
-        {
-            names.set_symbol(drop.location, symbol);
-        }
+    let mut unknown: Vec<u64> = packet
+        .hops
+        .iter()
+        .filter_map(|hop| hop.event.drop.map(|drop| drop.location))
+        .filter(|&address| !names.has_symbol(address))
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    unknown.sort_unstable();
+    unknown.dedup();
+    for (address, symbol) in unknown.iter().zip(kernel_symbols(&unknown)) {
+        names.set_symbol(*address, symbol.unwrap_or_else(|| format!("{address:#x}")));
     }
 }

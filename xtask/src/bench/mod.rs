@@ -18,6 +18,7 @@ mod pairs;
 mod pcap;
 mod startup;
 mod stats;
+mod stream;
 mod targets;
 mod tools;
 
@@ -38,6 +39,16 @@ pub struct Args {
     /// 60% of this, rounded up (6 of 10, the fewest pairs with a 95% interval for a median).
     #[arg(long, default_value_t = 10)]
     pub repeats: usize,
+    /// Run one benchmark and print its table, leaving bench/results.* as they are: for
+    /// working on one part.
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Only {
+    /// The collector without the kernel (no testbed, no root needed).
+    Collector,
 }
 
 /// Seed of the random order of the pairs and of the runs within a pair: fixed, so that a run
@@ -45,6 +56,11 @@ pub struct Args {
 const SEED: u64 = 0x7ace_2026;
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(Only::Collector) = args.only {
+        let binary = use_tracer_build(!args.quick)?;
+        print!("{}", collector::run(&binary, args.quick)?.markdown());
+        return Ok(());
+    }
     require_root("the benchmarks")?;
     // The smoke check only needs every benchmark to run: the debug build that the tests
     // already made saves CI a release build.
@@ -98,6 +114,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         kernel: &programs,
         observer: &observer,
         startup: &startup,
+        collector: &collector,
+        loss: &loss,
     });
     // What limits the missed targets is written by hand, from profiles, and kept with the
     // numbers.

@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::{config::Config, cpu, datapath, kernel, observer, pairs::Row, pairs::ci_text, startup};
+use super::{
+    collector, config::Config, cpu, datapath, kernel, loss, observer, pairs::Row, pairs::ci_text,
+    startup,
+};
 
 /// Whether a target is met.
 enum Met {
@@ -38,6 +41,8 @@ pub struct Inputs<'a> {
     pub kernel: &'a kernel::Results,
     pub observer: &'a observer::Results,
     pub startup: &'a startup::Results,
+    pub collector: &'a collector::Results,
+    pub loss: &'a loss::Results,
 }
 
 pub fn markdown(r: &Inputs) -> String {
@@ -149,8 +154,64 @@ pub fn markdown(r: &Inputs) -> String {
             Met::Undecided("not measured by --quick"),
         ),
     }
+    collector_rows(r, &mut row);
     md.push('\n');
     md
+}
+
+/// The collector's targets: speed, memory, accuracy.
+fn collector_rows(r: &Inputs, row: &mut impl FnMut(&str, String, Met)) {
+    let replay = r.collector.events_per_second();
+    row(
+        "replay: decode + correlate + JSON >= 1.5 M events/s (one core)",
+        format!("{:.0} events/s", replay.median),
+        Met::from(replay.median >= 1.5e6),
+    );
+    match r.loss.live_events_per_cpu_second() {
+        Some(live) => row(
+            "live: ring buffer -> JSON >= 1 M events/s (per CPU-second)",
+            format!("{live:.0} events/s"),
+            Met::from(live >= 1e6),
+        ),
+        None => row(
+            "live: ring buffer -> JSON >= 1 M events/s (per CPU-second)",
+            "-".to_owned(),
+            Met::Undecided("not measured"),
+        ),
+    }
+    let loss_free = r.loss.max_without_loss();
+    row(
+        "highest rate with 0 lost events, every datagram matching >= 200k packets/s",
+        loss_free.map_or_else(|| "none".to_owned(), |pps| format!("{pps:.0} packets/s")),
+        Met::from(loss_free.is_some_and(|pps| pps >= 200_000.0)),
+    );
+    if let Some((flows, mib)) = r.collector.first_rss_mib() {
+        row(
+            &format!("peak RSS holding {flows} flows <= 48 MiB"),
+            format!("{mib:.1} MiB"),
+            Met::from(mib <= 48.0),
+        );
+    }
+    if let Some((overall, first, second)) = r.collector.per_flow() {
+        let linear = (first - second).abs() <= 0.25 * overall.abs().max(1.0);
+        row(
+            "memory per flow at 1M flows <= 400 bytes, growing linearly",
+            format!("{overall:.0} bytes ({first:.0} then {second:.0})"),
+            Met::from(overall <= 400.0 && linear),
+        );
+    }
+    let a = r.collector.accuracy();
+    row(
+        "p50 exact for flows of <= 64 packets; p99 within 5%",
+        format!(
+            "{}/{} short segments exact; p99 error up to {:.2}% over {} long ones",
+            a.small_exact,
+            a.small,
+            a.large_p99_error * 100.0,
+            a.large
+        ),
+        Met::from(a.small_exact == a.small && a.large_p99_error <= 0.05),
+    );
 }
 
 /// "median [CI]" of a paired row, marked when it is a partial trace.
