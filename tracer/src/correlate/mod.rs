@@ -12,7 +12,7 @@ pub mod stats;
 use std::collections::VecDeque;
 
 use flow::{Flow, FlowTable};
-use packet::{ActivePacket, PacketTable};
+use packet::{CompletedPacket, PacketTable};
 use tracer_common::hook::Hook;
 
 use crate::decode::{HopEvent, IfName, Tuple};
@@ -281,7 +281,7 @@ impl Correlator {
         self.flows.segments()
     }
 
-    fn complete(&mut self, packets: Vec<ActivePacket>) {
+    fn complete(&mut self, packets: Vec<CompletedPacket>) {
         for packet in packets {
             let mut hops = packet.hops;
             hops.sort_by_key(|hop| hop.event.ts_ns);

@@ -13,9 +13,10 @@
 //! [`Limits::packet_idle_ns`]; the table holds at most [`Limits::max_packets`] active
 //! packets and completes the least recently active first when it is full.
 //!
-//! Packets wait in a queue in the order they were last looked at, not an ordered set: a hop
-//! costs no queue operation, and expiry looks only at the front, moving a packet that was
-//! active since to the back. A packet can so complete up to one idle time late, never early.
+//! Expiry uses a queue, not an ordered set: every hop appends (time, packet) at the back, and
+//! an entry is stale once its packet has a later hop (or is gone). Events arrive about in time
+//! order, so the front is the least recently active packet, and packets complete in the
+//! order they went idle (a SYN before the packets that follow it).
 
 use std::collections::VecDeque;
 
@@ -48,36 +49,87 @@ impl ContentKey {
     }
 }
 
-/// A packet still collecting hops.
+/// A packet still collecting hops; its hops are in the table's arena.
 #[derive(Debug)]
-pub struct ActivePacket {
-    pub id: u64,
-    pub hops: Vec<Hop>,
+struct ActivePacket {
     content: ContentKey,
-    skbs: Vec<u64>,
+    /// The skbs it was seen with; more than [`SKBS`] is rare (clones, copies).
+    skbs: [u64; SKBS],
+    more_skbs: Vec<u64>,
     last_ts: u64,
+    /// First and last hop in the arena, and how many.
+    head: u32,
+    tail: u32,
+    len: u32,
 }
 
+/// Skbs a packet keeps without allocating.
+const SKBS: usize = 3;
+
 impl ActivePacket {
+    fn skbs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.skbs
+            .iter()
+            .copied()
+            .filter(|&skb| skb != 0)
+            .chain(self.more_skbs.iter().copied())
+    }
+
+    fn add_skb(&mut self, skb: u64) -> bool {
+        if self.skbs().any(|known| known == skb) {
+            return false;
+        }
+        match self.skbs.iter_mut().find(|slot| **slot == 0) {
+            Some(slot) => *slot = skb,
+            None => self.more_skbs.push(skb),
+        }
+        true
+    }
+}
+
+/// A packet that is complete: its hops in the order they arrived.
+#[derive(Debug)]
+pub struct CompletedPacket {
+    pub id: u64,
+    pub hops: Vec<Hop>,
+}
+
+impl CompletedPacket {
     pub fn first_ts(&self) -> u64 {
         self.hops.first().map_or(0, |hop| hop.event.ts_ns)
     }
 }
 
-/// Active packets and their indexes.
+/// The end of an arena chain.
+const NONE: u32 = u32::MAX;
+
+/// One hop in the arena, and the next hop of its packet.
+#[derive(Debug)]
+struct Slot {
+    event: Option<HopEvent>,
+    next: u32,
+}
+
+/// Active packets and their indexes. The hops of every active packet live in one arena (a
+/// free slot is reused first), so that a packet costs no allocation of its own and the arena
+/// never holds more than the hops of the packets in the table.
 #[derive(Debug, Default)]
 pub struct PacketTable {
     active: HashMap<u64, ActivePacket>,
     by_skb: HashMap<u64, u64>,
     by_content: HashMap<ContentKey, u64>,
-    /// (last hop time when queued, id) of every active packet, each once.
+    /// (hop time, id) for every hop of the active packets; stale when the packet's last hop
+    /// is later.
     idle: VecDeque<(u64, u64)>,
+    arena: Vec<Slot>,
+    /// Free slots of the arena.
+    free: Vec<u32>,
     next_id: u64,
 }
 
 impl PacketTable {
     /// Adds `event` to its packet. Returns packets completed to make room.
-    pub fn push(&mut self, event: HopEvent, limits: &Limits) -> Vec<ActivePacket> {
+    pub fn push(&mut self, event: HopEvent, limits: &Limits) -> Vec<CompletedPacket> {
         let content = ContentKey::of(&event);
         let skb = event.skb;
         let by_skb = (event.skb != 0)
@@ -101,44 +153,65 @@ impl PacketTable {
                 self.active.insert(
                     id,
                     ActivePacket {
-                        id,
-                        hops: Vec::new(),
                         content,
-                        skbs: Vec::new(),
+                        skbs: [0; SKBS],
+                        more_skbs: Vec::new(),
                         last_ts: event.ts_ns,
+                        head: NONE,
+                        tail: NONE,
+                        len: 0,
                     },
                 );
-                self.idle.push_back((event.ts_ns, id));
                 id
             }
         };
+        self.by_content.insert(content, id);
+        let ts = event.ts_ns;
+        let slot = self.store(event);
         let packet = self.active.get_mut(&id).expect("indexed packet is active");
-        if event.skb != 0 && !packet.skbs.contains(&skb) {
-            packet.skbs.push(skb);
+        if skb != 0 && packet.add_skb(skb) {
             self.by_skb.insert(skb, id);
         }
-        self.by_content.insert(content, id);
-        packet.last_ts = packet.last_ts.max(event.ts_ns);
-        packet.hops.push(Hop {
-            event,
-            since_prev_ns: 0,
-            since_first_ns: 0,
-        });
+        if ts >= packet.last_ts {
+            packet.last_ts = ts;
+            self.idle.push_back((ts, id));
+        }
+        match packet.tail {
+            NONE => packet.head = slot,
+            tail => self.arena[tail as usize].next = slot,
+        }
+        packet.tail = slot;
+        packet.len += 1;
         completed
     }
 
+    /// Puts `event` in a free slot of the arena.
+    fn store(&mut self, event: HopEvent) -> u32 {
+        let slot = Slot {
+            event: Some(event),
+            next: NONE,
+        };
+        match self.free.pop() {
+            Some(index) => {
+                self.arena[index as usize] = slot;
+                index
+            }
+            None => {
+                self.arena.push(slot);
+                u32::try_from(self.arena.len() - 1).expect("fewer than 2^32 hops in flight")
+            }
+        }
+    }
+
     /// Completes every packet idle since before `now_ns - packet_idle_ns`.
-    pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<ActivePacket> {
+    pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<CompletedPacket> {
         let mut done = Vec::new();
-        while let Some(&(queued_ts, id)) = self.idle.front() {
-            if now_ns.saturating_sub(queued_ts) < limits.packet_idle_ns {
+        while let Some(&(ts, id)) = self.idle.front() {
+            if now_ns.saturating_sub(ts) < limits.packet_idle_ns {
                 break;
             }
             self.idle.pop_front();
-            let last_ts = self.active.get(&id).map_or(queued_ts, |p| p.last_ts);
-            if now_ns.saturating_sub(last_ts) < limits.packet_idle_ns {
-                self.idle.push_back((last_ts, id));
-            } else {
+            if self.is_last_hop(ts, id) {
                 done.extend(self.remove(id));
             }
         }
@@ -147,7 +220,7 @@ impl PacketTable {
     }
 
     /// Completes the `max` least recently active packets (all when fewer).
-    pub fn drain_some(&mut self, max: usize) -> Vec<ActivePacket> {
+    pub fn drain_some(&mut self, max: usize) -> Vec<CompletedPacket> {
         let mut done = Vec::new();
         while done.len() < max
             && let Some(packet) = self.complete_oldest()
@@ -166,31 +239,52 @@ impl PacketTable {
         self.active.is_empty()
     }
 
-    /// Completes the packet at the front of the queue, after moving those active since they
-    /// were queued to the back.
-    fn complete_oldest(&mut self) -> Option<ActivePacket> {
-        while let Some((queued_ts, id)) = self.idle.pop_front() {
-            match self.active.get(&id) {
-                Some(packet) if packet.last_ts != queued_ts => {
-                    self.idle.push_back((packet.last_ts, id));
-                }
-                _ => return self.remove(id),
+    /// Slots in the arena, used or free, for memory tests.
+    pub fn arena_len(&self) -> usize {
+        self.arena.len()
+    }
+
+    /// Whether the queue entry (`ts`, `id`) is its packet's last hop (not stale).
+    fn is_last_hop(&self, ts: u64, id: u64) -> bool {
+        self.active.get(&id).is_some_and(|p| p.last_ts == ts)
+    }
+
+    /// Completes the least recently active packet.
+    fn complete_oldest(&mut self) -> Option<CompletedPacket> {
+        while let Some((ts, id)) = self.idle.pop_front() {
+            if self.is_last_hop(ts, id) {
+                return self.remove(id);
             }
         }
         None
     }
 
-    /// Takes a packet out of the table; its place in the queue is already gone.
-    fn remove(&mut self, id: u64) -> Option<ActivePacket> {
+    /// Takes a packet out of the table and its hops out of the arena; what the queue still
+    /// holds for it is stale from now on.
+    fn remove(&mut self, id: u64) -> Option<CompletedPacket> {
         let packet = self.active.remove(&id)?;
-        for skb in &packet.skbs {
-            if self.by_skb.get(skb) == Some(&id) {
-                self.by_skb.remove(skb);
+        for skb in packet.skbs() {
+            if self.by_skb.get(&skb) == Some(&id) {
+                self.by_skb.remove(&skb);
             }
         }
         if self.by_content.get(&packet.content) == Some(&id) {
             self.by_content.remove(&packet.content);
         }
-        Some(packet)
+        let mut hops = Vec::with_capacity(packet.len as usize);
+        let mut at = packet.head;
+        while at != NONE {
+            let slot = &mut self.arena[at as usize];
+            if let Some(event) = slot.event.take() {
+                hops.push(Hop {
+                    event,
+                    since_prev_ns: 0,
+                    since_first_ns: 0,
+                });
+            }
+            self.free.push(at);
+            at = slot.next;
+        }
+        Some(CompletedPacket { id, hops })
     }
 }
