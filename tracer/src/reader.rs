@@ -17,7 +17,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 
 use crate::{
     clock::monotonic_ns,
-    decode::{HopEvent, decode},
+    decode::{Decoder, HopEvent},
     recording::{self, Recorder},
 };
 
@@ -52,24 +52,25 @@ pub async fn run(
     // descriptor stays open for as long as it is registered.
     let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|err| err.into_parts().1)?;
     let mut idle = tokio::time::interval(IDLE_DRAIN);
+    let mut decoder = Decoder::new();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let more = drain(guard.get_inner_mut(), &batches, &stats, &mut recorder).await?;
+                let more = drain(guard.get_inner_mut(), &mut decoder, &batches, &stats, &mut recorder).await?;
                 guard.clear_ready();
                 if !more {
                     return Ok(());
                 }
             }
             _ = idle.tick() => {
-                if !drain(ring.get_mut(), &batches, &stats, &mut recorder).await? {
+                if !drain(ring.get_mut(), &mut decoder, &batches, &stats, &mut recorder).await? {
                     return Ok(());
                 }
             }
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    drain(ring.get_mut(), &batches, &stats, &mut recorder).await?;
+                    drain(ring.get_mut(), &mut decoder, &batches, &stats, &mut recorder).await?;
                     if let Some(recorder) = recorder.as_mut() {
                         recorder.flush()?;
                     }
@@ -83,27 +84,36 @@ pub async fn run(
 /// Sends everything in the ring. Returns false when the receiver is gone.
 async fn drain(
     ring: &mut RingBuf<MapData>,
+    decoder: &mut Decoder,
     batches: &mpsc::Sender<Vec<HopEvent>>,
     stats: &ReaderStats,
     recorder: &mut Option<Recorder>,
 ) -> io::Result<bool> {
     let started = monotonic_ns();
     loop {
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let (mut records, mut malformed) = (0, 0);
         while batch.len() < MAX_BATCH {
             let Some(item) = ring.next() else { break };
-            stats.records.fetch_add(1, Ordering::Relaxed);
+            records += 1;
             if let Some(recorder) = recorder.as_mut() {
                 recording::write(recorder, &item)?;
             }
-            match decode(&item) {
+            // Decoded straight from the ring's memory; the record is released when `item` is
+            // dropped.
+            match decoder.decode(&item) {
                 Ok(event) => batch.push(event),
                 Err(err) => {
-                    if stats.malformed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    if malformed == 0 && stats.malformed.load(Ordering::Relaxed) == 0 {
                         log::warn!("dropping malformed event: {err}");
                     }
+                    malformed += 1;
                 }
             }
+        }
+        stats.records.fetch_add(records, Ordering::Relaxed);
+        if malformed > 0 {
+            stats.malformed.fetch_add(malformed, Ordering::Relaxed);
         }
         let full = batch.len() == MAX_BATCH;
         if !batch.is_empty() && batches.send(batch).await.is_err() {

@@ -149,7 +149,7 @@ struct Sighting<'h> {
     /// The tuple the packet was first seen with.
     first: Tuple,
     /// The conntrack entry of the first hop that carried one.
-    conntrack: Option<Conntrack>,
+    conntrack: Option<&'h Conntrack>,
     /// The initial sequence number, when the packet opens a TCP connection.
     syn_seq: Option<u32>,
 }
@@ -157,7 +157,7 @@ struct Sighting<'h> {
 impl<'h> Sighting<'h> {
     fn of(hops: &'h [Hop]) -> Self {
         let with_l4: Vec<&Hop> = hops.iter().filter(|h| h.event.has_l4).collect();
-        let conntrack = hops.iter().find_map(|h| h.event.conntrack);
+        let conntrack = hops.iter().find_map(|h| h.event.conntrack.as_deref());
         let first = with_l4
             .first()
             .copied()
@@ -188,7 +188,7 @@ impl FlowTable {
             ),
         };
         if let Some(ct) = sighting.conntrack {
-            self.learn_conntrack(flow_id, &ct);
+            self.learn_conntrack(flow_id, ct);
         }
         let direction = self
             .find(&sighting.first)

@@ -1,6 +1,9 @@
 //! Correlator tests on hand-built events: packet identity, flows, NAT and bounded memory.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use tracer_common::hook::Hook;
 
@@ -87,7 +90,7 @@ fn syn_path(start: u64, skb: u64, conntrack: Option<Conntrack>) -> Vec<HopEvent>
         ),
     ];
     for hop in &mut hops[2..4] {
-        hop.conntrack = conntrack;
+        hop.conntrack = conntrack.map(Arc::new);
     }
     hops
 }
@@ -245,7 +248,7 @@ fn conntrack_shows_nat_that_no_hop_observed() {
         .into_iter()
         .skip(3)
         .map(|mut e| {
-            e.conntrack = Some(masquerade_ct());
+            e.conntrack = Some(Arc::new(masquerade_ct()));
             e
         })
         .collect();

@@ -4,7 +4,10 @@
 //! with an unknown hook are rejected with a [`DecodeError`] so that the caller can count them;
 //! nothing is read from a record that failed these checks.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use tracer_common::{
@@ -125,7 +128,8 @@ pub struct HopEvent {
     /// IP total length from the header.
     pub ip_len: u16,
     pub mark: u32,
-    pub conntrack: Option<Conntrack>,
+    /// Shared by the events of one connection that [`Decoder`] decodes one after another.
+    pub conntrack: Option<Arc<Conntrack>>,
     /// Set at `kfree_skb`: why and where the packet was dropped.
     pub drop: Option<DropInfo>,
     /// The packet's first bytes from the IP header on, when they were asked for (`-w`).
@@ -179,19 +183,85 @@ impl std::fmt::Debug for IfName {
 
 /// Decodes one ring buffer record.
 pub fn decode(bytes: &[u8]) -> Result<HopEvent, DecodeError> {
-    let kind = *bytes.first().ok_or(DecodeError::Empty)?;
-    if kind == EventKind::Packet as u8 {
-        let raw: PacketEvent = read_record(bytes, kind)?;
-        return packet(&raw);
+    Decoder::default().decode(bytes)
+}
+
+/// Conntrack entries a [`Decoder`] remembers.
+const RECENT_ENTRIES: usize = 256;
+
+/// Decodes records one after another, giving the events of one connection one shared
+/// conntrack entry (the entry is 96 bytes and most hops carry one) while its tuples and state
+/// stay the same.
+/// (`Decoder::default()` shares nothing: each event gets its own entry.)
+#[derive(Default)]
+pub struct Decoder {
+    /// Direct-mapped by entry address and state: the raw entry and what it decoded to.
+    recent: Vec<Option<(RawConntrack, Arc<Conntrack>)>>,
+}
+
+/// A conntrack entry as the kernel program wrote it.
+#[derive(Clone, PartialEq, Eq)]
+struct RawConntrack {
+    id: u64,
+    state: u8,
+    orig: CtTuple,
+    reply: CtTuple,
+}
+
+impl Decoder {
+    /// A decoder that shares entries.
+    pub fn new() -> Decoder {
+        Decoder {
+            recent: vec![None; RECENT_ENTRIES],
+        }
     }
-    if kind == EventKind::PacketWithHeaders as u8 {
-        let raw: PacketWithHeaders = read_record(bytes, kind)?;
-        let mut event = packet(&raw.event)?;
-        let len = usize::from(raw.snap_len).min(SNAP_MAX);
-        event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
-        return Ok(event);
+
+    /// Decodes one ring buffer record.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<HopEvent, DecodeError> {
+        let kind = *bytes.first().ok_or(DecodeError::Empty)?;
+        if kind == EventKind::Packet as u8 {
+            let raw: PacketEvent = read_record(bytes, kind)?;
+            return packet(&raw, self);
+        }
+        if kind == EventKind::PacketWithHeaders as u8 {
+            let raw: PacketWithHeaders = read_record(bytes, kind)?;
+            let mut event = packet(&raw.event, self)?;
+            let len = usize::from(raw.snap_len).min(SNAP_MAX);
+            event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
+            return Ok(event);
+        }
+        Err(DecodeError::UnknownKind(kind))
     }
-    Err(DecodeError::UnknownKind(kind))
+
+    /// The entry of `raw`, shared with earlier events that carried the same.
+    fn conntrack(&mut self, raw: &PacketEvent) -> Arc<Conntrack> {
+        let decoded = || {
+            Arc::new(Conntrack {
+                id: raw.ct,
+                info: conntrack::decode_state(raw.ct_state).unwrap_or(0),
+                orig: ct_tuple(&raw.ct_orig),
+                reply: ct_tuple(&raw.ct_reply),
+            })
+        };
+        if self.recent.is_empty() {
+            return decoded();
+        }
+        let key = RawConntrack {
+            id: raw.ct,
+            state: raw.ct_state,
+            orig: raw.ct_orig,
+            reply: raw.ct_reply,
+        };
+        let slot = (key.id >> 6 ^ u64::from(key.state)) as usize % RECENT_ENTRIES;
+        match &self.recent[slot] {
+            Some((known, shared)) if *known == key => Arc::clone(shared),
+            _ => {
+                let shared = decoded();
+                self.recent[slot] = Some((key, Arc::clone(&shared)));
+                shared
+            }
+        }
+    }
 }
 
 /// Reads a whole record of type `T`, which must be exactly its size.
@@ -209,14 +279,9 @@ fn read_record<T: Copy>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
-fn packet(raw: &PacketEvent) -> Result<HopEvent, DecodeError> {
+fn packet(raw: &PacketEvent, decoder: &mut Decoder) -> Result<HopEvent, DecodeError> {
     let hook = Hook::from_u8(raw.hook).ok_or(DecodeError::UnknownHook(raw.hook))?;
-    let conntrack = (raw.ct != 0).then(|| Conntrack {
-        id: raw.ct,
-        info: conntrack::decode_state(raw.ct_state).unwrap_or(0),
-        orig: ct_tuple(&raw.ct_orig),
-        reply: ct_tuple(&raw.ct_reply),
-    });
+    let conntrack = (raw.ct != 0).then(|| decoder.conntrack(raw));
     Ok(HopEvent {
         ts_ns: raw.ts_ns,
         hook,

@@ -1,6 +1,9 @@
 //! Decoder tests on byte fixtures: valid records, and truncated, oversized, unknown ones.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
 use tracer_common::{
     event::{FAMILY_IPV4, FAMILY_IPV6, FLAG_L4, FLAG_TC, PacketEvent},
@@ -78,6 +81,30 @@ fn decodes_a_masqueraded_syn() {
     assert_eq!(ct.info, 2);
     assert_eq!(ct.orig.src, v4(172, 17, 0, 2));
     assert_eq!(ct.reply, event.tuple.reversed());
+}
+
+#[test]
+fn a_decoder_shares_an_entry_while_it_stays_the_same() {
+    let mut decoder = Decoder::new();
+    let raw = syn_event();
+    let first = decoder.decode(&encode(&raw)).unwrap().conntrack.unwrap();
+    let again = decoder.decode(&encode(&raw)).unwrap().conntrack.unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "the same entry is shared");
+    // The state and the tuples are part of the entry: a change is a new one.
+    let mut reply = raw;
+    reply.ct_state = tracer_common::wire::conntrack::encode_state(3);
+    let changed = decoder.decode(&encode(&reply)).unwrap().conntrack.unwrap();
+    assert!(!Arc::ptr_eq(&first, &changed));
+    assert_eq!(changed.info, 3);
+    let mut renamed = raw;
+    renamed.ct_reply.dst_port = 40_000;
+    let changed = decoder
+        .decode(&encode(&renamed))
+        .unwrap()
+        .conntrack
+        .unwrap();
+    assert_eq!(changed.reply.dst_port, 40_000);
+    assert_eq!(first.reply.dst_port, 51_116);
 }
 
 #[test]
@@ -178,7 +205,7 @@ fn decodes_records_captured_from_the_kernel() {
     assert_eq!(event.ifname.as_str(), "eth0");
     assert_eq!(event.tuple.dst, v4(198, 19, 0, 252));
     assert_eq!(event.tuple.dst_port, 10_001);
-    let ct = event.conntrack.expect("conntrack entry");
+    let ct = event.conntrack.clone().expect("conntrack entry");
     assert_eq!(ct.orig.src, v4(172, 17, 0, 2));
     assert_eq!(ct.reply.dst, v4(198, 18, 0, 2));
 }

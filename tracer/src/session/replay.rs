@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 
 use super::Session;
-use crate::{decode::decode, output::RunStats, recording::Recording};
+use crate::{decode::Decoder, output::RunStats, recording::Recording};
 
 /// Records between two clock ticks.
 const TICK_EVERY: u64 = 1024;
@@ -16,9 +16,10 @@ pub fn run(input: impl Read, mut session: Session<'_>) -> anyhow::Result<RunStat
     let (mut events, mut malformed) = (0, 0);
     let mut record = Vec::new();
     let mut latest = 0;
+    let mut decoder = Decoder::new();
     while recording.next_into(&mut record)? {
         events += 1;
-        match decode(&record) {
+        match decoder.decode(&record) {
             Ok(event) => {
                 latest = latest.max(event.ts_ns);
                 session.push([event]);

@@ -5,6 +5,7 @@
 use std::{
     borrow::Cow,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -147,12 +148,12 @@ fn records() -> Vec<Record> {
     fragment.has_l4 = false;
     fragment.tuple.proto = Proto(200);
     let mut tracked = event(2, "eth0", six);
-    tracked.conntrack = Some(Conntrack {
+    tracked.conntrack = Some(Arc::new(Conntrack {
         id: 0xffff_8880_0abc_d000,
         info: 3,
         orig: outer,
         reply: outer.reversed(),
-    });
+    }));
     let mut dropped = event(1, "docker0", outer);
     dropped.skb = 0;
     dropped.drop = Some(DropInfo {
@@ -344,7 +345,7 @@ impl<'a> HopJson<'a> {
             since_prev_ns: hop.since_prev_ns,
             since_first_ns: hop.since_first_ns,
             skb: Hex(e.skb),
-            conntrack: e.conntrack.as_ref().map(ConntrackJson::new),
+            conntrack: e.conntrack.as_deref().map(ConntrackJson::new),
             drop_reason: e.drop.map(|d| names.drop_reason(d.reason)),
             drop_location: e.drop.map(|d| names.symbol(d.location)),
         }
