@@ -275,6 +275,12 @@ impl Correlator {
         (self.packets.len(), self.flows.len())
     }
 
+    /// Slots of the arena that holds the hops of active packets, used or free, for memory
+    /// tests.
+    pub fn held_hops(&self) -> usize {
+        self.packets.arena_len()
+    }
+
     /// Distinct segments (direction and two consecutive places) the tracked flows share, for
     /// memory tests.
     pub fn segments(&self) -> usize {

@@ -454,47 +454,66 @@ fn segments_of_ended_flows_are_forgotten() {
     );
 }
 
-/// A stream of packets that never complete (no tick ever comes) and never repeat a flow:
-/// the tables stay within their limits.
+/// More packets and flows than the tables hold, each packet three hops interleaved with the
+/// next packet's, and no tick ever comes: the tables and the hop arena stay within their
+/// limits, and every packet is reported exactly once and whole, every flow once.
 #[test]
-fn memory_is_bounded_under_never_completed_packets() {
+fn memory_is_bounded_and_every_packet_is_reported_once() {
     let limits = Limits {
         max_packets: 1_000,
         max_flows: 2_000,
         ..Limits::default()
     };
     let mut correlator = Correlator::new(limits.clone());
-    let mut emitted = 0;
-    for i in 0..100_000u64 {
+    let mut hops_of: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    let mut flows = 0;
+    let mut drain = |correlator: &mut Correlator| {
+        while let Some(record) = correlator.pop() {
+            match record {
+                Record::Packet(packet) => {
+                    let seq = packet.hops[0].event.tcp_seq;
+                    assert!(packet.hops.iter().all(|h| h.event.tcp_seq == seq));
+                    let again = hops_of.insert(seq, packet.hops.len());
+                    assert!(again.is_none(), "packet {seq} reported twice");
+                }
+                Record::Flow(_) => flows += 1,
+                Record::Nat(_) => {}
+            }
+        }
+    };
+    let n = 20_000u64;
+    let hop = |i: u64, hop: u64| {
         let src = tuple(
             addr((i % 250) as u8, [10, (i >> 16) as u8, (i >> 8) as u8]),
             (i % 60_000) as u16 + 1024,
             addr(1, [10, 255, 0]),
             10001,
         );
-        let mut e = event(
-            i * 1_000,
-            Hook::NetDevQueue,
-            CTR,
-            "eth0",
-            0x10_0000 + i,
-            src,
-        );
+        let hook = [Hook::NetDevQueue, Hook::NetifRx, Hook::NetifReceiveSkb][hop as usize];
+        let mut e = event(i * 1_000 + hop * 100, hook, CTR, "eth0", 0x10_0000 + i, src);
         e.tcp_seq = i as u32;
-        correlator.push(e);
-        let (packets, flows) = correlator.sizes();
-        assert!(packets <= limits.max_packets, "{packets} packets at {i}");
-        assert!(flows <= limits.max_flows, "{flows} flows at {i}");
-        while correlator.pop().is_some() {
-            emitted += 1;
+        e
+    };
+    for i in 0..=n {
+        if i < n {
+            correlator.push(hop(i, 0));
         }
+        if i > 0 {
+            correlator.push(hop(i - 1, 1));
+            correlator.push(hop(i - 1, 2));
+        }
+        let (packets, open_flows) = correlator.sizes();
+        assert!(packets <= limits.max_packets, "{packets} packets at {i}");
+        assert!(open_flows <= limits.max_flows, "{open_flows} flows at {i}");
+        let held = correlator.held_hops();
+        assert!(held <= 3 * limits.max_packets, "{held} hops held at {i}");
+        drain(&mut correlator);
     }
-    // Everything pushed out to make room was reported, not dropped.
     correlator.finish();
-    while correlator.pop().is_some() {
-        emitted += 1;
-    }
-    assert_eq!(emitted, 200_000, "one packet and one flow record per event");
+    drain(&mut correlator);
+    assert_eq!(hops_of.len() as u64, n, "every packet reported");
+    assert!(hops_of.values().all(|&hops| hops == 3), "every packet whole");
+    assert_eq!(flows, n, "every flow reported once");
 }
 
 /// NAT makes the skb writable, which can give it a new head in place; with a slow hop in
