@@ -512,7 +512,10 @@ fn memory_is_bounded_and_every_packet_is_reported_once() {
     correlator.finish();
     drain(&mut correlator);
     assert_eq!(hops_of.len() as u64, n, "every packet reported");
-    assert!(hops_of.values().all(|&hops| hops == 3), "every packet whole");
+    assert!(
+        hops_of.values().all(|&hops| hops == 3),
+        "every packet whole"
+    );
     assert_eq!(flows, n, "every flow reported once");
 }
 

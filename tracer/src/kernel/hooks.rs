@@ -349,7 +349,8 @@ impl Outcome {
 impl Programs {
     /// Climbs the ladder of every global hook in the loaded set: attaches each with the first
     /// rung that works. With `all`, tries every rung even after one worked (for `tracer
-    /// doctor`), keeping only the first.
+    /// doctor`), keeping only the first. Releases the kernel's BTF when done: nothing loaded
+    /// later needs it (TC programs are not BTF-typed).
     pub fn climb(&mut self, all: bool) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
         for spec in HOOKS {
@@ -373,13 +374,17 @@ impl Programs {
             }
             outcomes.push(outcome);
         }
+        self.btf = None;
         outcomes
     }
 
     /// Loads and attaches one rung; unless `keep`, detaches and unloads it again.
     fn try_rung(&mut self, target: &str, rung: Rung, keep: bool) -> Result<(), Refusal> {
         let missing = || Refusal::Load(format!("program {} missing from the object", rung.program));
-        let btf = &self.btf;
+        let btf = self
+            .btf
+            .as_ref()
+            .ok_or_else(|| Refusal::Load("the kernel's BTF was already released".to_owned()))?;
         let program = self.ebpf.program_mut(rung.program).ok_or_else(missing)?;
         match rung.mechanism {
             Mechanism::TpBtf => {

@@ -58,7 +58,9 @@ pub struct LoadOptions {
 /// Loaded programs and their attachments.
 pub struct Programs {
     ebpf: Ebpf,
-    btf: aya::Btf,
+    /// The kernel's BTF, for loading the BTF-typed programs; released by [`Programs::climb`]
+    /// once they are loaded (it is tens of MiB).
+    btf: Option<aya::Btf>,
     hooks: HookSet,
     /// Global hooks attached, with the mechanism the ladder chose.
     attachments: Vec<(Hook, Mechanism)>,
@@ -94,19 +96,21 @@ impl Programs {
         }
         config.offsets = resolved.offsets;
         config.wakeup_bytes = options.ring_bytes / WAKEUP_FRACTION;
-        let ebpf = EbpfLoader::new()
-            .override_global(CONFIG_SYMBOL, &config, true)
-            .map_max_entries(map::EVENTS, options.ring_bytes)
-            .load(OBJECT)
-            .context("failed to load the eBPF object")?;
+        // Parsed once, for the loader's relocations and for loading the BTF-typed programs.
         let btf = match &options.kernel_btf {
             Some(path) => aya::Btf::parse_file(path, aya::Endianness::default()),
             None => aya::Btf::from_sys_fs(),
         }
         .context("failed to read kernel BTF")?;
+        let ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(CONFIG_SYMBOL, &config, true)
+            .map_max_entries(map::EVENTS, options.ring_bytes)
+            .load(OBJECT)
+            .context("failed to load the eBPF object")?;
         Ok(Programs {
             ebpf,
-            btf,
+            btf: Some(btf),
             hooks: options.hooks,
             attachments: Vec::new(),
             tc: tc::Attached::new(options.tc_mode),
