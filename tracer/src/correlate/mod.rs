@@ -270,6 +270,11 @@ impl Correlator {
         self.out.pop_front()
     }
 
+    /// Whether records wait to be popped.
+    pub fn has_ready(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// Packets collecting hops and flows tracked, for statistics and memory tests.
     pub fn sizes(&self) -> (usize, usize) {
         (self.packets.len(), self.flows.len())

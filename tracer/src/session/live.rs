@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, watch},
-    task::JoinHandle,
 };
 use tracer_common::event::SNAP_MAX;
 
@@ -46,6 +45,10 @@ const TICK: Duration = Duration::from_millis(20);
 const REFRESH: Duration = Duration::from_millis(500);
 /// Batches of events the reader may have sent ahead of the session.
 const BATCHES_IN_FLIGHT: usize = 64;
+/// Records written between two chances for the reader to drain the ring: about a millisecond
+/// of work. (A tick can complete thousands of packets at once; written in one go they kept the
+/// reader from the ring for tens of milliseconds, enough to fill it under load.)
+const WRITE_CHUNK: usize = 256;
 /// Interfaces given TC programs at a time, between which the trace reads events: each attach
 /// waits for the kernel (an RCU grace period), so TC never holds up the ready signal or the
 /// reading of events for long.
@@ -88,7 +91,8 @@ pub struct Trace {
     session: Session<'static>,
     programs: Programs,
     follower: Follower,
-    reader: JoinHandle<anyhow::Result<()>>,
+    /// The reader's own thread.
+    reader: std::thread::JoinHandle<anyhow::Result<()>>,
     reader_stats: Arc<ReaderStats>,
     batches: mpsc::Receiver<Vec<HopEvent>>,
     stop: watch::Sender<bool>,
@@ -155,13 +159,21 @@ impl Trace {
         let (stop, stop_rx) = watch::channel(false);
         let (batch_tx, batches) = mpsc::channel::<Vec<HopEvent>>(BATCHES_IN_FLIGHT);
         let reader_stats = Arc::new(ReaderStats::default());
-        let reader = tokio::spawn(reader::run(
-            ring,
-            batch_tx,
-            stop_rx,
-            Arc::clone(&reader_stats),
-            recorder,
-        ));
+        // The reader runs on a thread of its own, so that the ring is drained however long
+        // the session takes over a burst of completed packets (on this thread it waited for
+        // the session, and the ring filled under load).
+        let reader = {
+            let stats = Arc::clone(&reader_stats);
+            std::thread::Builder::new()
+                .name("tracer-reader".to_owned())
+                .spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                        .block_on(reader::run(ring, batch_tx, stop_rx, stats, recorder))
+                })
+                .context("failed to start the ring buffer reader")?
+        };
 
         let output_options = output::Options {
             realtime_offset_ns: realtime_offset_ns(),
@@ -247,12 +259,14 @@ impl Trace {
                 }
                 _ = refresh.tick(), if !stopping => self.refresh().await,
                 () = std::future::ready(()), if self.tc_pending && !stopping => self.attach_tc(),
+                // Records left by the last chunk are written before the loop waits.
+                () = std::future::ready(()), if self.session.has_ready() => {}
                 _ = status.tick(), if live => self.show_status(),
                 _ = sigint.recv(), if !stopping => stopping = true,
                 _ = sigterm.recv(), if !stopping => stopping = true,
                 _ = sleep_until(deadline), if !stopping => stopping = true,
             }
-            if self.session.write_ready()? {
+            if self.session.write_some(WRITE_CHUNK)? {
                 stopping = true;
             }
             if stopping {
@@ -275,7 +289,11 @@ impl Trace {
             reader_stats,
             ..
         } = self;
-        reader.await.context("ring buffer reader failed")??;
+        // The reader has ended: it closed the channel the loop read until the end.
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the ring buffer reader panicked"))?
+            .context("ring buffer reader failed")?;
         let mut hooks: Vec<_> = programs.counters()?.into_iter().collect();
         hooks.sort_by_key(|(hook, _)| *hook);
         let stats = session.finish(|stats| {

@@ -65,6 +65,11 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Whether records wait to be written.
+    pub fn has_ready(&self) -> bool {
+        self.correlator.has_ready()
+    }
+
     /// Completes idle packets and ends idle flows as of `now_ns` (the events' clock).
     pub fn tick(&mut self, now_ns: u64) {
         self.correlator.tick(now_ns);
@@ -72,8 +77,17 @@ impl<'a> Session<'a> {
 
     /// Writes what the correlator has ready. Returns true once `-c` packets were written.
     pub fn write_ready(&mut self) -> io::Result<bool> {
+        self.write_some(usize::MAX)
+    }
+
+    /// Writes up to `max` of the records the correlator has ready, so that a live trace can
+    /// read the ring between two chunks. Returns true once `-c` packets were written.
+    pub fn write_some(&mut self, max: usize) -> io::Result<bool> {
         let mut wrote = false;
-        while let Some(record) = self.correlator.pop() {
+        for _ in 0..max {
+            let Some(record) = self.correlator.pop() else {
+                break;
+            };
             if !self.shown.admits(&record, &mut self.stats) {
                 continue;
             }
