@@ -15,7 +15,10 @@ use std::{
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
 use tracer_common::wire::tcp;
 
-use super::{Direction, Hop, HopLabel, Limits, NatKind, NatRecord, NatSource, stats::Latency};
+use super::{
+    Direction, Hop, HopLabel, Limits, NatKind, NatRecord, NatSource,
+    stats::{Latency, SampleStore, Summary},
+};
 use crate::decode::{Conntrack, Proto, Tuple};
 
 /// The initial sequence number of a packet that opens a TCP connection (SYN without ACK).
@@ -43,9 +46,7 @@ pub struct Flow {
     pub first_ts: u64,
     pub last_ts: u64,
     /// Latency per segment (an id in the table's [`Segments`]), in first-seen order.
-    pub hops: Vec<(u32, Latency)>,
-    /// The segments of `hops`, filled in when the flow ends.
-    pub path: Vec<Segment>,
+    hops: Vec<SegmentLatency>,
     nat_reported: [bool; 2],
     fin: [bool; 2],
     closed_at: Option<u64>,
@@ -59,6 +60,20 @@ pub struct Flow {
 
 /// A direction and two consecutive places on a packet's path.
 pub type Segment = (Direction, HopLabel, HopLabel);
+
+/// The latencies of one segment of a flow: 20 bytes.
+#[derive(Debug, Clone, Copy)]
+struct SegmentLatency {
+    segment: u32,
+    latency: Latency,
+}
+
+/// A flow that ended, with the latency of each segment of its path, in first-seen order.
+#[derive(Debug)]
+pub struct EndedFlow {
+    pub flow: Flow,
+    pub path: Vec<(Segment, Summary)>,
+}
 
 /// Segments many flows share, each stored once, by id, with the number of flows using it; an
 /// id is reused once no flow uses its segment (interfaces and namespaces come and go).
@@ -116,19 +131,27 @@ fn tuple_key(tuple: &Tuple) -> u64 {
     hasher.finish()
 }
 
+/// A flow's place in the table's slots; reused once the flow ends.
+type Slot = u32;
+
 /// Flows and the index from every known tuple to its flow and direction.
 #[derive(Debug, Default)]
 pub struct FlowTable {
-    flows: HashMap<u64, Flow>,
+    /// Every flow in a slot of its own; a free slot is reused first, so that the table grows
+    /// only with the number of flows alive at once, and no rehashing copies a flow.
+    slots: Vec<Option<Flow>>,
+    free: Vec<Slot>,
+    live: usize,
     /// [`tuple_key`] of every tuple of every flow, both ways, to the flow and direction.
-    index: HashMap<u64, (u64, Direction)>,
+    index: HashMap<u64, (Slot, Direction)>,
     segments: Segments,
-    /// (last packet time, id) of every flow, so that expiry looks only at flows that are due.
-    activity: BTreeSet<(u64, u64)>,
-    /// (close time, id) of closed TCP flows.
-    closing: BTreeSet<(u64, u64)>,
-    /// Ids still to end at the end of the trace, newest first ([`FlowTable::drain_some`]).
-    draining: Vec<u64>,
+    samples: SampleStore,
+    /// (last packet time, slot) of every flow, so that expiry looks only at flows that are due.
+    activity: BTreeSet<(u64, Slot)>,
+    /// (close time, slot) of closed TCP flows.
+    closing: BTreeSet<(u64, Slot)>,
+    /// Flows still to end at the end of the trace, newest first ([`FlowTable::drain_some`]).
+    draining: Vec<(u64, Slot)>,
     next_id: u64,
 }
 
@@ -138,7 +161,7 @@ pub struct Assignment {
     pub direction: Direction,
     pub nat: Vec<NatRecord>,
     /// A closed flow this packet ended, by opening a new connection on its tuple.
-    pub ended: Option<Flow>,
+    pub ended: Option<EndedFlow>,
 }
 
 /// What a completed packet says about its flow, read once from its hops.
@@ -180,29 +203,41 @@ impl FlowTable {
     pub fn assign(&mut self, hops: &[Hop]) -> Assignment {
         let sighting = Sighting::of(hops);
         let (found, ended) = self.lookup(&sighting);
-        let flow_id = match found {
-            Some(id) => id,
+        let slot = match found {
+            Some(slot) => slot,
             None => self.create(
                 sighting.conntrack.map_or(sighting.first, |ct| ct.orig),
                 hops,
             ),
         };
         if let Some(ct) = sighting.conntrack {
-            self.learn_conntrack(flow_id, ct);
+            self.learn_conntrack(slot, ct);
         }
         let direction = self
             .find(&sighting.first)
             .map_or(Direction::Original, |(_, dir)| dir);
-        let nat = self.learn_rewrites(flow_id, direction, &sighting.with_l4);
-        self.count_packet(flow_id, direction, &sighting);
-        self.record_latencies(flow_id, direction, hops);
-        self.track_close(flow_id, direction, &sighting);
+        let nat = self.learn_rewrites(slot, direction, &sighting.with_l4);
+        self.count_packet(slot, direction, &sighting);
+        self.record_latencies(slot, direction, hops);
+        self.track_close(slot, direction, &sighting);
         Assignment {
-            flow_id,
+            flow_id: self.flow(slot).id,
             direction,
             nat,
             ended,
         }
+    }
+
+    fn flow(&self, slot: Slot) -> &Flow {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("a slot in use holds a flow")
+    }
+
+    fn flow_mut(&mut self, slot: Slot) -> &mut Flow {
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("a slot in use holds a flow")
     }
 
     /// The flow the packet belongs to, by its conntrack entry or any tuple it was seen with.
@@ -210,7 +245,7 @@ impl FlowTable {
     /// again within the closed flow's grace time): that flow ends here, and is returned. Unless
     /// it is the flow's own SYN sent again: a SYN answered from TIME_WAIT with an ACK, reset by
     /// the client and retried is one connection attempt, and stays one flow.
-    fn lookup(&mut self, sighting: &Sighting) -> (Option<u64>, Option<Flow>) {
+    fn lookup(&mut self, sighting: &Sighting) -> (Option<Slot>, Option<EndedFlow>) {
         let found = sighting
             .conntrack
             .and_then(|ct| self.find(&ct.orig))
@@ -220,14 +255,14 @@ impl FlowTable {
                     .iter()
                     .find_map(|h| self.find(&h.event.tuple))
             })
-            .map(|(id, _)| id);
+            .map(|(slot, _)| slot);
         match (found, sighting.syn_seq) {
-            (Some(id), Some(seq)) if self.is_closed(id) => {
-                if self.flows[&id].syn_seq == Some(seq) {
-                    self.reopen(id);
-                    (Some(id), None)
+            (Some(slot), Some(seq)) if self.flow(slot).closed_at.is_some() => {
+                if self.flow(slot).syn_seq == Some(seq) {
+                    self.reopen(slot);
+                    (Some(slot), None)
                 } else {
-                    (None, self.remove_all(vec![id]).pop())
+                    (None, Some(self.remove(slot)))
                 }
             }
             (found, _) => (found, None),
@@ -238,7 +273,7 @@ impl FlowTable {
     /// its tuple changed.
     fn learn_rewrites(
         &mut self,
-        flow_id: u64,
+        slot: Slot,
         direction: Direction,
         with_l4: &[&Hop],
     ) -> Vec<NatRecord> {
@@ -246,58 +281,72 @@ impl FlowTable {
         for pair in with_l4.windows(2) {
             let (before, after) = (pair[0], pair[1]);
             if before.event.tuple != after.event.tuple {
-                self.learn(flow_id, after.event.tuple, direction);
-                nat.extend(self.observed_nat(flow_id, direction, before, after));
+                self.learn(slot, after.event.tuple, direction);
+                nat.extend(self.observed_nat(slot, direction, before, after));
             }
         }
         for hop in with_l4 {
-            self.learn(flow_id, hop.event.tuple, direction);
+            self.learn(slot, hop.event.tuple, direction);
         }
         nat
     }
 
     /// Counts the packet and moves the flow's last activity to its last hop.
-    fn count_packet(&mut self, flow_id: u64, direction: Direction, sighting: &Sighting) {
-        let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
+    fn count_packet(&mut self, slot: Slot, direction: Direction, sighting: &Sighting) {
+        let flow = self.slots[slot as usize]
+            .as_mut()
+            .expect("a slot in use holds a flow");
         flow.packets[direction as usize] += 1;
         if flow.syn_seq.is_none() {
             flow.syn_seq = sighting.syn_seq;
         }
         let last = sighting.hops.last().map_or(0, |h| h.event.ts_ns);
         if last > flow.last_ts {
-            self.activity.remove(&(flow.last_ts, flow_id));
+            self.activity.remove(&(flow.last_ts, slot));
             flow.last_ts = last;
-            self.activity.insert((last, flow_id));
+            self.activity.insert((last, slot));
         }
     }
 
     /// Adds the time between each two consecutive hops to the flow's segment between them.
-    fn record_latencies(&mut self, flow_id: u64, direction: Direction, hops: &[Hop]) {
-        let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
+    fn record_latencies(&mut self, slot: Slot, direction: Direction, hops: &[Hop]) {
+        let flow = self.slots[slot as usize]
+            .as_mut()
+            .expect("a slot in use holds a flow");
         for pair in hops.windows(2) {
             let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
             let segments = &mut self.segments;
-            match flow
+            let at = match flow
                 .hops
-                .iter_mut()
-                .find(|(id, _)| *segments.get(*id) == key)
+                .iter()
+                .position(|stats| *segments.get(stats.segment) == key)
             {
-                Some((_, latency)) => latency.record(pair[1].since_prev_ns),
+                Some(at) => at,
                 None => {
-                    let mut latency = Latency::default();
-                    latency.record(pair[1].since_prev_ns);
-                    flow.hops.push((segments.intern(key), latency));
+                    // Most flows see a few segments, all in their first packets: room for
+                    // exactly as many as there are.
+                    flow.hops.reserve_exact(1);
+                    flow.hops.push(SegmentLatency {
+                        segment: segments.intern(key),
+                        latency: Latency::default(),
+                    });
+                    flow.hops.len() - 1
                 }
-            }
+            };
+            flow.hops[at]
+                .latency
+                .record(pair[1].since_prev_ns, &mut self.samples);
         }
     }
 
     /// Marks a TCP flow closed once both sides sent FIN, or either reset it.
-    fn track_close(&mut self, flow_id: u64, direction: Direction, sighting: &Sighting) {
+    fn track_close(&mut self, slot: Slot, direction: Direction, sighting: &Sighting) {
         if sighting.first.proto != Proto::TCP {
             return;
         }
-        let flow = self.flows.get_mut(&flow_id).expect("assigned flow exists");
+        let flow = self.slots[slot as usize]
+            .as_mut()
+            .expect("a slot in use holds a flow");
         let flags = sighting
             .hops
             .iter()
@@ -307,107 +356,108 @@ impl FlowTable {
         }
         if (flags & tcp::RST != 0 || flow.fin == [true, true]) && flow.closed_at.is_none() {
             flow.closed_at = Some(flow.last_ts);
-            self.closing.insert((flow.last_ts, flow_id));
+            self.closing.insert((flow.last_ts, slot));
         }
     }
 
     /// Takes a closed flow back to open: its connection goes on.
-    fn reopen(&mut self, flow_id: u64) {
-        let Some(flow) = self.flows.get_mut(&flow_id) else {
-            return;
-        };
+    fn reopen(&mut self, slot: Slot) {
+        let flow = self.slots[slot as usize]
+            .as_mut()
+            .expect("a slot in use holds a flow");
         if let Some(closed_at) = flow.closed_at.take() {
-            self.closing.remove(&(closed_at, flow_id));
+            self.closing.remove(&(closed_at, slot));
         }
         flow.fin = [false, false];
     }
 
-    fn is_closed(&self, flow_id: u64) -> bool {
-        self.flows
-            .get(&flow_id)
-            .is_some_and(|flow| flow.closed_at.is_some())
-    }
-
-    fn create(&mut self, orig: Tuple, hops: &[Hop]) -> u64 {
+    fn create(&mut self, orig: Tuple, hops: &[Hop]) -> Slot {
         self.next_id += 1;
-        let id = self.next_id;
         let ts = hops.first().map_or(0, |h| h.event.ts_ns);
-        self.flows.insert(
-            id,
-            Flow {
-                id,
-                orig,
-                reply: orig.reversed(),
-                reply_from_conntrack: false,
-                packets: [0, 0],
-                first_ts: ts,
-                last_ts: ts,
-                hops: Vec::new(),
-                path: Vec::new(),
-                nat_reported: [false, false],
-                fin: [false, false],
-                closed_at: None,
-                syn_seq: None,
-                extra: Vec::new(),
-            },
-        );
-        self.activity.insert((ts, id));
-        self.learn(id, orig, Direction::Original);
-        id
+        let flow = Flow {
+            id: self.next_id,
+            orig,
+            reply: orig.reversed(),
+            reply_from_conntrack: false,
+            packets: [0, 0],
+            first_ts: ts,
+            last_ts: ts,
+            hops: Vec::new(),
+            nat_reported: [false, false],
+            fin: [false, false],
+            closed_at: None,
+            syn_seq: None,
+            extra: Vec::new(),
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(flow);
+                slot
+            }
+            None => {
+                self.slots.push(Some(flow));
+                Slot::try_from(self.slots.len() - 1).expect("fewer than 2^32 flows")
+            }
+        };
+        self.live += 1;
+        self.activity.insert((ts, slot));
+        self.learn(slot, orig, Direction::Original);
+        slot
     }
 
     /// The flow and direction of `tuple`.
-    fn find(&self, tuple: &Tuple) -> Option<(u64, Direction)> {
-        let &(id, direction) = self.index.get(&tuple_key(tuple))?;
-        self.flows
-            .get(&id)
-            .is_some_and(|flow| flow.knows(tuple))
-            .then_some((id, direction))
+    fn find(&self, tuple: &Tuple) -> Option<(Slot, Direction)> {
+        let &(slot, direction) = self.index.get(&tuple_key(tuple))?;
+        self.knows(slot, tuple).then_some((slot, direction))
     }
 
-    /// Registers a tuple (and its reverse, for the other direction) as belonging to `flow_id`,
-    /// unless another flow has it.
-    fn learn(&mut self, flow_id: u64, tuple: Tuple, direction: Direction) {
-        if !self.flows.contains_key(&flow_id) {
-            return;
-        }
+    /// Whether the flow in `slot` (if any) has `tuple`.
+    fn knows(&self, slot: Slot, tuple: &Tuple) -> bool {
+        self.slots[slot as usize]
+            .as_ref()
+            .is_some_and(|flow| flow.knows(tuple))
+    }
+
+    /// Registers a tuple (and its reverse, for the other direction) as belonging to the flow
+    /// in `slot`, unless another flow has it.
+    fn learn(&mut self, slot: Slot, tuple: Tuple, direction: Direction) {
         let mut added = false;
         for (tuple, direction) in [(tuple, direction), (tuple.reversed(), direction.other())] {
             let key = tuple_key(&tuple);
             // An entry whose flow does not know the tuple is another tuple's with the same
             // hash, or one left over: this tuple takes it.
-            let taken = self.index.get(&key).is_some_and(|&(owner, _)| {
-                owner == flow_id || self.flows.get(&owner).is_some_and(|f| f.knows(&tuple))
-            });
+            let taken = self
+                .index
+                .get(&key)
+                .is_some_and(|&(owner, _)| owner == slot || self.knows(owner, &tuple));
             if !taken {
-                self.index.insert(key, (flow_id, direction));
+                self.index.insert(key, (slot, direction));
                 added = true;
             }
         }
-        let flow = self.flows.get_mut(&flow_id).expect("checked above");
+        let flow = self.flow_mut(slot);
         if added && !flow.knows(&tuple) {
             flow.extra.push(tuple);
         }
     }
 
-    fn learn_conntrack(&mut self, flow_id: u64, ct: &Conntrack) {
-        if let Some(flow) = self.flows.get_mut(&flow_id) {
-            flow.rename(ct.orig, ct.reply);
-            flow.reply_from_conntrack = true;
-        }
-        self.learn(flow_id, ct.orig, Direction::Original);
-        self.learn(flow_id, ct.reply, Direction::Reply);
+    fn learn_conntrack(&mut self, slot: Slot, ct: &Conntrack) {
+        let flow = self.flow_mut(slot);
+        flow.rename(ct.orig, ct.reply);
+        flow.reply_from_conntrack = true;
+        self.learn(slot, ct.orig, Direction::Original);
+        self.learn(slot, ct.reply, Direction::Reply);
     }
 
     /// NAT records for a rewrite between two hops, once per flow and direction.
     fn observed_nat(
         &mut self,
-        flow_id: u64,
+        slot: Slot,
         direction: Direction,
         before: &Hop,
         after: &Hop,
     ) -> Vec<NatRecord> {
-        let flow = self.flows.get_mut(&flow_id).expect("flow exists");
+        let flow = self.flow_mut(slot);
         if flow.nat_reported[direction as usize] {
             return Vec::new();
         }
@@ -415,6 +465,7 @@ impl FlowTable {
         if direction == Direction::Original && !flow.reply_from_conntrack {
             flow.rename(flow.orig, after.event.tuple.reversed());
         }
+        let flow_id = flow.id;
         let (b, a) = (before.event.tuple, after.event.tuple);
         nat_kinds(direction, &b, &a)
             .into_iter()
@@ -431,87 +482,116 @@ impl FlowTable {
     }
 
     /// Removes and returns flows that ended: idle too long, or closed and past the grace time.
-    pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<Flow> {
-        let due = |set: &BTreeSet<(u64, u64)>, after: u64| -> Vec<u64> {
+    pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<EndedFlow> {
+        let due = |set: &BTreeSet<(u64, Slot)>, after: u64| -> Vec<Slot> {
             set.iter()
                 .take_while(|(ts, _)| now_ns.saturating_sub(*ts) >= after)
-                .map(|&(_, id)| id)
+                .map(|&(_, slot)| slot)
                 .collect()
         };
         let mut ended = due(&self.activity, limits.flow_idle_ns);
         ended.extend(due(&self.closing, limits.closed_flow_grace_ns));
-        ended.sort_unstable();
-        ended.dedup();
         self.remove_all(ended)
     }
 
     /// Removes the least recently active flows until at most `max` remain.
-    pub fn shrink_to(&mut self, max: usize) -> Vec<Flow> {
-        if self.flows.len() <= max {
+    pub fn shrink_to(&mut self, max: usize) -> Vec<EndedFlow> {
+        if self.live <= max {
             return Vec::new();
         }
         // Evict an eighth more than needed, so that a full table does not evict on every packet.
-        let excess = self.flows.len() - max + max / 8;
+        let excess = self.live - max + max / 8;
         let oldest = self
             .activity
             .iter()
             .take(excess)
-            .map(|&(_, id)| id)
+            .map(|&(_, slot)| slot)
             .collect();
         self.remove_all(oldest)
     }
 
     /// Removes and returns the `max` oldest flows (all when fewer), by id: the order they
     /// began in. Meant for the end of a trace, when no flow is added any more.
-    pub fn drain_some(&mut self, max: usize) -> Vec<Flow> {
+    pub fn drain_some(&mut self, max: usize) -> Vec<EndedFlow> {
         if self.draining.is_empty() {
-            self.draining = self.flows.keys().copied().collect();
+            self.draining = (0..self.slots.len())
+                .filter_map(|slot| {
+                    let flow = self.slots[slot].as_ref()?;
+                    Some((flow.id, Slot::try_from(slot).expect("slots fit in u32")))
+                })
+                .collect();
             // Newest first, so that the oldest are taken from the end.
             self.draining.sort_unstable_by(|a, b| b.cmp(a));
         }
         let keep = self.draining.len().saturating_sub(max);
-        let ids = self.draining.split_off(keep);
-        self.remove_all(ids)
+        let slots = self
+            .draining
+            .split_off(keep)
+            .into_iter()
+            .map(|(_, slot)| slot)
+            .collect();
+        self.remove_all(slots)
     }
 
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.live
     }
 
     pub fn segments(&self) -> usize {
         self.segments.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+    /// Segment series whose samples are kept beyond min and max, for memory tests.
+    pub fn sampled(&self) -> usize {
+        self.samples.len()
     }
 
-    fn remove_all(&mut self, mut ids: Vec<u64>) -> Vec<Flow> {
-        ids.sort_unstable();
-        ids.into_iter()
-            .filter_map(|id| {
-                let mut flow = self.flows.remove(&id)?;
-                self.activity.remove(&(flow.last_ts, id));
-                if let Some(closed_at) = flow.closed_at {
-                    self.closing.remove(&(closed_at, id));
-                }
-                for tuple in flow.tuples().flat_map(|t| [*t, t.reversed()]) {
-                    let key = tuple_key(&tuple);
-                    if self.index.get(&key).is_some_and(|&(owner, _)| owner == id) {
-                        self.index.remove(&key);
-                    }
-                }
-                flow.path = flow
-                    .hops
-                    .iter()
-                    .map(|&(segment, _)| *self.segments.get(segment))
-                    .collect();
-                for &(segment, _) in &flow.hops {
-                    self.segments.release(segment);
-                }
-                Some(flow)
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Removes the flows in `slots` (each once, a slot already free is skipped), oldest first.
+    fn remove_all(&mut self, mut slots: Vec<Slot>) -> Vec<EndedFlow> {
+        slots.sort_unstable();
+        slots.dedup();
+        let mut ended: Vec<EndedFlow> = slots
+            .into_iter()
+            .filter_map(|slot| {
+                self.slots[slot as usize].is_some().then(|| self.remove(slot))
             })
-            .collect()
+            .collect();
+        ended.sort_unstable_by_key(|ended| ended.flow.id);
+        ended
+    }
+
+    fn remove(&mut self, slot: Slot) -> EndedFlow {
+        let mut flow = self.slots[slot as usize]
+            .take()
+            .expect("a slot in use holds a flow");
+        self.free.push(slot);
+        self.live -= 1;
+        self.activity.remove(&(flow.last_ts, slot));
+        if let Some(closed_at) = flow.closed_at {
+            self.closing.remove(&(closed_at, slot));
+        }
+        for tuple in flow.tuples().flat_map(|t| [*t, t.reversed()]) {
+            let key = tuple_key(&tuple);
+            if self.index.get(&key).is_some_and(|&(owner, _)| owner == slot) {
+                self.index.remove(&key);
+            }
+        }
+        let path = flow
+            .hops
+            .drain(..)
+            .filter_map(|stats| {
+                let summary = stats.latency.summary(&self.samples);
+                let segment = *self.segments.get(stats.segment);
+                stats.latency.release(&mut self.samples);
+                self.segments.release(stats.segment);
+                Some((segment, summary?))
+            })
+            .collect();
+        EndedFlow { flow, path }
     }
 }
 

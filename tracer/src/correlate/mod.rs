@@ -11,7 +11,7 @@ pub mod stats;
 
 use std::collections::VecDeque;
 
-use flow::{Flow, FlowTable};
+use flow::{EndedFlow, FlowTable};
 use packet::{CompletedPacket, PacketTable};
 use tracer_common::hook::Hook;
 
@@ -292,6 +292,12 @@ impl Correlator {
         self.flows.segments()
     }
 
+    /// Segment series of tracked flows that keep samples beyond their min and max, for memory
+    /// tests.
+    pub fn sampled(&self) -> usize {
+        self.flows.sampled()
+    }
+
     fn complete(&mut self, packets: Vec<CompletedPacket>) {
         for packet in packets {
             let mut hops = packet.hops;
@@ -319,21 +325,17 @@ impl Correlator {
         self.end(evicted);
     }
 
-    fn end(&mut self, flows: Vec<Flow>) {
-        for flow in flows {
+    fn end(&mut self, flows: Vec<EndedFlow>) {
+        for EndedFlow { flow, path } in flows {
             self.out
                 .extend(flow.unobserved_nat().into_iter().map(Record::Nat));
-            let hops = flow
-                .hops
-                .iter()
-                .zip(&flow.path)
-                .filter_map(|((_, latency), &(direction, from, to))| {
-                    Some(HopPair {
-                        direction,
-                        from,
-                        to,
-                        latency: latency.summary()?,
-                    })
+            let hops = path
+                .into_iter()
+                .map(|((direction, from, to), latency)| HopPair {
+                    direction,
+                    from,
+                    to,
+                    latency,
                 })
                 .collect();
             self.out.push_back(Record::Flow(FlowSummary {

@@ -28,14 +28,15 @@ pub struct Summary {
     pub max_ns: u64,
 }
 
-/// Collects durations.
-#[derive(Debug, Clone, Default)]
+/// Collects durations: 16 bytes, the samples beyond the second in a [`SampleStore`] that many
+/// series share.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Latency {
     count: u32,
     min: u32,
     max: u32,
-    /// From the third sample on.
-    samples: Option<Box<Samples>>,
+    /// From the third sample on: one more than the samples' index in the store.
+    samples: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -46,35 +47,73 @@ enum Samples {
     Histogram(Vec<(u16, u32)>),
 }
 
+/// The samples of every series that has more than two, each in a slot reused once its series
+/// is released.
+#[derive(Debug, Default)]
+pub struct SampleStore {
+    slots: Vec<Samples>,
+    free: Vec<u32>,
+}
+
+impl SampleStore {
+    fn insert(&mut self, samples: Samples) -> u32 {
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = samples;
+                index
+            }
+            None => {
+                self.slots.push(samples);
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 sample series")
+            }
+        };
+        index + 1
+    }
+
+    fn release(&mut self, handle: u32) {
+        let index = handle - 1;
+        self.slots[index as usize] = Samples::Exact(Vec::new());
+        self.free.push(index);
+    }
+
+    /// Series with samples here, for memory tests.
+    pub fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
 impl Latency {
-    pub fn record(&mut self, ns: u64) {
+    pub fn record(&mut self, ns: u64, store: &mut SampleStore) {
         let ns = u32::try_from(ns).unwrap_or(u32::MAX);
         self.count = self.count.saturating_add(1);
         match self.count {
             1 => (self.min, self.max) = (ns, ns),
             2 => (self.min, self.max) = (self.min.min(ns), self.max.max(ns)),
             _ => {
-                let samples = self.samples.get_or_insert_with(|| {
+                if self.samples == 0 {
                     // The first two samples are the min and the max.
                     let mut first = Vec::with_capacity(4);
                     first.extend([self.min, self.max]);
-                    Box::new(Samples::Exact(first))
-                });
-                samples.add(ns);
+                    self.samples = store.insert(Samples::Exact(first));
+                }
+                store.slots[self.samples as usize - 1].add(ns);
                 self.min = self.min.min(ns);
                 self.max = self.max.max(ns);
             }
         }
     }
 
-    pub fn summary(&self) -> Option<Summary> {
+    pub fn summary(&self, store: &SampleStore) -> Option<Summary> {
         let (min, max) = (u64::from(self.min), u64::from(self.max));
-        let (p50, p99) = match (self.count, &self.samples) {
+        let (p50, p99) = match (self.count, self.samples) {
             (0, _) => return None,
             (1, _) => (min, min),
             // Nearest rank of two: the smaller is the median, the larger the 99th.
-            (2, _) | (_, None) => (min, max),
-            (_, Some(samples)) => (samples.percentile(50), samples.percentile(99)),
+            (2, _) | (_, 0) => (min, max),
+            (_, handle) => {
+                let samples = &store.slots[handle as usize - 1];
+                (samples.percentile(50), samples.percentile(99))
+            }
         };
         Some(Summary {
             count: u64::from(self.count),
@@ -84,6 +123,13 @@ impl Latency {
             p99_ns: p99.clamp(min, max),
             max_ns: max,
         })
+    }
+
+    /// Gives the series' samples back to the store.
+    pub fn release(self, store: &mut SampleStore) {
+        if self.samples != 0 {
+            store.release(self.samples);
+        }
     }
 }
 
@@ -173,11 +219,12 @@ mod tests {
     }
 
     fn summary_of(values: &[u64]) -> Summary {
+        let mut store = SampleStore::default();
         let mut latency = Latency::default();
         for &ns in values {
-            latency.record(ns);
+            latency.record(ns, &mut store);
         }
-        latency.summary().unwrap()
+        latency.summary(&store).unwrap()
     }
 
     #[test]
@@ -250,11 +297,12 @@ mod tests {
 
     #[test]
     fn one_or_two_samples_are_kept_without_allocating() {
+        let mut store = SampleStore::default();
         let mut latency = Latency::default();
-        latency.record(1234);
-        assert!(latency.samples.is_none());
+        latency.record(1234, &mut store);
+        assert_eq!(store.len(), 0);
         assert_eq!(
-            latency.summary(),
+            latency.summary(&store),
             Some(Summary {
                 count: 1,
                 min_ns: 1234,
@@ -263,9 +311,9 @@ mod tests {
                 max_ns: 1234
             })
         );
-        latency.record(10);
-        assert!(latency.samples.is_none());
-        let summary = latency.summary().unwrap();
+        latency.record(10, &mut store);
+        assert_eq!(store.len(), 0);
+        let summary = latency.summary(&store).unwrap();
         assert_eq!(
             (
                 summary.min_ns,
@@ -285,6 +333,30 @@ mod tests {
 
     #[test]
     fn empty_has_no_summary() {
-        assert_eq!(Latency::default().summary(), None);
+        assert_eq!(Latency::default().summary(&SampleStore::default()), None);
+    }
+
+    #[test]
+    fn released_samples_make_room_for_the_next_series() {
+        let mut store = SampleStore::default();
+        let mut first = Latency::default();
+        for ns in [5, 1, 3] {
+            first.record(ns, &mut store);
+        }
+        assert_eq!(store.len(), 1);
+        first.release(&mut store);
+        assert_eq!(store.len(), 0);
+        let mut second = Latency::default();
+        for ns in [30, 10, 20, 40] {
+            second.record(ns, &mut store);
+        }
+        assert_eq!((store.len(), store.slots.len()), (1, 1));
+        let summary = second.summary(&store).unwrap();
+        assert_eq!((summary.count, summary.p50_ns, summary.p99_ns), (4, 20, 40));
+    }
+
+    #[test]
+    fn a_series_is_16_bytes() {
+        assert_eq!(std::mem::size_of::<Latency>(), 16);
     }
 }

@@ -454,6 +454,48 @@ fn segments_of_ended_flows_are_forgotten() {
     );
 }
 
+/// Flows long enough to keep samples give them back when they end, so the shared sample
+/// store holds only the live flows' and their percentiles stay their own.
+#[test]
+fn samples_of_ended_flows_are_given_back() {
+    let limits = Limits::default();
+    let mut correlator = Correlator::new(limits.clone());
+    let mut most = 0;
+    let mut summaries = 0;
+    for i in 0..2_000u64 {
+        let start = i * limits.flow_idle_ns / 4;
+        let src = tuple(
+            addr(2, [10, (i >> 8) as u8, i as u8]),
+            40_000,
+            addr(1, [10, 255, 0]),
+            10001,
+        );
+        // Five packets, the gap between their hops 1 to 5 us plus the flow's number.
+        for packet in 0..5u64 {
+            let at = start + packet * 10 * limits.packet_idle_ns;
+            for (hop, hook) in [Hook::NetDevQueue, Hook::NetifRx].into_iter().enumerate() {
+                let gap = hop as u64 * ((packet + 1) * 1_000 + i);
+                let skb = 0x10_0000 + i * 8 + packet;
+                correlator.push(event(at + gap, hook, CTR, "eth0", skb, src));
+            }
+            correlator.tick(at + limits.packet_idle_ns);
+        }
+        while let Some(record) = correlator.pop() {
+            if let Record::Flow(flow) = record {
+                let latency = flow.hops[0].latency;
+                let own = flow.flow_id - 1;
+                assert_eq!(latency.count, 5);
+                assert_eq!((latency.min_ns, latency.max_ns), (1_000 + own, 5_000 + own));
+                assert_eq!(latency.p50_ns, 3_000 + own, "flow {}", flow.flow_id);
+                summaries += 1;
+            }
+        }
+        most = most.max(correlator.sampled());
+    }
+    assert!(summaries > 1_900, "{summaries} flows ended");
+    assert!(most < 10, "{most} sample series kept for 2000 flows of which a few are live");
+}
+
 /// More packets and flows than the tables hold, each packet three hops interleaved with the
 /// next packet's, and no tick ever comes: the tables and the hop arena stay within their
 /// limits, and every packet is reported exactly once and whole, every flow once.
