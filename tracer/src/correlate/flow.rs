@@ -46,16 +46,18 @@ pub struct Flow {
     pub first_ts: u64,
     pub last_ts: u64,
     /// Latency per segment (an id in the table's [`Segments`]), in first-seen order.
-    hops: Vec<SegmentLatency>,
+    hops: Box<[SegmentLatency]>,
     nat_reported: [bool; 2],
     fin: [bool; 2],
-    closed_at: Option<u64>,
+    /// When the flow closed (last activity then), if `closed`.
+    closed_at: u64,
+    closed: bool,
     /// Initial sequence number of the SYN that opened the flow, if it was seen.
     syn_seq: Option<u32>,
     /// Tuples in the index besides `orig` and `reply` (and their reverses): tuples seen on one
     /// side of a NAT that conntrack did not show, or what `orig` and `reply` were before
     /// conntrack named them.
-    extra: Vec<Tuple>,
+    extra: Box<[Tuple]>,
 }
 
 /// A direction and two consecutive places on a packet's path.
@@ -124,11 +126,20 @@ impl Segments {
     }
 }
 
-/// The index key of a tuple: a 64-bit hash, checked against the flow it leads to.
-fn tuple_key(tuple: &Tuple) -> u64 {
+/// The index key of a tuple and of its reverse: a 64-bit hash of the smaller of the two,
+/// checked against the flow it leads to; and whether `tuple` is that smaller one.
+fn tuple_key(tuple: &Tuple) -> (u64, bool) {
+    let reversed = tuple.reversed();
+    let canonical = *tuple <= reversed;
     let mut hasher = FxHasher::default();
-    tuple.hash(&mut hasher);
-    hasher.finish()
+    if canonical { tuple } else { &reversed }.hash(&mut hasher);
+    (hasher.finish(), canonical)
+}
+
+/// The direction of `tuple`, given the direction its index entry holds for the smaller of it
+/// and its reverse.
+fn direction_of(entry: Direction, canonical: bool) -> Direction {
+    if canonical { entry } else { entry.other() }
 }
 
 /// A flow's place in the table's slots; reused once the flow ends.
@@ -142,7 +153,8 @@ pub struct FlowTable {
     slots: Vec<Option<Flow>>,
     free: Vec<Slot>,
     live: usize,
-    /// [`tuple_key`] of every tuple of every flow, both ways, to the flow and direction.
+    /// [`tuple_key`] of every tuple of every flow (one entry serves a tuple and its reverse)
+    /// to the flow and the direction of the smaller of the two.
     index: HashMap<u64, (Slot, Direction)>,
     segments: Segments,
     samples: SampleStore,
@@ -257,7 +269,7 @@ impl FlowTable {
             })
             .map(|(slot, _)| slot);
         match (found, sighting.syn_seq) {
-            (Some(slot), Some(seq)) if self.flow(slot).closed_at.is_some() => {
+            (Some(slot), Some(seq)) if self.flow(slot).closed => {
                 if self.flow(slot).syn_seq == Some(seq) {
                     self.reopen(slot);
                     (Some(slot), None)
@@ -325,11 +337,11 @@ impl FlowTable {
                 None => {
                     // Most flows see a few segments, all in their first packets: room for
                     // exactly as many as there are.
-                    flow.hops.reserve_exact(1);
-                    flow.hops.push(SegmentLatency {
+                    let segment = SegmentLatency {
                         segment: segments.intern(key),
                         latency: Latency::default(),
-                    });
+                    };
+                    push_exact(&mut flow.hops, segment);
                     flow.hops.len() - 1
                 }
             };
@@ -354,8 +366,8 @@ impl FlowTable {
         if flags & tcp::FIN != 0 {
             flow.fin[direction as usize] = true;
         }
-        if (flags & tcp::RST != 0 || flow.fin == [true, true]) && flow.closed_at.is_none() {
-            flow.closed_at = Some(flow.last_ts);
+        if (flags & tcp::RST != 0 || flow.fin == [true, true]) && !flow.closed {
+            (flow.closed, flow.closed_at) = (true, flow.last_ts);
             self.closing.insert((flow.last_ts, slot));
         }
     }
@@ -365,8 +377,9 @@ impl FlowTable {
         let flow = self.slots[slot as usize]
             .as_mut()
             .expect("a slot in use holds a flow");
-        if let Some(closed_at) = flow.closed_at.take() {
-            self.closing.remove(&(closed_at, slot));
+        if flow.closed {
+            flow.closed = false;
+            self.closing.remove(&(flow.closed_at, slot));
         }
         flow.fin = [false, false];
     }
@@ -382,12 +395,13 @@ impl FlowTable {
             packets: [0, 0],
             first_ts: ts,
             last_ts: ts,
-            hops: Vec::new(),
+            hops: Box::default(),
             nat_reported: [false, false],
             fin: [false, false],
-            closed_at: None,
+            closed_at: 0,
+            closed: false,
             syn_seq: None,
-            extra: Vec::new(),
+            extra: Box::default(),
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -407,8 +421,10 @@ impl FlowTable {
 
     /// The flow and direction of `tuple`.
     fn find(&self, tuple: &Tuple) -> Option<(Slot, Direction)> {
-        let &(slot, direction) = self.index.get(&tuple_key(tuple))?;
-        self.knows(slot, tuple).then_some((slot, direction))
+        let (key, canonical) = tuple_key(tuple);
+        let &(slot, direction) = self.index.get(&key)?;
+        self.knows(slot, tuple)
+            .then_some((slot, direction_of(direction, canonical)))
     }
 
     /// Whether the flow in `slot` (if any) has `tuple`.
@@ -421,23 +437,21 @@ impl FlowTable {
     /// Registers a tuple (and its reverse, for the other direction) as belonging to the flow
     /// in `slot`, unless another flow has it.
     fn learn(&mut self, slot: Slot, tuple: Tuple, direction: Direction) {
-        let mut added = false;
-        for (tuple, direction) in [(tuple, direction), (tuple.reversed(), direction.other())] {
-            let key = tuple_key(&tuple);
-            // An entry whose flow does not know the tuple is another tuple's with the same
-            // hash, or one left over: this tuple takes it.
-            let taken = self
-                .index
-                .get(&key)
-                .is_some_and(|&(owner, _)| owner == slot || self.knows(owner, &tuple));
-            if !taken {
-                self.index.insert(key, (slot, direction));
-                added = true;
-            }
+        let (key, canonical) = tuple_key(&tuple);
+        // An entry whose flow does not know the tuple is another tuple's with the same hash, or
+        // one left over: this tuple takes it.
+        let taken = self
+            .index
+            .get(&key)
+            .is_some_and(|&(owner, _)| owner == slot || self.knows(owner, &tuple));
+        let added = !taken;
+        if added {
+            self.index
+                .insert(key, (slot, direction_of(direction, canonical)));
         }
         let flow = self.flow_mut(slot);
         if added && !flow.knows(&tuple) {
-            flow.extra.push(tuple);
+            push_exact(&mut flow.extra, tuple);
         }
     }
 
@@ -543,7 +557,7 @@ impl FlowTable {
 
     /// Segment series whose samples are kept beyond min and max, for memory tests.
     pub fn sampled(&self) -> usize {
-        self.samples.len()
+        self.samples.in_use()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -554,12 +568,12 @@ impl FlowTable {
     fn remove_all(&mut self, mut slots: Vec<Slot>) -> Vec<EndedFlow> {
         slots.sort_unstable();
         slots.dedup();
-        let mut ended: Vec<EndedFlow> = slots
-            .into_iter()
-            .filter_map(|slot| {
-                self.slots[slot as usize].is_some().then(|| self.remove(slot))
-            })
-            .collect();
+        let mut ended = Vec::with_capacity(slots.len());
+        for slot in slots {
+            if self.slots[slot as usize].is_some() {
+                ended.push(self.remove(slot));
+            }
+        }
         ended.sort_unstable_by_key(|ended| ended.flow.id);
         ended
     }
@@ -571,18 +585,17 @@ impl FlowTable {
         self.free.push(slot);
         self.live -= 1;
         self.activity.remove(&(flow.last_ts, slot));
-        if let Some(closed_at) = flow.closed_at {
-            self.closing.remove(&(closed_at, slot));
+        if flow.closed {
+            self.closing.remove(&(flow.closed_at, slot));
         }
-        for tuple in flow.tuples().flat_map(|t| [*t, t.reversed()]) {
-            let key = tuple_key(&tuple);
+        for tuple in flow.tuples() {
+            let (key, _) = tuple_key(tuple);
             if self.index.get(&key).is_some_and(|&(owner, _)| owner == slot) {
                 self.index.remove(&key);
             }
         }
-        let path = flow
-            .hops
-            .drain(..)
+        let path = std::mem::take(&mut flow.hops)
+            .into_iter()
             .filter_map(|stats| {
                 let summary = stats.latency.summary(&self.samples);
                 let segment = *self.segments.get(stats.segment);
@@ -616,7 +629,7 @@ impl Flow {
                 .chain(&self.extra)
                 .any(|t| *t == old || *t == reversed);
             if !kept {
-                self.extra.push(old);
+                push_exact(&mut self.extra, old);
             }
         }
         (self.orig, self.reply) = (orig, reply);
@@ -672,6 +685,14 @@ fn nat_kinds(direction: Direction, before: &Tuple, after: &Tuple) -> Vec<NatKind
         kinds.push(NatKind::Dnat);
     }
     kinds
+}
+
+/// Appends `item`, with room for no more: a flow's lists grow rarely and stay short.
+fn push_exact<T: Copy>(list: &mut Box<[T]>, item: T) {
+    let mut grown = Vec::with_capacity(list.len() + 1);
+    grown.extend_from_slice(list);
+    grown.push(item);
+    *list = grown.into_boxed_slice();
 }
 
 fn unknown_tuple() -> Tuple {

@@ -77,7 +77,7 @@ impl SampleStore {
     }
 
     /// Series with samples here, for memory tests.
-    pub fn len(&self) -> usize {
+    pub fn in_use(&self) -> usize {
         self.slots.len() - self.free.len()
     }
 }
@@ -300,7 +300,7 @@ mod tests {
         let mut store = SampleStore::default();
         let mut latency = Latency::default();
         latency.record(1234, &mut store);
-        assert_eq!(store.len(), 0);
+        assert_eq!(store.in_use(), 0);
         assert_eq!(
             latency.summary(&store),
             Some(Summary {
@@ -312,7 +312,7 @@ mod tests {
             })
         );
         latency.record(10, &mut store);
-        assert_eq!(store.len(), 0);
+        assert_eq!(store.in_use(), 0);
         let summary = latency.summary(&store).unwrap();
         assert_eq!(
             (
@@ -343,14 +343,14 @@ mod tests {
         for ns in [5, 1, 3] {
             first.record(ns, &mut store);
         }
-        assert_eq!(store.len(), 1);
+        assert_eq!(store.in_use(), 1);
         first.release(&mut store);
-        assert_eq!(store.len(), 0);
+        assert_eq!(store.in_use(), 0);
         let mut second = Latency::default();
         for ns in [30, 10, 20, 40] {
             second.record(ns, &mut store);
         }
-        assert_eq!((store.len(), store.slots.len()), (1, 1));
+        assert_eq!((store.in_use(), store.slots.len()), (1, 1));
         let summary = second.summary(&store).unwrap();
         assert_eq!((summary.count, summary.p50_ns, summary.p99_ns), (4, 20, 40));
     }
