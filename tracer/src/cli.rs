@@ -145,6 +145,12 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 
+    /// Name the netfilter rule behind each NAT and each drop (nf_tables tracing): tracer adds
+    /// a table of its own, `inet tracer`, that marks the filter's packets, and the kernel
+    /// removes it when tracer exits, however it exits.
+    #[arg(long)]
+    pub rules: bool,
+
     /// A tcpdump filter expression, e.g. `tcp port 10001 and host 172.17.0.2`; it matches a
     /// flow on either side of a NAT. See the README for what is supported.
     #[arg(value_name = "EXPRESSION", trailing_var_arg = true)]
@@ -186,6 +192,7 @@ impl From<TraceArgs> for live::Options {
             kernel_btf: args.kernel_btf,
             record: args.record,
             ready_file: args.ready_file,
+            rules: args.rules,
         }
     }
 }

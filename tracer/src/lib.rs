@@ -23,5 +23,6 @@ pub mod output;
 pub mod privileges;
 pub mod reader;
 pub mod recording;
+pub mod rules;
 pub mod session;
 pub mod topology;

@@ -8,7 +8,7 @@ use std::{
 };
 
 /// Modules that must not know what the user typed or selected, nor how a session runs.
-const STAGES: [&str; 4] = ["kernel", "output", "correlate", "decode"];
+const STAGES: [&str; 5] = ["kernel", "output", "correlate", "decode", "rules"];
 /// What they must not use.
 const ABOVE_STAGES: [&str; 3] = ["cli", "commands", "session"];
 

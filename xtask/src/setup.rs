@@ -18,6 +18,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
+    "nftables",
     "conntrack",
     "tcpdump",
     "tshark",

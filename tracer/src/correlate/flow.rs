@@ -19,7 +19,10 @@ use super::{
     Direction, Hop, HopLabel, Limits, NatKind, NatRecord, NatSource,
     stats::{Latency, SampleStore, Summary},
 };
-use crate::decode::{Conntrack, Proto, Tuple};
+use crate::{
+    decode::{Conntrack, Proto, Tuple},
+    rules::PacketKey,
+};
 
 /// The initial sequence number of a packet that opens a TCP connection (SYN without ACK).
 fn opening_seq(hops: &[Hop]) -> Option<u32> {
@@ -491,6 +494,8 @@ impl FlowTable {
                 after: a,
                 at: Some(HopLabel::of(after)),
                 source: NatSource::Observed,
+                packet: Some(PacketKey::of(&before.event)),
+                rule: None,
             })
             .collect()
     }
@@ -590,7 +595,11 @@ impl FlowTable {
         }
         for tuple in flow.tuples() {
             let (key, _) = tuple_key(tuple);
-            if self.index.get(&key).is_some_and(|&(owner, _)| owner == slot) {
+            if self
+                .index
+                .get(&key)
+                .is_some_and(|&(owner, _)| owner == slot)
+            {
                 self.index.remove(&key);
             }
         }
@@ -661,6 +670,8 @@ impl Flow {
                         after,
                         at: None,
                         source: NatSource::Conntrack,
+                        packet: None,
+                        rule: None,
                     }),
             );
         }

@@ -9,13 +9,16 @@ pub mod flow;
 pub mod packet;
 pub mod stats;
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use flow::{EndedFlow, FlowTable};
 use packet::{CompletedPacket, PacketTable};
 use tracer_common::hook::Hook;
 
-use crate::decode::{HopEvent, IfName, Tuple};
+use crate::{
+    decode::{HopEvent, IfName, Tuple},
+    rules::{PacketKey, Rule},
+};
 
 /// Flows tracked at once unless the user says otherwise (`--max-flows`).
 pub const DEFAULT_MAX_FLOWS: usize = 262_144;
@@ -113,6 +116,11 @@ pub struct PacketTrace {
     pub direction: Direction,
     /// Hops in time order.
     pub hops: Vec<Hop>,
+    /// The NAT rules that translated the packet (`--rules`), each with the index of the first
+    /// hop that saw the translation.
+    pub nat_rules: Vec<(usize, Arc<Rule>)>,
+    /// The rule (or policy) that dropped the packet (`--rules`).
+    pub drop_rule: Option<Arc<Rule>>,
 }
 
 /// Source or destination NAT.
@@ -151,6 +159,10 @@ pub struct NatRecord {
     /// First hop that saw the translated tuple, when observed.
     pub at: Option<HopLabel>,
     pub source: NatSource,
+    /// The packet the translation was observed on.
+    pub packet: Option<PacketKey>,
+    /// The rule that made the translation, when `--rules` named it.
+    pub rule: Option<Arc<Rule>>,
 }
 
 /// Latency between two consecutive hops of a flow, in one direction.
@@ -319,6 +331,8 @@ impl Correlator {
                 flow_id: assignment.flow_id,
                 direction: assignment.direction,
                 hops,
+                nat_rules: Vec::new(),
+                drop_rule: None,
             }));
         }
         let evicted = self.flows.shrink_to(self.limits.max_flows);

@@ -493,7 +493,10 @@ fn samples_of_ended_flows_are_given_back() {
         most = most.max(correlator.sampled());
     }
     assert!(summaries > 1_900, "{summaries} flows ended");
-    assert!(most < 10, "{most} sample series kept for 2000 flows of which a few are live");
+    assert!(
+        most < 10,
+        "{most} sample series kept for 2000 flows of which a few are live"
+    );
 }
 
 /// More packets and flows than the tables hold, each packet three hops interleaved with the

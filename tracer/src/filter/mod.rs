@@ -14,7 +14,7 @@ mod compile;
 mod parse;
 
 pub use compile::compile;
-pub use parse::{Expr, parse};
+pub use parse::{Expr, Side, parse};
 
 /// A filter expression that cannot be used, with what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -66,12 +66,18 @@ impl<W: Write> PcapngWriter<W> {
                 duration(hop.since_prev_ns),
                 duration(hop.since_first_ns),
             );
+            if let Some((_, rule)) = packet.nat_rules.iter().find(|(at, _)| *at == index) {
+                comment += &format!(", NAT by {}", rule.describe());
+            }
             if let Some(drop) = hop.event.drop {
                 comment += &format!(
                     ", dropped: {} in {}",
                     names.drop_reason(drop.reason),
                     names.symbol(drop.location)
                 );
+                if let Some(rule) = &packet.drop_rule {
+                    comment += &format!(" by {}", rule.describe());
+                }
             }
             self.writer.write_pcapng_block(EnhancedPacketBlock {
                 interface_id,

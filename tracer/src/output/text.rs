@@ -41,11 +41,15 @@ impl<W: Write> TextWriter<W> {
             packet.direction.name(),
         )?;
         let mut shown: Option<Tuple> = None;
-        for hop in &packet.hops {
+        for (at, hop) in packet.hops.iter().enumerate() {
             let event = &hop.event;
             let changed = event.has_l4 && shown.is_some_and(|t| t != event.tuple);
             if changed && let Some(before) = shown {
-                writeln!(self.out, "{:>27}{}", "", rewrite(&before, &event.tuple))?;
+                let mut line = rewrite(&before, &event.tuple);
+                if let Some((_, rule)) = packet.nat_rules.iter().find(|(hop, _)| *hop == at) {
+                    line += &format!("  by {}", rule.describe());
+                }
+                writeln!(self.out, "{:>27}{line}", "")?;
             }
             let label = HopLabel::of(hop);
             let tuple_text = if changed || shown.is_none() {
@@ -78,6 +82,9 @@ impl<W: Write> TextWriter<W> {
                 names.symbol(drop.location),
                 names.drop_reason(drop.reason),
             )?;
+            if let Some(rule) = &packet.drop_rule {
+                writeln!(self.out, "{:>27}by {}", "", rule.describe())?;
+            }
         }
         Ok(())
     }

@@ -37,6 +37,7 @@ use crate::{
     output::{self, Format, HookStats, Output, RunStats},
     reader::{self, ReaderStats},
     recording::Recorder,
+    rules::Rules,
 };
 
 /// How often idle packets are completed and flows expired.
@@ -83,6 +84,8 @@ pub struct Options {
     pub record: Option<PathBuf>,
     /// Created once every hook is attached.
     pub ready_file: Option<PathBuf>,
+    /// `--rules`: name the netfilter rule behind each NAT and drop.
+    pub rules: bool,
 }
 
 /// A running trace.
@@ -108,11 +111,11 @@ impl Trace {
     pub async fn start(options: Options) -> anyhow::Result<Trace> {
         crate::privileges::check()?;
         kernel::check_ring_bytes(options.ring_bytes).map_err(UsageError::from)?;
-        let filter = match &options.expression {
+        let expression = match &options.expression {
             Some(expression) => Some(crate::filter::parse(expression).map_err(UsageError::from)?),
             None => None,
         };
-        let filter = crate::filter::compile(filter.as_ref()).map_err(UsageError::from)?;
+        let filter = crate::filter::compile(expression.as_ref()).map_err(UsageError::from)?;
         let follower = Follower::start(&options.selection, options.hooks).await?;
         // Output files first: a path that cannot be written is reported before anything loads.
         let pcapng = options
@@ -193,7 +196,7 @@ impl Trace {
         }
         let mut names = follower.names();
         names.set_drop_reasons(programs.drop_reasons().clone());
-        let session = Session::new(
+        let mut session = Session::new(
             Limits {
                 packet_idle_ns: options.packet_timeout.as_nanos() as u64,
                 max_flows: options.max_flows,
@@ -204,6 +207,13 @@ impl Trace {
             outputs,
             names,
         );
+        if options.rules {
+            // In tracer's own network namespace, where the host's NAT and filtering are.
+            match Rules::start(expression.as_ref()) {
+                Ok(rules) => session.name_rules(rules),
+                Err(why) => eprintln!("tracer: note: netfilter rules are not named: {why}"),
+            }
+        }
 
         // Signal handlers go in before the ready line, so a signal sent right after it is seen.
         let signals = [
@@ -294,6 +304,7 @@ impl Trace {
             .join()
             .map_err(|_| anyhow::anyhow!("the ring buffer reader panicked"))?
             .context("ring buffer reader failed")?;
+        let lost_rule_events = session.rule_events_lost();
         let mut hooks: Vec<_> = programs.counters()?.into_iter().collect();
         hooks.sort_by_key(|(hook, _)| *hook);
         let stats = session.finish(|stats| {
@@ -311,6 +322,12 @@ impl Trace {
                 });
             }
         })?;
+        if lost_rule_events > 0 {
+            eprintln!(
+                "tracer: note: {lost_rule_events} nf_tables trace messages were lost; \
+                 the rules of some packets are not named"
+            );
+        }
         eprintln!("{}", super::closing_line(&stats));
         drop(programs);
         Ok(stats)

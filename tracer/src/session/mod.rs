@@ -16,10 +16,12 @@ use std::{
 };
 
 use crate::{
-    correlate::{Correlator, Limits, PacketTrace, Record},
-    decode::HopEvent,
+    clock::monotonic_ns,
+    correlate::{Correlator, Direction, Limits, NatSource, PacketTrace, Record},
+    decode::{HopEvent, Tuple},
     names::{NameTable, kernel_symbols},
     output::{Output, RunStats},
+    rules::{PacketKey, RuleBook, Rules},
 };
 use select::{Place, touches};
 
@@ -33,6 +35,8 @@ pub struct Session<'a> {
     outputs: Vec<Box<dyn Output + 'a>>,
     names: NameTable,
     stats: RunStats,
+    /// `--rules`: what nf_tables reported of the traced packets.
+    rules: Option<Rules>,
 }
 
 impl<'a> Session<'a> {
@@ -55,7 +59,18 @@ impl<'a> Session<'a> {
             outputs,
             names,
             stats: RunStats::default(),
+            rules: None,
         }
+    }
+
+    /// Names the netfilter rules behind NAT and drops from now on.
+    pub fn name_rules(&mut self, rules: Rules) {
+        self.rules = Some(rules);
+    }
+
+    /// Trace messages the kernel could not deliver, with `--rules`.
+    pub fn rule_events_lost(&self) -> u64 {
+        self.rules.as_ref().map_or(0, |rules| rules.lost)
     }
 
     /// Adds decoded events.
@@ -84,12 +99,18 @@ impl<'a> Session<'a> {
     /// read the ring between two chunks. Returns true once `-c` packets were written.
     pub fn write_some(&mut self, max: usize) -> io::Result<bool> {
         let mut wrote = false;
+        if let Some(rules) = &mut self.rules {
+            rules.poll(monotonic_ns());
+        }
         for _ in 0..max {
-            let Some(record) = self.correlator.pop() else {
+            let Some(mut record) = self.correlator.pop() else {
                 break;
             };
             if !self.shown.admits(&record, &mut self.stats) {
                 continue;
+            }
+            if let Some(rules) = &mut self.rules {
+                name_rules(&mut rules.book, &mut record);
             }
             if let Record::Packet(packet) = &record {
                 name_drop_locations(packet, &mut self.names);
@@ -198,6 +219,41 @@ impl Shown {
 
     fn count_reached(&self, stats: &RunStats) -> bool {
         self.count.is_some_and(|n| stats.packets >= n)
+    }
+}
+
+/// Names the rules behind the record's translations and drop: a translation in the original
+/// direction (the reply's is conntrack's, not a rule's), and the verdict that dropped it.
+fn name_rules(book: &mut RuleBook, record: &mut Record) {
+    match record {
+        Record::Nat(nat) if nat.source == NatSource::Observed => {
+            if let (Some(key), Direction::Original) = (nat.packet, nat.direction) {
+                nat.rule = book.nat_rule(key, &nat.before);
+            }
+        }
+        Record::Packet(packet) => {
+            let mut seen: Vec<Tuple> = Vec::new();
+            for (at, hop) in packet.hops.iter().enumerate() {
+                let event = &hop.event;
+                if !event.has_l4 {
+                    continue;
+                }
+                if let Some(&before) = seen.last()
+                    && before != event.tuple
+                    && packet.direction == Direction::Original
+                    && let Some(rule) = book.nat_rule(PacketKey::of(event), &before)
+                {
+                    packet.nat_rules.push((at, rule));
+                }
+                if !seen.contains(&event.tuple) {
+                    seen.push(event.tuple);
+                }
+            }
+            if let Some(hop) = packet.hops.iter().rev().find(|h| h.event.drop.is_some()) {
+                packet.drop_rule = book.drop_rule(PacketKey::of(&hop.event), &seen);
+            }
+        }
+        _ => {}
     }
 }
 

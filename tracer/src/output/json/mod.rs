@@ -22,6 +22,7 @@ use crate::{
     correlate::{FlowSummary, Hop, HopLabel, NatRecord, NatSource, PacketTrace, Record},
     decode::{Conntrack, Proto, Tuple},
     names::NameTable,
+    rules::Rule,
 };
 
 /// Bytes buffered before they are written to the destination.
@@ -46,12 +47,24 @@ impl<W: Write> JsonWriter<W> {
     }
 
     fn packet(&mut self, packet: &PacketTrace, names: &NameTable) {
-        for hop in &packet.hops {
-            self.hop(packet, hop, names);
+        for (at, hop) in packet.hops.iter().enumerate() {
+            let nat_rule = packet.nat_rules.iter().find(|(hop, _)| *hop == at);
+            let drop_rule = packet
+                .drop_rule
+                .as_deref()
+                .filter(|_| hop.event.drop.is_some());
+            self.hop(
+                packet,
+                hop,
+                nat_rule.map(|(_, rule)| rule.as_ref()).or(drop_rule),
+                names,
+            );
         }
     }
 
-    fn hop(&mut self, packet: &PacketTrace, hop: &Hop, names: &NameTable) {
+    /// A hop, with the rule that translated the packet on its way here or dropped it here
+    /// (`--rules`); the `rule` key is only written when a rule was named.
+    fn hop(&mut self, packet: &PacketTrace, hop: &Hop, rule: Option<&Rule>, names: &NameTable) {
         let e = &hop.event;
         let b = &mut self.buf;
         b.raw(b"{\"type\":\"hop\"");
@@ -125,6 +138,9 @@ impl<W: Write> JsonWriter<W> {
             }
             None => b.raw(b"null,\"drop_location\":null"),
         }
+        if let Some(rule) = rule {
+            rule_object(b, rule);
+        }
         b.raw(b"}\n");
     }
 
@@ -157,6 +173,9 @@ impl<W: Write> JsonWriter<W> {
             NatSource::Observed => "observed",
             NatSource::Conntrack => "conntrack",
         });
+        if let Some(rule) = &nat.rule {
+            rule_object(b, rule);
+        }
         b.raw(b"}\n");
     }
 
@@ -265,6 +284,31 @@ fn tuple(b: &mut Vec<u8>, t: &Tuple) {
     b.ip(t.dst);
     b.raw(key!("dst_port"));
     b.uint(t.dst_port);
+    b.push(b'}');
+}
+
+/// `,"rule":{"family":...,"table":...,"chain":...,"handle":...,"text":...,"verdict":...}`;
+/// `handle` is null for a chain's policy, `text` when `nft` could not list the rule.
+fn rule_object(b: &mut Vec<u8>, rule: &Rule) {
+    b.raw(key!("rule"));
+    b.raw(open!("family"));
+    b.str(rule.family);
+    b.raw(key!("table"));
+    b.str(&rule.table);
+    b.raw(key!("chain"));
+    b.str(&rule.chain);
+    b.raw(key!("handle"));
+    match rule.handle {
+        Some(handle) => b.uint(handle),
+        None => b.null(),
+    }
+    b.raw(key!("text"));
+    match &rule.text {
+        Some(text) => b.str(text),
+        None => b.null(),
+    }
+    b.raw(key!("verdict"));
+    b.str(&rule.verdict);
     b.push(b'}');
 }
 

@@ -20,6 +20,7 @@ use crate::{
     decode::{Conntrack, DropInfo, HopEvent, IfName, Proto, Tuple},
     names::NameTable,
     output::{Output, TcpFlags},
+    rules::Rule,
 };
 
 /// A kernel address, serialized as `0x...`.
@@ -50,8 +51,17 @@ fn reference(record: &Record, names: &NameTable) -> String {
     };
     match record {
         Record::Packet(packet) => {
-            for hop in &packet.hops {
-                line(serde_json::to_string(&HopJson::new(packet, hop, names)).unwrap());
+            for (at, hop) in packet.hops.iter().enumerate() {
+                let rule = packet
+                    .nat_rules
+                    .iter()
+                    .find(|(hop, _)| *hop == at)
+                    .map(|(_, rule)| rule.as_ref())
+                    .or(packet
+                        .drop_rule
+                        .as_deref()
+                        .filter(|_| hop.event.drop.is_some()));
+                line(serde_json::to_string(&HopJson::new(packet, hop, rule, names)).unwrap());
             }
         }
         Record::Nat(nat) => line(serde_json::to_string(&NatJson::new(nat, names)).unwrap()),
@@ -174,6 +184,14 @@ fn records() -> Vec<Record> {
             since_first_ns: i as u64 * 2_500,
         })
         .collect();
+    let masquerade = Arc::new(Rule {
+        family: "ip",
+        table: "nat".into(),
+        chain: "POSTROUTING".into(),
+        handle: Some(8),
+        text: Some("oifname != \"docker0\" ip saddr 172.17.0.0/16 counter masquerade".into()),
+        verdict: "accept".into(),
+    });
     let nat = |at: Option<HopLabel>, source| {
         Record::Nat(NatRecord {
             flow_id: 9,
@@ -183,6 +201,8 @@ fn records() -> Vec<Record> {
             after: six,
             at,
             source,
+            packet: None,
+            rule: (source == NatSource::Observed).then(|| Arc::clone(&masquerade)),
         })
     };
     let summary = Summary {
@@ -198,6 +218,15 @@ fn records() -> Vec<Record> {
             flow_id: 9,
             direction: Direction::Original,
             hops,
+            nat_rules: Vec::from([(2, Arc::clone(&masquerade))]),
+            drop_rule: Some(Arc::new(Rule {
+                family: "inet",
+                table: "filter".into(),
+                chain: "forward".into(),
+                handle: None,
+                text: Some("policy drop".into()),
+                verdict: "drop".into(),
+            })),
         }),
         nat(Some(label(2, "eth0")), NatSource::Observed),
         nat(None, NatSource::Conntrack),
@@ -311,10 +340,36 @@ struct HopJson<'a> {
     drop_reason: Option<String>,
     /// `kfree_skb` only: the function that dropped the packet, as `name+0xoffset`.
     drop_location: Option<String>,
+    /// `--rules` only, and only where a rule was named.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rule_json")]
+    rule: Option<&'a Rule>,
+}
+
+#[derive(Serialize)]
+#[serde(remote = "Rule")]
+struct RuleJson {
+    family: &'static str,
+    table: String,
+    chain: String,
+    handle: Option<u64>,
+    text: Option<String>,
+    verdict: String,
+}
+
+/// Serializes a rule through [`RuleJson`].
+fn rule_json<S: serde::Serializer>(rule: &Option<&Rule>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Wrap<'r>(#[serde(with = "RuleJson")] &'r Rule);
+    rule.map(Wrap).serialize(s)
 }
 
 impl<'a> HopJson<'a> {
-    fn new(packet: &PacketTrace, hop: &'a Hop, names: &'a NameTable) -> Self {
+    fn new(
+        packet: &PacketTrace,
+        hop: &'a Hop,
+        rule: Option<&'a Rule>,
+        names: &'a NameTable,
+    ) -> Self {
         let e = &hop.event;
         let tcp = e.has_l4 && e.tuple.proto == Proto::TCP;
         HopJson {
@@ -348,6 +403,7 @@ impl<'a> HopJson<'a> {
             conntrack: e.conntrack.as_deref().map(ConntrackJson::new),
             drop_reason: e.drop.map(|d| names.drop_reason(d.reason)),
             drop_location: e.drop.map(|d| names.symbol(d.location)),
+            rule,
         }
     }
 }
@@ -431,10 +487,12 @@ struct NatJson<'a> {
     ifname: Option<String>,
     at: Option<PlaceJson<'a>>,
     source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rule_json")]
+    rule: Option<&'a Rule>,
 }
 
 impl<'a> NatJson<'a> {
-    fn new(nat: &NatRecord, names: &'a NameTable) -> Self {
+    fn new(nat: &'a NatRecord, names: &'a NameTable) -> Self {
         NatJson {
             kind_tag: "nat",
             flow_id: nat.flow_id,
@@ -448,6 +506,7 @@ impl<'a> NatJson<'a> {
                 NatSource::Observed => "observed",
                 NatSource::Conntrack => "conntrack",
             },
+            rule: nat.rule.as_deref(),
         }
     }
 }

@@ -1,0 +1,168 @@
+//! Rule texts as `nft` prints them, read once per table with `nft -a -s list table` (`-a`
+//! adds each rule's `# handle N`, `-s` leaves out counter values) and again when a rule is not found (the ruleset
+//! changed), at most once a second per table.
+
+use std::{
+    collections::HashMap,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+/// Shortest time between two reads of one table.
+const REREAD: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Chain {
+    /// `filter`, `nat`, `route` for a base chain; none for a user chain.
+    kind: Option<String>,
+    rules: HashMap<u64, String>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    chains: HashMap<String, Chain>,
+    read_at: Option<Instant>,
+}
+
+/// The tables read so far, by family and name.
+#[derive(Debug, Default)]
+pub struct Texts {
+    tables: HashMap<(&'static str, String), Table>,
+}
+
+impl Texts {
+    /// The text of rule `handle` in `chain`.
+    pub fn rule(
+        &mut self,
+        family: &'static str,
+        table: &str,
+        chain: &str,
+        handle: u64,
+    ) -> Option<String> {
+        let found = |t: &Table| {
+            t.chains
+                .get(chain)
+                .and_then(|c| c.rules.get(&handle))
+                .cloned()
+        };
+        if let Some(text) = self.tables.get(&(family, table.to_owned())).and_then(found) {
+            return Some(text);
+        }
+        found(self.read(family, table))
+    }
+
+    /// The type of a base chain (`nat`, `filter`, `route`); none for a user chain.
+    pub fn chain_type(&mut self, family: &'static str, table: &str, chain: &str) -> Option<&str> {
+        let known = self
+            .tables
+            .get(&(family, table.to_owned()))
+            .is_some_and(|t| t.chains.contains_key(chain));
+        let table = if known {
+            &self.tables[&(family, table.to_owned())]
+        } else {
+            self.read(family, table)
+        };
+        table.chains.get(chain)?.kind.as_deref()
+    }
+
+    /// Reads a table again, unless it was read less than [`REREAD`] ago.
+    fn read(&mut self, family: &'static str, name: &str) -> &Table {
+        let table = self.tables.entry((family, name.to_owned())).or_default();
+        if table.read_at.is_none_or(|at| at.elapsed() >= REREAD) {
+            let listing = Command::new("nft")
+                .args(["-a", "-s", "list", "table", family, name])
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+            table.chains = listing.as_deref().map(parse).unwrap_or_default();
+            table.read_at = Some(Instant::now());
+        }
+        table
+    }
+}
+
+/// The chains of `nft -a list table` output: each chain's type and its rules by handle.
+fn parse(listing: &str) -> HashMap<String, Chain> {
+    let mut chains = HashMap::new();
+    let mut current: Option<(String, Chain)> = None;
+    for line in listing.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("chain ") {
+            if let Some((name, chain)) = current.take() {
+                chains.insert(name, chain);
+            }
+            let name = rest
+                .split(" # handle")
+                .next()
+                .unwrap_or(rest)
+                .trim_end_matches('{')
+                .trim()
+                .trim_matches('"');
+            current = Some((name.to_owned(), Chain::default()));
+            continue;
+        }
+        let Some((_, chain)) = current.as_mut() else {
+            continue;
+        };
+        if let Some(rest) = line.strip_prefix("type ") {
+            chain.kind = rest.split_whitespace().next().map(str::to_owned);
+            continue;
+        }
+        if line == "}" {
+            if let Some((name, chain)) = current.take() {
+                chains.insert(name, chain);
+            }
+            continue;
+        }
+        if let Some((text, handle)) = line.rsplit_once(" # handle ")
+            && let Ok(handle) = handle.trim().parse()
+        {
+            chain.rules.insert(handle, text.trim().to_owned());
+        }
+    }
+    if let Some((name, chain)) = current {
+        chains.insert(name, chain);
+    }
+    chains
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As `nft -a -s` 1.0.6 lists Docker's nat table made by iptables-nft.
+    const DOCKER_NAT: &str = r#"table ip nat { # handle 3
+	chain DOCKER { # handle 1
+		iifname "docker0" counter return # handle 7
+		iifname != "docker0" meta l4proto tcp tcp dport 8080 counter dnat to 172.17.0.2:80 # handle 12
+	}
+
+	chain POSTROUTING { # handle 2
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname != "docker0" ip saddr 172.17.0.0/16 counter masquerade # handle 8
+	}
+
+	chain PREROUTING { # handle 4
+		type nat hook prerouting priority dstnat; policy accept;
+		fib daddr type local counter jump DOCKER # handle 10
+	}
+}
+"#;
+
+    #[test]
+    fn chains_types_and_rules_by_handle() {
+        let chains = parse(DOCKER_NAT);
+        assert_eq!(chains.len(), 3);
+        assert_eq!(chains["POSTROUTING"].kind.as_deref(), Some("nat"));
+        assert_eq!(chains["DOCKER"].kind, None);
+        assert_eq!(
+            chains["POSTROUTING"].rules[&8],
+            "oifname != \"docker0\" ip saddr 172.17.0.0/16 counter masquerade"
+        );
+        assert_eq!(
+            chains["DOCKER"].rules[&12],
+            "iifname != \"docker0\" meta l4proto tcp tcp dport 8080 counter dnat to 172.17.0.2:80"
+        );
+        assert_eq!(chains["PREROUTING"].rules.len(), 1);
+    }
+}

@@ -1,0 +1,601 @@
+//! nf_tables over netlink: tracer's own table, and the trace events the kernel sends.
+//!
+//! The table is created with the owner flag (`NFT_TABLE_F_OWNER`, Linux 5.12+): it belongs to
+//! the netlink socket that made it and the kernel deletes it when that socket closes, however
+//! the process ends. Its chains only set `meta nftrace` on packets the filter can match; the
+//! kernel then reports every chain and rule such a packet traverses to the `NFNLGRP_NFTRACE`
+//! group.
+//!
+//! No maintained crate decodes trace events, and the crates that build rules either open a
+//! socket per batch (which would take an owned table with it) or need libclang to build; the
+//! few messages here are written with a small attribute writer and read with
+//! `netlink-packet-core`'s attribute parser.
+
+use std::{io, net::IpAddr};
+
+use netlink_packet_core::{NlaBuffer, NlasIterator};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+
+use super::{Match, TraceEvent, TraceKind, Verdict};
+
+/// The name of tracer's table, in the `inet` family.
+pub const TABLE: &str = "tracer";
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNLGRP_NFTRACE: u32 = 9;
+
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_TRACE: u16 = 17;
+
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
+const NLMSG_ERROR: u16 = 2;
+const NLA_F_NESTED: u16 = 0x8000;
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+const NFT_TABLE_F_OWNER: u32 = 2;
+
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
+/// Before raw (-300) and conntrack (-200): the flag is set before anything else looks.
+const PRIORITY: i32 = -350;
+const NF_ACCEPT: u32 = 1;
+
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+
+const NFT_REG_1: u32 = 1;
+const NFTA_META_DREG: u16 = 1;
+const NFTA_META_KEY: u16 = 2;
+const NFTA_META_SREG: u16 = 3;
+const NFT_META_NFTRACE: u32 = 12;
+const NFT_META_NFPROTO: u32 = 15;
+const NFT_META_L4PROTO: u32 = 16;
+const NFTA_PAYLOAD_DREG: u16 = 1;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_LTE: u32 = 3;
+const NFT_CMP_GTE: u32 = 5;
+const NFTA_BITWISE_SREG: u16 = 1;
+const NFTA_BITWISE_DREG: u16 = 2;
+const NFTA_BITWISE_LEN: u16 = 3;
+const NFTA_BITWISE_MASK: u16 = 4;
+const NFTA_BITWISE_XOR: u16 = 5;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+
+const NFTA_TRACE_TABLE: u16 = 1;
+const NFTA_TRACE_CHAIN: u16 = 2;
+const NFTA_TRACE_RULE_HANDLE: u16 = 3;
+const NFTA_TRACE_TYPE: u16 = 4;
+const NFTA_TRACE_VERDICT: u16 = 5;
+const NFTA_TRACE_ID: u16 = 6;
+const NFTA_TRACE_NETWORK_HEADER: u16 = 8;
+const NFTA_TRACE_TRANSPORT_HEADER: u16 = 9;
+const NFTA_TRACE_NFPROTO: u16 = 15;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+
+/// A netlink message under construction, attributes appended in order.
+struct Message {
+    bytes: Vec<u8>,
+    /// Where each open nested attribute starts.
+    open: Vec<usize>,
+}
+
+impl Message {
+    fn new(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Message {
+        let mut bytes = Vec::with_capacity(256);
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `finish`
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(&flags.to_ne_bytes());
+        bytes.extend_from_slice(&seq.to_ne_bytes());
+        bytes.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+        // struct nfgenmsg
+        bytes.extend_from_slice(&[family, 0]);
+        bytes.extend_from_slice(&res_id.to_be_bytes());
+        Message {
+            bytes,
+            open: Vec::new(),
+        }
+    }
+
+    /// An nf_tables message (`NFT_MSG_*`).
+    fn nft(msg: u16, flags: u16, seq: u32) -> Message {
+        Message::new(
+            (NFNL_SUBSYS_NFTABLES << 8) | msg,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            seq,
+            NFPROTO_INET,
+            0,
+        )
+    }
+
+    fn attr(&mut self, kind: u16, value: &[u8]) -> &mut Self {
+        let len = u16::try_from(4 + value.len()).expect("attribute shorter than 64 KiB");
+        self.bytes.extend_from_slice(&len.to_ne_bytes());
+        self.bytes.extend_from_slice(&kind.to_ne_bytes());
+        self.bytes.extend_from_slice(value);
+        self.pad();
+        self
+    }
+
+    fn str(&mut self, kind: u16, value: &str) -> &mut Self {
+        let mut bytes = value.as_bytes().to_vec();
+        bytes.push(0);
+        self.attr(kind, &bytes)
+    }
+
+    fn be32(&mut self, kind: u16, value: u32) -> &mut Self {
+        self.attr(kind, &value.to_be_bytes())
+    }
+
+    fn begin(&mut self, kind: u16) -> &mut Self {
+        self.open.push(self.bytes.len());
+        self.bytes.extend_from_slice(&0u16.to_ne_bytes());
+        self.bytes
+            .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+        self
+    }
+
+    fn end(&mut self) -> &mut Self {
+        let start = self.open.pop().expect("a nested attribute is open");
+        let len = u16::try_from(self.bytes.len() - start).expect("attribute shorter than 64 KiB");
+        self.bytes[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+        self
+    }
+
+    /// `NFTA_DATA_VALUE` nested in `kind`.
+    fn data(&mut self, kind: u16, value: &[u8]) -> &mut Self {
+        self.begin(kind).attr(NFTA_DATA_VALUE, value).end()
+    }
+
+    fn pad(&mut self) {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        debug_assert!(self.open.is_empty());
+        let len = u32::try_from(self.bytes.len()).expect("message shorter than 4 GiB");
+        self.bytes[..4].copy_from_slice(&len.to_ne_bytes());
+        self.bytes
+    }
+}
+
+/// One expression of a rule: its name, then its attributes.
+fn expr(msg: &mut Message, name: &str, body: impl FnOnce(&mut Message)) {
+    msg.begin(NFTA_LIST_ELEM).str(NFTA_EXPR_NAME, name);
+    msg.begin(NFTA_EXPR_DATA);
+    body(msg);
+    msg.end().end();
+}
+
+fn load_meta(msg: &mut Message, key: u32) {
+    expr(msg, "meta", |m| {
+        m.be32(NFTA_META_KEY, key).be32(NFTA_META_DREG, NFT_REG_1);
+    });
+}
+
+fn load_payload(msg: &mut Message, base: u32, offset: u32, len: u32) {
+    expr(msg, "payload", |m| {
+        m.be32(NFTA_PAYLOAD_DREG, NFT_REG_1)
+            .be32(NFTA_PAYLOAD_BASE, base)
+            .be32(NFTA_PAYLOAD_OFFSET, offset)
+            .be32(NFTA_PAYLOAD_LEN, len);
+    });
+}
+
+fn compare(msg: &mut Message, op: u32, value: &[u8]) {
+    expr(msg, "cmp", |m| {
+        m.be32(NFTA_CMP_SREG, NFT_REG_1)
+            .be32(NFTA_CMP_OP, op)
+            .data(NFTA_CMP_DATA, value);
+    });
+}
+
+/// Register 1 &= mask.
+fn mask(msg: &mut Message, mask: &[u8]) {
+    let len = u32::try_from(mask.len()).expect("short mask");
+    expr(msg, "bitwise", |m| {
+        m.be32(NFTA_BITWISE_SREG, NFT_REG_1)
+            .be32(NFTA_BITWISE_DREG, NFT_REG_1)
+            .be32(NFTA_BITWISE_LEN, len)
+            .data(NFTA_BITWISE_MASK, mask)
+            .data(NFTA_BITWISE_XOR, &vec![0; mask.len()]);
+    });
+}
+
+/// The expressions of one match: `Match`'s tests in order, then `meta nftrace set 1`.
+fn rule_expressions(msg: &mut Message, m: &Match) {
+    msg.begin(NFTA_RULE_EXPRESSIONS);
+    if let Some(family) = m.family {
+        load_meta(msg, NFT_META_NFPROTO);
+        compare(msg, NFT_CMP_EQ, &[family]);
+    }
+    if let Some(proto) = m.proto {
+        load_meta(msg, NFT_META_L4PROTO);
+        compare(msg, NFT_CMP_EQ, &[proto]);
+    }
+    for (dst, addr, prefix) in m.nets.iter().map(|n| (n.dst, n.addr, n.prefix)) {
+        let (offset, bytes) = match (addr, dst) {
+            (IpAddr::V4(a), false) => (12, a.octets().to_vec()),
+            (IpAddr::V4(a), true) => (16, a.octets().to_vec()),
+            (IpAddr::V6(a), false) => (8, a.octets().to_vec()),
+            (IpAddr::V6(a), true) => (24, a.octets().to_vec()),
+        };
+        let len = u32::try_from(bytes.len()).expect("address length");
+        load_payload(msg, NFT_PAYLOAD_NETWORK_HEADER, offset, len);
+        let bits = usize::from(prefix);
+        if bits < bytes.len() * 8 {
+            let netmask: Vec<u8> = (0..bytes.len())
+                .map(|i| {
+                    let ones = bits.saturating_sub(i * 8).min(8);
+                    (0xff_u16 << (8 - ones)) as u8
+                })
+                .collect();
+            mask(msg, &netmask);
+            let network: Vec<u8> = bytes.iter().zip(&netmask).map(|(b, m)| b & m).collect();
+            compare(msg, NFT_CMP_EQ, &network);
+        } else {
+            compare(msg, NFT_CMP_EQ, &bytes);
+        }
+    }
+    for port in &m.ports {
+        load_payload(
+            msg,
+            NFT_PAYLOAD_TRANSPORT_HEADER,
+            if port.dst { 2 } else { 0 },
+            2,
+        );
+        if port.lo == port.hi {
+            compare(msg, NFT_CMP_EQ, &port.lo.to_be_bytes());
+        } else {
+            compare(msg, NFT_CMP_GTE, &port.lo.to_be_bytes());
+            compare(msg, NFT_CMP_LTE, &port.hi.to_be_bytes());
+        }
+    }
+    expr(msg, "immediate", |m| {
+        m.be32(NFTA_IMMEDIATE_DREG, NFT_REG_1)
+            .data(NFTA_IMMEDIATE_DATA, &[1]);
+    });
+    expr(msg, "meta", |m| {
+        m.be32(NFTA_META_KEY, NFT_META_NFTRACE)
+            .be32(NFTA_META_SREG, NFT_REG_1);
+    });
+    msg.end();
+}
+
+/// The batch that creates the owned table, its two chains and a rule per match in each.
+fn batch(matches: &[Match]) -> Vec<u8> {
+    let mut seq = 0;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    let mut bytes = Message::new(
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        next(),
+        0,
+        NFNL_SUBSYS_NFTABLES,
+    )
+    .finish();
+    let mut table = Message::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, next());
+    table
+        .str(NFTA_TABLE_NAME, TABLE)
+        .be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
+    bytes.extend(table.finish());
+    for (chain, hook) in [
+        ("prerouting", NF_INET_PRE_ROUTING),
+        ("output", NF_INET_LOCAL_OUT),
+    ] {
+        let mut msg = Message::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL, next());
+        msg.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, chain);
+        msg.begin(NFTA_CHAIN_HOOK)
+            .be32(NFTA_HOOK_HOOKNUM, hook)
+            .attr(NFTA_HOOK_PRIORITY, &PRIORITY.to_be_bytes())
+            .end();
+        msg.be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
+            .str(NFTA_CHAIN_TYPE, "filter");
+        bytes.extend(msg.finish());
+        for m in matches {
+            let mut rule = Message::nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, next());
+            rule.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
+            rule_expressions(&mut rule, m);
+            bytes.extend(rule.finish());
+        }
+    }
+    bytes.extend(
+        Message::new(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            next(),
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        )
+        .finish(),
+    );
+    bytes
+}
+
+/// tracer's table in the current network namespace, there while this value lives: dropping
+/// it closes the socket, and the kernel deletes the table.
+pub struct OwnedTable {
+    _socket: Socket,
+}
+
+impl OwnedTable {
+    /// Creates the table with a chain at prerouting and one at output, each marking the
+    /// packets of `matches` (every packet when it holds one empty match).
+    pub fn create(matches: &[Match]) -> io::Result<OwnedTable> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        socket.send(&batch(matches), 0)?;
+        // An acknowledgement (error 0) or an error for every message of the batch but its two
+        // ends; the first error is the answer.
+        let expected = 1 + 2 * (1 + matches.len());
+        let mut acked = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while acked < expected {
+            let n = socket.recv(&mut &mut buf[..], 0)?;
+            for message in messages(&buf[..n]) {
+                if message.kind != NLMSG_ERROR {
+                    continue;
+                }
+                let code = message
+                    .payload
+                    .get(..4)
+                    .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                if code != 0 {
+                    return Err(io::Error::from_raw_os_error(-code));
+                }
+                acked += 1;
+            }
+        }
+        Ok(OwnedTable { _socket: socket })
+    }
+}
+
+/// A socket that receives the kernel's trace events for the current network namespace.
+pub struct TraceSocket {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+impl TraceSocket {
+    pub fn open() -> io::Result<TraceSocket> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.add_membership(NFNLGRP_NFTRACE)?;
+        // Bursts of traced packets come faster than they are read at times; a larger buffer
+        // loses fewer (a lost event only leaves a rule unnamed).
+        socket.set_rx_buf_sz(4 << 20)?;
+        Ok(TraceSocket {
+            socket,
+            buf: vec![0; 1 << 16],
+        })
+    }
+
+    /// The trace events of the next datagram if one is waiting. `ENOBUFS` (events were
+    /// lost) is an error the caller may count and go on from.
+    pub fn try_recv(&mut self) -> io::Result<Option<Vec<TraceEvent>>> {
+        let n = match self.socket.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        Ok(Some(
+            messages(&self.buf[..n])
+                .filter(|m| m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE)
+                .filter_map(|m| trace_event(m.family, m.payload))
+                .collect(),
+        ))
+    }
+}
+
+/// A netlink message: type, nfgenmsg family, attributes after the nfgenmsg header.
+struct Received<'a> {
+    kind: u16,
+    family: u8,
+    payload: &'a [u8],
+}
+
+/// The messages in a datagram; a truncated one ends the list.
+fn messages(mut bytes: &[u8]) -> impl Iterator<Item = Received<'_>> {
+    std::iter::from_fn(move || {
+        let header = bytes.get(..16)?;
+        let len = u32::from_ne_bytes(header[..4].try_into().ok()?) as usize;
+        if len < 16 || len > bytes.len() {
+            return None;
+        }
+        let kind = u16::from_ne_bytes(header[4..6].try_into().ok()?);
+        let body = &bytes[16..len];
+        bytes = &bytes[len.next_multiple_of(4).min(bytes.len())..];
+        Some(match kind {
+            // struct nlmsgerr: the code, then the request's header.
+            NLMSG_ERROR => Received {
+                kind,
+                family: 0,
+                payload: body,
+            },
+            _ => Received {
+                kind,
+                family: *body.first()?,
+                payload: body.get(4..)?,
+            },
+        })
+    })
+}
+
+/// Decodes the attributes of an `NFT_MSG_TRACE` message; `None` when one it needs is missing
+/// or malformed.
+pub(super) fn trace_event(family: u8, attrs: &[u8]) -> Option<TraceEvent> {
+    let mut event = TraceEvent {
+        family: family_name(family),
+        ..TraceEvent::default()
+    };
+    for nla in NlasIterator::new(attrs) {
+        let nla = nla.ok()?;
+        let value = nla.value();
+        match nla.kind() & !NLA_F_NESTED {
+            NFTA_TRACE_TABLE => event.table = c_string(value)?,
+            NFTA_TRACE_CHAIN => event.chain = c_string(value)?,
+            NFTA_TRACE_RULE_HANDLE => {
+                event.handle = Some(u64::from_be_bytes(value.try_into().ok()?))
+            }
+            NFTA_TRACE_TYPE => {
+                event.kind = match u32::from_be_bytes(value.try_into().ok()?) {
+                    1 => TraceKind::Policy,
+                    2 => TraceKind::Return,
+                    3 => TraceKind::Rule,
+                    _ => TraceKind::Other,
+                };
+            }
+            NFTA_TRACE_VERDICT => event.verdict = verdict(value)?,
+            NFTA_TRACE_ID => event.id = u32::from_be_bytes(value.try_into().ok()?),
+            NFTA_TRACE_NETWORK_HEADER => event.network = value.to_vec(),
+            NFTA_TRACE_TRANSPORT_HEADER => event.transport = value.to_vec(),
+            NFTA_TRACE_NFPROTO => {
+                event.nfproto = u8::try_from(u32::from_be_bytes(value.try_into().ok()?)).ok()?;
+            }
+            _ => {}
+        }
+    }
+    (!event.table.is_empty() && !event.chain.is_empty()).then_some(event)
+}
+
+fn verdict(nested: &[u8]) -> Option<Verdict> {
+    let mut code = None;
+    let mut chain = None;
+    for nla in NlasIterator::new(nested) {
+        let nla: NlaBuffer<&[u8]> = nla.ok()?;
+        match nla.kind() & !NLA_F_NESTED {
+            NFTA_VERDICT_CODE => code = Some(i32::from_be_bytes(nla.value().try_into().ok()?)),
+            NFTA_VERDICT_CHAIN => chain = c_string(nla.value()),
+            _ => {}
+        }
+    }
+    Some(Verdict::from_code(code?, chain))
+}
+
+fn c_string(bytes: &[u8]) -> Option<String> {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    std::str::from_utf8(&bytes[..end]).ok().map(str::to_owned)
+}
+
+/// The family as `nft` names it.
+pub fn family_name(family: u8) -> &'static str {
+    match family {
+        NFPROTO_INET => "inet",
+        NFPROTO_IPV4 => "ip",
+        NFPROTO_IPV6 => "ip6",
+        0 => "unspec",
+        3 => "arp",
+        5 => "netdev",
+        7 => "bridge",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_padded_and_nests_measured() {
+        let mut msg = Message::nft(NFT_MSG_NEWRULE, 0, 7);
+        msg.str(NFTA_RULE_TABLE, "t");
+        msg.begin(NFTA_RULE_EXPRESSIONS).be32(9, 0x0102_0304).end();
+        let bytes = msg.finish();
+        assert_eq!(bytes.len(), 16 + 4 + 8 + 4 + 8);
+        assert_eq!(
+            u32::from_ne_bytes(bytes[..4].try_into().unwrap()) as usize,
+            bytes.len()
+        );
+        // "t\0" padded to 4, after the 4-byte header.
+        assert_eq!(&bytes[20..28], &[6, 0, 1, 0, b't', 0, 0, 0]);
+        // The nest covers its own header and the 8-byte attribute inside.
+        assert_eq!(u16::from_ne_bytes(bytes[28..30].try_into().unwrap()), 12);
+        assert_eq!(
+            u16::from_ne_bytes(bytes[30..32].try_into().unwrap()),
+            NFTA_RULE_EXPRESSIONS | NLA_F_NESTED
+        );
+        assert_eq!(&bytes[36..40], &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_trace_message_decodes() {
+        let mut msg = Message::new(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE,
+            0,
+            0,
+            NFPROTO_IPV4,
+            0,
+        );
+        msg.str(NFTA_TRACE_TABLE, "nat")
+            .str(NFTA_TRACE_CHAIN, "POSTROUTING")
+            .attr(NFTA_TRACE_RULE_HANDLE, &12u64.to_be_bytes())
+            .be32(NFTA_TRACE_TYPE, 3)
+            .be32(NFTA_TRACE_ID, 0xabcd);
+        msg.begin(NFTA_TRACE_VERDICT)
+            .attr(NFTA_VERDICT_CODE, &1i32.to_be_bytes())
+            .end();
+        msg.attr(NFTA_TRACE_NETWORK_HEADER, &[0x45; 20]);
+        let bytes = msg.finish();
+        let received: Vec<_> = messages(&bytes).collect();
+        assert_eq!(received.len(), 1);
+        let event = trace_event(received[0].family, received[0].payload).unwrap();
+        assert_eq!(
+            (event.family, event.table.as_str(), event.chain.as_str()),
+            ("ip", "nat", "POSTROUTING")
+        );
+        assert_eq!(
+            (event.handle, event.kind, event.id),
+            (Some(12), TraceKind::Rule, 0xabcd)
+        );
+        assert_eq!(event.verdict, Verdict::Accept);
+        assert_eq!(event.network.len(), 20);
+    }
+
+    #[test]
+    fn truncated_messages_end_the_list() {
+        let mut bytes = Message::nft(NFT_MSG_NEWTABLE, 0, 1).finish();
+        bytes.truncate(bytes.len() - 1);
+        assert_eq!(messages(&bytes).count(), 0);
+        assert!(trace_event(NFPROTO_IPV4, &[8, 0, 1, 0, b'x']).is_none());
+    }
+}
