@@ -146,7 +146,7 @@ pub struct TraceArgs {
     pub ready_file: Option<PathBuf>,
 
     /// Name the netfilter rule behind each NAT and each drop (nf_tables tracing): tracer adds
-    /// a table of its own, `inet tracer`, that marks the filter's packets, and the kernel
+    /// a table of its own, `inet tracer-PID`, that marks the filter's packets, and the kernel
     /// removes it when tracer exits, however it exits.
     #[arg(long)]
     pub rules: bool,

@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -24,53 +25,81 @@ struct Table {
     read_at: Option<Instant>,
 }
 
-/// The tables read so far, by family and name.
+/// A table: the namespace's inode, its family and its name.
+type TableKey = (u64, &'static str, String);
+
+/// The tables read so far, and how to reach each namespace.
 #[derive(Debug, Default)]
 pub struct Texts {
-    tables: HashMap<(&'static str, String), Table>,
+    tables: HashMap<TableKey, Table>,
+    /// A path that opens each namespace, none for tracer's own.
+    paths: HashMap<u64, Option<PathBuf>>,
 }
 
 impl Texts {
+    /// Rules of the namespace `inode` are read through `path` (none: tracer's own).
+    pub fn add_namespace(&mut self, inode: u64, path: Option<PathBuf>) {
+        self.paths.insert(inode, path);
+    }
+
     /// The text of rule `handle` in `chain`.
     pub fn rule(
         &mut self,
+        netns: u64,
         family: &'static str,
         table: &str,
         chain: &str,
         handle: u64,
     ) -> Option<String> {
+        let key = (netns, family, table.to_owned());
         let found = |t: &Table| {
             t.chains
                 .get(chain)
                 .and_then(|c| c.rules.get(&handle))
                 .cloned()
         };
-        if let Some(text) = self.tables.get(&(family, table.to_owned())).and_then(found) {
+        if let Some(text) = self.tables.get(&key).and_then(found) {
             return Some(text);
         }
-        found(self.read(family, table))
+        found(self.read(key))
     }
 
     /// The type of a base chain (`nat`, `filter`, `route`); none for a user chain.
-    pub fn chain_type(&mut self, family: &'static str, table: &str, chain: &str) -> Option<&str> {
+    pub fn chain_type(
+        &mut self,
+        netns: u64,
+        family: &'static str,
+        table: &str,
+        chain: &str,
+    ) -> Option<&str> {
+        let key = (netns, family, table.to_owned());
         let known = self
             .tables
-            .get(&(family, table.to_owned()))
+            .get(&key)
             .is_some_and(|t| t.chains.contains_key(chain));
         let table = if known {
-            &self.tables[&(family, table.to_owned())]
+            &self.tables[&key]
         } else {
-            self.read(family, table)
+            self.read(key)
         };
         table.chains.get(chain)?.kind.as_deref()
     }
 
     /// Reads a table again, unless it was read less than [`REREAD`] ago.
-    fn read(&mut self, family: &'static str, name: &str) -> &Table {
-        let table = self.tables.entry((family, name.to_owned())).or_default();
+    fn read(&mut self, key: TableKey) -> &Table {
+        let mut command = match self.paths.get(&key.0).cloned().flatten() {
+            // nsenter (util-linux) runs nft in the namespace.
+            Some(path) => {
+                let mut command = Command::new("nsenter");
+                command.arg(format!("--net={}", path.display())).arg("nft");
+                command
+            }
+            None => Command::new("nft"),
+        };
+        command.args(["-a", "-s", "list", "table", key.1, &key.2]);
+        let table = self.tables.entry(key).or_default();
         if table.read_at.is_none_or(|at| at.elapsed() >= REREAD) {
-            let listing = Command::new("nft")
-                .args(["-a", "-s", "list", "table", family, name])
+            let listing = command
                 .output()
                 .ok()
                 .filter(|out| out.status.success())

@@ -12,8 +12,10 @@ pub mod listing;
 pub mod netlink;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
     sync::Arc,
 };
 
@@ -88,6 +90,8 @@ pub struct TraceEvent {
     pub verdict: Verdict,
     /// The kernel's id of the packet within this trace.
     pub id: u32,
+    /// Inode of the network namespace the event came from.
+    pub netns: u64,
     /// The packet's family (`NFPROTO_IPV4` or `NFPROTO_IPV6`).
     pub nfproto: u8,
     /// The packet's IP header (up to 40 bytes) and transport header (up to 20) when traced.
@@ -376,66 +380,139 @@ fn conjoin(a: &Match, b: &Match) -> Option<Match> {
     })
 }
 
-/// Rule attribution in the current network namespace: tracer's owned table marking the
-/// filter's packets, the socket the kernel reports their walk to, and what it reported.
+/// Rule attribution: in every network namespace that has nf_tables tables, tracer's owned
+/// table marking the filter's packets and a socket the kernel reports their walk to; and what
+/// it reported.
 pub struct Rules {
-    _table: netlink::OwnedTable,
-    socket: netlink::TraceSocket,
+    matches: Vec<Match>,
+    places: Vec<Place>,
+    /// Namespaces looked at, with tables or not, by inode.
+    examined: HashSet<u64>,
     pub book: RuleBook,
-    /// Trace messages the kernel could not deliver (the socket's buffer was full).
+    /// Trace messages the kernel could not deliver (a socket's buffer was full).
     pub lost: u64,
 }
 
+/// tracer's table and trace socket in one namespace.
+struct Place {
+    netns: u64,
+    _table: netlink::OwnedTable,
+    socket: netlink::TraceSocket,
+}
+
+/// A namespace to name rules in: inode, a path that opens it, and whether tracer runs in it.
+pub struct Namespace<'a> {
+    pub inode: u64,
+    pub path: &'a Path,
+    pub own: bool,
+}
+
 impl Rules {
-    /// Starts marking the packets of `filter`; an error says why rules cannot be named here.
-    pub fn start(filter: Option<&Expr>) -> Result<Rules, String> {
-        let socket = netlink::TraceSocket::open()
-            .map_err(|err| format!("cannot listen for nf_tables trace events: {err}"))?;
-        let table = netlink::OwnedTable::create(&matches(filter)).map_err(|err| {
-            match err.raw_os_error() {
-                Some(libc::EOPNOTSUPP | libc::EINVAL) => format!(
-                    "the kernel refused an owned nf_tables table ({err}); it needs Linux 5.12+"
-                ),
-                Some(libc::EEXIST) => {
-                    "an nf_tables table inet tracer exists already (another tracer running?)"
-                        .to_owned()
-                }
-                _ => format!("cannot create tracer's nf_tables table: {err}"),
-            }
-        })?;
-        Ok(Rules {
-            _table: table,
-            socket,
+    /// Rule attribution for the packets of `filter`, in no namespace yet.
+    pub fn new(filter: Option<&Expr>) -> Rules {
+        Rules {
+            matches: matches(filter),
+            places: Vec::new(),
+            examined: HashSet::new(),
             book: RuleBook::default(),
             lost: 0,
-        })
+        }
+    }
+
+    /// Looks at the namespaces not seen before: each with nf_tables tables of its own gets
+    /// tracer's table. Returns what could not be done, one line per namespace.
+    pub fn follow<'a>(
+        &mut self,
+        namespaces: impl IntoIterator<Item = Namespace<'a>>,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for ns in namespaces {
+            if !self.examined.insert(ns.inode) {
+                continue;
+            }
+            let enter = |f: &dyn Fn() -> io::Result<Option<Place>>| -> io::Result<Option<Place>> {
+                if ns.own {
+                    f()
+                } else {
+                    crate::netns::run_in(ns.path, f)?
+                }
+            };
+            let matches = &self.matches;
+            let started = enter(&|| {
+                if !netlink::has_tables()? {
+                    return Ok(None);
+                }
+                let socket = netlink::TraceSocket::open()?;
+                let table = netlink::OwnedTable::create(matches)?;
+                Ok(Some(Place {
+                    netns: ns.inode,
+                    _table: table,
+                    socket,
+                }))
+            });
+            match started {
+                Ok(Some(place)) => {
+                    self.book
+                        .texts
+                        .add_namespace(ns.inode, (!ns.own).then(|| ns.path.to_owned()));
+                    self.places.push(place);
+                }
+                Ok(None) => {}
+                Err(err) => problems.push(explain(&err)),
+            }
+        }
+        problems
+    }
+
+    /// Namespaces where tracer's table marks packets.
+    pub fn namespaces(&self) -> usize {
+        self.places.len()
     }
 
     /// Reads the trace events the kernel has sent since the last call, without waiting.
     pub fn poll(&mut self, now_ns: u64) {
-        loop {
-            match self.socket.try_recv() {
-                Ok(Some(events)) => {
-                    for event in events {
-                        self.book.add(event, now_ns);
+        for place in &mut self.places {
+            loop {
+                match place.socket.try_recv() {
+                    Ok(Some(events)) => {
+                        for mut event in events {
+                            event.netns = place.netns;
+                            self.book.add(event, now_ns);
+                        }
                     }
+                    Ok(None) => break,
+                    Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => self.lost += 1,
+                    Err(_) => break,
                 }
-                Ok(None) => return,
-                Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => self.lost += 1,
-                Err(_) => return,
             }
         }
+    }
+}
+
+/// Why tracer's table could not be made, in words.
+fn explain(err: &io::Error) -> String {
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::EINVAL) => {
+            format!("the kernel refused an owned nf_tables table ({err}); it needs Linux 5.12+")
+        }
+        Some(libc::EEXIST) => {
+            format!(
+                "an nf_tables table inet {} exists already",
+                netlink::table_name()
+            )
+        }
+        _ => format!("cannot create tracer's nf_tables table: {err}"),
     }
 }
 
 /// Whether rules can be named here, and why not, for `tracer doctor`: tracer's table is
 /// really created (with no rule in it) and the trace group joined.
 pub fn probe() -> Result<String, String> {
-    let table = netlink::OwnedTable::create(&[]);
+    let table = netlink::OwnedTable::create(&[]).map_err(|err| explain(&err));
     let socket = netlink::TraceSocket::open();
     match (table, socket) {
         (Ok(_), Ok(_)) => {}
-        (Err(err), _) => return Err(format!("no owned nf_tables table: {err}")),
+        (Err(err), _) => return Err(err),
         (_, Err(err)) => return Err(format!("no nf_tables trace events: {err}")),
     }
     let nft = std::process::Command::new("nft")
@@ -469,6 +546,10 @@ const MAX_PACKETS: usize = 65_536;
 pub struct RuleBook {
     /// Events of each packet, in the order received, with their tuple.
     packets: HashMap<PacketKey, Vec<(Tuple, TraceEvent)>>,
+    /// The packet each trace id (in a namespace) was last seen as. The kernel puts the
+    /// packet's headers only in the first event of each walk through a base chain; the events
+    /// after it carry the walk's id alone.
+    walking: HashMap<(u64, u32), (PacketKey, Tuple)>,
     /// (receive time, key) in arrival order, to forget old packets.
     order: VecDeque<(u64, PacketKey)>,
     texts: listing::Texts,
@@ -477,11 +558,22 @@ pub struct RuleBook {
 impl RuleBook {
     /// Adds a trace event received at `now_ns`; events of tracer's own table are skipped.
     pub fn add(&mut self, event: TraceEvent, now_ns: u64) {
-        if event.table == netlink::TABLE && event.family == "inet" {
+        if netlink::is_tracers(event.family, &event.table) {
             return;
         }
-        let Some((key, tuple)) = event.packet() else {
-            return;
+        let walk = (event.netns, event.id);
+        let (key, tuple) = match event.packet() {
+            Some(packet) => {
+                if self.walking.len() >= MAX_PACKETS {
+                    self.walking.clear();
+                }
+                self.walking.insert(walk, packet);
+                packet
+            }
+            None => match self.walking.get(&walk) {
+                Some(&packet) => packet,
+                None => return,
+            },
         };
         let events = self.packets.entry(key).or_default();
         if events.is_empty() {
@@ -507,7 +599,10 @@ impl RuleBook {
             .filter_map(|walk| {
                 let last = walk.last()?;
                 let base = &walk.first()?.chain;
-                let is_nat = self.texts.chain_type(last.family, &last.table, base) == Some("nat");
+                let is_nat = self
+                    .texts
+                    .chain_type(last.netns, last.family, &last.table, base)
+                    == Some("nat");
                 (is_nat && last.kind == TraceKind::Rule && last.verdict == Verdict::Accept)
                     .then_some(*last)
             })
@@ -531,9 +626,13 @@ impl RuleBook {
     fn rule_of(&mut self, event: &TraceEvent) -> Arc<Rule> {
         let text = match (event.kind, event.handle) {
             (TraceKind::Policy, _) => Some(format!("policy {}", event.verdict.name())),
-            (_, Some(handle)) => self
-                .texts
-                .rule(event.family, &event.table, &event.chain, handle),
+            (_, Some(handle)) => self.texts.rule(
+                event.netns,
+                event.family,
+                &event.table,
+                &event.chain,
+                handle,
+            ),
             (_, None) => None,
         };
         Arc::new(Rule {
@@ -547,9 +646,9 @@ impl RuleBook {
     }
 }
 
-/// The packet's walks through base chains, each from the event that entered a base chain to
-/// the one that ended it (accept, drop or a policy), among the events seen with a tuple
-/// `seen` accepts.
+/// The packet's walks through base chains, among the events seen with a tuple `seen`
+/// accepts: each from the event that entered a base chain (the one with the packet's headers)
+/// to the one that ended the walk (accept, drop, a policy).
 fn walks(events: &[(Tuple, TraceEvent)], seen: impl Fn(&Tuple) -> bool) -> Vec<Vec<&TraceEvent>> {
     let mut walks = Vec::new();
     let mut walk: Vec<&TraceEvent> = Vec::new();
@@ -557,10 +656,8 @@ fn walks(events: &[(Tuple, TraceEvent)], seen: impl Fn(&Tuple) -> bool) -> Vec<V
         if !seen(tuple) {
             continue;
         }
-        if walk
-            .first()
-            .is_some_and(|first| first.id != event.id || first.table != event.table)
-        {
+        let enters = !event.network.is_empty();
+        if enters || walk.first().is_some_and(|first| first.id != event.id) {
             walks.push(std::mem::take(&mut walk));
         }
         walk.push(event);
@@ -570,9 +667,8 @@ fn walks(events: &[(Tuple, TraceEvent)], seen: impl Fn(&Tuple) -> bool) -> Vec<V
             walks.push(std::mem::take(&mut walk));
         }
     }
-    if !walk.is_empty() {
-        walks.push(walk);
-    }
+    walks.push(walk);
+    walks.retain(|walk| !walk.is_empty());
     walks
 }
 

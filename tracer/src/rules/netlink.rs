@@ -18,8 +18,19 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::{Match, TraceEvent, TraceKind, Verdict};
 
-/// The name of tracer's table, in the `inet` family.
-pub const TABLE: &str = "tracer";
+/// What the names of tracer's tables (in the `inet` family) start with.
+pub const TABLE_PREFIX: &str = "tracer-";
+
+/// The name of this process's table, `tracer-PID`: tracers running at once each have their
+/// own.
+pub fn table_name() -> String {
+    format!("{TABLE_PREFIX}{}", std::process::id())
+}
+
+/// Whether a table is a tracer's (this one's or another's running at the same time).
+pub fn is_tracers(family: &str, table: &str) -> bool {
+    family == "inet" && table.starts_with(TABLE_PREFIX)
+}
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -104,6 +115,8 @@ const NFTA_TRACE_ID: u16 = 6;
 const NFTA_TRACE_NETWORK_HEADER: u16 = 8;
 const NFTA_TRACE_TRANSPORT_HEADER: u16 = 9;
 const NFTA_TRACE_NFPROTO: u16 = 15;
+/// A policy event's verdict: the chain's policy, instead of `NFTA_TRACE_VERDICT`.
+const NFTA_TRACE_POLICY: u16 = 16;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 
@@ -314,8 +327,9 @@ fn batch(matches: &[Match]) -> Vec<u8> {
     )
     .finish();
     let mut table = Message::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_EXCL, next());
+    let name = table_name();
     table
-        .str(NFTA_TABLE_NAME, TABLE)
+        .str(NFTA_TABLE_NAME, &name)
         .be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
     bytes.extend(table.finish());
     for (chain, hook) in [
@@ -323,7 +337,7 @@ fn batch(matches: &[Match]) -> Vec<u8> {
         ("output", NF_INET_LOCAL_OUT),
     ] {
         let mut msg = Message::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL, next());
-        msg.str(NFTA_CHAIN_TABLE, TABLE).str(NFTA_CHAIN_NAME, chain);
+        msg.str(NFTA_CHAIN_TABLE, &name).str(NFTA_CHAIN_NAME, chain);
         msg.begin(NFTA_CHAIN_HOOK)
             .be32(NFTA_HOOK_HOOKNUM, hook)
             .attr(NFTA_HOOK_PRIORITY, &PRIORITY.to_be_bytes())
@@ -333,7 +347,7 @@ fn batch(matches: &[Match]) -> Vec<u8> {
         bytes.extend(msg.finish());
         for m in matches {
             let mut rule = Message::nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, next());
-            rule.str(NFTA_RULE_TABLE, TABLE).str(NFTA_RULE_CHAIN, chain);
+            rule.str(NFTA_RULE_TABLE, &name).str(NFTA_RULE_CHAIN, chain);
             rule_expressions(&mut rule, m);
             bytes.extend(rule.finish());
         }
@@ -387,6 +401,58 @@ impl OwnedTable {
             }
         }
         Ok(OwnedTable { _socket: socket })
+    }
+}
+
+/// Whether the current network namespace has nf_tables tables (tracer's own aside): a dump of
+/// the tables, by netlink.
+pub fn has_tables() -> io::Result<bool> {
+    const NFT_MSG_GETTABLE: u16 = 1;
+    const NLM_F_DUMP: u16 = 0x300;
+    const NLMSG_DONE: u16 = 3;
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let request = Message::new(
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        0,
+        0,
+    );
+    socket.send(&request.finish(), 0)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut found = false;
+    loop {
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        if n == 0 {
+            return Ok(found);
+        }
+        for message in messages(&buf[..n]) {
+            match message.kind {
+                NLMSG_DONE => return Ok(found),
+                NLMSG_ERROR => {
+                    let code = message
+                        .payload
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                    return if code == 0 {
+                        Ok(found)
+                    } else {
+                        Err(io::Error::from_raw_os_error(-code))
+                    };
+                }
+                _ => {
+                    let name = NlasIterator::new(message.payload)
+                        .filter_map(Result::ok)
+                        .find(|nla| nla.kind() == NFTA_TABLE_NAME)
+                        .and_then(|nla| c_string(nla.value()));
+                    let tracers =
+                        name.is_some_and(|name| is_tracers(family_name(message.family), &name));
+                    found |= !tracers;
+                }
+            }
+        }
     }
 }
 
@@ -475,7 +541,7 @@ pub(super) fn trace_event(family: u8, attrs: &[u8]) -> Option<TraceEvent> {
             NFTA_TRACE_TABLE => event.table = c_string(value)?,
             NFTA_TRACE_CHAIN => event.chain = c_string(value)?,
             NFTA_TRACE_RULE_HANDLE => {
-                event.handle = Some(u64::from_be_bytes(value.try_into().ok()?))
+                event.handle = Some(u64::from_be_bytes(value.try_into().ok()?));
             }
             NFTA_TRACE_TYPE => {
                 event.kind = match u32::from_be_bytes(value.try_into().ok()?) {
@@ -489,6 +555,10 @@ pub(super) fn trace_event(family: u8, attrs: &[u8]) -> Option<TraceEvent> {
             NFTA_TRACE_ID => event.id = u32::from_be_bytes(value.try_into().ok()?),
             NFTA_TRACE_NETWORK_HEADER => event.network = value.to_vec(),
             NFTA_TRACE_TRANSPORT_HEADER => event.transport = value.to_vec(),
+            NFTA_TRACE_POLICY => {
+                let code = i32::from_be_bytes(value.try_into().ok()?);
+                event.verdict = Verdict::from_code(code, None);
+            }
             NFTA_TRACE_NFPROTO => {
                 event.nfproto = u8::try_from(u32::from_be_bytes(value.try_into().ok()?)).ok()?;
             }

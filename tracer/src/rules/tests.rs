@@ -120,6 +120,7 @@ fn event(
         kind,
         verdict,
         id: 7,
+        netns: 0,
         nfproto: 2,
         network: headers.0.clone(),
         transport: headers.1.clone(),
@@ -201,7 +202,7 @@ fn events_of_tracers_own_table_and_old_packets_are_forgotten() {
         &headers,
     );
     own.family = "inet";
-    own.table = netlink::TABLE.into();
+    own.table = netlink::table_name();
     book.add(own, 0);
     assert!(book.packets.is_empty());
     book.add(
@@ -215,4 +216,42 @@ fn events_of_tracers_own_table_and_old_packets_are_forgotten() {
         KEEP_NS + 1,
     );
     assert_eq!(book.packets.len(), 1, "the first packet expired");
+}
+
+/// Only a walk's first event carries the packet's headers: a policy verdict after a rule that
+/// jumped (or did not end the walk) is joined by the walk's id.
+#[test]
+fn events_without_headers_join_their_walk_by_id() {
+    let headers = ipv4_headers([172, 17, 0, 2], [198, 18, 0, 1], 9, 40000, 10001, 5);
+    let none = (Vec::new(), Vec::new());
+    let mut book = RuleBook::default();
+    book.add(
+        event(
+            "FORWARD",
+            None,
+            TraceKind::Rule,
+            Verdict::Continue,
+            &headers,
+        ),
+        1,
+    );
+    let mut policy = event("FORWARD", None, TraceKind::Policy, Verdict::Drop, &none);
+    book.add(policy.clone(), 2);
+    // The same id in another namespace is another walk, of a packet not seen there.
+    policy.netns = 1;
+    book.add(policy, 3);
+    let key = PacketKey {
+        proto: 6,
+        ip_id: 9,
+        seq: 5,
+    };
+    let (_, tuple) = event("x", None, TraceKind::Rule, Verdict::Drop, &headers)
+        .packet()
+        .unwrap();
+    let rule = book.drop_rule(key, &[tuple]).unwrap();
+    assert_eq!(
+        (rule.handle, rule.text.as_deref()),
+        (None, Some("policy drop"))
+    );
+    assert_eq!(book.packets[&key].len(), 2);
 }

@@ -208,11 +208,16 @@ impl Trace {
             names,
         );
         if options.rules {
-            // In tracer's own network namespace, where the host's NAT and filtering are.
-            match Rules::start(expression.as_ref()) {
-                Ok(rules) => session.name_rules(rules),
-                Err(why) => eprintln!("tracer: note: netfilter rules are not named: {why}"),
+            let mut rules = Rules::new(expression.as_ref());
+            follow_rules(&mut rules, &follower);
+            if rules.namespaces() == 0 {
+                eprintln!(
+                    "tracer: note: --rules: no network namespace has nf_tables rules yet \
+                     (with iptables-legacy there are none to name); namespaces that get some \
+                     are followed"
+                );
             }
+            session.name_rules(rules);
         }
 
         // Signal handlers go in before the ready line, so a signal sent right after it is seen.
@@ -349,6 +354,9 @@ impl Trace {
         }
         // Names first, so that packets of a new namespace are named once it is followed.
         self.session.rename(self.follower.names());
+        if let Some(rules) = self.session.rules_mut() {
+            follow_rules(rules, &self.follower);
+        }
         // New interfaces get their TC programs from the loop, a few at a time.
         self.tc_pending = self.options.hooks.has_interface_hooks();
     }
@@ -480,5 +488,22 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Gives tracer's nf_tables table to the namespaces not seen before that have tables, saying
+/// where that failed.
+fn follow_rules(rules: &mut Rules, follower: &Follower) {
+    let namespaces = follower
+        .topology
+        .namespaces
+        .iter()
+        .map(|ns| crate::rules::Namespace {
+            inode: ns.inode,
+            path: &ns.path,
+            own: ns.own,
+        });
+    for problem in rules.follow(namespaces) {
+        eprintln!("tracer: note: --rules: {problem}");
     }
 }

@@ -68,6 +68,11 @@ impl<'a> Session<'a> {
         self.rules = Some(rules);
     }
 
+    /// The rule attribution, with `--rules`.
+    pub fn rules_mut(&mut self) -> Option<&mut Rules> {
+        self.rules.as_mut()
+    }
+
     /// Trace messages the kernel could not deliver, with `--rules`.
     pub fn rule_events_lost(&self) -> u64 {
         self.rules.as_ref().map_or(0, |rules| rules.lost)

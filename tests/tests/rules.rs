@@ -1,0 +1,292 @@
+//! `--rules`: the netfilter rule behind each NAT and each drop, named from nf_tables tracing on
+//! the Docker-like testbed, whose rules are made by iptables-nft as Docker makes them; and
+//! tracer's own table gone again however tracer ends.
+
+use std::{net::SocketAddr, time::Duration};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tracer_tests::{
+    netns::Netns,
+    testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
+    trace::{self, Packet},
+    tracer::Tracer,
+    traffic,
+};
+
+/// The names of the nf_tables tables in `netns`, as `family name`, leaving out the tables of
+/// tracers other than `pid` (tests running at the same time have theirs everywhere there are
+/// rules).
+fn tables(netns: &Netns, pid: u32) -> anyhow::Result<Vec<String>> {
+    let own = format!("inet tracer-{pid}");
+    Ok(netns
+        .exec("nft", &["list", "tables"])?
+        .lines()
+        .filter_map(|line| line.strip_prefix("table "))
+        .filter(|table| *table == own || !table.starts_with("inet tracer-"))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Waits until the table of tracer `pid` is gone from `netns` (the kernel deletes it as it
+/// releases the socket, which can come a moment after the process is reaped), and returns
+/// the tables then; gives up after 5 s.
+fn tables_once_gone(netns: &Netns, pid: u32) -> anyhow::Result<Vec<String>> {
+    let own = format!("inet tracer-{pid}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = tables(netns, pid)?;
+        if !now.contains(&own) || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The testbed's own rules, without counter values.
+fn testbed_rules(netns: &Netns) -> anyhow::Result<String> {
+    let mut all = String::new();
+    for family in ["ip", "ip6"] {
+        all += &netns.exec("nft", &["-s", "list", "table", family, "nat"])?;
+        all += &netns
+            .exec("nft", &["-s", "list", "table", family, "filter"])
+            .unwrap_or_default();
+    }
+    Ok(all)
+}
+
+/// Whether the testbed can do this at all: iptables must be the nf_tables backend.
+fn nf_tables_backend(testbed: &Testbed) -> anyhow::Result<bool> {
+    let version = testbed.host.exec("iptables", &["-V"])?;
+    if !version.contains("nf_tables") {
+        eprintln!("skipped: iptables is not the nf_tables backend here ({version})");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+fn syn_from<'a>(packets: &'a [Packet], netns: &str) -> &'a Packet {
+    packets
+        .iter()
+        .find(|p| p.flags() == "S" && p.first()["netns"] == netns)
+        .unwrap_or_else(|| panic!("no SYN from {netns}: {packets:#?}"))
+}
+
+/// The `rule` object of the original direction's NAT record of the SYN's flow.
+fn nat_rule(lines: &[Value], syn: &Packet) -> Value {
+    let nat = trace::of_type(lines, "nat")
+        .into_iter()
+        .find(|n| n["flow_id"] == syn.flow_id() && n["direction"] == "original")
+        .unwrap_or_else(|| panic!("no NAT record: {lines:#?}"));
+    nat["rule"].clone()
+}
+
+/// MASQUERADE out of the uplink and DNAT of a published port: each NAT record, and the hop
+/// where the translation shows, name the rule with its table, chain, handle and text.
+#[test]
+fn nat_records_name_the_masquerade_and_dnat_rules() -> anyhow::Result<()> {
+    let testbed = Testbed::up(1)?;
+    if !nf_tables_backend(&testbed)? {
+        return Ok(());
+    }
+    let ctr = &testbed.containers[0];
+    let host = &testbed.host.name;
+
+    // Out: the container connects to the server, masqueraded behind the uplink.
+    let port = 10041;
+    let server = SocketAddr::from((SERVER_ADDR, port));
+    let listener = traffic::listen(&testbed.remote, server)?;
+    let tracer = Tracer::json(port, &["--rules"])?;
+    traffic::exchange(&ctr.netns, Some(41041), server, &listener)?;
+    let finished = tracer.stop()?;
+    let lines = finished.json()?;
+    let syn = syn_from(&trace::packets(&lines), &ctr.netns.name).clone();
+    let rule = nat_rule(&lines, &syn);
+    assert_eq!(rule["family"], "ip", "{rule}");
+    assert_eq!(rule["table"], "nat");
+    assert_eq!(rule["chain"], "POSTROUTING");
+    assert_eq!(rule["verdict"], "accept");
+    assert!(rule["handle"].as_u64().is_some_and(|h| h > 0), "{rule}");
+    assert_eq!(
+        rule["text"], "oifname != \"docker0\" ip saddr 172.17.0.0/16 counter masquerade",
+        "{rule}"
+    );
+    // The first hop after the translation carries the same rule.
+    let translated = syn
+        .hops
+        .iter()
+        .find(|h| h["src_ip"] == UPLINK_ADDR.to_string())
+        .expect("a hop after MASQUERADE");
+    assert_eq!(translated["rule"], rule);
+    assert_eq!(translated["netns"], host.as_str());
+
+    // In: the remote connects to the published port, DNATed to the container.
+    let (host_port, container_port) = (8041, 80);
+    testbed.publish(host_port, 0, container_port)?;
+    let listener = traffic::listen(&ctr.netns, SocketAddr::from((ctr.addr, container_port)))?;
+    let tracer = Tracer::json(host_port, &["--rules"])?;
+    traffic::exchange(
+        &testbed.remote,
+        None,
+        SocketAddr::from((UPLINK_ADDR, host_port)),
+        &listener,
+    )?;
+    let lines = tracer.stop()?.json()?;
+    let syn = syn_from(&trace::packets(&lines), &testbed.remote.name).clone();
+    let rule = nat_rule(&lines, &syn);
+    assert_eq!(
+        (&rule["table"], &rule["chain"]),
+        (&Value::from("nat"), &Value::from("PREROUTING")),
+        "{rule}"
+    );
+    assert_eq!(
+        rule["text"],
+        format!(
+            "ip daddr {UPLINK_ADDR} tcp dport {host_port} counter dnat to {}:{container_port}",
+            ctr.addr
+        ),
+        "{rule}"
+    );
+    Ok(())
+}
+
+/// A DROP in FORWARD is named with its text; a FORWARD policy of DROP is named as the policy.
+/// The text output says it under the DROPPED line.
+#[test]
+fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
+    let testbed = Testbed::up(1)?;
+    if !nf_tables_backend(&testbed)? {
+        return Ok(());
+    }
+    let ctr = &testbed.containers[0];
+    let connect = |port: u16, args: &[&str]| -> anyhow::Result<String> {
+        let port_arg = port.to_string();
+        let mut all = vec!["--port", &port_arg, "--rules"];
+        all.extend_from_slice(args);
+        let tracer = Tracer::start(&all)?;
+        let server = SocketAddr::from((SERVER_ADDR, port));
+        let attempt = ctr
+            .netns
+            .enter(|| std::net::TcpStream::connect_timeout(&server, Duration::from_millis(300)))?;
+        assert!(attempt.is_err(), "the SYN must be dropped");
+        let finished = tracer.stop()?;
+        assert!(finished.status.success(), "{}", finished.stderr);
+        Ok(finished.stdout)
+    };
+
+    let port = 10042;
+    testbed.host.exec(
+        "iptables",
+        &[
+            "-A",
+            "FORWARD",
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DROP",
+        ],
+    )?;
+    let stdout = connect(port, &["--output", "json"])?;
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let syn = syn_from(&trace::packets(&lines), &ctr.netns.name).clone();
+    let last = syn.hops.last().expect("hops");
+    assert_eq!(last["drop_reason"], "NETFILTER_DROP");
+    let rule = &last["rule"];
+    assert_eq!(
+        (&rule["family"], &rule["table"], &rule["chain"]),
+        (
+            &Value::from("ip"),
+            &Value::from("filter"),
+            &Value::from("FORWARD")
+        ),
+        "{last}"
+    );
+    assert_eq!(rule["text"], format!("tcp dport {port} counter drop"));
+    assert_eq!(rule["verdict"], "drop");
+    // Only the dropping hop has it.
+    assert!(
+        syn.hops[..syn.hops.len() - 1]
+            .iter()
+            .all(|h| h.get("rule").is_none())
+    );
+
+    let port = 10043;
+    testbed.host.exec("iptables", &["-P", "FORWARD", "DROP"])?;
+    let text = connect(port, &[])?;
+    let dropped = text
+        .lines()
+        .position(|line| line.contains("DROPPED in"))
+        .unwrap_or_else(|| panic!("no DROPPED line:\n{text}"));
+    assert_eq!(
+        text.lines().nth(dropped + 1).map(str::trim),
+        Some("by ip filter FORWARD: policy drop"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// tracer's table exists in the namespace with rules while it runs, and is gone after Ctrl-C,
+/// after SIGKILL and after an error exit; the testbed's own rules are as they were.
+#[test]
+fn tracers_table_is_gone_however_tracer_ends() -> anyhow::Result<()> {
+    let testbed = Testbed::up(1)?;
+    if !nf_tables_backend(&testbed)? {
+        return Ok(());
+    }
+    let rules = testbed_rules(&testbed.host)?;
+    let running = |tracer: &Tracer| -> anyhow::Result<Vec<String>> {
+        let during = tables(&testbed.host, tracer.pid())?;
+        let own = format!("inet tracer-{}", tracer.pid());
+        assert!(during.contains(&own), "{own}: {during:?}");
+        Ok(during.into_iter().filter(|t| *t != own).collect())
+    };
+
+    let mut tracer = Tracer::start(&["--port", "10044", "--rules"])?;
+    let before = running(&tracer)?;
+    let pid = tracer.pid();
+    tracer.signal(Signal::SIGINT)?;
+    assert!(tracer.wait()?.status.success());
+    assert_eq!(
+        tables_once_gone(&testbed.host, pid)?,
+        before,
+        "after Ctrl-C"
+    );
+
+    let tracer = Tracer::start(&["--port", "10044", "--rules"])?;
+    let before = running(&tracer)?;
+    let pid = tracer.pid();
+    tracer.kill_hard()?;
+    assert_eq!(
+        tables_once_gone(&testbed.host, pid)?,
+        before,
+        "after SIGKILL"
+    );
+
+    // An error after the table is made: stdout is /dev/full, so the first write fails.
+    let mut tracer = Tracer::start_with_stdout(
+        &["--port", "10045", "--rules"],
+        std::fs::File::options()
+            .write(true)
+            .open("/dev/full")?
+            .into(),
+    )?;
+    let before = running(&tracer)?;
+    let pid = tracer.pid();
+    let server = SocketAddr::from((SERVER_ADDR, 10045));
+    let listener = traffic::listen(&testbed.remote, server)?;
+    traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
+    let finished = tracer.wait()?;
+    assert!(!finished.status.success(), "{}", finished.stderr);
+    assert_eq!(
+        tables_once_gone(&testbed.host, pid)?,
+        before,
+        "after an error exit"
+    );
+    assert_eq!(testbed_rules(&testbed.host)?, rules);
+    Ok(())
+}
