@@ -26,6 +26,17 @@ impl Engine {
     /// Connects to a running engine or starts one. `Ok(None)` with the reason printed when
     /// dockerd cannot run here, so the caller can skip.
     pub fn ensure() -> anyhow::Result<Option<Engine>> {
+        Self::ensure_with(false)
+    }
+
+    /// [`Engine::ensure`], a daemon it starts making its iptables rules as Docker does by
+    /// default (MASQUERADE, DNAT of published ports, its FORWARD chains): in the machine's own
+    /// ruleset, which the caller restores (see [`RulesetGuard`]).
+    pub fn ensure_with_iptables() -> anyhow::Result<Option<Engine>> {
+        Self::ensure_with(true)
+    }
+
+    fn ensure_with(iptables: bool) -> anyhow::Result<Option<Engine>> {
         let had_bridge = Path::new("/sys/class/net/docker0").exists();
         if responds() {
             return Ok(Some(Engine {
@@ -40,7 +51,11 @@ impl Engine {
         let log = std::fs::File::create(std::env::temp_dir().join("tracer-test-dockerd.log"))?;
         let daemon = Command::new("dockerd")
             .args([
-                "--iptables=false",
+                if iptables {
+                    "--iptables=true"
+                } else {
+                    "--iptables=false"
+                },
                 "--ip6tables=false",
                 "--ip-forward=false",
             ])
@@ -109,7 +124,20 @@ impl Engine {
 
     /// Starts a container running `command` from [`IMAGE`].
     pub fn run(&self, name: &str, command: &[&str]) -> anyhow::Result<Container> {
-        let mut args = vec!["run", "-d", "--name", name, IMAGE];
+        self.run_with(name, &[], command)
+    }
+
+    /// Starts a container from [`IMAGE`] with `docker run` options (`-p 8080:80`) running
+    /// `command`.
+    pub fn run_with(
+        &self,
+        name: &str,
+        options: &[&str],
+        command: &[&str],
+    ) -> anyhow::Result<Container> {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(options);
+        args.push(IMAGE);
         args.extend_from_slice(command);
         run("docker", &args)?;
         let container = Container {
@@ -197,4 +225,41 @@ fn tempdir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// The machine's nf_tables ruleset and IPv4 forwarding as they were, put back on drop: Docker
+/// with iptables leaves its rules behind when it stops.
+pub struct RulesetGuard {
+    ruleset: String,
+    forwarding: String,
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl RulesetGuard {
+    pub fn save() -> anyhow::Result<RulesetGuard> {
+        Ok(RulesetGuard {
+            ruleset: run("nft", &["-s", "list", "ruleset"])?,
+            forwarding: std::fs::read_to_string(IP_FORWARD)?,
+        })
+    }
+}
+
+impl Drop for RulesetGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(IP_FORWARD, &self.forwarding);
+        if run("nft", &["-s", "list", "ruleset"]).is_ok_and(|now| now == self.ruleset) {
+            return;
+        }
+        // `flush ruleset` leaves tables with an owner (a running tracer's) alone.
+        let _ = run("nft", &["flush", "ruleset"]);
+        if self.ruleset.trim().is_empty() {
+            return;
+        }
+        let path = std::env::temp_dir().join(format!("tracer-ruleset-{}", std::process::id()));
+        if std::fs::write(&path, &self.ruleset).is_ok() {
+            let _ = run("nft", &["-f", &path.to_string_lossy()]);
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }

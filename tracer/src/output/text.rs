@@ -90,7 +90,7 @@ impl<W: Write> TextWriter<W> {
     }
 
     fn nat(&mut self, nat: &NatRecord) -> io::Result<()> {
-        writeln!(
+        write!(
             self.out,
             "flow {} {} {} (from conntrack): {} -> {}",
             nat.flow_id,
@@ -98,7 +98,11 @@ impl<W: Write> TextWriter<W> {
             nat.kind.name(),
             tuple(&nat.before),
             tuple(&nat.after),
-        )
+        )?;
+        match &nat.rule {
+            Some(rule) => writeln!(self.out, "  by {}", rule.describe()),
+            None => writeln!(self.out),
+        }
     }
 
     fn flow(&mut self, flow: &FlowSummary, names: &NameTable) -> io::Result<()> {

@@ -16,6 +16,8 @@ const REREAD: Duration = Duration::from_secs(1);
 struct Chain {
     /// `filter`, `nat`, `route` for a base chain; none for a user chain.
     kind: Option<String>,
+    /// `prerouting`, `input`, `forward`, `output`, `postrouting` for a base chain.
+    hook: Option<String>,
     rules: HashMap<u64, String>,
 }
 
@@ -64,14 +66,15 @@ impl Texts {
         found(self.read(key))
     }
 
-    /// The type of a base chain (`nat`, `filter`, `route`); none for a user chain.
-    pub fn chain_type(
+    /// The type (`nat`, `filter`, `route`) and hook (`prerouting`, ...) of a base chain;
+    /// none for a user chain.
+    pub fn base_chain(
         &mut self,
         netns: u64,
         family: &'static str,
         table: &str,
         chain: &str,
-    ) -> Option<&str> {
+    ) -> Option<(&str, &str)> {
         let key = (netns, family, table.to_owned());
         let known = self
             .tables
@@ -82,7 +85,8 @@ impl Texts {
         } else {
             self.read(key)
         };
-        table.chains.get(chain)?.kind.as_deref()
+        let chain = table.chains.get(chain)?;
+        Some((chain.kind.as_deref()?, chain.hook.as_deref()?))
     }
 
     /// Reads a table again, unless it was read less than [`REREAD`] ago.
@@ -134,7 +138,14 @@ fn parse(listing: &str) -> HashMap<String, Chain> {
             continue;
         };
         if let Some(rest) = line.strip_prefix("type ") {
-            chain.kind = rest.split_whitespace().next().map(str::to_owned);
+            // `type nat hook postrouting priority srcnat; policy accept;`
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            chain.kind = words.first().map(|w| (*w).to_owned());
+            chain.hook = words
+                .iter()
+                .position(|w| *w == "hook")
+                .and_then(|at| words.get(at + 1))
+                .map(|w| (*w).to_owned());
             continue;
         }
         if line == "}" {
@@ -183,6 +194,8 @@ mod tests {
         let chains = parse(DOCKER_NAT);
         assert_eq!(chains.len(), 3);
         assert_eq!(chains["POSTROUTING"].kind.as_deref(), Some("nat"));
+        assert_eq!(chains["POSTROUTING"].hook.as_deref(), Some("postrouting"));
+        assert_eq!(chains["PREROUTING"].hook.as_deref(), Some("prerouting"));
         assert_eq!(chains["DOCKER"].kind, None);
         assert_eq!(
             chains["POSTROUTING"].rules[&8],

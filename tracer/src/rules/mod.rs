@@ -175,6 +175,15 @@ impl TraceEvent {
     }
 }
 
+/// Which side of the packet a NAT rule rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Translation {
+    /// SNAT, MASQUERADE: made at postrouting (or input).
+    Source,
+    /// DNAT, REDIRECT: made at prerouting (or output).
+    Destination,
+}
+
 /// A rule (or a chain's policy) that acted on a packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -550,6 +559,8 @@ pub struct RuleBook {
     /// packet's headers only in the first event of each walk through a base chain; the events
     /// after it carry the walk's id alone.
     walking: HashMap<(u64, u32), (PacketKey, Tuple)>,
+    /// Rules of translations not seen between hops, by flow, until their NAT record.
+    flows: HashMap<(u64, Translation), Arc<Rule>>,
     /// (receive time, key) in arrival order, to forget old packets.
     order: VecDeque<(u64, PacketKey)>,
     texts: listing::Texts,
@@ -589,26 +600,52 @@ impl RuleBook {
         }
     }
 
-    /// The rule that translated the packet `key` from `before`: the last rule that accepted
-    /// it in a `nat` chain walk that saw it as `before`.
-    pub fn nat_rule(&mut self, key: PacketKey, before: &Tuple) -> Option<Arc<Rule>> {
+    /// The rule that made the `translation` of the packet `key`: the last rule that accepted
+    /// it in a walk through a `nat` chain at a hook where that translation is made, among the
+    /// walks that saw the packet as `before` (any, when `None`).
+    pub fn nat_rule(
+        &mut self,
+        key: PacketKey,
+        before: Option<&Tuple>,
+        translation: Translation,
+    ) -> Option<Arc<Rule>> {
         let events = self.packets.get(&key)?;
-        let walks = walks(events, |tuple| tuple == before);
+        let walks = walks(events, |tuple| before.is_none_or(|b| tuple == b));
         let event = walks
             .iter()
             .filter_map(|walk| {
                 let last = walk.last()?;
                 let base = &walk.first()?.chain;
-                let is_nat = self
-                    .texts
-                    .chain_type(last.netns, last.family, &last.table, base)
-                    == Some("nat");
-                (is_nat && last.kind == TraceKind::Rule && last.verdict == Verdict::Accept)
+                let (kind, hook) =
+                    self.texts
+                        .base_chain(last.netns, last.family, &last.table, base)?;
+                let hooks: &[&str] = match translation {
+                    Translation::Source => &["postrouting", "input"],
+                    Translation::Destination => &["prerouting", "output"],
+                };
+                (kind == "nat"
+                    && hooks.contains(&hook)
+                    && last.kind == TraceKind::Rule
+                    && last.verdict == Verdict::Accept)
                     .then_some(*last)
             })
             .last()?
             .clone();
         Some(self.rule_of(&event))
+    }
+
+    /// Remembers the rule behind a flow's translation, for a NAT record that comes later
+    /// (one known from conntrack, written when the flow ends).
+    pub fn remember(&mut self, flow_id: u64, translation: Translation, rule: Arc<Rule>) {
+        if self.flows.len() >= MAX_PACKETS {
+            self.flows.clear();
+        }
+        self.flows.insert((flow_id, translation), rule);
+    }
+
+    /// The rule remembered for a flow's translation, forgotten as it is given.
+    pub fn remembered(&mut self, flow_id: u64, translation: Translation) -> Option<Arc<Rule>> {
+        self.flows.remove(&(flow_id, translation))
     }
 
     /// The rule or policy that dropped the packet `key`, seen with one of `tuples`.

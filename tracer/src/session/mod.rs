@@ -17,11 +17,11 @@ use std::{
 
 use crate::{
     clock::monotonic_ns,
-    correlate::{Correlator, Direction, Limits, NatSource, PacketTrace, Record},
+    correlate::{Correlator, Direction, Limits, NatKind, NatSource, PacketTrace, Record},
     decode::{HopEvent, Tuple},
     names::{NameTable, kernel_symbols},
     output::{Output, RunStats},
-    rules::{PacketKey, RuleBook, Rules},
+    rules::{PacketKey, RuleBook, Rules, Translation},
 };
 use select::{Place, touches};
 
@@ -231,13 +231,18 @@ impl Shown {
 /// direction (the reply's is conntrack's, not a rule's), and the verdict that dropped it.
 fn name_rules(book: &mut RuleBook, record: &mut Record) {
     match record {
-        Record::Nat(nat) if nat.source == NatSource::Observed => {
-            if let (Some(key), Direction::Original) = (nat.packet, nat.direction) {
-                nat.rule = book.nat_rule(key, &nat.before);
-            }
+        Record::Nat(nat) if nat.direction == Direction::Original => {
+            let translation = translation(nat.kind);
+            nat.rule = match (nat.source, nat.packet) {
+                (NatSource::Observed, Some(key)) => {
+                    book.nat_rule(key, Some(&nat.before), translation)
+                }
+                _ => book.remembered(nat.flow_id, translation),
+            };
         }
         Record::Packet(packet) => {
             let mut seen: Vec<Tuple> = Vec::new();
+            let mut observed = Vec::new();
             for (at, hop) in packet.hops.iter().enumerate() {
                 let event = &hop.event;
                 if !event.has_l4 {
@@ -246,12 +251,40 @@ fn name_rules(book: &mut RuleBook, record: &mut Record) {
                 if let Some(&before) = seen.last()
                     && before != event.tuple
                     && packet.direction == Direction::Original
-                    && let Some(rule) = book.nat_rule(PacketKey::of(event), &before)
                 {
-                    packet.nat_rules.push((at, rule));
+                    let kinds = [
+                        (before.src, before.src_port) != (event.tuple.src, event.tuple.src_port),
+                        (before.dst, before.dst_port) != (event.tuple.dst, event.tuple.dst_port),
+                    ];
+                    for (changed, translation) in kinds
+                        .into_iter()
+                        .zip([Translation::Source, Translation::Destination])
+                    {
+                        if changed
+                            && let Some(rule) =
+                                book.nat_rule(PacketKey::of(event), Some(&before), translation)
+                        {
+                            packet.nat_rules.push((at, rule));
+                            observed.push(translation);
+                        }
+                    }
                 }
                 if !seen.contains(&event.tuple) {
                     seen.push(event.tuple);
+                }
+            }
+            // A translation made before the first hop (DNAT of a locally made packet in the
+            // output hook) is known from conntrack only: its record comes when the flow ends.
+            if packet.direction == Direction::Original
+                && let Some(first) = packet.hops.iter().find(|h| h.event.has_l4)
+            {
+                let key = PacketKey::of(&first.event);
+                for translation in [Translation::Source, Translation::Destination] {
+                    if !observed.contains(&translation)
+                        && let Some(rule) = book.nat_rule(key, None, translation)
+                    {
+                        book.remember(packet.flow_id, translation, rule);
+                    }
                 }
             }
             if let Some(hop) = packet.hops.iter().rev().find(|h| h.event.drop.is_some()) {
@@ -259,6 +292,13 @@ fn name_rules(book: &mut RuleBook, record: &mut Record) {
             }
         }
         _ => {}
+    }
+}
+
+fn translation(kind: NatKind) -> Translation {
+    match kind {
+        NatKind::Snat => Translation::Source,
+        NatKind::Dnat => Translation::Destination,
     }
 }
 

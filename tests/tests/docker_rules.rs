@@ -1,0 +1,152 @@
+//! End to end with Docker making its own iptables rules (iptables-nft): `--rules` names
+//! Docker's MASQUERADE rule for a container's outgoing connection and its DNAT rule for a
+//! published port. The machine's ruleset and forwarding setting are put back afterwards.
+//! Skipped, with the reason printed, where dockerd cannot start or an engine already runs
+//! without its iptables rules.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde_json::Value;
+use tracer_tests::{
+    docker::{Engine, RulesetGuard},
+    netns::{Netns, run},
+    trace,
+    tracer::Tracer,
+    traffic,
+};
+
+/// The remote's address, reached from the containers through the host (and masqueraded).
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
+const HOST_SIDE: &str = "198.18.50.2/30";
+
+/// The `rule` of the first NAT record of `kind` in the original direction.
+fn nat_rule(lines: &[Value], kind: &str) -> Value {
+    let nat = trace::of_type(lines, "nat")
+        .into_iter()
+        .find(|n| n["direction"] == "original" && n["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} record: {lines:#?}"));
+    nat["rule"].clone()
+}
+
+#[test]
+fn dockers_own_masquerade_and_dnat_rules_are_named() -> anyhow::Result<()> {
+    let version = run("iptables", &["-V"])?;
+    if !version.contains("nf_tables") {
+        eprintln!("skipped: iptables is not the nf_tables backend here ({version})");
+        return Ok(());
+    }
+    // Declared first, dropped last: after the engine has stopped.
+    let _guard = RulesetGuard::save()?;
+    let Some(engine) = Engine::ensure_with_iptables()? else {
+        return Ok(());
+    };
+    if !run("nft", &["list", "table", "ip", "nat"]).is_ok_and(|t| t.contains("DOCKER")) {
+        eprintln!("skipped: the running Docker engine makes no iptables rules");
+        return Ok(());
+    }
+    engine.ensure_image()?;
+    let id = std::process::id();
+    let server_name = format!("tracer-rules-{id}-web");
+    let client_name = format!("tracer-rules-{id}-client");
+    let server = engine.run_with(
+        &server_name,
+        &["-p", "18000:8000"],
+        &["/bin/httpd", "-f", "-p", "8000", "-h", "/"],
+    )?;
+    let client = engine.run(&client_name, &["/bin/sleep", "600"])?;
+    let server_ip = server.ip()?;
+
+    // A remote namespace behind a veth of the host's own, for the masqueraded connection.
+    let remote = Netns::create(&format!("trc-dk{id}-remote"))?;
+    let host_veth = format!("trcdk{id}");
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            &host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &remote.name,
+        ],
+    )?;
+    let _veth = LinkGuard(host_veth.clone());
+    run("ip", &["addr", "add", HOST_SIDE, "dev", &host_veth])?;
+    run("ip", &["link", "set", &host_veth, "up"])?;
+    remote.ip(&["addr", "add", &format!("{REMOTE}/30"), "dev", "eth0"])?;
+    remote.ip(&["link", "set", "eth0", "up"])?;
+    remote.ip(&["route", "add", "default", "via", "198.18.50.2"])?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+
+    // Out: the client container connects to the remote, masqueraded behind the host's veth.
+    let port = 10051;
+    let listener = traffic::listen(&remote, SocketAddr::from((REMOTE, port)))?;
+    let tracer = Tracer::json(port, &["--rules"])?;
+    let accept = std::thread::spawn(move || traffic::accept(&listener).map(drop));
+    let _ = client.exec(&["/bin/nc", "-w", "2", &REMOTE.to_string(), &port.to_string()]);
+    accept.join().expect("accept thread")?;
+    let finished = tracer.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let rule = nat_rule(&finished.json()?, "snat");
+    assert_eq!(
+        (&rule["family"], &rule["table"], &rule["chain"]),
+        (
+            &Value::from("ip"),
+            &Value::from("nat"),
+            &Value::from("POSTROUTING")
+        ),
+        "{rule}"
+    );
+    let text = trace::text(&rule["text"]);
+    assert!(
+        text.contains("ip saddr 172.17.0.0/16") && text.ends_with("masquerade"),
+        "{text}"
+    );
+
+    // In: the host connects to the published port, DNATed by Docker's DOCKER chain.
+    let tracer = Tracer::json(18000, &["--rules"])?;
+    let gateway = run(
+        "docker",
+        &[
+            "network",
+            "inspect",
+            "-f",
+            "{{(index .IPAM.Config 0).Gateway}}",
+            "bridge",
+        ],
+    )?;
+    let published = SocketAddr::from((gateway.trim().parse::<Ipv4Addr>()?, 18000));
+    let stream =
+        std::net::TcpStream::connect_timeout(&published, std::time::Duration::from_secs(5));
+    assert!(stream.is_ok(), "connect to {published}: {stream:?}");
+    drop(stream);
+    let finished = tracer.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let rule = nat_rule(&finished.json()?, "dnat");
+    assert_eq!(
+        (&rule["table"], &rule["chain"]),
+        (&Value::from("nat"), &Value::from("DOCKER")),
+        "{rule}"
+    );
+    let text = trace::text(&rule["text"]);
+    assert!(
+        text.contains(&format!("dnat to {server_ip}:8000")),
+        "{text}"
+    );
+    drop((client, server));
+    drop(engine);
+    Ok(())
+}
+
+/// A link in the machine's own namespace, deleted on drop.
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = run("ip", &["link", "del", &self.0]);
+    }
+}
