@@ -161,7 +161,7 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
     let ctr = &testbed.containers[0];
     let connect = |port: u16, args: &[&str]| -> anyhow::Result<String> {
         let port_arg = port.to_string();
-        let mut all = vec!["--port", &port_arg, "--rules"];
+        let mut all = vec!["--port", &port_arg];
         all.extend_from_slice(args);
         let tracer = Tracer::start(&all)?;
         let server = SocketAddr::from((SERVER_ADDR, port));
@@ -188,7 +188,7 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
             "DROP",
         ],
     )?;
-    let stdout = connect(port, &["--output", "json"])?;
+    let stdout = connect(port, &["--output", "json", "--rules=all"])?;
     let lines: Vec<Value> = stdout
         .lines()
         .map(serde_json::from_str)
@@ -214,10 +214,17 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
             .iter()
             .all(|h| h.get("rule").is_none())
     );
+    // --rules=all: the walk through FORWARD follows the hop before the drop, and ends in the
+    // same rule.
+    let before = &syn.hops[syn.hops.len() - 2];
+    let walk = before["rules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no walk: {before}"));
+    assert_eq!(walk.last(), Some(rule), "{walk:#?}");
 
     let port = 10043;
     testbed.host.exec("iptables", &["-P", "FORWARD", "DROP"])?;
-    let text = connect(port, &[])?;
+    let text = connect(port, &["--rules"])?;
     let dropped = text
         .lines()
         .position(|line| line.contains("DROPPED in"))

@@ -9,6 +9,7 @@ use tracer_common::event::SNAP_MAX;
 use crate::{
     kernel::{hooks::HookSet, tc::TcMode},
     output,
+    rules::Detail,
     session::{live, select::Selection},
 };
 
@@ -145,11 +146,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
 
-    /// Name the netfilter rule behind each NAT and each drop (nf_tables tracing): tracer adds
-    /// a table of its own, `inet tracer-PID`, that marks the filter's packets, and the kernel
-    /// removes it when tracer exits, however it exits.
-    #[arg(long)]
-    pub rules: bool,
+    /// Name the netfilter rule behind each NAT and each drop (nf_tables tracing); `--rules=all`
+    /// also shows each packet's whole walk through the chains, every rule that matched with
+    /// its verdict. tracer adds a table of its own, `inet tracer-PID`, in each namespace with
+    /// rules, marking the filter's packets; the kernel removes it when tracer exits, however
+    /// it exits.
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true,
+          default_missing_value = "acting", value_name = "WHICH")]
+    pub rules: Option<RulesArg>,
 
     /// A tcpdump filter expression, e.g. `tcp port 10001 and host 172.17.0.2`; it matches a
     /// flow on either side of a NAT. See the README for what is supported.
@@ -192,7 +196,10 @@ impl From<TraceArgs> for live::Options {
             kernel_btf: args.kernel_btf,
             record: args.record,
             ready_file: args.ready_file,
-            rules: args.rules,
+            rules: args.rules.map(|which| match which {
+                RulesArg::Acting => Detail::Acting,
+                RulesArg::All => Detail::Walk,
+            }),
         }
     }
 }
@@ -217,6 +224,15 @@ impl From<Format> for output::Format {
 
 fn parse_hooks(spec: &str) -> Result<HookSet, String> {
     HookSet::parse(spec)
+}
+
+/// Which rules `--rules` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RulesArg {
+    /// The rules that translated or dropped a packet.
+    Acting,
+    /// Also every rule each packet matched, chain by chain, with its verdict.
+    All,
 }
 
 /// How TC programs are attached.

@@ -121,6 +121,9 @@ pub struct PacketTrace {
     pub nat_rules: Vec<(usize, Arc<Rule>)>,
     /// The rule (or policy) that dropped the packet (`--rules`).
     pub drop_rule: Option<Arc<Rule>>,
+    /// The packet's walks through netfilter's chains (`--rules=all`), each with the index of
+    /// the hop it followed: every rule that matched, with its verdict, in order.
+    pub walks: Vec<(usize, Vec<Arc<Rule>>)>,
 }
 
 /// Source or destination NAT.
@@ -333,6 +336,7 @@ impl Correlator {
                 hops,
                 nat_rules: Vec::new(),
                 drop_rule: None,
+                walks: Vec::new(),
             }));
         }
         let evicted = self.flows.shrink_to(self.limits.max_flows);

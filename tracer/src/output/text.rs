@@ -67,6 +67,16 @@ impl<W: Write> TextWriter<W> {
                 tuple_text,
             );
             writeln!(self.out, "{}", line.trim_end())?;
+            for (_, walk) in packet.walks.iter().filter(|(hop, _)| *hop == at) {
+                for rule in walk {
+                    // A policy says its verdict already.
+                    let verdict = match rule.handle {
+                        Some(_) => format!("  [{}]", rule.verdict),
+                        None => String::new(),
+                    };
+                    writeln!(self.out, "{:>27}nft {}{verdict}", "", rule.describe())?;
+                }
+            }
             if event.has_l4 || shown.is_none() {
                 shown = Some(event.tuple);
             }

@@ -175,6 +175,15 @@ impl TraceEvent {
     }
 }
 
+/// How much of what nf_tables reports is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// The rules that translated or dropped a packet.
+    Acting,
+    /// Also each packet's walk through the chains: every rule it matched, with its verdict.
+    Walk,
+}
+
 /// Which side of the packet a NAT rule rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Translation {
@@ -393,6 +402,7 @@ fn conjoin(a: &Match, b: &Match) -> Option<Match> {
 /// table marking the filter's packets and a socket the kernel reports their walk to; and what
 /// it reported.
 pub struct Rules {
+    pub detail: Detail,
     matches: Vec<Match>,
     places: Vec<Place>,
     /// Namespaces looked at, with tables or not, by inode.
@@ -418,8 +428,9 @@ pub struct Namespace<'a> {
 
 impl Rules {
     /// Rule attribution for the packets of `filter`, in no namespace yet.
-    pub fn new(filter: Option<&Expr>) -> Rules {
+    pub fn new(filter: Option<&Expr>, detail: Detail) -> Rules {
         Rules {
+            detail,
             matches: matches(filter),
             places: Vec::new(),
             examined: HashSet::new(),
@@ -613,7 +624,7 @@ impl RuleBook {
         let walks = walks(events, |tuple| before.is_none_or(|b| tuple == b));
         let event = walks
             .iter()
-            .filter_map(|walk| {
+            .filter_map(|(_, walk)| {
                 let last = walk.last()?;
                 let base = &walk.first()?.chain;
                 let (kind, hook) =
@@ -646,6 +657,29 @@ impl RuleBook {
     /// The rule remembered for a flow's translation, forgotten as it is given.
     pub fn remembered(&mut self, flow_id: u64, translation: Translation) -> Option<Arc<Rule>> {
         self.flows.remove(&(flow_id, translation))
+    }
+
+    /// The packet's walks through the chains: every rule that matched it (and the policies
+    /// and returns), in order, with the namespace and the tuple the walk saw.
+    pub fn walks_of(&mut self, key: PacketKey) -> Vec<(u64, Tuple, Vec<Arc<Rule>>)> {
+        let Some(events) = self.packets.get(&key) else {
+            return Vec::new();
+        };
+        // The kernel also reports reaching the end of a chain, as a rule without a handle
+        // that continues: nothing to show.
+        let shown = |e: &&TraceEvent| e.kind != TraceKind::Rule || e.handle.is_some();
+        let walks: Vec<(Tuple, Vec<TraceEvent>)> = walks(events, |_| true)
+            .into_iter()
+            .map(|(tuple, walk)| (tuple, walk.into_iter().filter(shown).cloned().collect()))
+            .filter(|(_, walk): &(Tuple, Vec<TraceEvent>)| !walk.is_empty())
+            .collect();
+        walks
+            .into_iter()
+            .map(|(tuple, walk)| {
+                let netns = walk.first().map_or(0, |e| e.netns);
+                (netns, tuple, walk.iter().map(|e| self.rule_of(e)).collect())
+            })
+            .collect()
     }
 
     /// The rule or policy that dropped the packet `key`, seen with one of `tuples`.
@@ -685,27 +719,35 @@ impl RuleBook {
 
 /// The packet's walks through base chains, among the events seen with a tuple `seen`
 /// accepts: each from the event that entered a base chain (the one with the packet's headers)
-/// to the one that ended the walk (accept, drop, a policy).
-fn walks(events: &[(Tuple, TraceEvent)], seen: impl Fn(&Tuple) -> bool) -> Vec<Vec<&TraceEvent>> {
+/// to the one that ended the walk (accept, drop, a policy), with the tuple it saw.
+fn walks(
+    events: &[(Tuple, TraceEvent)],
+    seen: impl Fn(&Tuple) -> bool,
+) -> Vec<(Tuple, Vec<&TraceEvent>)> {
     let mut walks = Vec::new();
     let mut walk: Vec<&TraceEvent> = Vec::new();
-    for (tuple, event) in events {
-        if !seen(tuple) {
+    let mut tuple = None;
+    for (t, event) in events {
+        if !seen(t) {
             continue;
         }
         let enters = !event.network.is_empty();
-        if enters || walk.first().is_some_and(|first| first.id != event.id) {
-            walks.push(std::mem::take(&mut walk));
+        if (enters || walk.first().is_some_and(|first| first.id != event.id)) && !walk.is_empty() {
+            walks.push((tuple.unwrap_or(*t), std::mem::take(&mut walk)));
+        }
+        if walk.is_empty() {
+            tuple = Some(*t);
         }
         walk.push(event);
         let ends = event.kind == TraceKind::Policy
             || matches!(event.verdict, Verdict::Accept | Verdict::Drop);
         if ends {
-            walks.push(std::mem::take(&mut walk));
+            walks.push((tuple.unwrap_or(*t), std::mem::take(&mut walk)));
         }
     }
-    walks.push(walk);
-    walks.retain(|walk| !walk.is_empty());
+    if let (Some(t), false) = (tuple, walk.is_empty()) {
+        walks.push((t, walk));
+    }
     walks
 }
 

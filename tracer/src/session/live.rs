@@ -37,7 +37,7 @@ use crate::{
     output::{self, Format, HookStats, Output, RunStats},
     reader::{self, ReaderStats},
     recording::Recorder,
-    rules::Rules,
+    rules::{Detail, Rules},
 };
 
 /// How often idle packets are completed and flows expired.
@@ -84,8 +84,9 @@ pub struct Options {
     pub record: Option<PathBuf>,
     /// Created once every hook is attached.
     pub ready_file: Option<PathBuf>,
-    /// `--rules`: name the netfilter rule behind each NAT and drop.
-    pub rules: bool,
+    /// `--rules`: name the netfilter rule behind each NAT and drop, and with
+    /// [`Detail::Walk`] show each packet's walk through the chains.
+    pub rules: Option<Detail>,
 }
 
 /// A running trace.
@@ -207,8 +208,8 @@ impl Trace {
             outputs,
             names,
         );
-        if options.rules {
-            let mut rules = Rules::new(expression.as_ref());
+        if let Some(detail) = options.rules {
+            let mut rules = Rules::new(expression.as_ref(), detail);
             follow_rules(&mut rules, &follower);
             if rules.namespaces() == 0 {
                 eprintln!(

@@ -21,7 +21,7 @@ use crate::{
     decode::{HopEvent, Tuple},
     names::{NameTable, kernel_symbols},
     output::{Output, RunStats},
-    rules::{PacketKey, RuleBook, Rules, Translation},
+    rules::{Detail, PacketKey, RuleBook, Rules, Translation},
 };
 use select::{Place, touches};
 
@@ -116,6 +116,11 @@ impl<'a> Session<'a> {
             }
             if let Some(rules) = &mut self.rules {
                 name_rules(&mut rules.book, &mut record);
+                if rules.detail == Detail::Walk
+                    && let Record::Packet(packet) = &mut record
+                {
+                    place_walks(&mut rules.book, packet);
+                }
             }
             if let Record::Packet(packet) = &record {
                 name_drop_locations(packet, &mut self.names);
@@ -293,6 +298,40 @@ fn name_rules(book: &mut RuleBook, record: &mut Record) {
         }
         _ => {}
     }
+}
+
+/// Puts each of the packet's walks through the chains after the hop it followed: the last hop
+/// in the walk's namespace that saw the packet as the walk did (the one that dropped it
+/// aside, which comes after the walk), or else the namespace's first hop.
+fn place_walks(book: &mut RuleBook, packet: &mut PacketTrace) {
+    let Some(first) = packet.hops.iter().find(|h| h.event.has_l4) else {
+        return;
+    };
+    let mut keys = vec![PacketKey::of(&first.event)];
+    for hop in &packet.hops {
+        let key = PacketKey::of(&hop.event);
+        if hop.event.has_l4 && !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for key in keys {
+        for (netns, tuple, rules) in book.walks_of(key) {
+            let in_netns = |h: &&(usize, &crate::correlate::Hop)| h.1.event.netns_inode == netns;
+            let hops: Vec<(usize, &crate::correlate::Hop)> =
+                packet.hops.iter().enumerate().collect();
+            let at = hops
+                .iter()
+                .filter(in_netns)
+                .filter(|(_, h)| h.event.tuple == tuple && h.event.drop.is_none())
+                .map(|(at, _)| *at)
+                .last()
+                .or_else(|| hops.iter().find(in_netns).map(|(at, _)| *at));
+            if let Some(at) = at {
+                packet.walks.push((at, rules));
+            }
+        }
+    }
+    packet.walks.sort_by_key(|(at, _)| *at);
 }
 
 fn translation(kind: NatKind) -> Translation {

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 use self::line::{Line, key, open};
 use super::{Output, RunStats, TcpFlags};
 use crate::{
-    correlate::{FlowSummary, Hop, HopLabel, NatRecord, NatSource, PacketTrace, Record},
+    correlate::{FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record},
     decode::{Conntrack, Proto, Tuple},
     names::NameTable,
     rules::Rule,
@@ -53,18 +53,16 @@ impl<W: Write> JsonWriter<W> {
                 .drop_rule
                 .as_deref()
                 .filter(|_| hop.event.drop.is_some());
-            self.hop(
-                packet,
-                hop,
-                nat_rule.map(|(_, rule)| rule.as_ref()).or(drop_rule),
-                names,
-            );
+            let rule = nat_rule.map(|(_, rule)| rule.as_ref()).or(drop_rule);
+            self.hop(packet, at, rule, names);
         }
     }
 
-    /// A hop, with the rule that translated the packet on its way here or dropped it here
-    /// (`--rules`); the `rule` key is only written when a rule was named.
-    fn hop(&mut self, packet: &PacketTrace, hop: &Hop, rule: Option<&Rule>, names: &NameTable) {
+    /// The packet's hop `at`, with the rule that translated the packet on its way here or
+    /// dropped it here (`--rules`) and the walks through the chains that followed it
+    /// (`--rules=all`); the `rule` and `rules` keys are only written when there are some.
+    fn hop(&mut self, packet: &PacketTrace, at: usize, rule: Option<&Rule>, names: &NameTable) {
+        let hop = &packet.hops[at];
         let e = &hop.event;
         let b = &mut self.buf;
         b.raw(b"{\"type\":\"hop\"");
@@ -139,7 +137,25 @@ impl<W: Write> JsonWriter<W> {
             None => b.raw(b"null,\"drop_location\":null"),
         }
         if let Some(rule) = rule {
+            b.raw(key!("rule"));
             rule_object(b, rule);
+        }
+        let mut walked = packet
+            .walks
+            .iter()
+            .filter(|(hop, _)| *hop == at)
+            .flat_map(|(_, walk)| walk)
+            .peekable();
+        if walked.peek().is_some() {
+            b.raw(key!("rules"));
+            b.push(b'[');
+            for (i, rule) in walked.enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                rule_object(b, rule);
+            }
+            b.push(b']');
         }
         b.raw(b"}\n");
     }
@@ -174,6 +190,7 @@ impl<W: Write> JsonWriter<W> {
             NatSource::Conntrack => "conntrack",
         });
         if let Some(rule) = &nat.rule {
+            b.raw(key!("rule"));
             rule_object(b, rule);
         }
         b.raw(b"}\n");
@@ -287,10 +304,9 @@ fn tuple(b: &mut Vec<u8>, t: &Tuple) {
     b.push(b'}');
 }
 
-/// `,"rule":{"family":...,"table":...,"chain":...,"handle":...,"text":...,"verdict":...}`;
-/// `handle` is null for a chain's policy, `text` when `nft` could not list the rule.
+/// `{"family":...,"table":...,"chain":...,"handle":...,"text":...,"verdict":...}`; `handle`
+/// is null for a chain's policy, `text` when `nft` could not list the rule.
 fn rule_object(b: &mut Vec<u8>, rule: &Rule) {
-    b.raw(key!("rule"));
     b.raw(open!("family"));
     b.str(rule.family);
     b.raw(key!("table"));

@@ -61,7 +61,15 @@ fn reference(record: &Record, names: &NameTable) -> String {
                         .drop_rule
                         .as_deref()
                         .filter(|_| hop.event.drop.is_some()));
-                line(serde_json::to_string(&HopJson::new(packet, hop, rule, names)).unwrap());
+                let rules: Vec<&Rule> = packet
+                    .walks
+                    .iter()
+                    .filter(|(hop, _)| *hop == at)
+                    .flat_map(|(_, walk)| walk.iter().map(AsRef::as_ref))
+                    .collect();
+                line(
+                    serde_json::to_string(&HopJson::new(packet, hop, rule, rules, names)).unwrap(),
+                );
             }
         }
         Record::Nat(nat) => line(serde_json::to_string(&NatJson::new(nat, names)).unwrap()),
@@ -219,6 +227,23 @@ fn records() -> Vec<Record> {
             direction: Direction::Original,
             hops,
             nat_rules: Vec::from([(2, Arc::clone(&masquerade))]),
+            walks: Vec::from([
+                (0, Vec::from([Arc::clone(&masquerade)])),
+                (
+                    4,
+                    Vec::from([
+                        Arc::new(Rule {
+                            family: "ip",
+                            table: "filter".into(),
+                            chain: "FORWARD".into(),
+                            handle: Some(3),
+                            text: Some("counter jump DOCKER-USER".into()),
+                            verdict: "jump DOCKER-USER".into(),
+                        }),
+                        Arc::clone(&masquerade),
+                    ]),
+                ),
+            ]),
             drop_rule: Some(Arc::new(Rule {
                 family: "inet",
                 table: "filter".into(),
@@ -343,6 +368,16 @@ struct HopJson<'a> {
     /// `--rules` only, and only where a rule was named.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rule_json")]
     rule: Option<&'a Rule>,
+    /// `--rules=all` only, and only after a hop a walk through the chains followed.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "rules_json")]
+    rules: Vec<&'a Rule>,
+}
+
+/// Serializes rules through [`RuleJson`].
+fn rules_json<S: serde::Serializer>(rules: &[&Rule], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Wrap<'r>(#[serde(with = "RuleJson")] &'r Rule);
+    s.collect_seq(rules.iter().map(|rule| Wrap(rule)))
 }
 
 #[derive(Serialize)]
@@ -368,6 +403,7 @@ impl<'a> HopJson<'a> {
         packet: &PacketTrace,
         hop: &'a Hop,
         rule: Option<&'a Rule>,
+        rules: Vec<&'a Rule>,
         names: &'a NameTable,
     ) -> Self {
         let e = &hop.event;
@@ -404,6 +440,7 @@ impl<'a> HopJson<'a> {
             drop_reason: e.drop.map(|d| names.drop_reason(d.reason)),
             drop_location: e.drop.map(|d| names.symbol(d.location)),
             rule,
+            rules,
         }
     }
 }
