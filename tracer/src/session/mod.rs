@@ -316,16 +316,14 @@ fn place_walks(book: &mut RuleBook, packet: &mut PacketTrace) {
     }
     for key in keys {
         for (netns, tuple, rules) in book.walks_of(key) {
-            let in_netns = |h: &&(usize, &crate::correlate::Hop)| h.1.event.netns_inode == netns;
-            let hops: Vec<(usize, &crate::correlate::Hop)> =
-                packet.hops.iter().enumerate().collect();
-            let at = hops
+            let in_netns = |e: &HopEvent| e.netns_inode == netns;
+            let at = packet
+                .hops
                 .iter()
-                .filter(in_netns)
-                .filter(|(_, h)| h.event.tuple == tuple && h.event.drop.is_none())
-                .map(|(at, _)| *at)
-                .last()
-                .or_else(|| hops.iter().find(in_netns).map(|(at, _)| *at));
+                .rposition(|h| {
+                    in_netns(&h.event) && h.event.tuple == tuple && h.event.drop.is_none()
+                })
+                .or_else(|| packet.hops.iter().position(|h| in_netns(&h.event)));
             if let Some(at) = at {
                 packet.walks.push((at, rules));
             }
