@@ -246,6 +246,14 @@ fn tracers_table_is_gone_however_tracer_ends() -> anyhow::Result<()> {
         return Ok(());
     }
     let rules = testbed_rules(&testbed.host)?;
+    // What doctor says, it found by making a table: here it works, and leaves nothing.
+    let doctor = tracer_tests::tracer::run(&["doctor"])?;
+    let line = doctor
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("rules "))
+        .unwrap_or_else(|| panic!("no rules line: {}", doctor.stdout));
+    assert!(line.contains("--rules works"), "{line}");
     let running = |tracer: &Tracer| -> anyhow::Result<Vec<String>> {
         let during = tables(&testbed.host, tracer.pid())?;
         let own = format!("inet tracer-{}", tracer.pid());

@@ -23,6 +23,8 @@ pub struct Report {
     pub notes: Vec<String>,
     pub outcomes: Vec<Outcome>,
     pub tcx: bool,
+    /// Whether `--rules` can name netfilter rules here, and what limits it; or why not.
+    pub rules: Result<String, String>,
 }
 
 /// Probes the kernel.
@@ -37,6 +39,7 @@ pub fn probe() -> Report {
         notes: Vec::new(),
         outcomes: Vec::new(),
         tcx: tc::has_tcx(),
+        rules: crate::rules::probe(),
     };
     match Programs::load(&LoadOptions {
         hooks: HookSet::global(),
@@ -83,6 +86,14 @@ impl Report {
                 "tcx links (Linux 6.6+), detached when tracer exits"
             } else {
                 "clsact qdisc filters through netlink (no TCX before Linux 6.6)"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "rules      {}",
+            match &self.rules {
+                Ok(works) => format!("--rules works: {works}"),
+                Err(why) => format!("--rules cannot name netfilter rules: {why}"),
             }
         );
         let _ = writeln!(

@@ -539,11 +539,8 @@ pub fn probe() -> Result<String, String> {
         .arg("--version")
         .output()
         .is_ok_and(|out| out.status.success());
-    let legacy = std::process::Command::new("iptables")
-        .arg("-V")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("legacy"));
-    let mut notes = vec!["owned nf_tables table and trace events work".to_owned()];
+    let legacy = legacy_iptables();
+    let mut notes = vec!["an owned nf_tables table and trace events work".to_owned()];
     if !nft {
         notes.push("nft is not installed: rules are named by table, chain and handle".into());
     }
@@ -554,6 +551,15 @@ pub fn probe() -> Result<String, String> {
         );
     }
     Ok(notes.join("; "))
+}
+
+/// Whether `iptables` is the legacy (x_tables) backend, whose rules nf_tables tracing does not
+/// see.
+pub fn legacy_iptables() -> bool {
+    std::process::Command::new("iptables")
+        .arg("-V")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("legacy"))
 }
 
 /// How long trace events are kept for a packet to be joined to them.

@@ -209,6 +209,13 @@ impl Trace {
             names,
         );
         if let Some(detail) = options.rules {
+            if crate::rules::legacy_iptables() {
+                eprintln!(
+                    "tracer: note: --rules: iptables is the legacy backend here; its rules are \
+                     not nf_tables rules and cannot be named (drops still show their reason \
+                     and kernel function, NAT its tuples)"
+                );
+            }
             let mut rules = Rules::new(expression.as_ref(), detail);
             follow_rules(&mut rules, &follower);
             if rules.namespaces() == 0 {
