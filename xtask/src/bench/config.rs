@@ -18,6 +18,10 @@ pub enum Config {
     TracerAll,
     /// Every hook, TC included, with a filter that matches nothing: for what each hook costs.
     TracerEveryHookNoMatch,
+    /// `--rules` (nf_tables tracing of the filter's packets), filter matches nothing.
+    TracerRulesNoMatch,
+    /// `--rules`, every packet matches: every packet's walk through the chains is reported.
+    TracerRulesAll,
     TcpdumpNoMatch,
     TcpdumpAll,
 }
@@ -37,6 +41,8 @@ impl Config {
             Config::TracerNoMatch => "tracer, filter matches nothing",
             Config::TracerAll => "tracer, every packet matches",
             Config::TracerEveryHookNoMatch => "tracer with every hook, filter matches nothing",
+            Config::TracerRulesNoMatch => "tracer --rules, filter matches nothing",
+            Config::TracerRulesAll => "tracer --rules, every packet matches",
             Config::TcpdumpNoMatch => "tcpdump -s 128, filter matches nothing",
             Config::TcpdumpAll => "tcpdump -s 128, every packet",
         }
@@ -46,18 +52,22 @@ impl Config {
     /// container; returns once all of it is ready.
     pub fn start(self, testbed: &Testbed, port: u16) -> anyhow::Result<Running> {
         let port = port.to_string();
-        let tracer_args: Option<[&str; 6]> = match self {
-            Config::TracerNoMatch => {
-                Some(["--port", "1", "--output", "json", "--hooks", "default"])
-            }
-            Config::TracerAll => Some(["--port", &port, "--output", "json", "--hooks", "default"]),
-            Config::TracerEveryHookNoMatch => {
-                Some(["--port", "1", "--output", "json", "--hooks", "all"])
-            }
-            _ => None,
+        let (match_port, hooks, rules) = match self {
+            Config::TracerNoMatch => (Some("1"), "default", false),
+            Config::TracerAll => (Some(port.as_str()), "default", false),
+            Config::TracerEveryHookNoMatch => (Some("1"), "all", false),
+            Config::TracerRulesNoMatch => (Some("1"), "default", true),
+            Config::TracerRulesAll => (Some(port.as_str()), "default", true),
+            _ => (None, "", false),
         };
-        let tracer = match tracer_args {
-            Some(args) => Some(Tracer::start_with_stdout(&args, Stdio::null())?),
+        let tracer = match match_port {
+            Some(match_port) => {
+                let mut args = vec!["--port", match_port, "--output", "json", "--hooks", hooks];
+                if rules {
+                    args.push("--rules");
+                }
+                Some(Tracer::start_with_stdout(&args, Stdio::null())?)
+            }
             None => None,
         };
         let filter: Option<&[&str]> = match self {
@@ -74,7 +84,11 @@ impl Config {
                 dumps.push(Tcpdump::start(&testbed.host, iface, &args)?);
             }
         }
-        Ok(Running { tracer, dumps })
+        Ok(Running {
+            config: self,
+            tracer,
+            dumps,
+        })
     }
 }
 
@@ -86,10 +100,28 @@ pub struct Overhead {
     /// Packets the kernel dropped from tcpdump's buffers, all interfaces together (tcpdump
     /// configurations only).
     pub dropped: Option<u64>,
+    /// nf_tables trace messages the kernel could not deliver (`--rules` only).
+    pub rule_messages_lost: Option<u64>,
+}
+
+/// The nf_tables trace messages tracer's closing note says were lost (none when it says
+/// nothing).
+fn rule_messages_lost(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tracer: note: ")?
+                .split_once(" nf_tables trace messages were lost")?
+                .0
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// A started configuration; dropping it stops everything too (for the error paths).
 pub struct Running {
+    config: Config,
     tracer: Option<Tracer>,
     dumps: Vec<Tcpdump>,
 }
@@ -124,6 +156,9 @@ impl Running {
                 );
             }
             overhead.lost = Some(lost_from(&finished.stderr));
+            if matches!(self.config, Config::TracerRulesNoMatch | Config::TracerRulesAll) {
+                overhead.rule_messages_lost = Some(rule_messages_lost(&finished.stderr));
+            }
         }
         Ok(overhead)
     }

@@ -20,8 +20,13 @@ pub struct Results {
     seconds: u64,
 }
 
+/// Seconds per iperf3 run.
+pub fn seconds(quick: bool) -> u64 {
+    if quick { 2 } else { 10 }
+}
+
 pub fn run(testbed: &Testbed, pairs: usize, quick: bool, rng: &mut Rng) -> anyhow::Result<Results> {
-    let seconds = if quick { 2 } else { 10 };
+    let seconds = seconds(quick);
     // The first run on a fresh testbed warms caches, ARP and conntrack; it is not recorded.
     iperf3(&testbed.containers[0].netns, &["-P", STREAMS, "-t", "1"])?;
     let paired = pairs::run("throughput", &Config::OBSERVED, pairs, rng, |config| {
@@ -31,7 +36,7 @@ pub fn run(testbed: &Testbed, pairs: usize, quick: bool, rng: &mut Rng) -> anyho
 }
 
 /// One iperf3 run under `config`.
-fn measure(testbed: &Testbed, config: Config, seconds: u64) -> anyhow::Result<Sample> {
+pub fn measure(testbed: &Testbed, config: Config, seconds: u64) -> anyhow::Result<Sample> {
     let running = config.start(testbed, IPERF_PORT)?;
     let client = &testbed.containers[0].netns;
     let report = iperf3(client, &["-P", STREAMS, "-t", &seconds.to_string()]);

@@ -16,6 +16,7 @@ mod loss;
 mod observer;
 mod pairs;
 mod pcap;
+mod rules;
 mod startup;
 mod stats;
 mod stream;
@@ -49,6 +50,8 @@ pub struct Args {
 pub enum Only {
     /// The collector without the kernel (no testbed, no root needed).
     Collector,
+    /// What `--rules` costs, beside the same tracer without it.
+    Rules,
 }
 
 /// Seed of the random order of the pairs and of the runs within a pair: fixed, so that a run
@@ -62,6 +65,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     require_root("the benchmarks")?;
+    if let Some(Only::Rules) = args.only {
+        use_tracer_build(!args.quick)?;
+        let testbed = Testbed::up(1)?;
+        let _server = tools::IperfServer::start(&testbed.remote)?;
+        let repeats = if args.quick { 1 } else { args.repeats };
+        let mut rng = stats::Rng::new(SEED);
+        print!(
+            "{}",
+            rules::run(&testbed, repeats, args.quick, true, &mut rng)?.markdown()
+        );
+        return Ok(());
+    }
     // The smoke check only needs every benchmark to run: the debug build that the tests
     // already made saves CI a release build.
     let binary = use_tracer_build(!args.quick)?;
@@ -73,6 +88,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let server = tools::IperfServer::start(&testbed.remote)?;
     eprintln!("xtask: bench: datapath throughput, {repeats} pairs per configuration");
     let datapath = datapath::run(&testbed, repeats, args.quick, &mut rng)?;
+    let rule_pairs = repeats.div_ceil(2);
+    eprintln!("xtask: bench: cost of --rules, {rule_pairs} pairs per configuration");
+    let rules = rules::run(&testbed, rule_pairs, args.quick, false, &mut rng)?;
     eprintln!("xtask: bench: CPU cost at a fixed rate, {cpu_pairs} pairs per configuration");
     let cpu = cpu::run(&testbed, cpu_pairs, args.quick, &mut rng)?;
     eprintln!("xtask: bench: kernel program cost");
@@ -101,6 +119,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         SEED,
     );
     md += &datapath.markdown();
+    md += &rules.markdown();
     md += &cpu.markdown();
     md += &programs.markdown();
     md += &observer.markdown();
@@ -128,7 +147,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "machine": machine(), "kernel": kernel(), "commit": commit(), "date": date(),
         "quick": args.quick, "seed": SEED,
         "throughput_pairs": repeats, "cpu_pairs": cpu_pairs,
-        "datapath": datapath.json(), "cpu": cpu.json(), "kernel_programs": programs.json(),
+        "datapath": datapath.json(), "rules": rules.json(), "cpu": cpu.json(), "kernel_programs": programs.json(),
         "observer": observer.json(), "collector": collector.json(),
         "loss": loss.json(), "startup": startup.json(),
     });

@@ -299,6 +299,7 @@ mod tests {
             overhead: Overhead {
                 lost,
                 dropped: None,
+                rule_messages_lost: None,
             },
             detail: Value::Null,
         }
