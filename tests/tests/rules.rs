@@ -237,6 +237,43 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--port 8046` on a published port 8046 -> 80: the container's SYN-ACK carries port 80, not
+/// the filter's, and is dropped in FORWARD. Its connection matched, so it is traced all the
+/// same (tracer's chains after conntrack test the connection's tuples) and the DROP rule is
+/// named on it.
+#[test]
+fn a_reply_on_the_other_side_of_dnat_is_traced_and_its_drop_named() -> anyhow::Result<()> {
+    let testbed = Testbed::up(1)?;
+    if !nf_tables_backend(&testbed)? {
+        return Ok(());
+    }
+    let (host_port, container_port) = (8046, 80);
+    testbed.publish(host_port, 0, container_port)?;
+    testbed.host.exec(
+        "iptables",
+        &["-A", "FORWARD", "-p", "tcp", "--sport", "80", "-j", "DROP"],
+    )?;
+    let ctr = &testbed.containers[0];
+    let _listener = traffic::listen(&ctr.netns, SocketAddr::from((ctr.addr, container_port)))?;
+    let tracer = Tracer::json(host_port, &["--rules"])?;
+    let published = SocketAddr::from((UPLINK_ADDR, host_port));
+    let attempt = testbed
+        .remote
+        .enter(|| std::net::TcpStream::connect_timeout(&published, Duration::from_millis(300)))?;
+    assert!(attempt.is_err(), "the SYN-ACK must be dropped");
+    let lines = tracer.stop()?.json()?;
+    let packets = trace::packets(&lines);
+    let syn_ack = packets
+        .iter()
+        .find(|p| p.flags() == "S." && p.first()["netns"] == ctr.netns.name.as_str())
+        .unwrap_or_else(|| panic!("no SYN-ACK: {packets:#?}"));
+    let last = syn_ack.hops.last().expect("hops");
+    assert_eq!(last["drop_reason"], "NETFILTER_DROP", "{last}");
+    assert_eq!(last["rule"]["chain"], "FORWARD", "{last}");
+    assert_eq!(last["rule"]["text"], "tcp sport 80 counter drop", "{last}");
+    Ok(())
+}
+
 /// tracer's table exists in the namespace with rules while it runs, and is gone after Ctrl-C,
 /// after SIGKILL and after an error exit; the testbed's own rules are as they were.
 #[test]

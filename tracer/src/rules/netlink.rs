@@ -69,7 +69,20 @@ const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_LOCAL_OUT: u32 = 3;
 /// Before raw (-300) and conntrack (-200): the flag is set before anything else looks.
 const PRIORITY: i32 = -350;
+/// Right after conntrack (-200), before mangle (-150) and DNAT (-100).
+const CT_PRIORITY: i32 = -190;
 const NF_ACCEPT: u32 = 1;
+
+const NFTA_CT_DREG: u16 = 1;
+const NFTA_CT_KEY: u16 = 2;
+const NFTA_CT_DIRECTION: u16 = 3;
+const NFT_CT_PROTOCOL: u32 = 10;
+const NFT_CT_PROTO_SRC: u32 = 11;
+const NFT_CT_PROTO_DST: u32 = 12;
+const NFT_CT_SRC_IP: u32 = 19;
+const NFT_CT_DST_IP: u32 = 20;
+const NFT_CT_SRC_IP6: u32 = 21;
+const NFT_CT_DST_IP6: u32 = 22;
 
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
@@ -251,26 +264,51 @@ fn mask(msg: &mut Message, mask: &[u8]) {
     });
 }
 
-/// The expressions of one match: `Match`'s tests in order, then `meta nftrace set 1`.
-fn rule_expressions(msg: &mut Message, m: &Match) {
+/// Loads a conntrack key of one direction of the packet's connection into register 1; a
+/// packet without conntrack ends the rule there.
+fn load_ct(msg: &mut Message, key: u32, direction: u8) {
+    expr(msg, "ct", |m| {
+        m.be32(NFTA_CT_DREG, NFT_REG_1)
+            .be32(NFTA_CT_KEY, key)
+            .attr(NFTA_CT_DIRECTION, &[direction]);
+    });
+}
+
+/// What a rule's tests read: the packet's headers, or a tuple of its conntrack entry
+/// (`IP_CT_DIR_ORIGINAL` 0, `IP_CT_DIR_REPLY` 1).
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Headers,
+    Conntrack(u8),
+}
+
+/// The expressions of one match: `Match`'s tests in order on `source`, then
+/// `meta nftrace set 1`.
+fn rule_expressions(msg: &mut Message, m: &Match, source: Source) {
     msg.begin(NFTA_RULE_EXPRESSIONS);
     if let Some(family) = m.family {
         load_meta(msg, NFT_META_NFPROTO);
         compare(msg, NFT_CMP_EQ, &[family]);
     }
     if let Some(proto) = m.proto {
-        load_meta(msg, NFT_META_L4PROTO);
+        match source {
+            Source::Headers => load_meta(msg, NFT_META_L4PROTO),
+            Source::Conntrack(dir) => load_ct(msg, NFT_CT_PROTOCOL, dir),
+        }
         compare(msg, NFT_CMP_EQ, &[proto]);
     }
     for (dst, addr, prefix) in m.nets.iter().map(|n| (n.dst, n.addr, n.prefix)) {
-        let (offset, bytes) = match (addr, dst) {
-            (IpAddr::V4(a), false) => (12, a.octets().to_vec()),
-            (IpAddr::V4(a), true) => (16, a.octets().to_vec()),
-            (IpAddr::V6(a), false) => (8, a.octets().to_vec()),
-            (IpAddr::V6(a), true) => (24, a.octets().to_vec()),
+        let (offset, ct_key, bytes) = match (addr, dst) {
+            (IpAddr::V4(a), false) => (12, NFT_CT_SRC_IP, a.octets().to_vec()),
+            (IpAddr::V4(a), true) => (16, NFT_CT_DST_IP, a.octets().to_vec()),
+            (IpAddr::V6(a), false) => (8, NFT_CT_SRC_IP6, a.octets().to_vec()),
+            (IpAddr::V6(a), true) => (24, NFT_CT_DST_IP6, a.octets().to_vec()),
         };
         let len = u32::try_from(bytes.len()).expect("address length");
-        load_payload(msg, NFT_PAYLOAD_NETWORK_HEADER, offset, len);
+        match source {
+            Source::Headers => load_payload(msg, NFT_PAYLOAD_NETWORK_HEADER, offset, len),
+            Source::Conntrack(dir) => load_ct(msg, ct_key, dir),
+        }
         let bits = usize::from(prefix);
         if bits < bytes.len() * 8 {
             let netmask: Vec<u8> = (0..bytes.len())
@@ -287,12 +325,23 @@ fn rule_expressions(msg: &mut Message, m: &Match) {
         }
     }
     for port in &m.ports {
-        load_payload(
-            msg,
-            NFT_PAYLOAD_TRANSPORT_HEADER,
-            if port.dst { 2 } else { 0 },
-            2,
-        );
+        match source {
+            Source::Headers => load_payload(
+                msg,
+                NFT_PAYLOAD_TRANSPORT_HEADER,
+                if port.dst { 2 } else { 0 },
+                2,
+            ),
+            Source::Conntrack(dir) => load_ct(
+                msg,
+                if port.dst {
+                    NFT_CT_PROTO_DST
+                } else {
+                    NFT_CT_PROTO_SRC
+                },
+                dir,
+            ),
+        }
         if port.lo == port.hi {
             compare(msg, NFT_CMP_EQ, &port.lo.to_be_bytes());
         } else {
@@ -311,7 +360,28 @@ fn rule_expressions(msg: &mut Message, m: &Match) {
     msg.end();
 }
 
-/// The batch that creates the owned table, its two chains and a rule per match in each.
+/// tracer's chains: name, hook, priority and what their rules test. Before raw and conntrack,
+/// the packet's own headers; just after conntrack (-200), both tuples of its connection, so
+/// that the packets of a matching connection are traced on both sides of a NAT (a reply to a
+/// published port carries the container's port, not the one the filter names). Every packet
+/// is marked in the first chains already when the filter matches everything.
+fn chains(matches: &[Match]) -> Vec<(&'static str, u32, i32, &'static [Source])> {
+    const HEADERS: &[Source] = &[Source::Headers];
+    const CONNTRACK: &[Source] = &[Source::Conntrack(0), Source::Conntrack(1)];
+    let mut chains = vec![
+        ("prerouting", NF_INET_PRE_ROUTING, PRIORITY, HEADERS),
+        ("output", NF_INET_LOCAL_OUT, PRIORITY, HEADERS),
+    ];
+    if !matches.is_empty() && !matches.contains(&Match::default()) {
+        chains.extend([
+            ("prerouting-ct", NF_INET_PRE_ROUTING, CT_PRIORITY, CONNTRACK),
+            ("output-ct", NF_INET_LOCAL_OUT, CT_PRIORITY, CONNTRACK),
+        ]);
+    }
+    chains
+}
+
+/// The batch that creates the owned table, its chains and their rules.
 fn batch(matches: &[Match]) -> Vec<u8> {
     let mut seq = 0;
     let mut next = || {
@@ -332,24 +402,23 @@ fn batch(matches: &[Match]) -> Vec<u8> {
         .str(NFTA_TABLE_NAME, &name)
         .be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
     bytes.extend(table.finish());
-    for (chain, hook) in [
-        ("prerouting", NF_INET_PRE_ROUTING),
-        ("output", NF_INET_LOCAL_OUT),
-    ] {
+    for (chain, hook, priority, sources) in chains(matches) {
         let mut msg = Message::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_EXCL, next());
         msg.str(NFTA_CHAIN_TABLE, &name).str(NFTA_CHAIN_NAME, chain);
         msg.begin(NFTA_CHAIN_HOOK)
             .be32(NFTA_HOOK_HOOKNUM, hook)
-            .attr(NFTA_HOOK_PRIORITY, &PRIORITY.to_be_bytes())
+            .attr(NFTA_HOOK_PRIORITY, &priority.to_be_bytes())
             .end();
         msg.be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
             .str(NFTA_CHAIN_TYPE, "filter");
         bytes.extend(msg.finish());
-        for m in matches {
-            let mut rule = Message::nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, next());
-            rule.str(NFTA_RULE_TABLE, &name).str(NFTA_RULE_CHAIN, chain);
-            rule_expressions(&mut rule, m);
-            bytes.extend(rule.finish());
+        for &source in sources {
+            for m in matches {
+                let mut rule = Message::nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, next());
+                rule.str(NFTA_RULE_TABLE, &name).str(NFTA_RULE_CHAIN, chain);
+                rule_expressions(&mut rule, m, source);
+                bytes.extend(rule.finish());
+            }
         }
     }
     bytes.extend(
@@ -381,7 +450,10 @@ impl OwnedTable {
         socket.send(&batch(matches), 0)?;
         // An acknowledgement (error 0) or an error for every message of the batch but its two
         // ends; the first error is the answer.
-        let expected = 1 + 2 * (1 + matches.len());
+        let expected = 1 + chains(matches)
+            .iter()
+            .map(|(_, _, _, sources)| 1 + sources.len() * matches.len())
+            .sum::<usize>();
         let mut acked = 0;
         let mut buf = vec![0u8; 1 << 16];
         while acked < expected {

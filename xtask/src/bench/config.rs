@@ -156,7 +156,10 @@ impl Running {
                 );
             }
             overhead.lost = Some(lost_from(&finished.stderr));
-            if matches!(self.config, Config::TracerRulesNoMatch | Config::TracerRulesAll) {
+            if matches!(
+                self.config,
+                Config::TracerRulesNoMatch | Config::TracerRulesAll
+            ) {
                 overhead.rule_messages_lost = Some(rule_messages_lost(&finished.stderr));
             }
         }

@@ -88,7 +88,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let server = tools::IperfServer::start(&testbed.remote)?;
     eprintln!("xtask: bench: datapath throughput, {repeats} pairs per configuration");
     let datapath = datapath::run(&testbed, repeats, args.quick, &mut rng)?;
-    let rule_pairs = repeats.div_ceil(2);
+    // Enough pairs for a confidence interval (6), fewer than the datapath rows.
+    let rule_pairs = if args.quick {
+        1
+    } else {
+        (repeats * 6).div_ceil(10).max(6)
+    };
     eprintln!("xtask: bench: cost of --rules, {rule_pairs} pairs per configuration");
     let rules = rules::run(&testbed, rule_pairs, args.quick, false, &mut rng)?;
     eprintln!("xtask: bench: CPU cost at a fixed rate, {cpu_pairs} pairs per configuration");

@@ -60,7 +60,8 @@ impl Results {
             }
         );
         md += &self.paired.markdown("Gbit/s", 2);
-        md += "\n| Configuration | nf_tables trace messages lost: total / max per run |\n|---|---|\n";
+        md +=
+            "\n| Configuration | nf_tables trace messages lost: total / max per run |\n|---|---|\n";
         for config in [Config::TracerRulesNoMatch, Config::TracerRulesAll] {
             let lost: Vec<u64> = self
                 .paired
