@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
-    netns::Netns,
+    netns::{Netns, run},
     testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
     trace::{self, Packet},
     tracer::Tracer,
@@ -188,7 +188,14 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
             "DROP",
         ],
     )?;
-    let stdout = connect(port, &["--output", "json", "--rules=all"])?;
+    let dir = std::env::temp_dir().join(format!("tracer-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let pcapng = dir.join("drop.pcapng");
+    let pcapng_arg = pcapng.to_string_lossy().into_owned();
+    let stdout = connect(
+        port,
+        &["--output", "json", "--rules=all", "-w", &pcapng_arg],
+    )?;
     let lines: Vec<Value> = stdout
         .lines()
         .map(serde_json::from_str)
@@ -221,6 +228,21 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
         .as_array()
         .unwrap_or_else(|| panic!("no walk: {before}"));
     assert_eq!(walk.last(), Some(rule), "{walk:#?}");
+    // The pcapng comment of the dropping hop names the rule too.
+    let comments = run(
+        "tshark",
+        &["-r", &pcapng_arg, "-T", "fields", "-e", "frame.comment"],
+    )?;
+    std::fs::remove_dir_all(&dir)?;
+    assert!(
+        comments
+            .lines()
+            .any(|c| c.contains("dropped: NETFILTER_DROP")
+                && c.ends_with(&format!(
+                    "by ip filter FORWARD: tcp dport {port} counter drop"
+                ))),
+        "{comments}"
+    );
 
     let port = 10043;
     testbed.host.exec("iptables", &["-P", "FORWARD", "DROP"])?;
