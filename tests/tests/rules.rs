@@ -296,6 +296,31 @@ fn a_reply_on_the_other_side_of_dnat_is_traced_and_its_drop_named() -> anyhow::R
     Ok(())
 }
 
+/// A namespace that gets its first rules while tracer runs gets tracer's table too.
+#[test]
+fn a_namespace_that_gains_rules_is_followed() -> anyhow::Result<()> {
+    let netns = Netns::create(&format!("trc-late{}-ns", std::process::id()))?;
+    let tracer = Tracer::start(&["--port", "10047", "--rules"])?;
+    let own = format!("inet tracer-{}", tracer.pid());
+    assert!(!tables(&netns, tracer.pid())?.contains(&own));
+    netns.exec(
+        "iptables",
+        &["-t", "nat", "-A", "POSTROUTING", "-j", "ACCEPT"],
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tables(&netns, tracer.pid())?.contains(&own) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {own} in {} after 10 s",
+            netns.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let finished = tracer.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    Ok(())
+}
+
 /// tracer's table exists in the namespace with rules while it runs, and is gone after Ctrl-C,
 /// after SIGKILL and after an error exit; the testbed's own rules are as they were.
 #[test]

@@ -17,6 +17,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -406,7 +407,10 @@ pub struct Rules {
     matches: Vec<Match>,
     places: Vec<Place>,
     /// Namespaces looked at, with tables or not, by inode.
-    examined: HashSet<u64>,
+    /// Namespaces looked at, by inode: when one without tables was last looked at (it is
+    /// looked at again after [`RECHECK`]), or none once tracer's table is in it or could not
+    /// be made there.
+    examined: HashMap<u64, Option<Instant>>,
     pub book: RuleBook,
     /// Trace messages the kernel could not deliver (a socket's buffer was full).
     pub lost: u64,
@@ -433,22 +437,30 @@ impl Rules {
             detail,
             matches: matches(filter),
             places: Vec::new(),
-            examined: HashSet::new(),
+            examined: HashMap::new(),
             book: RuleBook::default(),
             lost: 0,
         }
     }
 
-    /// Looks at the namespaces not seen before: each with nf_tables tables of its own gets
-    /// tracer's table. Returns what could not be done, one line per namespace.
+    /// Follows the namespaces there are now: each with nf_tables tables of its own gets
+    /// tracer's table (one without is looked at again every [`RECHECK`], rules may come),
+    /// and the table and socket of a namespace that is gone are let go (a socket would keep
+    /// the namespace alive). Returns what could not be done, one line per namespace.
     pub fn follow<'a>(
         &mut self,
         namespaces: impl IntoIterator<Item = Namespace<'a>>,
     ) -> Vec<String> {
+        let namespaces: Vec<Namespace> = namespaces.into_iter().collect();
+        let alive: HashSet<u64> = namespaces.iter().map(|ns| ns.inode).collect();
+        self.places.retain(|place| alive.contains(&place.netns));
+        self.examined.retain(|inode, _| alive.contains(inode));
         let mut problems = Vec::new();
         for ns in namespaces {
-            if !self.examined.insert(ns.inode) {
-                continue;
+            match self.examined.get(&ns.inode) {
+                Some(Some(at)) if at.elapsed() < RECHECK => continue,
+                Some(None) => continue,
+                _ => {}
             }
             let enter = |f: &dyn Fn() -> io::Result<Option<Place>>| -> io::Result<Option<Place>> {
                 if ns.own {
@@ -470,6 +482,7 @@ impl Rules {
                     socket,
                 }))
             });
+            let mut looked = None;
             match started {
                 Ok(Some(place)) => {
                     self.book
@@ -477,9 +490,10 @@ impl Rules {
                         .add_namespace(ns.inode, (!ns.own).then(|| ns.path.to_owned()));
                     self.places.push(place);
                 }
-                Ok(None) => {}
+                Ok(None) => looked = Some(Instant::now()),
                 Err(err) => problems.push(explain(&err)),
             }
+            self.examined.insert(ns.inode, looked);
         }
         problems
     }
@@ -561,6 +575,9 @@ pub fn legacy_iptables() -> bool {
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("legacy"))
 }
+
+/// How often a namespace without nf_tables tables is looked at again.
+const RECHECK: Duration = Duration::from_secs(2);
 
 /// How long trace events are kept for a packet to be joined to them.
 const KEEP_NS: u64 = 5_000_000_000;
