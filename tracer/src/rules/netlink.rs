@@ -91,6 +91,8 @@ const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFT_REG_VERDICT: u32 = 0;
 
 const NFT_REG_1: u32 = 1;
 const NFTA_META_DREG: u16 = 1;
@@ -356,6 +358,14 @@ fn rule_expressions(msg: &mut Message, m: &Match, source: Source) {
     expr(msg, "meta", |m| {
         m.be32(NFTA_META_KEY, NFT_META_NFTRACE)
             .be32(NFTA_META_SREG, NFT_REG_1);
+    });
+    // `accept` ends tracer's chain (and only it: every other chain still sees the packet).
+    // From the marking on, the kernel reports every rule, chain end and policy the packet
+    // meets; ending here leaves one report from tracer's own chain instead of three.
+    expr(msg, "immediate", |m| {
+        m.be32(NFTA_IMMEDIATE_DREG, NFT_REG_VERDICT);
+        m.begin(NFTA_IMMEDIATE_DATA).begin(NFTA_DATA_VERDICT);
+        m.be32(NFTA_VERDICT_CODE, NF_ACCEPT).end().end();
     });
     msg.end();
 }
