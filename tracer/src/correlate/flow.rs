@@ -250,9 +250,7 @@ impl FlowTable {
     }
 
     fn flow_mut(&mut self, slot: Slot) -> &mut Flow {
-        self.slots[slot as usize]
-            .as_mut()
-            .expect("a slot in use holds a flow")
+        in_use(&mut self.slots, slot)
     }
 
     /// The flow the packet belongs to, by its conntrack entry or any tuple it was seen with.
@@ -308,9 +306,7 @@ impl FlowTable {
 
     /// Counts the packet and moves the flow's last activity to its last hop.
     fn count_packet(&mut self, slot: Slot, direction: Direction, sighting: &Sighting) {
-        let flow = self.slots[slot as usize]
-            .as_mut()
-            .expect("a slot in use holds a flow");
+        let flow = in_use(&mut self.slots, slot);
         flow.packets[direction as usize] += 1;
         if flow.syn_seq.is_none() {
             flow.syn_seq = sighting.syn_seq;
@@ -325,9 +321,7 @@ impl FlowTable {
 
     /// Adds the time between each two consecutive hops to the flow's segment between them.
     fn record_latencies(&mut self, slot: Slot, direction: Direction, hops: &[Hop]) {
-        let flow = self.slots[slot as usize]
-            .as_mut()
-            .expect("a slot in use holds a flow");
+        let flow = in_use(&mut self.slots, slot);
         for pair in hops.windows(2) {
             let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
             let segments = &mut self.segments;
@@ -359,9 +353,7 @@ impl FlowTable {
         if sighting.first.proto != Proto::TCP {
             return;
         }
-        let flow = self.slots[slot as usize]
-            .as_mut()
-            .expect("a slot in use holds a flow");
+        let flow = in_use(&mut self.slots, slot);
         let flags = sighting
             .hops
             .iter()
@@ -377,9 +369,7 @@ impl FlowTable {
 
     /// Takes a closed flow back to open: its connection goes on.
     fn reopen(&mut self, slot: Slot) {
-        let flow = self.slots[slot as usize]
-            .as_mut()
-            .expect("a slot in use holds a flow");
+        let flow = in_use(&mut self.slots, slot);
         if flow.closed {
             flow.closed = false;
             self.closing.remove(&(flow.closed_at, slot));
@@ -406,16 +396,7 @@ impl FlowTable {
             syn_seq: None,
             extra: Box::default(),
         };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(flow);
-                slot
-            }
-            None => {
-                self.slots.push(Some(flow));
-                Slot::try_from(self.slots.len() - 1).expect("fewer than 2^32 flows")
-            }
-        };
+        let slot = super::reuse_or_push(&mut self.slots, &mut self.free, Some(flow), "flows");
         self.live += 1;
         self.activity.insert((ts, slot));
         self.learn(slot, orig, Direction::Original);
@@ -681,7 +662,7 @@ impl Flow {
 
 /// Which translations turn `before` into `after` in `direction`. In the reply direction the
 /// translation is the inverse of the flow's: a rewritten destination undoes a source NAT.
-fn nat_kinds(direction: Direction, before: &Tuple, after: &Tuple) -> Vec<NatKind> {
+pub fn nat_kinds(direction: Direction, before: &Tuple, after: &Tuple) -> Vec<NatKind> {
     let src = (before.src, before.src_port) != (after.src, after.src_port);
     let dst = (before.dst, before.dst_port) != (after.dst, after.dst_port);
     let (snat, dnat) = match direction {
@@ -696,6 +677,14 @@ fn nat_kinds(direction: Direction, before: &Tuple, after: &Tuple) -> Vec<NatKind
         kinds.push(NatKind::Dnat);
     }
     kinds
+}
+
+/// The flow in a slot that is in use. A free function, so that it borrows only the slots and
+/// the table's other parts stay usable beside it.
+fn in_use(slots: &mut [Option<Flow>], slot: Slot) -> &mut Flow {
+    slots[slot as usize]
+        .as_mut()
+        .expect("a slot in use holds a flow")
 }
 
 /// Appends `item`, with room for no more: a flow's lists grow rarely and stay short.

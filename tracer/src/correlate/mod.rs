@@ -11,6 +11,7 @@ pub mod stats;
 
 use std::{collections::VecDeque, sync::Arc};
 
+pub use flow::nat_kinds;
 use flow::{EndedFlow, FlowTable};
 use packet::{CompletedPacket, PacketTable};
 use tracer_common::hook::Hook;
@@ -19,6 +20,17 @@ use crate::{
     decode::{HopEvent, IfName, Tuple},
     rules::{PacketKey, Rule},
 };
+
+/// Puts `value` in the first free slot of `slots` (a slot index from `free`), or in a new one
+/// at the end; returns its index. `what` names the slots for the 2^32 limit's message.
+fn reuse_or_push<T>(slots: &mut Vec<T>, free: &mut Vec<u32>, value: T, what: &str) -> u32 {
+    if let Some(index) = free.pop() {
+        slots[index as usize] = value;
+        return index;
+    }
+    slots.push(value);
+    u32::try_from(slots.len() - 1).unwrap_or_else(|_| panic!("fewer than 2^32 {what}"))
+}
 
 /// Flows tracked at once unless the user says otherwise (`--max-flows`).
 pub const DEFAULT_MAX_FLOWS: usize = 262_144;

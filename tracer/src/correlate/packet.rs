@@ -191,6 +191,7 @@ impl PacketTable {
             event: Some(event),
             next: NONE,
         };
+        // Written out rather than through `reuse_or_push`: this runs once per event.
         match self.free.pop() {
             Some(index) => {
                 self.arena[index as usize] = slot;

@@ -57,17 +57,7 @@ pub struct SampleStore {
 
 impl SampleStore {
     fn insert(&mut self, samples: Samples) -> u32 {
-        let index = match self.free.pop() {
-            Some(index) => {
-                self.slots[index as usize] = samples;
-                index
-            }
-            None => {
-                self.slots.push(samples);
-                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 sample series")
-            }
-        };
-        index + 1
+        super::reuse_or_push(&mut self.slots, &mut self.free, samples, "sample series") + 1
     }
 
     fn release(&mut self, handle: u32) {

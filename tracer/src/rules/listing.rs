@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -91,28 +91,37 @@ impl Texts {
 
     /// Reads a table again, unless it was read less than [`REREAD`] ago.
     fn read(&mut self, key: TableKey) -> &Table {
-        let mut command = match self.paths.get(&key.0).cloned().flatten() {
-            // nsenter (util-linux) runs nft in the namespace.
-            Some(path) => {
-                let mut command = Command::new("nsenter");
-                command.arg(format!("--net={}", path.display())).arg("nft");
-                command
-            }
-            None => Command::new("nft"),
-        };
-        command.args(["-a", "-s", "list", "table", key.1, &key.2]);
-        let table = self.tables.entry(key).or_default();
+        let path = self.paths.get(&key.0).cloned().flatten();
+        let table = self.tables.entry(key.clone()).or_default();
         if table.read_at.is_none_or(|at| at.elapsed() >= REREAD) {
-            let listing = command
-                .output()
-                .ok()
-                .filter(|out| out.status.success())
-                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
-            table.chains = listing.as_deref().map(parse).unwrap_or_default();
+            table.chains = list(path.as_deref(), key.1, &key.2)
+                .as_deref()
+                .map(parse)
+                .unwrap_or_default();
             table.read_at = Some(Instant::now());
         }
         table
     }
+}
+
+/// `nft -a -s list table FAMILY NAME`, in the namespace at `path` (tracer's own when none):
+/// its output, or none when it failed.
+fn list(path: Option<&Path>, family: &str, name: &str) -> Option<String> {
+    let mut command = match path {
+        // nsenter (util-linux) runs nft in the namespace.
+        Some(path) => {
+            let mut command = Command::new("nsenter");
+            command.arg(format!("--net={}", path.display())).arg("nft");
+            command
+        }
+        None => Command::new("nft"),
+    };
+    let out = command
+        .args(["-a", "-s", "list", "table", family, name])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The chains of `nft -a list table` output: each chain's type and its rules by handle.

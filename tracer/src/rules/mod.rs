@@ -423,6 +423,23 @@ struct Place {
     socket: netlink::TraceSocket,
 }
 
+impl Place {
+    /// tracer's table and trace socket in the calling thread's namespace, if it has nf_tables
+    /// tables of its own.
+    fn start(netns: u64, matches: &[Match]) -> io::Result<Option<Place>> {
+        if !netlink::has_tables()? {
+            return Ok(None);
+        }
+        let socket = netlink::TraceSocket::open()?;
+        let table = netlink::OwnedTable::create(matches)?;
+        Ok(Some(Place {
+            netns,
+            _table: table,
+            socket,
+        }))
+    }
+}
+
 /// A namespace to name rules in: inode, a path that opens it, and whether tracer runs in it.
 pub struct Namespace<'a> {
     pub inode: u64,
@@ -462,26 +479,12 @@ impl Rules {
                 Some(None) => continue,
                 _ => {}
             }
-            let enter = |f: &dyn Fn() -> io::Result<Option<Place>>| -> io::Result<Option<Place>> {
-                if ns.own {
-                    f()
-                } else {
-                    crate::netns::run_in(ns.path, f)?
-                }
+            let start = || Place::start(ns.inode, &self.matches);
+            let started = if ns.own {
+                start()
+            } else {
+                crate::netns::run_in(ns.path, start).and_then(|started| started)
             };
-            let matches = &self.matches;
-            let started = enter(&|| {
-                if !netlink::has_tables()? {
-                    return Ok(None);
-                }
-                let socket = netlink::TraceSocket::open()?;
-                let table = netlink::OwnedTable::create(matches)?;
-                Ok(Some(Place {
-                    netns: ns.inode,
-                    _table: table,
-                    socket,
-                }))
-            });
             let mut looked = None;
             match started {
                 Ok(Some(place)) => {

@@ -472,10 +472,7 @@ impl OwnedTable {
                 if message.kind != NLMSG_ERROR {
                     continue;
                 }
-                let code = message
-                    .payload
-                    .get(..4)
-                    .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                let code = message.error_code();
                 if code != 0 {
                     return Err(io::Error::from_raw_os_error(-code));
                 }
@@ -514,10 +511,7 @@ pub fn has_tables() -> io::Result<bool> {
             match message.kind {
                 NLMSG_DONE => return Ok(found),
                 NLMSG_ERROR => {
-                    let code = message
-                        .payload
-                        .get(..4)
-                        .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
+                    let code = message.error_code();
                     return if code == 0 {
                         Ok(found)
                     } else {
@@ -580,6 +574,15 @@ struct Received<'a> {
     kind: u16,
     family: u8,
     payload: &'a [u8],
+}
+
+impl Received<'_> {
+    /// The code of an `NLMSG_ERROR` message (0: an acknowledgement; else a negated errno).
+    fn error_code(&self) -> i32 {
+        self.payload
+            .get(..4)
+            .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+    }
 }
 
 /// The messages in a datagram; a truncated one ends the list.

@@ -17,7 +17,9 @@ use std::{
 
 use crate::{
     clock::monotonic_ns,
-    correlate::{Correlator, Direction, Limits, NatKind, NatSource, PacketTrace, Record},
+    correlate::{
+        Correlator, Direction, Limits, NatKind, NatSource, PacketTrace, Record, nat_kinds,
+    },
     decode::{HopEvent, Tuple},
     names::{NameTable, kernel_symbols},
     output::{Output, RunStats},
@@ -257,17 +259,10 @@ fn name_rules(book: &mut RuleBook, record: &mut Record) {
                     && before != event.tuple
                     && packet.direction == Direction::Original
                 {
-                    let kinds = [
-                        (before.src, before.src_port) != (event.tuple.src, event.tuple.src_port),
-                        (before.dst, before.dst_port) != (event.tuple.dst, event.tuple.dst_port),
-                    ];
-                    for (changed, translation) in kinds
-                        .into_iter()
-                        .zip([Translation::Source, Translation::Destination])
-                    {
-                        if changed
-                            && let Some(rule) =
-                                book.nat_rule(PacketKey::of(event), Some(&before), translation)
+                    for kind in nat_kinds(Direction::Original, &before, &event.tuple) {
+                        let translation = translation(kind);
+                        if let Some(rule) =
+                            book.nat_rule(PacketKey::of(event), Some(&before), translation)
                         {
                             packet.nat_rules.push((at, rule));
                             observed.push(translation);
@@ -304,10 +299,7 @@ fn name_rules(book: &mut RuleBook, record: &mut Record) {
 /// in the walk's namespace that saw the packet as the walk did (the one that dropped it
 /// aside, which comes after the walk), or else the namespace's first hop.
 fn place_walks(book: &mut RuleBook, packet: &mut PacketTrace) {
-    let Some(first) = packet.hops.iter().find(|h| h.event.has_l4) else {
-        return;
-    };
-    let mut keys = vec![PacketKey::of(&first.event)];
+    let mut keys = Vec::new();
     for hop in &packet.hops {
         let key = PacketKey::of(&hop.event);
         if hop.event.has_l4 && !keys.contains(&key) {

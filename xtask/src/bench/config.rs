@@ -84,11 +84,7 @@ impl Config {
                 dumps.push(Tcpdump::start(&testbed.host, iface, &args)?);
             }
         }
-        Ok(Running {
-            config: self,
-            tracer,
-            dumps,
-        })
+        Ok(Running { tracer, dumps })
     }
 }
 
@@ -100,7 +96,8 @@ pub struct Overhead {
     /// Packets the kernel dropped from tcpdump's buffers, all interfaces together (tcpdump
     /// configurations only).
     pub dropped: Option<u64>,
-    /// nf_tables trace messages the kernel could not deliver (`--rules` only).
+    /// nf_tables trace messages the kernel could not deliver (tracer configurations only;
+    /// only `--rules` makes any).
     pub rule_messages_lost: Option<u64>,
 }
 
@@ -121,7 +118,6 @@ fn rule_messages_lost(stderr: &str) -> u64 {
 
 /// A started configuration; dropping it stops everything too (for the error paths).
 pub struct Running {
-    config: Config,
     tracer: Option<Tracer>,
     dumps: Vec<Tcpdump>,
 }
@@ -156,12 +152,7 @@ impl Running {
                 );
             }
             overhead.lost = Some(lost_from(&finished.stderr));
-            if matches!(
-                self.config,
-                Config::TracerRulesNoMatch | Config::TracerRulesAll
-            ) {
-                overhead.rule_messages_lost = Some(rule_messages_lost(&finished.stderr));
-            }
+            overhead.rule_messages_lost = Some(rule_messages_lost(&finished.stderr));
         }
         Ok(overhead)
     }
