@@ -46,9 +46,13 @@ pub struct KernelOffsets {
     pub tuple_dst_addr: u32,
     pub tuple_dst_port: u32,
     pub tuple_protonum: u32,
+    /// `skb->sk`
+    pub skb_sk: u32,
+    /// `sk->__sk_common.skc_cookie`
+    pub sk_cookie: u32,
     pub _pad: u32,
 }
-assert_size!(KernelOffsets, 88);
+assert_size!(KernelOffsets, 96);
 
 impl KernelOffsets {
     /// Every offset unknown.
@@ -76,6 +80,8 @@ impl KernelOffsets {
             tuple_dst_addr: U,
             tuple_dst_port: U,
             tuple_protonum: U,
+            skb_sk: U,
+            sk_cookie: U,
             _pad: 0,
         }
     }
@@ -177,7 +183,7 @@ pub struct Config {
     /// than one per event.
     pub wakeup_bytes: u32,
 }
-assert_size!(Config, 8 + 40 * FILTER_MAX + 88 + 16);
+assert_size!(Config, 8 + 40 * FILTER_MAX + 96 + 16);
 
 impl Config {
     /// A configuration that matches everything and knows no offsets: programs emit nothing useful

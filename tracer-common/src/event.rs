@@ -15,6 +15,10 @@ pub enum EventKind {
     Packet = 1,
     /// A [`PacketWithHeaders`]: the event and the packet's first bytes, for `-w`.
     PacketWithHeaders = 2,
+    /// A [`SocketEvent`]: a process created a socket.
+    SocketCreated = 3,
+    /// A [`SocketEvent`]: a socket was released (closed by its last user).
+    SocketReleased = 4,
 }
 
 /// Most bytes of a packet copied into a [`PacketWithHeaders`].
@@ -122,8 +126,11 @@ pub struct PacketEvent {
     /// Length of the IP and L4 headers (where the payload starts), 0 if unknown.
     pub headers_len: u16,
     pub _pad: u16,
+    /// Cookie of the socket the packet belongs to (`skb->sk`), 0 without one. The socket's
+    /// owner comes in a [`SocketEvent`] with the same cookie, where tracer saw it created.
+    pub sock_cookie: u64,
 }
-assert_size!(PacketEvent, 216);
+assert_size!(PacketEvent, 224);
 
 impl PacketEvent {
     /// An event with every field zero, to be filled in.
@@ -169,6 +176,7 @@ impl PacketEvent {
             drop_reason: 0,
             headers_len: 0,
             _pad: 0,
+            sock_cookie: 0,
         }
     }
 }
@@ -184,7 +192,26 @@ pub struct PacketWithHeaders {
     pub _pad: [u8; 6],
     pub headers: [u8; SNAP_MAX],
 }
-assert_size!(PacketWithHeaders, 216 + 8 + SNAP_MAX);
+assert_size!(PacketWithHeaders, 224 + 8 + SNAP_MAX);
+
+/// A socket's life, seen from the `cgroup/sock_create` and `cgroup/sock_release` programs,
+/// which run in the context of the process that creates (or last closes) the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketEvent {
+    /// [`EventKind::SocketCreated`] or [`EventKind::SocketReleased`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    /// The process (thread group) id of the creator, in the initial PID namespace.
+    pub tgid: u32,
+    /// The socket's cookie (`bpf_get_socket_cookie`), unique while the kernel runs.
+    pub cookie: u64,
+    /// The creator's cgroup v2 id (the inode of its cgroup directory).
+    pub cgroup_id: u64,
+    /// The creating thread's command name, NUL padded.
+    pub comm: [u8; 16],
+}
+assert_size!(SocketEvent, 40);
 
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.

@@ -91,6 +91,10 @@ pub mod program {
     pub const NF_NAT_MANIP_PKT_KPROBE: &str = "nf_nat_manip_pkt_kprobe";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
+    /// `cgroup/sock_create`: who created each socket.
+    pub const SOCK_CREATE: &str = "sock_create";
+    /// `cgroup/sock_release`: when each socket went away.
+    pub const SOCK_RELEASE: &str = "sock_release";
 }
 
 /// Map names in the eBPF object: the names of the map statics in tracer-ebpf.

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use tracer_common::{
     event::{
         COUNTER_ENTRIES, Counter, EventKind, FLAG_L4, PacketEvent, PacketWithHeaders, SNAP_MAX,
-        counter_index,
+        SocketEvent, counter_index,
     },
     flow::FlowKey,
 };
@@ -214,6 +214,13 @@ fn track(ct: u64, tuples: &Tuples) {
 #[inline(always)]
 fn flow_key(view: &View) -> FlowKey {
     FlowKey::new(view.proto, view.src, view.src_port, view.dst, view.dst_port)
+}
+
+/// Writes a socket's event; lost (and not counted) when the ring buffer is full, which leaves
+/// that socket's packets without an owner. The reader's timer finds it: no wakeup.
+#[inline(always)]
+pub fn socket(event: &SocketEvent) {
+    let _ = EVENTS.output::<SocketEvent>(event, u64::from(BPF_RB_NO_WAKEUP));
 }
 
 /// Bytes the largest record takes in the ring buffer, with the ring's 8-byte record header.

@@ -14,6 +14,7 @@ mod emit;
 mod filter;
 mod frame;
 mod nat;
+mod owner;
 mod packet;
 mod skb;
 mod stack;

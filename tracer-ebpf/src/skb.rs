@@ -259,6 +259,10 @@ fn emit<A: Access>(
     let netns_inode = A::read(net, conf!(offsets.net_inum)).unwrap_or(0);
     // Two words: plain loads for BTF-typed programs, one helper call for the others.
     let name: [u64; 2] = A::read(dev, conf!(offsets.dev_name)).unwrap_or([0; 2]);
+    // The cookie of the packet's socket: set where tracer saw the socket created (the
+    // collector knows its owner), 0 for a socket without one or a packet without a socket.
+    let sk: u64 = A::read(skb, conf!(offsets.skb_sk)).unwrap_or(0);
+    let sock_cookie: u64 = A::read(sk, conf!(offsets.sk_cookie)).unwrap_or(0);
     // SAFETY: the reserved event, zeroed and filled by `reserve`; plain stores.
     unsafe {
         let e = &mut *event;
@@ -270,6 +274,7 @@ fn emit<A: Access>(
         e.mark = mark;
         e.ifindex = ifindex;
         e.netns_inode = netns_inode;
+        e.sock_cookie = sock_cookie;
         let ifname = (&raw mut e.ifname).cast::<u64>();
         ifname.write_unaligned(name[0]);
         ifname.add(1).write_unaligned(name[1]);

@@ -9,7 +9,11 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
-    helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
+    EbpfContext as _,
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
+    },
     macros::classifier,
     programs::TcContext,
 };
@@ -107,9 +111,13 @@ fn emit(ctx: &TcContext, hook: Hook, frame: &mut Frame) -> Option<Counter> {
         return Some(Counter::Lost);
     };
     let event = record.event();
+    // SAFETY: the helper reads the cookie of the packet's socket (0 without one) from the
+    // program's own context.
+    let sock_cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the context of a TC program points at its `__sk_buff`, valid while it runs;
     // `event` is the reserved event, zeroed and filled by `reserve`.
     unsafe {
+        (*event).sock_cookie = sock_cookie;
         let skb = &*ctx.skb.skb;
         (*event).len = skb.len;
         (*event).mark = skb.mark;

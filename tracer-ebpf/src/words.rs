@@ -1,7 +1,7 @@
 //! Zeroing records eight bytes at a time.
 //!
 //! LLVM turns a large zero-fill or struct copy into a call to `memset` or `memcpy`, which for
-//! BPF are subprograms that move one byte per loop iteration: zeroing a 216-byte event that
+//! BPF are subprograms that move one byte per loop iteration: zeroing a 224-byte event that
 //! way cost more than all the rest of a stack program together (measured with `perf record`
 //! during the datapath benchmark). Volatile word stores are never merged back into such a
 //! call, and the verifier sees every one of them.
@@ -18,7 +18,7 @@ pub unsafe trait Words: Sized {
     };
 }
 
-// SAFETY: repr(C) integers and arrays, 216 bytes, 8-byte aligned (asserted by `WORDS`).
+// SAFETY: repr(C) integers and arrays, 224 bytes, 8-byte aligned (asserted by `WORDS`).
 unsafe impl Words for tracer_common::event::PacketEvent {}
 // SAFETY: repr(C, align(8)) integers and arrays, 56 bytes (asserted by `WORDS`).
 unsafe impl Words for crate::packet::Headers {}

@@ -95,6 +95,11 @@ pub fn resolve(vmlinux: &Btf, conntrack: Option<&Btf>) -> Result<Resolved, BtfEr
     o.dev_name = k.member("net_device", "name", 16)?;
     o.dev_net = k.member("net_device", "nd_net.net", 8)?;
     o.net_inum = k.member("net", "ns.inum", 4)?;
+    // Optional: without them, packets are not tied to their sockets' processes.
+    o.skb_sk = k.member("sk_buff", "sk", 8).unwrap_or(OFFSET_UNKNOWN);
+    o.sk_cookie = k
+        .member("sock", "__sk_common.skc_cookie", 8)
+        .unwrap_or(OFFSET_UNKNOWN);
 
     let conntrack_unavailable = match resolve_conntrack(vmlinux, conntrack, &mut o) {
         Ok(()) => None,

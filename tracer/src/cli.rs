@@ -10,7 +10,10 @@ use crate::{
     kernel::{hooks::HookSet, tc::TcMode},
     output,
     rules::Detail,
-    session::{live, select::Selection},
+    session::{
+        live,
+        select::{ProcessFilter, Selection},
+    },
 };
 
 /// Follow packets hop by hop through container networking: from a container's eth0 through
@@ -73,11 +76,27 @@ pub struct TraceArgs {
     #[arg(short = 'i', long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
 
-    /// Only this container (repeatable, Docker name or id prefix): only packets that touch it
-    /// are shown, and with `--hooks +tc` its interfaces, their veth peers and bridges get TC
-    /// programs.
+    /// Only this container (repeatable): a Docker, Podman or containerd (Kubernetes) container
+    /// name, or an id prefix. Only packets that touch its network namespace are shown, and with
+    /// `--hooks +tc` its interfaces, their veth peers and bridges get TC programs.
     #[arg(long, value_name = "NAME")]
     pub container: Vec<String>,
+
+    /// Only this pod (repeatable): `namespace/name` of a Kubernetes pod run by containerd, or
+    /// a Podman pod's name. Selects as --container does.
+    #[arg(long, value_name = "NS/NAME")]
+    pub pod: Vec<String>,
+
+    /// Only connections of this process (repeatable): those whose packets come from a socket
+    /// the process created while tracer ran, with their replies. Forwarded packets have no
+    /// process and are not shown.
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Only connections of processes with this command name (repeatable; `comm`, at most 15
+    /// characters), as --pid.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Vec<String>,
 
     /// Only this named network namespace (`ip netns`, repeatable); with -i, the namespace of
     /// those interfaces.
@@ -181,7 +200,12 @@ impl From<TraceArgs> for live::Options {
             selection: Selection {
                 interfaces: args.interfaces,
                 containers: args.container,
+                pods: args.pod,
                 netns: args.netns,
+                processes: ProcessFilter {
+                    pids: args.pid,
+                    comms: args.comm,
+                },
             },
             hooks: args.hooks,
             tc_mode: args.tc_mode.into(),

@@ -14,7 +14,7 @@ use crate::{
     names::NameTable,
     output,
     session::{Session, live::Trace, replay},
-    topology::Topology,
+    topology::{Topology, runtime::Workloads},
 };
 
 /// A trace, as `args` say, until Ctrl-C, SIGTERM, `-c` or `--duration`.
@@ -25,15 +25,11 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `tracer topology`: containers and namespaces with their interfaces, peers and bridges.
+/// `tracer topology`: containers, pods and namespaces with their interfaces, peers and bridges.
 pub async fn topology(format: Format) -> anyhow::Result<()> {
-    let containers = crate::topology::docker::containers()
-        .await
-        .unwrap_or_else(|err| {
-            eprintln!("tracer: warning: could not list Docker containers: {err}");
-            Default::default()
-        });
-    let topology = tokio::task::spawn_blocking(move || Topology::discover(&containers)).await?;
+    let workloads =
+        Workloads::discover(|warning| eprintln!("tracer: warning: {warning}")).await;
+    let topology = tokio::task::spawn_blocking(move || Topology::discover(&workloads)).await?;
     let mut out = io::BufWriter::new(io::stdout());
     match format {
         Format::Text => output::topology::text(&mut out, &topology)?,

@@ -8,6 +8,7 @@
 //! point one way, from the commands down; ARCHITECTURE.md has the picture.
 
 pub mod btf;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod commands;

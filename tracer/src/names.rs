@@ -1,7 +1,7 @@
-//! Names for what the kernel identifies by number: network namespaces and containers.
+//! Names for what the kernel identifies by number: network namespaces, containers and pods.
 //!
-//! The kernel programs report a namespace by inode. Outputs show the container that owns it
-//! when one is known, and the namespace's name otherwise (`ip netns` names); the namespace
+//! The kernel programs report a namespace by inode. Outputs show the pod or container that owns
+//! it when one is known, and the namespace's name otherwise (`ip netns` names); the namespace
 //! tracer itself runs in is called `host`.
 
 use std::{
@@ -11,11 +11,18 @@ use std::{
 
 use rustc_hash::FxHashMap;
 
+use crate::{
+    decode::Process,
+    topology::runtime::{Runtime, Workload},
+};
+
 /// Names by namespace inode, drop reason value and code address.
 #[derive(Debug, Clone, Default)]
 pub struct NameTable {
     netns: FxHashMap<u64, String>,
-    containers: FxHashMap<u64, String>,
+    workloads: FxHashMap<u64, Workload>,
+    /// Containers by the id of their cgroup (v2), for naming processes.
+    cgroups: FxHashMap<u64, Workload>,
     drop_reasons: HashMap<u32, String>,
     symbols: HashMap<u64, String>,
     /// Changes whenever a namespace or container is named, in this table or any other, so that
@@ -33,10 +40,34 @@ impl NameTable {
         self.places_version = PLACES_VERSION.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Names the container whose network namespace has `inode`.
-    pub fn set_container(&mut self, inode: u64, name: impl Into<String>) {
-        self.containers.insert(inode, name.into());
+    /// Names the container or pod whose network namespace has `inode`.
+    pub fn set_workload(&mut self, inode: u64, workload: Workload) {
+        self.workloads.insert(inode, workload);
         self.places_version = PLACES_VERSION.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Names the Docker container whose network namespace has `inode`.
+    #[cfg(test)]
+    pub fn set_container(&mut self, inode: u64, name: impl Into<String>) {
+        let workload = Workload {
+            runtime: Runtime::Docker,
+            pod: None,
+            containers: vec![name.into()],
+        };
+        self.set_workload(inode, workload);
+    }
+
+    /// Names the container whose processes are in the cgroup with `id`.
+    pub fn set_cgroup(&mut self, id: u64, workload: Workload) {
+        self.cgroups.insert(id, workload);
+    }
+
+    /// The container or pod of a process: by its cgroup, or else by the namespace its socket
+    /// was seen in (`netns_inode`), the namespace it created the socket in.
+    pub fn process_workload(&self, process: &Process, netns_inode: u64) -> Option<&Workload> {
+        self.cgroups
+            .get(&process.cgroup_id)
+            .or_else(|| self.workloads.get(&netns_inode))
     }
 
     /// The same while the names of namespaces and containers stay the same.
@@ -78,14 +109,27 @@ impl NameTable {
         self.netns.get(&inode).map(String::as_str)
     }
 
+    /// The container whose namespace has `inode`, where it is one container's.
     pub fn container(&self, inode: u64) -> Option<&str> {
-        self.containers.get(&inode).map(String::as_str)
+        self.workloads.get(&inode).and_then(Workload::container)
     }
 
-    /// The most useful name for a place: container, namespace name, or `netns:<inode>`.
+    /// The pod whose namespace has `inode`.
+    pub fn pod(&self, inode: u64) -> Option<&str> {
+        self.workloads.get(&inode).and_then(|w| w.pod.as_deref())
+    }
+
+    /// The runtime of the container or pod whose namespace has `inode`.
+    pub fn runtime(&self, inode: u64) -> Option<Runtime> {
+        self.workloads.get(&inode).map(|w| w.runtime)
+    }
+
+    /// The most useful name for a place: pod or container, namespace name, or `netns:<inode>`.
     pub fn place(&self, inode: u64) -> String {
-        self.container(inode)
-            .or_else(|| self.netns(inode))
+        if let Some(workload) = self.workloads.get(&inode) {
+            return workload.name();
+        }
+        self.netns(inode)
             .map_or_else(|| format!("netns:{inode}"), str::to_owned)
     }
 

@@ -101,8 +101,9 @@ async fn drain(
             }
             // Decoded straight from the ring's memory; the record is released when `item` is
             // dropped.
-            match decoder.decode(&item) {
-                Ok(event) => batch.push(event),
+            match decoder.record(&item) {
+                Ok(Some(event)) => batch.push(event),
+                Ok(None) => {}
                 Err(err) => {
                     if malformed == 0 && stats.malformed.load(Ordering::Relaxed) == 0 {
                         log::warn!("dropping malformed event: {err}");

@@ -17,7 +17,7 @@ use packet::{CompletedPacket, PacketTable};
 use tracer_common::hook::Hook;
 
 use crate::{
-    decode::{HopEvent, IfName, Tuple},
+    decode::{HopEvent, IfName, Process, Tuple},
     rules::{PacketKey, Rule},
 };
 
@@ -136,6 +136,16 @@ pub struct PacketTrace {
     /// The packet's walks through netfilter's chains (`--rules=all`), each with the index of
     /// the hop it followed: every rule that matched, with its verdict, in order.
     pub walks: Vec<(usize, Vec<Arc<Rule>>)>,
+    /// The process that created the packet's socket, from the first hop that had the socket;
+    /// it holds for every hop of the packet.
+    pub process: Option<PacketProcess>,
+}
+
+/// The process behind a packet, and the namespace where its socket was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketProcess {
+    pub process: Arc<Process>,
+    pub netns_inode: u64,
 }
 
 /// Source or destination NAT.
@@ -345,6 +355,12 @@ impl Correlator {
                 packet_id: packet.id,
                 flow_id: assignment.flow_id,
                 direction: assignment.direction,
+                process: hops.iter().find_map(|hop| {
+                    Some(PacketProcess {
+                        process: Arc::clone(hop.event.process.as_ref()?),
+                        netns_inode: hop.event.netns_inode,
+                    })
+                }),
                 hops,
                 nat_rules: Vec::new(),
                 drop_rule: None,

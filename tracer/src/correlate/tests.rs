@@ -63,6 +63,7 @@ fn event(ts_ns: u64, hook: Hook, netns: u64, ifname: &str, skb: u64, tuple: Tupl
         conntrack: None,
         drop: None,
         headers: None,
+        process: None,
     }
 }
 

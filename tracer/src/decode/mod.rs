@@ -5,6 +5,7 @@
 //! nothing is read from a record that failed these checks.
 
 use std::{
+    collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use tracer_common::{
     event::{
         CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR,
-        FLAG_TC, PacketEvent, PacketWithHeaders, SNAP_MAX,
+        FLAG_TC, PacketEvent, PacketWithHeaders, SNAP_MAX, SocketEvent,
     },
     hook::Hook,
     wire::{conntrack, ipproto},
@@ -34,6 +35,19 @@ pub enum DecodeError {
     },
     #[error("unknown hook {0}")]
     UnknownHook(u8),
+    #[error("event kind {0} is not a packet")]
+    NotPacket(u8),
+}
+
+/// The process that created a packet's socket, as the kernel saw it at creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    /// Process id (thread group id), in the initial PID namespace.
+    pub pid: u32,
+    /// Command name of the creating thread (`comm`, at most 15 bytes).
+    pub comm: String,
+    /// The creator's cgroup v2 id, which names its container or pod.
+    pub cgroup_id: u64,
 }
 
 /// An IP protocol, by number, with names for the common ones.
@@ -134,6 +148,9 @@ pub struct HopEvent {
     pub drop: Option<DropInfo>,
     /// The packet's first bytes from the IP header on, when they were asked for (`-w`).
     pub headers: Option<Bytes>,
+    /// The process that created the packet's socket, where the packet has a socket here and
+    /// tracer saw it created; `None` everywhere else (never guessed).
+    pub process: Option<Arc<Process>>,
 }
 
 /// A drop as the kernel reported it.
@@ -189,14 +206,26 @@ pub fn decode(bytes: &[u8]) -> Result<HopEvent, DecodeError> {
 /// Conntrack entries a [`Decoder`] remembers.
 const RECENT_ENTRIES: usize = 256;
 
+/// Sockets whose owners a [`Decoder`] keeps, at most: beyond, new sockets' packets have no
+/// process (never a wrong one).
+const MAX_OWNERS: usize = 1 << 18;
+
+/// Released sockets whose owners are kept, for the packets sent after the release (a TCP
+/// socket's FIN and retransmissions leave after `close()`).
+const RELEASED_KEPT: usize = 4096;
+
 /// Decodes records one after another, giving the events of one connection one shared
 /// conntrack entry (the entry is 96 bytes and most hops carry one) while its tuples and state
-/// stay the same.
-/// (`Decoder::default()` shares nothing: each event gets its own entry.)
+/// stay the same, and giving packets the process that created their socket.
+/// (`Decoder::default()` shares no conntrack entries.)
 #[derive(Default)]
 pub struct Decoder {
     /// Direct-mapped by entry address and state: the raw entry and what it decoded to.
     recent: Vec<Option<(RawConntrack, Arc<Conntrack>)>>,
+    /// Socket owners by cookie.
+    owners: HashMap<u64, Arc<Process>>,
+    /// Cookies of released sockets, oldest first, whose owners are still kept.
+    released: VecDeque<u64>,
 }
 
 /// A conntrack entry as the kernel program wrote it.
@@ -213,12 +242,33 @@ impl Decoder {
     pub fn new() -> Decoder {
         Decoder {
             recent: vec![None; RECENT_ENTRIES],
+            ..Decoder::default()
         }
     }
 
-    /// Decodes one ring buffer record.
+    /// Takes one ring buffer record of any kind: a packet's event, or `None` for a socket's,
+    /// which is remembered for the packets of that socket.
+    pub fn record(&mut self, bytes: &[u8]) -> Result<Option<HopEvent>, DecodeError> {
+        let kind = *bytes.first().ok_or(DecodeError::Empty)?;
+        if kind == EventKind::SocketCreated as u8 || kind == EventKind::SocketReleased as u8 {
+            let raw: SocketEvent = read_record(bytes, kind)?;
+            self.socket(&raw);
+            return Ok(None);
+        }
+        self.decode(bytes).map(Some)
+    }
+
+    /// Decodes one packet record.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<HopEvent, DecodeError> {
         let kind = *bytes.first().ok_or(DecodeError::Empty)?;
+        let widened;
+        let bytes = match widen_unowned(kind, bytes) {
+            Some(wide) => {
+                widened = wide;
+                &widened[..]
+            }
+            None => bytes,
+        };
         if kind == EventKind::Packet as u8 {
             let raw: PacketEvent = read_record(bytes, kind)?;
             return packet(&raw, self);
@@ -230,7 +280,43 @@ impl Decoder {
             event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
             return Ok(event);
         }
+        if kind == EventKind::SocketCreated as u8 || kind == EventKind::SocketReleased as u8 {
+            return Err(DecodeError::NotPacket(kind));
+        }
         Err(DecodeError::UnknownKind(kind))
+    }
+
+    /// Remembers a created socket's owner; lets a released one's go after [`RELEASED_KEPT`]
+    /// more releases.
+    fn socket(&mut self, raw: &SocketEvent) {
+        if raw.cookie == 0 {
+            return;
+        }
+        if raw.kind == EventKind::SocketCreated as u8 {
+            if self.owners.len() < MAX_OWNERS {
+                let comm = IfName(raw.comm).as_str().into_owned();
+                let process = Process {
+                    pid: raw.tgid,
+                    comm,
+                    cgroup_id: raw.cgroup_id,
+                };
+                self.owners.insert(raw.cookie, Arc::new(process));
+            }
+            return;
+        }
+        if self.owners.contains_key(&raw.cookie) {
+            self.released.push_back(raw.cookie);
+            if self.released.len() > RELEASED_KEPT
+                && let Some(gone) = self.released.pop_front()
+            {
+                self.owners.remove(&gone);
+            }
+        }
+    }
+
+    /// Sockets whose owners are known, for memory tests.
+    pub fn owners(&self) -> usize {
+        self.owners.len()
     }
 
     /// The entry of `raw`, shared with earlier events that carried the same.
@@ -262,6 +348,30 @@ impl Decoder {
             }
         }
     }
+}
+
+/// Bytes of a packet event before it carried the socket cookie (recordings made by earlier
+/// versions of tracer), where the cookie now is.
+const UNOWNED_EVENT: usize = size_of::<PacketEvent>() - size_of::<u64>();
+
+/// A packet record in the layout before the socket cookie, widened to today's with a zero
+/// cookie, so that older recordings replay; `None` for any other record.
+fn widen_unowned(kind: u8, bytes: &[u8]) -> Option<Vec<u8>> {
+    let current = if kind == EventKind::Packet as u8 {
+        size_of::<PacketEvent>()
+    } else if kind == EventKind::PacketWithHeaders as u8 {
+        size_of::<PacketWithHeaders>()
+    } else {
+        return None;
+    };
+    if bytes.len() + size_of::<u64>() != current {
+        return None;
+    }
+    let mut wide = Vec::with_capacity(current);
+    wide.extend_from_slice(&bytes[..UNOWNED_EVENT]);
+    wide.extend_from_slice(&0u64.to_ne_bytes());
+    wide.extend_from_slice(&bytes[UNOWNED_EVENT..]);
+    Some(wide)
 }
 
 /// Reads a whole record of type `T`, which must be exactly its size.
@@ -315,6 +425,9 @@ fn packet(raw: &PacketEvent, decoder: &mut Decoder) -> Result<HopEvent, DecodeEr
             location: raw.location,
         }),
         headers: None,
+        process: (raw.sock_cookie != 0)
+            .then(|| decoder.owners.get(&raw.sock_cookie).cloned())
+            .flatten(),
     })
 }
 

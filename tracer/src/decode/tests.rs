@@ -209,3 +209,62 @@ fn decodes_records_captured_from_the_kernel() {
     assert_eq!(ct.orig.src, v4(172, 17, 0, 2));
     assert_eq!(ct.reply.dst, v4(198, 18, 0, 2));
 }
+
+fn socket_record(kind: EventKind, cookie: u64, tgid: u32, comm: &str) -> Vec<u8> {
+    let mut name = [0u8; 16];
+    name[..comm.len()].copy_from_slice(comm.as_bytes());
+    let event = SocketEvent {
+        kind: kind as u8,
+        _pad: [0; 3],
+        tgid,
+        cookie,
+        cgroup_id: 99,
+        comm: name,
+    };
+    // SAFETY: `SocketEvent` is plain integers and arrays without implicit padding.
+    unsafe {
+        std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<SocketEvent>())
+    }
+    .to_vec()
+}
+
+#[test]
+fn packets_carry_the_process_that_created_their_socket() {
+    let mut decoder = Decoder::new();
+    let created = decoder.record(&socket_record(EventKind::SocketCreated, 7, 4242, "wget"));
+    assert_eq!(created, Ok(None));
+    let mut raw = syn_event();
+    raw.sock_cookie = 7;
+    let event = decoder.record(&encode(&raw)).unwrap().expect("a packet");
+    let process = event.process.expect("the socket's owner");
+    assert_eq!((process.pid, process.comm.as_str(), process.cgroup_id), (4242, "wget", 99));
+    // Another socket, or none: no process, never a guess.
+    raw.sock_cookie = 8;
+    assert_eq!(decoder.decode(&encode(&raw)).unwrap().process, None);
+    raw.sock_cookie = 0;
+    assert_eq!(decoder.decode(&encode(&raw)).unwrap().process, None);
+    // A released socket's owner stays for its last packets, then goes.
+    decoder.record(&socket_record(EventKind::SocketReleased, 7, 4242, "wget")).unwrap();
+    raw.sock_cookie = 7;
+    assert!(decoder.decode(&encode(&raw)).unwrap().process.is_some());
+    for cookie in 100..100 + RELEASED_KEPT as u64 {
+        decoder.record(&socket_record(EventKind::SocketCreated, cookie, 1, "x")).unwrap();
+        decoder.record(&socket_record(EventKind::SocketReleased, cookie, 1, "x")).unwrap();
+    }
+    assert_eq!(decoder.decode(&encode(&raw)).unwrap().process, None);
+    assert_eq!(decoder.owners(), RELEASED_KEPT);
+    // A socket record is not a packet.
+    assert_eq!(
+        decoder.decode(&socket_record(EventKind::SocketCreated, 9, 1, "x")),
+        Err(DecodeError::NotPacket(EventKind::SocketCreated as u8))
+    );
+}
+
+#[test]
+fn records_from_before_the_socket_cookie_still_decode() {
+    let mut raw = syn_event();
+    raw.sock_cookie = 0;
+    let bytes = encode(&raw);
+    let old: Vec<u8> = bytes[..UNOWNED_EVENT].to_vec();
+    assert_eq!(decode(&old), decode(&bytes));
+}

@@ -15,11 +15,12 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
+    programs::{CgroupAttachMode, CgroupSock},
 };
 use tracer_common::{
     config::{CONFIG_SYMBOL, Config, Filter},
     event::{COUNTER_SLOTS, Counter, counter_index},
-    hook::{Hook, map},
+    hook::{Hook, map, program},
 };
 
 use crate::btf;
@@ -179,6 +180,31 @@ impl Programs {
         &self.notes
     }
 
+    /// Attaches the socket programs to the root of the cgroup v2 hierarchy, so that every inet
+    /// socket created from now on, in any container, reports its creator and its release.
+    /// Packets of sockets created before stay without a process. Returns the hierarchy's mount.
+    pub fn watch_sockets(&mut self) -> anyhow::Result<std::path::PathBuf> {
+        let root = crate::cgroup::mount().context("no cgroup v2 hierarchy is mounted")?;
+        let dir = std::fs::File::open(&root)
+            .with_context(|| format!("cannot open {}", root.display()))?;
+        for name in [program::SOCK_CREATE, program::SOCK_RELEASE] {
+            let program: &mut CgroupSock = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            program
+                .load()
+                .map_err(|err| anyhow!("loading {name}: {}", hooks::describe(&err)))?;
+            // As a link (Linux 5.7+, and sock_release needs 5.9), which the kernel always
+            // attaches alongside other programs, and which takes no attach flags.
+            program
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|err| anyhow!("attaching {name}: {}", hooks::describe(&err)))?;
+        }
+        Ok(root)
+    }
+
     /// Interfaces the TC programs are attached to, for naming TC events.
     pub fn tc_interfaces(&self) -> impl Iterator<Item = &tc::TcInterface> {
         self.tc.interfaces()
@@ -234,7 +260,7 @@ impl Drop for Programs {
 #[cfg(test)]
 mod tests {
     use super::{OBJECT, hooks::HOOKS};
-    use tracer_common::hook::map;
+    use tracer_common::hook::{map, program};
 
     /// Every program the hook table names, and every map the collector opens, is in the object
     /// that was built: a renamed program fails here rather than at run time.
@@ -251,6 +277,12 @@ mod tests {
                     object.programs.keys().collect::<Vec<_>>()
                 );
             }
+        }
+        for name in [program::SOCK_CREATE, program::SOCK_RELEASE] {
+            assert!(
+                object.programs.contains_key(name),
+                "socket program {name} is not in the object"
+            );
         }
         for name in [map::EVENTS, map::COUNTERS, map::TRACKED] {
             assert!(

@@ -23,7 +23,11 @@ use std::{
 use anyhow::Context as _;
 use tracer_common::wire::tcp;
 
-use crate::{correlate::Record, decode::Tuple, names::NameTable};
+use crate::{
+    correlate::{PacketProcess, Record},
+    decode::Tuple,
+    names::NameTable,
+};
 
 /// Where a trace's records go.
 pub trait Output {
@@ -53,6 +57,22 @@ pub struct Options {
     pub realtime_offset_ns: i128,
     /// Bytes captured per hop (pcapng's interface snap length).
     pub snap_len: u32,
+}
+
+/// `pid 1234 (wget) in shop/web, container httpd`: the process behind a packet, for text and
+/// pcapng comments.
+pub fn process_text(owner: &PacketProcess, names: &NameTable) -> String {
+    let process = &owner.process;
+    let mut text = format!("pid {} ({})", process.pid, process.comm);
+    if let Some(workload) = names.process_workload(process, owner.netns_inode) {
+        let _ = write!(text, " in {}", workload.name());
+        if workload.pod.is_some()
+            && let Some(container) = workload.container()
+        {
+            let _ = write!(text, ", container {container}");
+        }
+    }
+    text
 }
 
 /// Makes the writer of `format` on `out`.

@@ -20,7 +20,7 @@ use pcap_file::{
     },
 };
 
-use super::{Output, RunStats, duration};
+use super::{Output, RunStats, duration, process_text};
 use crate::{
     correlate::{HopLabel, PacketTrace, Record},
     names::NameTable,
@@ -66,6 +66,9 @@ impl<W: Write> PcapngWriter<W> {
                 duration(hop.since_prev_ns),
                 duration(hop.since_first_ns),
             );
+            if let Some(owner) = &packet.process {
+                comment += &format!(", from {}", process_text(owner, names));
+            }
             if let Some((_, rule)) = packet.nat_rules.iter().find(|(at, _)| *at == index) {
                 comment += &format!(", NAT by {}", rule.describe());
             }

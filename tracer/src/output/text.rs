@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use tracer_common::wire::tcp;
 
-use super::{Output, RunStats, duration, endpoint, tcp_flags, tuple};
+use super::{Output, RunStats, duration, endpoint, process_text, tcp_flags, tuple};
 use crate::{
     correlate::{Direction, FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record},
     decode::{HopEvent, Proto, Tuple},
@@ -31,9 +31,14 @@ impl<W: Write> TextWriter<W> {
         let Some(first) = packet.hops.first() else {
             return Ok(());
         };
+        let process = packet
+            .process
+            .as_ref()
+            .map(|owner| format!("  from {}", process_text(owner, names)))
+            .unwrap_or_default();
         writeln!(
             self.out,
-            "{} {}  (packet {}, flow {} {})",
+            "{} {}  (packet {}, flow {} {}){process}",
             clock(first.event.ts_ns, self.realtime_offset_ns),
             summary(&first.event),
             packet.packet_id,

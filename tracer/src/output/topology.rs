@@ -5,17 +5,26 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::topology::{Link, LinkKind, Namespace, Topology};
+use crate::topology::{
+    Link, LinkKind, Namespace, Topology,
+    runtime::{Runtime, Workload},
+};
 
-/// One row per interface: namespace, `name@ifPEER`, kind, the veth's other end, the bridge on
-/// the way out, addresses.
+/// One row per interface: namespace (as traces name it), the runtime, pod and container that
+/// own it, `name@ifPEER`, kind, the veth's other end, the bridge on the way out, addresses.
 pub fn text(out: &mut impl Write, topology: &Topology) -> io::Result<()> {
     writeln!(
         out,
-        "{:<24} {:<20} {:<7} {:<36} {:<12} ADDRESSES",
-        "NAMESPACE", "INTERFACE", "KIND", "PEER", "BRIDGE"
+        "{:<24} {:<10} {:<20} {:<16} {:<20} {:<7} {:<36} {:<12} ADDRESSES",
+        "NAMESPACE", "RUNTIME", "POD", "CONTAINER", "INTERFACE", "KIND", "PEER", "BRIDGE"
     )?;
     for ns in &topology.namespaces {
+        let workload = ns.workload.as_ref();
+        let runtime = workload.map_or("-", |w| w.runtime.name());
+        let pod = workload.and_then(|w| w.pod.as_deref()).unwrap_or("-");
+        let containers = workload
+            .filter(|w| !w.containers.is_empty())
+            .map_or_else(|| "-".to_owned(), |w| w.containers.join(","));
         for link in ns.links.iter().filter(|l| l.kind != LinkKind::Loopback) {
             let row = Row::new(topology, ns, link);
             let interface = match link.peer_ifindex {
@@ -31,8 +40,11 @@ pub fn text(out: &mut impl Write, topology: &Topology) -> io::Result<()> {
                 addresses.push("(default route)".to_owned());
             }
             let line = format!(
-                "{:<24} {:<20} {:<7} {:<36} {:<12} {}",
+                "{:<24} {:<10} {:<20} {:<16} {:<20} {:<7} {:<36} {:<12} {}",
                 ns.display_name(),
+                runtime,
+                pod,
+                containers,
                 interface,
                 kind(&link.kind),
                 peer,
@@ -54,7 +66,10 @@ pub fn json(out: &mut impl Write, topology: &Topology) -> io::Result<()> {
             inode: ns.inode,
             name: ns.display_name(),
             names: &ns.names,
-            container: ns.container.as_deref(),
+            container: ns.workload.as_ref().and_then(Workload::container),
+            containers: ns.workload.as_ref().map_or(&[], |w| w.containers.as_slice()),
+            pod: ns.workload.as_ref().and_then(|w| w.pod.as_deref()),
+            runtime: ns.workload.as_ref().map(|w| w.runtime),
             pid: ns.process.as_ref().map(|(pid, _)| *pid),
             own: ns.own,
             links: ns
@@ -122,7 +137,12 @@ struct NamespaceJson<'a> {
     name: String,
     /// `ip netns` names.
     names: &'a [String],
+    /// The container, where the namespace is one container's.
     container: Option<&'a str>,
+    /// Every container in it (a pod's, sandboxes left out).
+    containers: &'a [String],
+    pod: Option<&'a str>,
+    runtime: Option<Runtime>,
     pid: Option<u32>,
     /// Whether tracer runs in it.
     own: bool,

@@ -2,14 +2,17 @@
 //! interfaces that appear get TC programs within a refresh, interfaces and namespaces that
 //! vanish are forgotten quietly.
 
-use std::{collections::BTreeSet, collections::HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 use super::select::{Place, Selection};
 use crate::{
     error::UsageError,
     kernel::{Programs, hooks::HookSet, tc::AttachError},
     names::NameTable,
-    topology::{Namespace, Topology, docker},
+    topology::{
+        Namespace, Topology,
+        runtime::{Workload, Workloads},
+    },
 };
 
 /// What one [`Follower::apply`] did.
@@ -27,7 +30,9 @@ pub struct Applied {
 pub struct Follower {
     pub topology: Topology,
     pub places: BTreeSet<Place>,
-    containers: HashMap<u64, String>,
+    workloads: Workloads,
+    /// The containers' cgroups by id, for naming processes.
+    cgroups: HashMap<u64, Workload>,
     tc: bool,
     /// Interfaces whose attach failed (reported once, not tried again) or that were gone.
     given_up: BTreeSet<(u64, u32)>,
@@ -37,30 +42,35 @@ impl Follower {
     /// Discovers the topology and resolves the selection; an unknown container, namespace or
     /// interface is an error.
     pub async fn start(selection: &Selection, hooks: HookSet) -> anyhow::Result<Follower> {
-        let containers = docker_names().await;
-        let topology = discover(containers.clone()).await?;
-        let places = selection.places(&topology).map_err(UsageError::from)?;
+        let workloads = workloads().await;
+        let cgroups = cgroups(workloads.clone()).await?;
+        let topology = discover(workloads.clone()).await?;
+        let places = selection
+            .places(&topology, &workloads)
+            .map_err(UsageError::from)?;
         Ok(Follower {
             topology,
             places,
-            containers,
+            workloads,
+            cgroups,
             tc: hooks.has_interface_hooks(),
             given_up: BTreeSet::new(),
         })
     }
 
-    /// Reads the topology again; asks Docker for names only when namespaces appeared.
+    /// Reads the topology again; asks the runtimes for names only when namespaces appeared.
     pub async fn refresh(&mut self) -> anyhow::Result<()> {
         let known: BTreeSet<u64> = self.topology.namespaces.iter().map(|ns| ns.inode).collect();
-        let mut topology = discover(self.containers.clone()).await?;
+        let mut topology = discover(self.workloads.clone()).await?;
         if topology
             .namespaces
             .iter()
             .any(|ns| !known.contains(&ns.inode))
         {
-            self.containers = docker_names().await;
+            self.workloads = workloads().await;
+            self.cgroups = cgroups(self.workloads.clone()).await?;
             for ns in &mut topology.namespaces {
-                ns.container = self.containers.get(&ns.inode).cloned();
+                ns.workload = self.workloads.of_netns(ns.inode).cloned();
             }
         }
         self.topology = topology;
@@ -122,21 +132,32 @@ impl Follower {
     }
 
     pub fn names(&self) -> NameTable {
-        self.topology.names()
-    }
-}
-
-async fn discover(containers: HashMap<u64, String>) -> anyhow::Result<Topology> {
-    Ok(tokio::task::spawn_blocking(move || Topology::discover(&containers)).await?)
-}
-
-/// Container names, or none when Docker cannot be asked (said once, on stderr).
-async fn docker_names() -> HashMap<u64, String> {
-    match docker::containers().await {
-        Ok(names) => names,
-        Err(err) => {
-            log::warn!("could not list Docker containers: {err}");
-            HashMap::new()
+        let mut names = self.topology.names();
+        for (id, workload) in &self.cgroups {
+            names.set_cgroup(*id, workload.clone());
         }
+        names
     }
+
+    /// What the runtimes reported at the last refresh that found new namespaces.
+    pub fn workloads(&self) -> &Workloads {
+        &self.workloads
+    }
+}
+
+async fn discover(workloads: Workloads) -> anyhow::Result<Topology> {
+    Ok(tokio::task::spawn_blocking(move || Topology::discover(&workloads)).await?)
+}
+
+/// The containers' cgroups by id (none without a cgroup v2 hierarchy).
+async fn cgroups(workloads: Workloads) -> anyhow::Result<HashMap<u64, Workload>> {
+    Ok(tokio::task::spawn_blocking(move || {
+        crate::cgroup::mount().map_or_else(HashMap::new, |root| workloads.by_cgroup(&root))
+    })
+    .await?)
+}
+
+/// The containers and pods of every runtime that answers; one that does not is said on stderr.
+async fn workloads() -> Workloads {
+    Workloads::discover(|warning| log::warn!("{warning}")).await
 }

@@ -117,6 +117,11 @@ impl Trace {
             None => None,
         };
         let filter = crate::filter::compile(expression.as_ref()).map_err(UsageError::from)?;
+        options
+            .selection
+            .processes
+            .check()
+            .map_err(UsageError::from)?;
         let follower = Follower::start(&options.selection, options.hooks).await?;
         // Output files first: a path that cannot be written is reported before anything loads.
         let pcapng = options
@@ -147,6 +152,12 @@ impl Trace {
         })?;
         for outcome in programs.climb(false) {
             report_unused(&outcome)?;
+        }
+        if let Err(err) = programs.watch_sockets() {
+            if !options.selection.processes.is_empty() {
+                return Err(err.context("--pid and --comm need the socket programs"));
+            }
+            eprintln!("tracer: note: packets are not tied to processes: {err:#}");
         }
         // Parsing the kernel's BTF took tens of MiB, all freed by now: give it back to the
         // system rather than keep it for the whole trace.
@@ -208,6 +219,7 @@ impl Trace {
             outputs,
             names,
         );
+        session.select_processes(options.selection.processes.clone());
         if let Some(detail) = options.rules {
             if crate::rules::legacy_iptables() {
                 eprintln!(

@@ -25,7 +25,7 @@ use crate::{
     output::{Output, RunStats},
     rules::{Detail, PacketKey, RuleBook, Rules, Translation},
 };
-use select::{Place, touches};
+use select::{Place, ProcessFilter, touches};
 
 /// Packets or flows ended between two writes when a trace finishes.
 const FINISH_CHUNK: usize = 1024;
@@ -55,6 +55,7 @@ impl<'a> Session<'a> {
             correlator: Correlator::new(limits),
             shown: Shown {
                 places,
+                processes: ProcessFilter::default(),
                 count,
                 flows: HashSet::new(),
             },
@@ -63,6 +64,11 @@ impl<'a> Session<'a> {
             stats: RunStats::default(),
             rules: None,
         }
+    }
+
+    /// Shows only the connections of these processes (`--pid`, `--comm`).
+    pub fn select_processes(&mut self, processes: ProcessFilter) {
+        self.shown.processes = processes;
     }
 
     /// Names the netfilter rules behind NAT and drops from now on.
@@ -195,9 +201,11 @@ fn peak_memory_kib() -> Option<u64> {
     line.trim().strip_suffix("kB")?.trim().parse().ok()
 }
 
-/// Which records are shown: the selection (`-i`, `--container`, `--netns`) and `-c`.
+/// Which records are shown: the selection (`-i`, `--container`, `--pod`, `--netns`, `--pid`,
+/// `--comm`) and `-c`.
 struct Shown {
     places: BTreeSet<Place>,
+    processes: ProcessFilter,
     count: Option<u64>,
     /// Flows with a shown packet, when a selection hides some.
     flows: HashSet<u64>,
@@ -206,10 +214,18 @@ struct Shown {
 impl Shown {
     /// Whether to show `record`, counting what is shown.
     fn admits(&mut self, record: &Record, stats: &mut RunStats) -> bool {
-        let selective = !self.places.is_empty();
+        let selective = !self.places.is_empty() || !self.processes.is_empty();
         match record {
             Record::Packet(packet) => {
                 if self.count_reached(stats) || !touches(packet, &self.places) {
+                    return false;
+                }
+                // A connection is the process's from its first packet the process sent: its
+                // replies, which have no process, are shown with it.
+                if !self.processes.is_empty()
+                    && !self.flows.contains(&packet.flow_id)
+                    && !self.processes.matches(packet)
+                {
                     return false;
                 }
                 if selective {

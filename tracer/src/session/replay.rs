@@ -19,11 +19,12 @@ pub fn run(input: impl Read, mut session: Session<'_>) -> anyhow::Result<RunStat
     let mut decoder = Decoder::new();
     while recording.next_into(&mut record)? {
         events += 1;
-        match decoder.decode(&record) {
-            Ok(event) => {
+        match decoder.record(&record) {
+            Ok(Some(event)) => {
                 latest = latest.max(event.ts_ns);
                 session.push([event]);
             }
+            Ok(None) => {}
             Err(_) => malformed += 1,
         }
         if events % TICK_EVERY == 0 {

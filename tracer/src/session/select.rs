@@ -1,4 +1,4 @@
-//! What the user asked to look at (`-i`, `--container`, `--netns`), resolved against the
+//! What the user asked to look at (`-i`, `--container`, `--pod`, `--netns`), resolved against the
 //! topology: the interfaces that get TC programs, and the places a packet must touch to be
 //! shown.
 
@@ -9,7 +9,7 @@ use anyhow::bail;
 use crate::{
     correlate::PacketTrace,
     kernel::tc::TcTarget,
-    topology::{LinkKind, Namespace, Topology},
+    topology::{LinkKind, Namespace, Topology, runtime::Workloads},
 };
 
 /// The user's selection, by name.
@@ -17,10 +17,46 @@ use crate::{
 pub struct Selection {
     /// `-i`: interfaces.
     pub interfaces: Vec<String>,
-    /// `--container`: container names.
+    /// `--container`: container names or id prefixes, of any runtime.
     pub containers: Vec<String>,
+    /// `--pod`: pods, `namespace/name` (or a name that is unique without its namespace).
+    pub pods: Vec<String>,
     /// `--netns`: named network namespaces.
     pub netns: Vec<String>,
+    /// `--pid`, `--comm`.
+    pub processes: ProcessFilter,
+}
+
+/// The processes whose connections are shown (`--pid`, `--comm`); all when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessFilter {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+}
+
+impl ProcessFilter {
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty()
+    }
+
+    /// Whether `packet` comes from one of the processes.
+    pub fn matches(&self, packet: &PacketTrace) -> bool {
+        packet.process.as_ref().is_some_and(|owner| {
+            self.pids.contains(&owner.process.pid)
+                || self.comms.iter().any(|comm| *comm == owner.process.comm)
+        })
+    }
+
+    /// A command name the kernel cannot report (`comm` is at most 15 bytes).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(long) = self.comms.iter().find(|comm| comm.len() > 15) {
+            bail!(
+                "--comm {long}: the kernel keeps 15 bytes of a command name; use --comm {}",
+                long.chars().take(15).collect::<String>()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A place a shown packet must touch: a whole namespace, or one interface in it.
@@ -32,13 +68,21 @@ pub enum Place {
 
 impl Selection {
     pub fn is_empty(&self) -> bool {
-        self.interfaces.is_empty() && self.containers.is_empty() && self.netns.is_empty()
+        self.interfaces.is_empty()
+            && self.containers.is_empty()
+            && self.pods.is_empty()
+            && self.netns.is_empty()
+            && self.processes.is_empty()
     }
 
-    /// The places selected, or an error naming what does not exist.
-    pub fn places(&self, topology: &Topology) -> anyhow::Result<BTreeSet<Place>> {
+    /// The places selected, or an error naming what does not exist (and what does).
+    pub fn places(
+        &self,
+        topology: &Topology,
+        workloads: &Workloads,
+    ) -> anyhow::Result<BTreeSet<Place>> {
         let mut places = BTreeSet::new();
-        let namespaces = self.namespaces(topology)?;
+        let namespaces = self.namespaces(topology, workloads)?;
         if self.interfaces.is_empty() {
             places.extend(namespaces.iter().map(|ns| Place::Netns(ns.inode)));
             return Ok(places);
@@ -63,18 +107,67 @@ impl Selection {
         Ok(places)
     }
 
-    /// Namespaces named by --container and --netns.
-    fn namespaces<'a>(&self, topology: &'a Topology) -> anyhow::Result<Vec<&'a Namespace>> {
+    /// Namespaces named by --container, --pod and --netns.
+    fn namespaces<'a>(
+        &self,
+        topology: &'a Topology,
+        workloads: &Workloads,
+    ) -> anyhow::Result<Vec<&'a Namespace>> {
         let mut found = Vec::new();
+        let mut add = |inodes: Vec<u64>| {
+            found.extend(inodes.iter().filter_map(|inode| topology.namespace(*inode)));
+        };
         for name in &self.containers {
-            let ns = topology
-                .namespaces
+            let by_name: Vec<u64> = workloads
+                .containers
                 .iter()
-                .find(|ns| ns.container.as_deref() == Some(name.as_str()));
-            match ns {
-                Some(ns) => found.push(ns),
-                None => bail!("no running container named {name}; `tracer topology` lists them"),
+                .filter(|c| !c.sandbox && c.name == *name)
+                .map(|c| c.netns_inode)
+                .collect();
+            let by_id = || -> Vec<u64> {
+                let matching: Vec<u64> = workloads
+                    .containers
+                    .iter()
+                    .filter(|c| name.len() >= 4 && c.id.starts_with(name.as_str()))
+                    .map(|c| c.netns_inode)
+                    .collect();
+                if matching.len() == 1 { matching } else { Vec::new() }
+            };
+            let inodes = if by_name.is_empty() { by_id() } else { by_name };
+            if inodes.is_empty() {
+                bail!(
+                    "no running container named {name}; {}",
+                    existing("containers", &workloads.container_names())
+                );
             }
+            add(inodes);
+        }
+        for name in &self.pods {
+            let pods = workloads.pods();
+            let exact = pods.iter().any(|pod| pod == name);
+            let matching: Vec<&str> = pods
+                .iter()
+                .copied()
+                .filter(|pod| {
+                    *pod == name.as_str()
+                        || (!exact && pod.rsplit_once('/').is_some_and(|(_, short)| short == name))
+                })
+                .collect();
+            let [pod] = matching.as_slice() else {
+                if matching.is_empty() {
+                    bail!("no running pod named {name}; {}", existing("pods", &pods));
+                }
+                bail!(
+                    "pod name {name} is ambiguous, give its namespace: {}",
+                    matching.join(", ")
+                );
+            };
+            add(workloads
+                .containers
+                .iter()
+                .filter(|c| c.pod.as_deref() == Some(*pod))
+                .map(|c| c.netns_inode)
+                .collect());
         }
         for name in &self.netns {
             match topology
@@ -145,6 +238,14 @@ impl Selection {
         }
         targets.into_iter().collect()
     }
+}
+
+/// `these are running: a, b` or `none is running`, for an error about `what` (plural).
+fn existing(what: &str, names: &[&str]) -> String {
+    if names.is_empty() {
+        return format!("no {what} are running (`tracer topology` lists what there is)");
+    }
+    format!("running {what}: {}", names.join(", "))
 }
 
 /// Whether `packet` touches one of `places` (every packet does when there are none).

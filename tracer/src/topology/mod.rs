@@ -3,11 +3,11 @@
 //!
 //! Namespaces are found where they are named (`ip netns` in `/var/run/netns`, Docker's in
 //! `/var/run/docker/netns`) and through every process (`/proc/*/ns/net`), and deduplicated by
-//! inode. Links come from route netlink inside each namespace ([`netlink`]); container names
-//! from the Docker engine ([`docker`]).
+//! inode. Links come from route netlink inside each namespace ([`netlink`]); the containers and
+//! pods that own them from the container runtimes ([`runtime`]).
 
-pub mod docker;
 pub mod netlink;
+pub mod runtime;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,6 +18,8 @@ use std::{
 };
 
 use crate::{names::NameTable, netns};
+
+use runtime::{Workload, Workloads};
 
 /// Directory where Docker keeps its containers' namespaces.
 pub const DOCKER_NETNS_DIR: &str = "/var/run/docker/netns";
@@ -60,8 +62,8 @@ pub struct Namespace {
     pub path: PathBuf,
     /// `ip netns` names.
     pub names: Vec<String>,
-    /// The Docker container whose namespace this is.
-    pub container: Option<String>,
+    /// The container or pod whose namespace this is.
+    pub workload: Option<Workload>,
     /// A process in the namespace and its command name, when it was found through `/proc`.
     pub process: Option<(u32, String)>,
     /// Whether tracer itself runs in this namespace.
@@ -72,11 +74,11 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// The name users know this namespace by: container, `ip netns` name, `host` for tracer's
-    /// own, or `pid N (comm)`.
+    /// The name users know this namespace by: pod or container, `ip netns` name, `host` for
+    /// tracer's own, or `pid N (comm)`.
     pub fn display_name(&self) -> String {
-        if let Some(container) = &self.container {
-            return container.clone();
+        if let Some(workload) = &self.workload {
+            return workload.name();
         }
         if let Some(name) = self.names.first() {
             return name.clone();
@@ -106,14 +108,14 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Finds every namespace and reads its links. `containers` names namespaces by inode
-    /// (from [`docker::containers`]). Namespaces that vanish while being read are skipped.
-    pub fn discover(containers: &HashMap<u64, String>) -> Topology {
+    /// Finds every namespace and reads its links; `workloads` says which container or pod owns
+    /// which. Namespaces that vanish while being read are skipped.
+    pub fn discover(workloads: &Workloads) -> Topology {
         let mut namespaces: Vec<Namespace> = find_namespaces()
             .into_values()
             .filter_map(|mut ns| {
                 ns.links = netlink::Netlink::open_in(&ns.path).ok()?.links().ok()?;
-                ns.container = containers.get(&ns.inode).cloned();
+                ns.workload = workloads.of_netns(ns.inode).cloned();
                 Some(ns)
             })
             .collect();
@@ -147,8 +149,8 @@ impl Topology {
     pub fn names(&self) -> NameTable {
         let mut table = NameTable::default();
         for ns in &self.namespaces {
-            if let Some(container) = &ns.container {
-                table.set_container(ns.inode, container.clone());
+            if let Some(workload) = &ns.workload {
+                table.set_workload(ns.inode, workload.clone());
             }
             let netns = ns
                 .names
@@ -157,7 +159,7 @@ impl Topology {
                 .or_else(|| ns.own.then(|| "host".to_owned()));
             if let Some(name) = netns {
                 table.set_netns(ns.inode, name);
-            } else if ns.container.is_none()
+            } else if ns.workload.is_none()
                 && let Some((pid, comm)) = &ns.process
             {
                 table.set_netns(ns.inode, format!("pid {pid} ({comm})"));
@@ -178,7 +180,7 @@ fn find_namespaces() -> BTreeMap<u64, Namespace> {
             inode: meta.ino(),
             path: path.clone(),
             names: Vec::new(),
-            container: None,
+            workload: None,
             process: None,
             own: false,
             links: Vec::new(),

@@ -19,10 +19,13 @@ use rustc_hash::FxHashMap;
 use self::line::{Line, key, open};
 use super::{Output, RunStats, TcpFlags};
 use crate::{
-    correlate::{FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record},
+    correlate::{
+        FlowSummary, HopLabel, NatRecord, NatSource, PacketProcess, PacketTrace, Record,
+    },
     decode::{Conntrack, Proto, Tuple},
     names::NameTable,
     rules::Rule,
+    topology::runtime::{Runtime, Workload},
 };
 
 /// Bytes buffered before they are written to the destination.
@@ -135,6 +138,11 @@ impl<W: Write> JsonWriter<W> {
                 b.str(&names.symbol(drop.location));
             }
             None => b.raw(b"null,\"drop_location\":null"),
+        }
+        b.raw(key!("process"));
+        match &packet.process {
+            Some(owner) => process(b, owner, names),
+            None => b.null(),
         }
         if let Some(rule) = rule {
             b.raw(key!("rule"));
@@ -328,6 +336,26 @@ fn rule_object(b: &mut Vec<u8>, rule: &Rule) {
     b.push(b'}');
 }
 
+/// `{"pid":...,"comm":...,"cgroup_id":...,"container":...,"pod":...,"runtime":...}`: the
+/// process behind a packet and the container or pod it runs in (null where unknown).
+fn process(b: &mut Vec<u8>, owner: &PacketProcess, names: &NameTable) {
+    let process = &owner.process;
+    let workload = names.process_workload(process, owner.netns_inode);
+    b.raw(open!("pid"));
+    b.uint(process.pid);
+    b.raw(key!("comm"));
+    b.str(&process.comm);
+    b.raw(key!("cgroup_id"));
+    b.uint(process.cgroup_id);
+    b.raw(key!("container"));
+    b.opt_str(workload.and_then(Workload::container));
+    b.raw(key!("pod"));
+    b.opt_str(workload.and_then(|w| w.pod.as_deref()));
+    b.raw(key!("runtime"));
+    b.opt_str(workload.map(|w| w.runtime.name()));
+    b.push(b'}');
+}
+
 /// `{"id":...,"info":...,"orig":{...},"reply":{...}}`; `info` is `enum ip_conntrack_info`.
 fn conntrack(b: &mut Vec<u8>, ct: &Conntrack) {
     b.raw(open!("id"));
@@ -341,8 +369,8 @@ fn conntrack(b: &mut Vec<u8>, ct: &Conntrack) {
     b.push(b'}');
 }
 
-/// The `,"netns":...,"container":...` of every place seen, rendered once while the names stay
-/// the same.
+/// The `,"netns":...,"container":...,"pod":...,"runtime":...` of every place seen, rendered
+/// once while the names stay the same.
 #[derive(Default)]
 struct PlaceNames {
     version: u64,
@@ -362,11 +390,16 @@ impl PlaceNames {
             b.opt_str(names.netns(inode));
             b.raw(key!("container"));
             b.opt_str(names.container(inode));
+            b.raw(key!("pod"));
+            b.opt_str(names.pod(inode));
+            b.raw(key!("runtime"));
+            b.opt_str(names.runtime(inode).map(Runtime::name));
             b.into_boxed_slice()
         })
     }
 
-    /// `{"hook":...,"ifname":...,"ifindex":...,"netns_inode":...,"netns":...,"container":...}`
+    /// `{"hook":...,"ifname":...,"ifindex":...,"netns_inode":...,"netns":...,"container":...,
+    /// "pod":...,"runtime":...}`
     fn place(&mut self, b: &mut Vec<u8>, label: &HopLabel, names: &NameTable) {
         b.raw(open!("hook"));
         b.str(label.hook.name());

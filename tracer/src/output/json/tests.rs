@@ -14,13 +14,14 @@ use tracer_common::hook::Hook;
 use super::JsonWriter;
 use crate::{
     correlate::{
-        Direction, FlowSummary, Hop, HopLabel, HopPair, NatKind, NatRecord, NatSource, PacketTrace,
-        Record, stats::Summary,
+        Direction, FlowSummary, Hop, HopLabel, HopPair, NatKind, NatRecord, NatSource,
+        PacketProcess, PacketTrace, Record, stats::Summary,
     },
-    decode::{Conntrack, DropInfo, HopEvent, IfName, Proto, Tuple},
+    decode::{Conntrack, DropInfo, HopEvent, IfName, Process, Proto, Tuple},
     names::NameTable,
     output::{Output, TcpFlags},
     rules::Rule,
+    topology::runtime::{Runtime, Workload},
 };
 
 /// A kernel address, serialized as `0x...`.
@@ -128,6 +129,7 @@ fn event(netns_inode: u64, ifname: &str, tuple: Tuple) -> HopEvent {
         conntrack: None,
         drop: None,
         headers: None,
+        process: None,
     }
 }
 
@@ -145,6 +147,22 @@ fn names() -> NameTable {
     names.set_netns(1, "host");
     names.set_netns(2, "ctr \"one\"\t");
     names.set_container(2, "web\\1");
+    names.set_workload(
+        3,
+        Workload {
+            runtime: Runtime::Containerd,
+            pod: Some("shop/web".to_owned()),
+            containers: Vec::from(["httpd".to_owned(), "log\"s".to_owned()]),
+        },
+    );
+    names.set_cgroup(
+        77,
+        Workload {
+            runtime: Runtime::Containerd,
+            pod: Some("shop/web".to_owned()),
+            containers: Vec::from(["httpd".to_owned()]),
+        },
+    );
     names.set_drop_reasons([(5, "NETFILTER_DROP".to_owned())].into());
     names.set_symbol(0xffff_ffff_8100_0010, "nf_hook_slow+0x10");
     names
@@ -226,6 +244,14 @@ fn records() -> Vec<Record> {
             flow_id: 9,
             direction: Direction::Original,
             hops,
+            process: Some(PacketProcess {
+                process: Arc::new(Process {
+                    pid: 4242,
+                    comm: "wget \"x\"".to_owned(),
+                    cgroup_id: 77,
+                }),
+                netns_inode: 2,
+            }),
             nat_rules: Vec::from([(2, Arc::clone(&masquerade))]),
             walks: Vec::from([
                 (0, Vec::from([Arc::clone(&masquerade)])),
@@ -292,7 +318,22 @@ fn records() -> Vec<Record> {
 #[test]
 fn every_record_is_written_as_the_reference_writes_it() {
     let names = names();
-    for record in records() {
+    let mut records = records();
+    // The same packet from a process whose cgroup is not a container's, and from none.
+    let Record::Packet(packet) = &records[0] else {
+        panic!("the first record is a packet");
+    };
+    let mut outside = packet.clone();
+    if let Some(owner) = &mut outside.process {
+        owner.process = Arc::new(Process {
+            cgroup_id: 1,
+            ..(*owner.process).clone()
+        });
+    }
+    let mut unowned = packet.clone();
+    unowned.process = None;
+    records.extend([Record::Packet(outside), Record::Packet(unowned)]);
+    for record in records {
         assert_eq!(
             written(std::slice::from_ref(&record), &names),
             reference(&record, &names),
@@ -344,6 +385,8 @@ struct HopJson<'a> {
     netns_inode: u64,
     netns: Option<&'a str>,
     container: Option<&'a str>,
+    pod: Option<&'a str>,
+    runtime: Option<Runtime>,
     proto: Cow<'static, str>,
     src_ip: IpAddr,
     src_port: u16,
@@ -365,6 +408,7 @@ struct HopJson<'a> {
     drop_reason: Option<String>,
     /// `kfree_skb` only: the function that dropped the packet, as `name+0xoffset`.
     drop_location: Option<String>,
+    process: Option<ProcessJson<'a>>,
     /// `--rules` only, and only where a rule was named.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rule_json")]
     rule: Option<&'a Rule>,
@@ -420,6 +464,8 @@ impl<'a> HopJson<'a> {
             netns_inode: e.netns_inode,
             netns: names.netns(e.netns_inode),
             container: names.container(e.netns_inode),
+            pod: names.pod(e.netns_inode),
+            runtime: names.runtime(e.netns_inode),
             proto: e.tuple.proto.name(),
             src_ip: e.tuple.src,
             src_port: e.tuple.src_port,
@@ -439,10 +485,31 @@ impl<'a> HopJson<'a> {
             conntrack: e.conntrack.as_deref().map(ConntrackJson::new),
             drop_reason: e.drop.map(|d| names.drop_reason(d.reason)),
             drop_location: e.drop.map(|d| names.symbol(d.location)),
+            process: packet.process.as_ref().map(|owner| {
+                let workload = names.process_workload(&owner.process, owner.netns_inode);
+                ProcessJson {
+                    pid: owner.process.pid,
+                    comm: owner.process.comm.clone(),
+                    cgroup_id: owner.process.cgroup_id,
+                    container: workload.and_then(Workload::container),
+                    pod: workload.and_then(|w| w.pod.as_deref()),
+                    runtime: workload.map(|w| w.runtime),
+                }
+            }),
             rule,
             rules,
         }
     }
+}
+
+#[derive(Serialize)]
+struct ProcessJson<'a> {
+    pid: u32,
+    comm: String,
+    cgroup_id: u64,
+    container: Option<&'a str>,
+    pod: Option<&'a str>,
+    runtime: Option<Runtime>,
 }
 
 #[derive(Serialize)]
@@ -495,6 +562,8 @@ struct PlaceJson<'a> {
     netns_inode: u64,
     netns: Option<&'a str>,
     container: Option<&'a str>,
+    pod: Option<&'a str>,
+    runtime: Option<Runtime>,
 }
 
 impl<'a> PlaceJson<'a> {
@@ -506,6 +575,8 @@ impl<'a> PlaceJson<'a> {
             netns_inode: label.netns_inode,
             netns: names.netns(label.netns_inode),
             container: names.container(label.netns_inode),
+            pod: names.pod(label.netns_inode),
+            runtime: names.runtime(label.netns_inode),
         }
     }
 }

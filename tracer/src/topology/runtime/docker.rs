@@ -1,18 +1,20 @@
-//! Container names from the Docker engine, by network namespace.
+//! Containers of the Docker engine, through its API socket.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt, path::Path};
+use std::{os::unix::fs::MetadataExt, path::Path};
 
 use bollard::{Docker, query_parameters::ListContainersOptions};
+
+use super::{Container, Runtime};
 
 /// Where the engine listens.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
-/// Names of the running containers, by the inode of their network namespace. Empty when
-/// Docker is not running; an error only when it runs but does not answer sensibly.
-pub async fn containers() -> anyhow::Result<HashMap<u64, String>> {
-    let mut names = HashMap::new();
+/// The running containers with their network namespaces. Empty when Docker is not running; an
+/// error only when it runs but does not answer sensibly.
+pub async fn containers() -> anyhow::Result<Vec<Container>> {
+    let mut found = Vec::new();
     if !Path::new(DOCKER_SOCKET).exists() {
-        return Ok(names);
+        return Ok(found);
     }
     let docker = Docker::connect_with_unix(DOCKER_SOCKET, 5, bollard::API_DEFAULT_VERSION)?;
     let listed = docker
@@ -33,8 +35,15 @@ pub async fn containers() -> anyhow::Result<HashMap<u64, String>> {
         if let (Some(sandbox), Some(name)) = (sandbox, name)
             && let Ok(meta) = std::fs::metadata(&sandbox)
         {
-            names.insert(meta.ino(), name);
+            found.push(Container {
+                runtime: Runtime::Docker,
+                id,
+                name,
+                pod: None,
+                sandbox: false,
+                netns_inode: meta.ino(),
+            });
         }
     }
-    Ok(names)
+    Ok(found)
 }
