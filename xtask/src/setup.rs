@@ -27,6 +27,11 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "bpftool",
     "docker.io",
+    // Podman and the reference CNI plugins, for the runtime tests (pods as kubelet makes them).
+    "podman",
+    "containernetworking-plugins",
+    // containerd's API client is generated from its protobuf files at build time.
+    "protobuf-compiler",
     "qemu-system-x86",
     "cpio",
     "kmod",
