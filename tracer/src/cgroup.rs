@@ -32,7 +32,9 @@ pub fn paths(root: &Path, keep: impl Fn(&str) -> bool) -> HashMap<u64, String> {
             continue;
         };
         for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if !kind.is_dir() {
                 continue;
             }
@@ -59,8 +61,14 @@ mod tests {
         assert_eq!(mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
                       cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(mount_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(mount_in("cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"), None);
+        assert_eq!(
+            mount_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            mount_in("cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"),
+            None
+        );
     }
 
     #[test]
@@ -68,7 +76,9 @@ mod tests {
         let root = std::env::temp_dir().join(format!("tracer-cgroup-test-{}", std::process::id()));
         std::fs::create_dir_all(root.join("docker/abc")).expect("temp dirs");
         let found = paths(&root, |path| path.ends_with("/abc"));
-        let inode = std::fs::metadata(root.join("docker/abc")).expect("exists").ino();
+        let inode = std::fs::metadata(root.join("docker/abc"))
+            .expect("exists")
+            .ino();
         std::fs::remove_dir_all(&root).expect("removed");
         assert_eq!(found, HashMap::from([(inode, "/docker/abc".to_owned())]));
     }

@@ -27,8 +27,7 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
 
 /// `tracer topology`: containers, pods and namespaces with their interfaces, peers and bridges.
 pub async fn topology(format: Format) -> anyhow::Result<()> {
-    let workloads =
-        Workloads::discover(|warning| eprintln!("tracer: warning: {warning}")).await;
+    let workloads = Workloads::discover(|warning| eprintln!("tracer: warning: {warning}")).await;
     let topology = tokio::task::spawn_blocking(move || Topology::discover(&workloads)).await?;
     let mut out = io::BufWriter::new(io::stdout());
     match format {

@@ -25,6 +25,9 @@ pub struct Report {
     pub tcx: bool,
     /// Whether `--rules` can name netfilter rules here, and what limits it; or why not.
     pub rules: Result<String, String>,
+    /// Whether packets can name the process behind them: where the socket programs attach,
+    /// or why they cannot.
+    pub processes: Result<String, String>,
 }
 
 /// Probes the kernel.
@@ -40,6 +43,7 @@ pub fn probe() -> Report {
         outcomes: Vec::new(),
         tcx: tc::has_tcx(),
         rules: crate::rules::probe(),
+        processes: Err("the programs could not be loaded".to_owned()),
     };
     match Programs::load(&LoadOptions {
         hooks: HookSet::global(),
@@ -53,6 +57,15 @@ pub fn probe() -> Report {
         Ok(mut programs) => {
             report.notes = programs.notes().to_vec();
             report.outcomes = programs.climb(true);
+            report.processes = programs
+                .watch_sockets()
+                .map(|root| {
+                    format!(
+                        "socket programs attach to the cgroup v2 root {}",
+                        root.display()
+                    )
+                })
+                .map_err(|err| format!("{err:#}"));
         }
         Err(err) => report.load_error = Some(format!("{err:#}")),
     }
@@ -94,6 +107,15 @@ impl Report {
             match &self.rules {
                 Ok(works) => format!("--rules works: {works}"),
                 Err(why) => format!("--rules cannot name netfilter rules: {why}"),
+            }
+        );
+        let _ = writeln!(
+            out,
+            "processes  {}",
+            match &self.processes {
+                Ok(works) => format!("packets name the process that created their socket: {works}"),
+                Err(why) =>
+                    format!("packets cannot name their process (--pid, --comm fail): {why}"),
             }
         );
         let _ = writeln!(

@@ -222,10 +222,8 @@ fn socket_record(kind: EventKind, cookie: u64, tgid: u32, comm: &str) -> Vec<u8>
         comm: name,
     };
     // SAFETY: `SocketEvent` is plain integers and arrays without implicit padding.
-    unsafe {
-        std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<SocketEvent>())
-    }
-    .to_vec()
+    unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<SocketEvent>()) }
+        .to_vec()
 }
 
 #[test]
@@ -237,19 +235,28 @@ fn packets_carry_the_process_that_created_their_socket() {
     raw.sock_cookie = 7;
     let event = decoder.record(&encode(&raw)).unwrap().expect("a packet");
     let process = event.process.expect("the socket's owner");
-    assert_eq!((process.pid, process.comm.as_str(), process.cgroup_id), (4242, "wget", 99));
+    assert_eq!(
+        (process.pid, process.comm.as_str(), process.cgroup_id),
+        (4242, "wget", 99)
+    );
     // Another socket, or none: no process, never a guess.
     raw.sock_cookie = 8;
     assert_eq!(decoder.decode(&encode(&raw)).unwrap().process, None);
     raw.sock_cookie = 0;
     assert_eq!(decoder.decode(&encode(&raw)).unwrap().process, None);
     // A released socket's owner stays for its last packets, then goes.
-    decoder.record(&socket_record(EventKind::SocketReleased, 7, 4242, "wget")).unwrap();
+    decoder
+        .record(&socket_record(EventKind::SocketReleased, 7, 4242, "wget"))
+        .unwrap();
     raw.sock_cookie = 7;
     assert!(decoder.decode(&encode(&raw)).unwrap().process.is_some());
     for cookie in 100..100 + RELEASED_KEPT as u64 {
-        decoder.record(&socket_record(EventKind::SocketCreated, cookie, 1, "x")).unwrap();
-        decoder.record(&socket_record(EventKind::SocketReleased, cookie, 1, "x")).unwrap();
+        decoder
+            .record(&socket_record(EventKind::SocketCreated, cookie, 1, "x"))
+            .unwrap();
+        decoder
+            .record(&socket_record(EventKind::SocketReleased, cookie, 1, "x"))
+            .unwrap();
     }
     assert_eq!(decoder.decode(&encode(&raw)).unwrap().process, None);
     assert_eq!(decoder.owners(), RELEASED_KEPT);

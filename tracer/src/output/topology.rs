@@ -67,7 +67,10 @@ pub fn json(out: &mut impl Write, topology: &Topology) -> io::Result<()> {
             name: ns.display_name(),
             names: &ns.names,
             container: ns.workload.as_ref().and_then(Workload::container),
-            containers: ns.workload.as_ref().map_or(&[], |w| w.containers.as_slice()),
+            containers: ns
+                .workload
+                .as_ref()
+                .map_or(&[], |w| w.containers.as_slice()),
             pod: ns.workload.as_ref().and_then(|w| w.pod.as_deref()),
             runtime: ns.workload.as_ref().map(|w| w.runtime),
             pid: ns.process.as_ref().map(|(pid, _)| *pid),

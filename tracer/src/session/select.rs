@@ -131,7 +131,11 @@ impl Selection {
                     .filter(|c| name.len() >= 4 && c.id.starts_with(name.as_str()))
                     .map(|c| c.netns_inode)
                     .collect();
-                if matching.len() == 1 { matching } else { Vec::new() }
+                if matching.len() == 1 {
+                    matching
+                } else {
+                    Vec::new()
+                }
             };
             let inodes = if by_name.is_empty() { by_id() } else { by_name };
             if inodes.is_empty() {

@@ -19,9 +19,7 @@ use rustc_hash::FxHashMap;
 use self::line::{Line, key, open};
 use super::{Output, RunStats, TcpFlags};
 use crate::{
-    correlate::{
-        FlowSummary, HopLabel, NatRecord, NatSource, PacketProcess, PacketTrace, Record,
-    },
+    correlate::{FlowSummary, HopLabel, NatRecord, NatSource, PacketProcess, PacketTrace, Record},
     decode::{Conntrack, Proto, Tuple},
     names::NameTable,
     rules::Rule,

@@ -119,7 +119,9 @@ fn describe(id: String, labels: &HashMap<String, String>, netns_inode: u64) -> C
     };
     Container {
         runtime: Runtime::Containerd,
-        name: get(label::CONTAINER_NAME).cloned().unwrap_or_else(|| id.clone()),
+        name: get(label::CONTAINER_NAME)
+            .cloned()
+            .unwrap_or_else(|| id.clone()),
         sandbox: get(label::KIND).is_some_and(|kind| kind == "sandbox"),
         id,
         pod,
@@ -132,7 +134,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -147,18 +152,35 @@ mod tests {
             ]),
             9,
         );
-        assert_eq!((app.name.as_str(), app.pod.as_deref(), app.sandbox), ("httpd", Some("shop/web"), false));
+        assert_eq!(
+            (app.name.as_str(), app.pod.as_deref(), app.sandbox),
+            ("httpd", Some("shop/web"), false)
+        );
         let sandbox = describe(
             "ba5".to_owned(),
-            &labels(&[(label::POD_NAME, "web"), (label::POD_NAMESPACE, "shop"), (label::KIND, "sandbox")]),
+            &labels(&[
+                (label::POD_NAME, "web"),
+                (label::POD_NAMESPACE, "shop"),
+                (label::KIND, "sandbox"),
+            ]),
             9,
         );
-        assert_eq!((sandbox.name.as_str(), sandbox.pod.as_deref(), sandbox.sandbox), ("ba5", Some("shop/web"), true));
+        assert_eq!(
+            (
+                sandbox.name.as_str(),
+                sandbox.pod.as_deref(),
+                sandbox.sandbox
+            ),
+            ("ba5", Some("shop/web"), true)
+        );
     }
 
     #[test]
     fn a_container_without_labels_is_named_by_its_id() {
         let plain = describe("redis-1".to_owned(), &HashMap::new(), 9);
-        assert_eq!((plain.name.as_str(), plain.pod, plain.sandbox), ("redis-1", None, false));
+        assert_eq!(
+            (plain.name.as_str(), plain.pod, plain.sandbox),
+            ("redis-1", None, false)
+        );
     }
 }

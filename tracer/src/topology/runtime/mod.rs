@@ -219,7 +219,14 @@ fn netns_of_pid(pid: u32) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn container(runtime: Runtime, id: &str, name: &str, pod: Option<&str>, sandbox: bool, netns: u64) -> Container {
+    fn container(
+        runtime: Runtime,
+        id: &str,
+        name: &str,
+        pod: Option<&str>,
+        sandbox: bool,
+        netns: u64,
+    ) -> Container {
         Container {
             runtime,
             id: id.to_owned(),
@@ -234,7 +241,14 @@ mod tests {
     fn a_pod_is_named_by_the_pod_and_its_one_container() {
         let workloads = Workloads::from_containers(vec![
             container(Runtime::Containerd, "a", "a", Some("default/web"), true, 7),
-            container(Runtime::Containerd, "b", "httpd", Some("default/web"), false, 7),
+            container(
+                Runtime::Containerd,
+                "b",
+                "httpd",
+                Some("default/web"),
+                false,
+                7,
+            ),
         ]);
         let pod = workloads.of_netns(7).expect("pod");
         assert_eq!(pod.name(), "default/web");
@@ -262,20 +276,28 @@ mod tests {
             container(Runtime::Docker, "abc", "web", None, false, 7),
         ]);
         let web = workloads.of_netns(7).expect("web");
-        assert_eq!((web.runtime, web.name()), (Runtime::Docker, "web".to_owned()));
+        assert_eq!(
+            (web.runtime, web.name()),
+            (Runtime::Docker, "web".to_owned())
+        );
     }
 
     #[test]
     fn containers_are_found_by_their_cgroup() {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-        let workloads = Workloads::from_containers(vec![container(Runtime::Docker, id, "web", None, false, 7)]);
+        let workloads =
+            Workloads::from_containers(vec![container(Runtime::Docker, id, "web", None, false, 7)]);
         for path in [
             format!("/docker/{id}"),
             format!("/system.slice/docker-{id}.scope"),
             format!("/machine.slice/libpod-{id}.scope/container"),
             format!("/k8s.io/{id}"),
         ] {
-            assert_eq!(workloads.of_cgroup(&path).map(|c| c.name.as_str()), Some("web"), "{path}");
+            assert_eq!(
+                workloads.of_cgroup(&path).map(|c| c.name.as_str()),
+                Some("web"),
+                "{path}"
+            );
         }
         assert!(workloads.of_cgroup("/docker/0123").is_none());
         assert!(workloads.of_cgroup("/").is_none());

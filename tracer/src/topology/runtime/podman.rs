@@ -90,7 +90,8 @@ mod tests {
           {"Id":"ccc","Names":["solo"],"Pid":12,"Pod":"","PodName":""},
           {"Id":"ddd","Names":["gone"],"Pid":0}
         ]"#;
-        let containers = parse(json, |pid| (pid != 0).then_some(u64::from(pid) + 100)).expect("parses");
+        let containers =
+            parse(json, |pid| (pid != 0).then_some(u64::from(pid) + 100)).expect("parses");
         let summary: Vec<_> = containers
             .iter()
             .map(|c| (c.name.as_str(), c.pod.as_deref(), c.sandbox, c.netns_inode))
