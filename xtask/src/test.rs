@@ -29,6 +29,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             quick: true,
             repeats: 1,
             only: None,
+            tracer: None,
         })?;
         // The hook ladder on the distribution kernels of the matrix.
         crate::vm::run(&crate::vm::Args::default())?;

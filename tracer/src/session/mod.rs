@@ -11,7 +11,7 @@ pub mod replay;
 pub mod select;
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     io,
 };
 
@@ -58,6 +58,7 @@ impl<'a> Session<'a> {
                 processes: ProcessFilter::default(),
                 count,
                 flows: HashSet::new(),
+                held: HashMap::new(),
             },
             outputs,
             names,
@@ -116,25 +117,20 @@ impl<'a> Session<'a> {
             rules.poll(monotonic_ns());
         }
         for _ in 0..max {
-            let Some(mut record) = self.correlator.pop() else {
+            let Some(record) = self.correlator.pop() else {
                 break;
             };
             if !self.shown.admits(&record, &mut self.stats) {
                 continue;
             }
-            if let Some(rules) = &mut self.rules {
-                name_rules(&mut rules.book, &mut record);
-                if rules.detail == Detail::Walk
-                    && let Record::Packet(packet) = &mut record
-                {
-                    place_walks(&mut rules.book, packet);
-                }
-            }
-            if let Record::Packet(packet) = &record {
-                name_drop_locations(packet, &mut self.names);
-            }
-            for output in &mut self.outputs {
-                output.record(&record, &self.names)?;
+            let held = match &record {
+                Record::Packet(packet) => self.shown.held.remove(&packet.flow_id),
+                _ => None,
+            };
+            self.write_record(record)?;
+            // The translations of its flow that waited for the flow to be shown.
+            for record in held.into_iter().flatten() {
+                self.write_record(record)?;
             }
             wrote = true;
         }
@@ -144,6 +140,25 @@ impl<'a> Session<'a> {
             }
         }
         Ok(self.shown.count_reached(&self.stats))
+    }
+
+    /// Names the rules and drop locations `record` refers to and writes it to every output.
+    fn write_record(&mut self, mut record: Record) -> io::Result<()> {
+        if let Some(rules) = &mut self.rules {
+            name_rules(&mut rules.book, &mut record);
+            if rules.detail == Detail::Walk
+                && let Record::Packet(packet) = &mut record
+            {
+                place_walks(&mut rules.book, packet);
+            }
+        }
+        if let Record::Packet(packet) = &record {
+            name_drop_locations(packet, &mut self.names);
+        }
+        for output in &mut self.outputs {
+            output.record(&record, &self.names)?;
+        }
+        Ok(())
     }
 
     /// Completes every packet and flow, writes them, and ends every output with the
@@ -209,6 +224,10 @@ struct Shown {
     count: Option<u64>,
     /// Flows with a shown packet, when a selection hides some.
     flows: HashSet<u64>,
+    /// Translations of flows with no packet shown yet, when a selection hides some: the
+    /// correlator reports a translation before the packet that showed it, and the packet
+    /// decides whether the flow is shown.
+    held: HashMap<u64, Vec<Record>>,
 }
 
 impl Shown {
@@ -234,8 +253,18 @@ impl Shown {
                 stats.packets += 1;
                 true
             }
-            Record::Nat(nat) => !selective || self.flows.contains(&nat.flow_id),
+            Record::Nat(nat) => {
+                if !selective || self.flows.contains(&nat.flow_id) {
+                    return true;
+                }
+                self.held
+                    .entry(nat.flow_id)
+                    .or_default()
+                    .push(record.clone());
+                false
+            }
             Record::Flow(flow) => {
+                self.held.remove(&flow.flow_id);
                 let shown = !selective || self.flows.remove(&flow.flow_id);
                 if shown {
                     stats.flows += 1;

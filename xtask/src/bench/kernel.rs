@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Every program tracer may load; which of them load depends on the kernel.
-const PROGRAMS: [&str; 14] = [
+const PROGRAMS: [&str; 16] = [
     program::NET_DEV_QUEUE,
     program::NET_DEV_QUEUE_RAW,
     program::NET_DEV_START_XMIT,
@@ -33,6 +33,8 @@ const PROGRAMS: [&str; 14] = [
     program::NF_NAT_MANIP_PKT_KPROBE,
     program::TC_INGRESS,
     program::TC_EGRESS,
+    program::SOCK_CREATE,
+    program::SOCK_RELEASE,
 ];
 
 /// The kernel keeps BPF_OBJ_NAME_LEN (16) bytes of a program's name, NUL included.

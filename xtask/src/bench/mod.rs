@@ -44,6 +44,10 @@ pub struct Args {
     /// working on one part.
     #[arg(long, value_enum)]
     pub only: Option<Only>,
+    /// Measure this tracer binary instead of building one (with --only): to compare two
+    /// builds one after the other on the same machine.
+    #[arg(long, value_name = "PATH", requires = "only")]
+    pub tracer: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -52,21 +56,47 @@ pub enum Only {
     Collector,
     /// What `--rules` costs, beside the same tracer without it.
     Rules,
+    /// The kernel programs' cost per run and per forwarded packet.
+    Kernel,
 }
 
 /// Seed of the random order of the pairs and of the runs within a pair: fixed, so that a run
 /// can be repeated in the same order.
 const SEED: u64 = 0x7ace_2026;
 
+/// The tracer binary to measure: the one given, or a build of this workspace.
+fn tracer_binary(args: &Args) -> anyhow::Result<std::path::PathBuf> {
+    match &args.tracer {
+        Some(path) => {
+            let path = std::fs::canonicalize(path)
+                .map_err(|err| anyhow::anyhow!("--tracer {}: {err}", path.display()))?;
+            // SAFETY: xtask is single-threaded until its commands start their work.
+            unsafe { std::env::set_var("TRACER_BIN", &path) };
+            Ok(path)
+        }
+        None => use_tracer_build(!args.quick),
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(Only::Collector) = args.only {
-        let binary = use_tracer_build(!args.quick)?;
+        let binary = tracer_binary(args)?;
         print!("{}", collector::run(&binary, args.quick)?.markdown());
         return Ok(());
     }
     require_root("the benchmarks")?;
+    if let Some(Only::Kernel) = args.only {
+        tracer_binary(args)?;
+        let testbed = Testbed::up(1)?;
+        let _server = tools::IperfServer::start(&testbed.remote)?;
+        print!(
+            "{}",
+            kernel::run(&testbed, if args.quick { 2 } else { 5 })?.markdown()
+        );
+        return Ok(());
+    }
     if let Some(Only::Rules) = args.only {
-        use_tracer_build(!args.quick)?;
+        tracer_binary(args)?;
         let testbed = Testbed::up(1)?;
         let _server = tools::IperfServer::start(&testbed.remote)?;
         let repeats = if args.quick { 1 } else { args.repeats };

@@ -81,7 +81,8 @@ async fn list(socket: &str) -> anyhow::Result<Vec<Container>> {
             .tasks
             .into_iter()
             .filter(|task| task.status() == Status::Running)
-            .map(|task| (task.container_id, task.pid))
+            // A task's id is its container's (`container_id` is left empty in listings).
+            .map(|task| (task.id, task.pid))
             .collect();
         let containers = client
             .containers()

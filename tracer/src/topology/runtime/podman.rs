@@ -1,4 +1,4 @@
-//! Containers and pods of rootful Podman, through `podman ps`, which reads Podman's state
+//! Containers and pods of rootful Podman, through `podman ps --pod`, which reads Podman's state
 //! directly: it needs no Podman service (which runs only where systemd activates its socket).
 
 use std::{path::Path, process::Stdio, time::Duration};
@@ -36,7 +36,7 @@ pub async fn containers() -> anyhow::Result<Vec<Container>> {
         return Ok(Vec::new());
     }
     let child = match tokio::process::Command::new("podman")
-        .args(["ps", "--format", "json"])
+        .args(["ps", "--pod", "--format", "json"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
