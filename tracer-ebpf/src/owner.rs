@@ -4,10 +4,10 @@
 //! the two. Both always return 1 (allow): tracer never refuses a socket.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated},
     macros::cgroup_sock,
     programs::SockContext,
-    EbpfContext as _,
 };
 use tracer_common::event::{EventKind, SocketEvent};
 

@@ -8,8 +8,8 @@
 //! only the interface index; the collector knows where it attached the program.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
     EbpfContext as _,
+    bindings::TC_ACT_UNSPEC,
     helpers::{
         bpf_ktime_get_ns,
         generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
