@@ -24,6 +24,7 @@ fn programs() -> (Programs, RingBuf<MapData>) {
         snap_headers_only: true,
         kernel_btf: None,
         tc_mode: TcMode::Auto,
+        sample_every: 1,
     })
     .expect("programs load (run as root)");
     let ring = programs.take_events().expect("ring buffer");

@@ -182,8 +182,14 @@ pub struct Config {
     /// reader finds events on its own short timer, so that a burst costs one wake-up rather
     /// than one per event.
     pub wakeup_bytes: u32,
+    /// Keep one connection in this many (0 and 1 keep every one): a connection the filter
+    /// matches is kept when the hash of its key (`FlowKey::sample_hash` of the conntrack
+    /// original tuple, or of the packet's own tuple without an entry) is a multiple of it, so
+    /// that its packets are kept or skipped together on both sides of a NAT.
+    pub sample_every: u32,
+    pub _pad: u32,
 }
-assert_size!(Config, 8 + 40 * FILTER_MAX + 96 + 16);
+assert_size!(Config, 8 + 40 * FILTER_MAX + 96 + 24);
 
 impl Config {
     /// A configuration that matches everything and knows no offsets: programs emit nothing useful
@@ -198,6 +204,8 @@ impl Config {
             offsets: KernelOffsets::unknown(),
             snap_len: 0,
             snap_headers_only: 1,
+            sample_every: 0,
+            _pad: 0,
             drop_reason_queue_purge: u32::MAX,
             wakeup_bytes: 0,
         }

@@ -53,6 +53,20 @@ impl FlowKey {
 }
 
 impl FlowKey {
+    /// A well-mixed 64-bit hash of the key, for choosing one connection in N by its remainder:
+    /// [`FlowKey::signature`] through a 64-bit finalizer (MurmurHash3's `fmix64`), whose low
+    /// bits depend on every input bit (the signature's alone hardly change between
+    /// connections that differ in one port).
+    #[inline(always)]
+    pub fn sample_hash(&self) -> u64 {
+        let mut h = self.signature();
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+
     /// A 64-bit digest of the key (not a hash for tables: cheap, for telling a remembered key
     /// from another one).
     #[inline(always)]
@@ -101,3 +115,31 @@ fn compare(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
+
+#[cfg(test)]
+mod tests {
+    use super::FlowKey;
+
+    /// Connections that differ in one port, as consecutive ephemeral ports do, spread evenly
+    /// over the remainders: sampling 1 in N keeps about 1 in N of them.
+    #[test]
+    fn sample_hash_spreads_connections_that_differ_in_one_port() {
+        let lo = {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[127, 0, 0, 1]);
+            a
+        };
+        let mut kept = [0u32; 4];
+        for port in 40000u16..44000 {
+            let key = FlowKey::new(6, &lo, port, &lo, 10097);
+            kept[(key.sample_hash() % 4) as usize] += 1;
+        }
+        for count in kept {
+            assert!((900..1100).contains(&count), "{kept:?}");
+        }
+        // The same connection in either direction has the same hash.
+        let a = FlowKey::new(6, &lo, 40000, &lo, 80);
+        let b = FlowKey::new(6, &lo, 80, &lo, 40000);
+        assert_eq!(a.sample_hash(), b.sample_hash());
+    }
+}

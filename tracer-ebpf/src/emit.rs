@@ -86,13 +86,17 @@ pub fn count(hook: u8, counter: Counter) {
     reason = "a key passed by value is copied on the small BPF stack"
 )]
 pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scratch>) -> Verdict {
-    if filter::is_empty() {
+    let sampling = conf!(sample_every) > 1;
+    if filter::is_empty() && !sampling {
         return Verdict::matched(ct.read(scratch).as_ref());
     }
     let has_ports = headers.flags & FLAG_L4 != 0;
-    let own = filter::evaluate(&View::packet(headers, has_ports));
+    // An empty filter (sampling alone) matches every packet.
+    let own = filter::is_empty() || filter::evaluate(&View::packet(headers, has_ports));
     let generation = u64::from(TRACKING.get(0).copied().unwrap_or(0));
-    let cacheable = !own && ct.ct != 0 && ct.settled();
+    // With sampling, a packet the filter matches may still belong to a connection that is
+    // skipped: that verdict is cached as well.
+    let cacheable = (!own || sampling) && ct.ct != 0 && ct.settled();
     if cacheable && let Some(verdict) = VERDICTS.get_ptr(&ct.ct) {
         let signature = packet_key(headers).signature();
         // SAFETY: the map gave a valid pointer to the entry's value.
@@ -112,6 +116,13 @@ pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scra
         if !matched && let Some(reply) = tuples.view(1) {
             matched = filter::evaluate(&reply);
         }
+    }
+    if matched && sampling {
+        let key = match tuples.as_ref().and_then(|t| t.view(0)) {
+            Some(orig) => flow_key(&orig),
+            None => packet_key(headers),
+        };
+        matched = sampled(&key);
     }
     if matched {
         if let Some(tuples) = &tuples {
@@ -134,6 +145,13 @@ pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scra
         let _ = VERDICTS.insert(&ct.ct, &verdict, 0);
     }
     Verdict::Miss
+}
+
+/// Whether the connection with `key` is one of the one in `sample_every` kept.
+#[inline(always)]
+fn sampled(key: &FlowKey) -> bool {
+    let every = u64::from(conf!(sample_every));
+    every <= 1 || key.sample_hash().is_multiple_of(every)
 }
 
 /// What [`matches`] decided.

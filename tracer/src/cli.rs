@@ -45,6 +45,9 @@ pub enum Command {
     },
     /// Show which hooks this kernel offers, which tracer would use, and why.
     Doctor,
+    /// Run continuously and serve per-hop latency, path latency, drops and NAT as Prometheus
+    /// metrics at http://ADDR/metrics (readiness at /ready).
+    Monitor(MonitorArgs),
     /// Decode, correlate and print events recorded with --record, without the kernel.
     Replay {
         /// The recording.
@@ -57,6 +60,89 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         max_flows: u64,
     },
+}
+
+/// Options of `tracer monitor`.
+#[derive(Debug, Clone, Args)]
+pub struct MonitorArgs {
+    /// Where to serve the metrics (`/metrics`), readiness (`/ready`) and liveness (`/healthz`).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9477")]
+    pub metrics: std::net::SocketAddr,
+
+    /// Keep one connection in N, chosen in the kernel by a hash of the connection, so that a
+    /// connection is kept or skipped whole (1 keeps every one).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SAMPLE,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample: u32,
+
+    /// Most label sets across the labelled metrics; beyond it observations go to one
+    /// `_overflow` series per metric.
+    #[arg(long, value_name = "N", default_value_t = 5000)]
+    pub max_series: usize,
+
+    /// Name places by interface and namespace (`eth0@web:net_dev_queue`) instead of by role
+    /// (`container:net_dev_queue`, `host_veth:...`, `bridge:...`, `uplink:...`): one series per
+    /// veth, so many more series.
+    #[arg(long)]
+    pub per_interface: bool,
+
+    /// Which hooks to use, as for a trace.
+    #[arg(long, value_name = "HOOKS", default_value = "default", value_parser = parse_hooks)]
+    pub hooks: HookSet,
+
+    /// Ring buffer size in bytes: a power of two, at least 4096.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20)]
+    pub ring_size: u32,
+
+    /// Most flows tracked at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_flows: u64,
+
+    /// Stop after this long (runs until SIGTERM or Ctrl-C otherwise).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Read kernel structure layouts from this BTF file instead of /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub kernel_btf: Option<PathBuf>,
+
+    /// Create this file once every hook is attached.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+
+    /// A tcpdump filter expression: only connections it matches are measured.
+    #[arg(value_name = "EXPRESSION", trailing_var_arg = true)]
+    pub filter: Vec<String>,
+}
+
+/// The default of `tracer monitor --sample`.
+pub const DEFAULT_SAMPLE: u32 = 1;
+
+impl From<MonitorArgs> for live::Options {
+    fn from(args: MonitorArgs) -> Self {
+        let expression = args.filter.join(" ");
+        live::Options {
+            expression: (!expression.trim().is_empty()).then_some(expression),
+            selection: Selection::default(),
+            hooks: args.hooks,
+            tc_mode: TcModeArg::Auto.into(),
+            count: None,
+            duration: args.duration,
+            format: output::Format::Text,
+            ring_bytes: args.ring_size,
+            packet_timeout: Duration::from_millis(100),
+            max_flows: args.max_flows as usize,
+            pcapng: None,
+            snap_len: None,
+            kernel_btf: args.kernel_btf,
+            record: None,
+            ready_file: args.ready_file,
+            rules: None,
+            sample: args.sample,
+            metrics: None,
+        }
+    }
 }
 
 /// The default of `--max-flows`.
@@ -224,6 +310,8 @@ impl From<TraceArgs> for live::Options {
                 RulesArg::Acting => Detail::Acting,
                 RulesArg::All => Detail::Walk,
             }),
+            sample: 1,
+            metrics: None,
         }
     }
 }

@@ -3,14 +3,16 @@
 use std::{
     io::{self, Write},
     path::Path,
+    sync::Arc,
 };
 
 use anyhow::Context as _;
 
 use crate::{
-    cli::{Format, TraceArgs},
+    cli::{Format, MonitorArgs, TraceArgs},
     correlate::Limits,
     error::UsageError,
+    metrics::Metrics,
     names::NameTable,
     output,
     session::{Session, live::Trace, replay},
@@ -23,6 +25,35 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
     trace.run().await?;
     trace.finish().await?;
     Ok(())
+}
+
+/// `tracer monitor`: the endpoint first (it answers, not ready, while the programs attach),
+/// then a trace that feeds the metrics until SIGTERM or Ctrl-C.
+pub async fn monitor(args: MonitorArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new(crate::metrics::Limits {
+        max_series: args.max_series,
+        interfaces: args.per_interface,
+    });
+    let listener = crate::metrics::http::bind(args.metrics)
+        .await
+        .map_err(UsageError::from)?;
+    eprintln!(
+        "tracer: serving metrics at http://{}/metrics",
+        listener.local_addr()?
+    );
+    let server = tokio::spawn(crate::metrics::http::serve(listener, Arc::clone(&metrics)));
+    let mut options: crate::session::live::Options = args.into();
+    options.metrics = Some(Arc::clone(&metrics));
+    let result = async {
+        let mut trace = Trace::start(options).await?;
+        metrics.set_ready();
+        trace.run().await?;
+        trace.finish().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    server.abort();
+    result
 }
 
 /// `tracer topology`: containers, pods and namespaces with their interfaces, peers and bridges.

@@ -53,6 +53,7 @@ pub fn probe() -> Report {
         snap_headers_only: true,
         kernel_btf: None,
         tc_mode: tc::TcMode::Auto,
+        sample_every: 1,
     }) {
         Ok(mut programs) => {
             report.notes = programs.notes().to_vec();

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             None => tracer::commands::trace(cli.trace).await,
             Some(Command::Topology { output }) => tracer::commands::topology(output).await,
             Some(Command::Doctor) => tracer::commands::doctor(),
+            Some(Command::Monitor(args)) => tracer::commands::monitor(args).await,
             Some(Command::Replay {
                 file,
                 output,

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     decode::Process,
-    topology::runtime::{Runtime, Workload},
+    workload::{Runtime, Workload},
 };
 
 /// Names by namespace inode, drop reason value and code address.
@@ -23,6 +23,8 @@ pub struct NameTable {
     workloads: FxHashMap<u64, Workload>,
     /// Containers by the id of their cgroup (v2), for naming processes.
     cgroups: FxHashMap<u64, Workload>,
+    /// What each interface is on the container path, by namespace inode and ifindex.
+    roles: FxHashMap<(u64, u32), Role>,
     drop_reasons: HashMap<u32, String>,
     symbols: HashMap<u64, String>,
     /// Changes whenever a namespace or container is named, in this table or any other, so that
@@ -55,6 +57,19 @@ impl NameTable {
             containers: vec![name.into()],
         };
         self.set_workload(inode, workload);
+    }
+
+    /// Says what the interface `ifindex` in namespace `inode` is on the container path.
+    pub fn set_role(&mut self, inode: u64, ifindex: u32, role: Role) {
+        self.roles.insert((inode, ifindex), role);
+    }
+
+    /// What an interface is on the container path ([`Role::Other`] when unknown).
+    pub fn role(&self, inode: u64, ifindex: u32) -> Role {
+        self.roles
+            .get(&(inode, ifindex))
+            .copied()
+            .unwrap_or(Role::Other)
     }
 
     /// Names the container whose processes are in the cgroup with `id`.
@@ -137,6 +152,34 @@ impl NameTable {
     pub fn keep_kernel_names(&mut self, other: &NameTable) {
         self.drop_reasons = other.drop_reasons.clone();
         self.symbols = other.symbols.clone();
+    }
+}
+
+/// What an interface is on a container's path, for naming places by role rather than by
+/// every veth's name (metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// An interface inside a container or pod (its `eth0`).
+    Container,
+    /// The host's end of a container's veth pair.
+    HostVeth,
+    Bridge,
+    /// An interface with a default route.
+    Uplink,
+    Loopback,
+    Other,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Container => "container",
+            Role::HostVeth => "host_veth",
+            Role::Bridge => "bridge",
+            Role::Uplink => "uplink",
+            Role::Loopback => "loopback",
+            Role::Other => "other",
+        }
     }
 }
 

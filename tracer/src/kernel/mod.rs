@@ -54,6 +54,8 @@ pub struct LoadOptions {
     pub tc_mode: tc::TcMode,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
+    /// Keep one connection in this many (1: every one).
+    pub sample_every: u32,
 }
 
 /// Loaded programs and their attachments.
@@ -97,6 +99,7 @@ impl Programs {
         }
         config.offsets = resolved.offsets;
         config.wakeup_bytes = options.ring_bytes / WAKEUP_FRACTION;
+        config.sample_every = options.sample_every;
         // Parsed once, for the loader's relocations and for loading the BTF-typed programs.
         let btf = match &options.kernel_btf {
             Some(path) => aya::Btf::parse_file(path, aya::Endianness::default()),

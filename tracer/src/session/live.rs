@@ -34,6 +34,7 @@ use crate::{
         hooks::{HookSet, Outcome},
         tc::TcMode,
     },
+    metrics::{Metrics, MetricsOutput},
     output::{self, Format, HookStats, Output, RunStats},
     reader::{self, ReaderStats},
     recording::Recorder,
@@ -87,6 +88,10 @@ pub struct Options {
     /// `--rules`: name the netfilter rule behind each NAT and drop, and with
     /// [`Detail::Walk`] show each packet's walk through the chains.
     pub rules: Option<Detail>,
+    /// Keep one connection in this many, chosen in the kernel (1: every one).
+    pub sample: u32,
+    /// `tracer monitor`: feed these metrics instead of writing to stdout.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// A running trace.
@@ -149,6 +154,7 @@ impl Trace {
             snap_headers_only: options.snap_len.is_none(),
             kernel_btf: options.kernel_btf.clone(),
             tc_mode: options.tc_mode,
+            sample_every: options.sample,
         })?;
         for outcome in programs.climb(false) {
             report_unused(&outcome)?;
@@ -194,11 +200,14 @@ impl Trace {
             realtime_offset_ns: realtime_offset_ns(),
             snap_len: options.snap_len.unwrap_or(SNAP_MAX as u32),
         };
-        let mut outputs: Vec<Box<dyn Output>> = vec![output::open(
-            options.format,
-            io::BufWriter::new(io::stdout()),
-            &output_options,
-        )?];
+        let mut outputs: Vec<Box<dyn Output>> = match &options.metrics {
+            Some(metrics) => vec![Box::new(MetricsOutput::new(Arc::clone(metrics)))],
+            None => vec![output::open(
+                options.format,
+                io::BufWriter::new(io::stdout()),
+                &output_options,
+            )?],
+        };
         if let Some(file) = pcapng {
             outputs.push(output::open(
                 Format::Pcapng,
@@ -272,7 +281,7 @@ impl Trace {
         let mut refresh = tokio::time::interval(REFRESH);
         refresh.reset();
         // A live status line on stderr, only for a person watching a terminal.
-        let live = io::stderr().is_terminal();
+        let live = io::stderr().is_terminal() && self.options.metrics.is_none();
         let mut status = tokio::time::interval(Duration::from_secs(1));
         let mut stopping = false;
         loop {
@@ -296,7 +305,12 @@ impl Trace {
                 () = std::future::ready(()), if self.tc_pending && !stopping => self.attach_tc(),
                 // Records left by the last chunk are written before the loop waits.
                 () = std::future::ready(()), if self.session.has_ready() => {}
-                _ = status.tick(), if live => self.show_status(),
+                _ = status.tick(), if live || self.options.metrics.is_some() => {
+                    if live {
+                        self.show_status();
+                    }
+                    self.export_lost();
+                }
                 _ = sigint.recv(), if !stopping => stopping = true,
                 _ = sigterm.recv(), if !stopping => stopping = true,
                 _ = sleep_until(deadline), if !stopping => stopping = true,
@@ -396,6 +410,13 @@ impl Trace {
                 "tracer: TC programs attached to {interfaces} interfaces{}",
                 mechanism.map_or_else(String::new, |m| format!(" ({})", m.name()))
             );
+        }
+    }
+
+    /// Hands the kernel's lost-event count to the metrics.
+    fn export_lost(&self) {
+        if let (Some(metrics), Ok(counters)) = (&self.options.metrics, self.programs.counters()) {
+            metrics.set_lost(counters.values().map(|c| c.lost).sum());
         }
     }
 

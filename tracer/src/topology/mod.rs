@@ -17,7 +17,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{names::NameTable, netns};
+use crate::{
+    names::{NameTable, Role},
+    netns,
+};
 
 use runtime::{Workload, Workloads};
 
@@ -145,10 +148,42 @@ impl Topology {
             .filter(|master| master.kind == LinkKind::Bridge)
     }
 
+    /// What a link is on the container path: a bridge, an uplink, the host's end of a veth
+    /// pair (on a bridge), or the container's end (its peer is on a bridge, or it is in a
+    /// runtime's namespace).
+    pub fn role(&self, ns: &Namespace, link: &Link) -> Role {
+        match link.kind {
+            LinkKind::Bridge => return Role::Bridge,
+            LinkKind::Loopback => return Role::Loopback,
+            _ => {}
+        }
+        if link.default_route {
+            return Role::Uplink;
+        }
+        if link.kind == LinkKind::Veth {
+            if self.bridge_of(ns, link).is_some() {
+                return Role::HostVeth;
+            }
+            if let Some((peer_ns, peer)) = self.peer(ns, link)
+                && self.bridge_of(peer_ns, peer).is_some()
+            {
+                return Role::Container;
+            }
+        }
+        if ns.workload.is_some() {
+            Role::Container
+        } else {
+            Role::Other
+        }
+    }
+
     /// Names for the outputs.
     pub fn names(&self) -> NameTable {
         let mut table = NameTable::default();
         for ns in &self.namespaces {
+            for link in &ns.links {
+                table.set_role(ns.inode, link.ifindex, self.role(ns, link));
+            }
             if let Some(workload) = &ns.workload {
                 table.set_workload(ns.inode, workload.clone());
             }

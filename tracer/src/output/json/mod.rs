@@ -23,7 +23,7 @@ use crate::{
     decode::{Conntrack, Proto, Tuple},
     names::NameTable,
     rules::Rule,
-    topology::runtime::{Runtime, Workload},
+    workload::{Runtime, Workload},
 };
 
 /// Bytes buffered before they are written to the destination.

@@ -21,7 +21,7 @@ use crate::{
     names::NameTable,
     output::{Output, TcpFlags},
     rules::Rule,
-    topology::runtime::{Runtime, Workload},
+    workload::{Runtime, Workload},
 };
 
 /// A kernel address, serialized as `0x...`.

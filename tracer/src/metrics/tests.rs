@@ -1,0 +1,266 @@
+//! The metrics a monitor derives from packets, flows and translations, and the series cap.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
+
+use tracer_common::hook::Hook;
+
+use super::*;
+use crate::{
+    correlate::{FlowSummary, Hop, NatKind, NatRecord, NatSource},
+    decode::{DropInfo, HopEvent, IfName, Proto, Tuple},
+    workload::{Runtime, Workload},
+};
+
+const CTR: u64 = 10;
+const HOST: u64 = 20;
+
+fn tuple() -> Tuple {
+    Tuple {
+        proto: Proto::TCP,
+        src: IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2)),
+        src_port: 40000,
+        dst: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 252)),
+        dst_port: 80,
+    }
+}
+
+fn hop(ts_ns: u64, first_ns: u64, hook: Hook, netns: u64, ifindex: u32, ifname: &str) -> Hop {
+    Hop {
+        event: HopEvent {
+            ts_ns,
+            hook,
+            skb: 1,
+            skb_head: 2,
+            netns_inode: netns,
+            tc: false,
+            ifindex,
+            ifname: IfName::new(ifname),
+            tuple: tuple(),
+            has_l4: true,
+            fragment: false,
+            nonlinear: false,
+            tcp_flags: 0x02,
+            tcp_seq: 1,
+            tcp_ack: 0,
+            ip_id: 1,
+            ttl: 64,
+            len: 60,
+            ip_len: 60,
+            mark: 0,
+            conntrack: None,
+            drop: None,
+            headers: None,
+            process: None,
+        },
+        since_prev_ns: 0,
+        since_first_ns: first_ns,
+    }
+}
+
+/// A packet from the container's eth0 through its host veth and the bridge to the uplink,
+/// 2, 3 and 5 us apart.
+fn egress(flow_id: u64) -> PacketTrace {
+    let mut hops = vec![
+        hop(1_000, 0, Hook::NetDevQueue, CTR, 2, "eth0"),
+        hop(3_000, 2_000, Hook::NetifReceiveSkb, HOST, 5, "veth1"),
+        hop(6_000, 5_000, Hook::NetifReceiveSkb, HOST, 3, "docker0"),
+        hop(11_000, 10_000, Hook::NetDevQueue, HOST, 2, "eth0"),
+    ];
+    for i in 1..hops.len() {
+        hops[i].since_prev_ns = hops[i].event.ts_ns - hops[i - 1].event.ts_ns;
+    }
+    PacketTrace {
+        packet_id: flow_id,
+        flow_id,
+        direction: Direction::Original,
+        hops,
+        nat_rules: Vec::new(),
+        drop_rule: None,
+        walks: Vec::new(),
+        process: None,
+    }
+}
+
+fn names() -> NameTable {
+    let mut names = NameTable::default();
+    names.set_workload(
+        CTR,
+        Workload {
+            runtime: Runtime::Docker,
+            pod: None,
+            containers: vec!["web".to_owned()],
+        },
+    );
+    names.set_netns(HOST, "host");
+    names.set_role(CTR, 2, Role::Container);
+    names.set_role(HOST, 5, Role::HostVeth);
+    names.set_role(HOST, 3, Role::Bridge);
+    names.set_role(HOST, 2, Role::Uplink);
+    names.set_drop_reasons([(5, "NETFILTER_DROP".to_owned())].into());
+    names
+}
+
+fn line_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[test]
+fn hops_become_latency_per_hop_pair_and_path() {
+    let metrics = Metrics::new(Limits::default());
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    for flow in 1..=3 {
+        output
+            .record(&Record::Packet(egress(flow)), &names)
+            .unwrap();
+    }
+    let text = metrics.encode().unwrap();
+    let pair = r#"{workload="web",from="host_veth:netif_receive_skb",to="bridge:netif_receive_skb",direction="original"}"#;
+    assert_eq!(
+        line_value(&text, &format!("tracer_hop_latency_seconds_count{pair}")),
+        Some(3.0),
+        "{text}"
+    );
+    // 3 us each: above the 2 us bucket, within the 4 us one.
+    let bucket = |le: &str| {
+        let labels = format!(
+            r#"{{le="{le}",workload="web",from="host_veth:netif_receive_skb",to="bridge:netif_receive_skb",direction="original"}}"#
+        );
+        line_value(&text, &format!("tracer_hop_latency_seconds_bucket{labels}"))
+    };
+    assert_eq!(bucket("0.000002"), Some(0.0), "{text}");
+    assert_eq!(bucket("0.000004"), Some(3.0), "{text}");
+    assert_eq!(
+        line_value(
+            &text,
+            r#"tracer_path_latency_seconds_count{path="egress",workload="web",direction="original"}"#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(
+            &text,
+            r#"tracer_path_latency_seconds_sum{path="egress",workload="web",direction="original"}"#
+        ),
+        Some(3.0 * 10e-6),
+        "{text}"
+    );
+    // Three hop pairs and one path: four label sets.
+    assert_eq!(metrics.series(), 4);
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}
+
+#[test]
+fn drops_nat_and_flows_are_counted() {
+    let metrics = Metrics::new(Limits::default());
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    let mut dropped = egress(7);
+    dropped.hops.truncate(3);
+    let last = dropped.hops.last_mut().unwrap();
+    last.event.hook = Hook::KfreeSkb;
+    last.event.drop = Some(DropInfo {
+        reason: 5,
+        location: 0,
+    });
+    for _ in 0..2 {
+        output
+            .record(&Record::Packet(dropped.clone()), &names)
+            .unwrap();
+    }
+    output
+        .record(
+            &Record::Nat(NatRecord {
+                flow_id: 7,
+                direction: Direction::Original,
+                kind: NatKind::Snat,
+                before: tuple(),
+                after: tuple(),
+                at: None,
+                source: NatSource::Conntrack,
+                packet: None,
+                rule: None,
+            }),
+            &names,
+        )
+        .unwrap();
+    output
+        .record(
+            &Record::Flow(FlowSummary {
+                flow_id: 7,
+                orig: tuple(),
+                reply: tuple(),
+                packets: [2, 0],
+                first_ts: 0,
+                last_ts: 0,
+                hops: Vec::new(),
+            }),
+            &names,
+        )
+        .unwrap();
+    metrics.set_lost(9);
+    let text = metrics.encode().unwrap();
+    let drops =
+        r#"tracer_drops_total{reason="NETFILTER_DROP",place="bridge:kfree_skb",workload="web"}"#;
+    assert_eq!(line_value(&text, drops), Some(2.0), "{text}");
+    assert_eq!(
+        line_value(
+            &text,
+            r#"tracer_nat_translations_total{kind="snat",direction="original"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(&text, "tracer_flows_total "),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(&text, "tracer_events_lost_total "),
+        Some(9.0),
+        "{text}"
+    );
+    assert!(
+        line_value(&text, "tracer_resident_memory_bytes ") > Some(0.0),
+        "{text}"
+    );
+    // A dropped packet has no path latency.
+    assert!(
+        !text.contains("tracer_path_latency_seconds_count{"),
+        "{text}"
+    );
+}
+
+#[test]
+fn label_sets_beyond_the_cap_go_to_the_overflow_series() {
+    let metrics = Metrics::new(Limits {
+        max_series: 2,
+        interfaces: true,
+    });
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    output.record(&Record::Packet(egress(1)), &names).unwrap();
+    let text = metrics.encode().unwrap();
+    assert_eq!(metrics.series(), 2);
+    // Per interface: places are named by interface and namespace.
+    assert!(
+        text.contains(r#"from="eth0@web:net_dev_queue",to="veth1@host:netif_receive_skb""#),
+        "{text}"
+    );
+    let overflow = r#"tracer_hop_latency_seconds_count{workload="_overflow",from="_overflow",to="_overflow",direction="original"}"#;
+    assert_eq!(line_value(&text, overflow), Some(1.0), "{text}");
+    assert_eq!(
+        line_value(&text, "tracer_series_overflowed_total "),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(line_value(&text, "tracer_series "), Some(2.0), "{text}");
+}
