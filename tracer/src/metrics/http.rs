@@ -1,6 +1,9 @@
-//! The monitor's HTTP endpoint: `/metrics` (OpenMetrics text), `/ready` (200 once every hook
-//! is attached, 503 before) and `/healthz` (200 while the process serves). It answers from the
-//! moment it is bound, while the programs attach.
+//! The monitor's HTTP endpoint: `/metrics`, `/ready` (200 once every hook is attached, 503
+//! before) and `/healthz` (200 while the process serves). It answers from the moment it is
+//! bound, while the programs attach.
+//!
+//! `/metrics` is OpenMetrics text for a client that accepts it (Prometheus asks for it), and
+//! the classic Prometheus text format otherwise (curl, `promtool check metrics`).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -13,8 +16,9 @@ use tokio::net::TcpListener;
 
 use super::Metrics;
 
-/// The content type of the exposition.
+/// The content types of the two expositions.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Binds `addr`; a port that is taken is the user's to change.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -58,11 +62,21 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Byte
     match request.uri().path() {
         "/metrics" => match metrics.encode() {
             Ok(body) => {
+                let openmetrics = request
+                    .headers()
+                    .get_all(header::ACCEPT)
+                    .iter()
+                    .filter_map(|value| value.to_str().ok())
+                    .any(|value| value.contains("application/openmetrics-text"));
+                let (body, kind) = if openmetrics {
+                    (body, OPENMETRICS)
+                } else {
+                    (prometheus_text(&body), PROMETHEUS_TEXT)
+                };
                 let mut response = Response::new(Full::new(Bytes::from(body)));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(OPENMETRICS),
-                );
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
                 response
             }
             Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
@@ -71,5 +85,52 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Byte
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "attaching\n"),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "/metrics, /ready or /healthz\n"),
+    }
+}
+
+/// OpenMetrics text as the classic Prometheus text format: a counter family `x` is named by
+/// its sample, `x_total`, in its `HELP` and `TYPE` lines; `UNIT` lines and `# EOF` go.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prometheus_text;
+
+    #[test]
+    fn counters_are_named_by_their_samples_in_the_classic_format() {
+        let openmetrics = "# HELP tracer_flows Flows traced.\n# TYPE tracer_flows counter\n\
+                           tracer_flows_total 3\n# HELP tracer_series Label sets.\n\
+                           # TYPE tracer_series gauge\ntracer_series 2.0\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP tracer_flows_total Flows traced.\n# TYPE tracer_flows_total counter\n\
+             tracer_flows_total 3\n# HELP tracer_series Label sets.\n\
+             # TYPE tracer_series gauge\ntracer_series 2.0\n"
+        );
     }
 }

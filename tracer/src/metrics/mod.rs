@@ -372,8 +372,7 @@ impl MetricsOutput {
             .map_or_else(|| NONE.to_owned(), |hop| names.place(hop.event.netns_inode));
         let direction = packet.direction.name();
         let metrics = Arc::clone(&self.metrics);
-        let mut previous = HopLabel::of(first);
-        let mut previous_place = self.place(&previous, names);
+        let mut previous_place = self.place(&HopLabel::of(first), names);
         for hop in &packet.hops[1..] {
             let label = HopLabel::of(hop);
             let place = self.place(&label, names);
@@ -395,10 +394,8 @@ impl MetricsOutput {
                 },
                 |histogram| histogram.observe(seconds),
             );
-            previous = label;
             previous_place = place;
         }
-        let _ = previous;
         if let Some(drop) = last.event.drop {
             observe(
                 &metrics,
