@@ -119,6 +119,25 @@ impl Report {
                     format!("packets cannot name their process (--pid, --comm fail): {why}"),
             }
         );
+        let effective = crate::privileges::effective();
+        for cap in &crate::privileges::CAPABILITIES {
+            let state = if effective & (1 << cap.bit) != 0 {
+                "present"
+            } else if cap.required {
+                "MISSING, required"
+            } else {
+                "missing"
+            };
+            let _ = writeln!(out, "capability CAP_{:<11} {state}: {}", cap.name, cap.why);
+        }
+        for host in &crate::privileges::HOST_PATHS {
+            let state = if std::path::Path::new(host.path).exists() {
+                "present"
+            } else {
+                "absent"
+            };
+            let _ = writeln!(out, "path       {:<32} {state}: {}", host.path, host.why);
+        }
         let _ = writeln!(
             out,
             "hooks      default: {}; opt-in with --hooks +NAME: {}",

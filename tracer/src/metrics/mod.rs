@@ -38,6 +38,27 @@ use crate::{
     output::{Output, RunStats},
 };
 
+/// The names of every sample tracer exports, as Prometheus sees them (a unit test checks this
+/// list against the exposition).
+pub const EXPORTED: [&str; 16] = [
+    "tracer_hop_latency_seconds_bucket",
+    "tracer_hop_latency_seconds_count",
+    "tracer_hop_latency_seconds_sum",
+    "tracer_path_latency_seconds_bucket",
+    "tracer_path_latency_seconds_count",
+    "tracer_path_latency_seconds_sum",
+    "tracer_drops_total",
+    "tracer_nat_translations_total",
+    "tracer_flows_total",
+    "tracer_events_lost_total",
+    "tracer_series_overflowed_total",
+    "tracer_series",
+    "tracer_series_limit",
+    "tracer_ready",
+    "tracer_cpu_seconds_total",
+    "tracer_resident_memory_bytes",
+];
+
 /// Label value for what no container or pod owns, and for a path of no known kind.
 const NONE: &str = "none";
 /// Label value of the series that take label sets beyond the cap.
