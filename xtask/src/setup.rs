@@ -29,9 +29,12 @@ const PACKAGES: &[&str] = &[
     "docker.io",
     // Podman and the reference CNI plugins, for the runtime tests (pods as kubelet makes them).
     "podman",
+    "netavark",
     "containernetworking-plugins",
     // containerd's API client is generated from its protobuf files at build time.
     "protobuf-compiler",
+    // A real Prometheus scraping `tracer monitor` in the tests, and promtool.
+    "prometheus",
     "qemu-system-x86",
     "cpio",
     "kmod",

@@ -1,0 +1,284 @@
+//! `tracer monitor` scraped by a real Prometheus server (Debian's `prometheus`): connections
+//! through the testbed's SNAT and DNAT paths and datagrams dropped on the way. Prometheus'
+//! own query of the hop latency agrees with what a trace of the same packets measures, the
+//! drop counter counts the dropped datagrams exactly, both NAT kinds are counted, and
+//! `promtool check metrics` accepts the exposition. Skipped, with the reason printed, where
+//! Prometheus is not installed.
+
+use std::{
+    io::Write as _,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+use tracer_tests::{
+    busybox::http_get,
+    machine::{TempDir, which},
+    testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
+    trace,
+    tracer::Tracer,
+    traffic,
+};
+
+const METRICS: u16 = 19491;
+const PROMETHEUS: u16 = 19492;
+
+/// A Prometheus server of the test's own, scraping the monitor every second; stopped and its
+/// data removed on drop.
+struct Prometheus {
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn start(binary: &std::path::Path) -> anyhow::Result<Prometheus> {
+        let dir = TempDir::new("tracer-test-prometheus")?;
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+                 - job_name: tracer\n    static_configs:\n      - targets: ['127.0.0.1:{METRICS}']\n"
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("log"))?;
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("failed to start prometheus")?;
+        let prometheus = Prometheus { child, _dir: dir };
+        wait_until("Prometheus is ready", || {
+            Ok(get(PROMETHEUS, "/-/ready").is_ok_and(|r| r.starts_with("HTTP/1.0 200")))
+        })?;
+        Ok(prometheus)
+    }
+
+    /// The value of an instant query that yields one number, if it yields one.
+    fn scalar(&self, query: &str) -> anyhow::Result<Option<f64>> {
+        let response = get(
+            PROMETHEUS,
+            &format!("/api/v1/query?query={}", encode(query)),
+        )?;
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let value: Value = serde_json::from_str(body).with_context(|| format!("{response}"))?;
+        if value["status"] != "success" {
+            bail!("query {query} failed: {value}");
+        }
+        Ok(value["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok()))
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(port: u16, path: &str) -> anyhow::Result<String> {
+    http_get(None, SocketAddr::from(([127, 0, 0, 1], port)), path)
+}
+
+/// Percent-encodes a query for a URL.
+fn encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Polls `check` until it is true, for at most 30 s.
+fn wait_until(what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check()? {
+        if Instant::now() > deadline {
+            bail!("timed out waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// The gaps, in ns, between consecutive hops `from` and `to` (interface and hook) of the
+/// original-direction packets in a trace.
+fn gaps(lines: &[Value], from: (&str, &str), to: (&str, &str)) -> Vec<u64> {
+    let mut gaps = Vec::new();
+    for packet in trace::packets(lines) {
+        if packet.first()["direction"] != "original" {
+            continue;
+        }
+        for pair in packet.hops.windows(2) {
+            let at = |hop: &Value, (ifname, hook): (&str, &str)| {
+                hop["ifname"] == ifname && hop["hook"] == hook && hop["netns"] != Value::Null
+            };
+            if at(&pair[0], from) && at(&pair[1], to) {
+                gaps.push(pair[1]["since_prev_ns"].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    gaps.sort_unstable();
+    gaps
+}
+
+#[test]
+fn prometheus_scrapes_what_the_monitor_measures() -> anyhow::Result<()> {
+    let Some(binary) = which("prometheus") else {
+        eprintln!("skipped: prometheus is not installed (cargo xtask setup installs it)");
+        return Ok(());
+    };
+    let (snat, dnat, dropped, container_port) = (10041u16, 10042u16, 10043u16, 8042u16);
+    let testbed = Testbed::up(1)?;
+    let ctr = &testbed.containers[0];
+    let host_veth = ctr.host_veth.clone();
+    testbed.publish(dnat, 0, container_port)?;
+    testbed.host.exec(
+        "iptables",
+        &[
+            "-A",
+            "FORWARD",
+            "-p",
+            "udp",
+            "--dport",
+            &dropped.to_string(),
+            "-j",
+            "DROP",
+        ],
+    )?;
+    let filter = format!("port {snat} or port {dnat} or port {dropped} or port {container_port}");
+    let metrics = format!("127.0.0.1:{METRICS}");
+    let monitor = Tracer::start(&["monitor", "--metrics", &metrics, &filter])?;
+    let reference = Tracer::start(&["--output", "json", &filter])?;
+    let prometheus = Prometheus::start(&binary)?;
+    assert!(get(METRICS, "/ready")?.starts_with("HTTP/1.0 200"));
+
+    // SNAT: the container connects out; DNAT: the remote connects to the published port;
+    // drops: datagrams the host's FORWARD chain drops.
+    let server = traffic::listen(&testbed.remote, SocketAddr::from((SERVER_ADDR, snat)))?;
+    for _ in 0..20 {
+        traffic::exchange(
+            &ctr.netns,
+            None,
+            SocketAddr::from((SERVER_ADDR, snat)),
+            &server,
+        )?;
+    }
+    let inside = traffic::listen(&ctr.netns, SocketAddr::from((ctr.addr, container_port)))?;
+    for _ in 0..5 {
+        traffic::exchange(
+            &testbed.remote,
+            None,
+            SocketAddr::from((UPLINK_ADDR, dnat)),
+            &inside,
+        )?;
+    }
+    let datagrams = 7;
+    let socket: UdpSocket = ctr
+        .netns
+        .enter(|| UdpSocket::bind(SocketAddr::from((ctr.addr, 0))))??;
+    for _ in 0..datagrams {
+        socket.send_to(b"lost", SocketAddr::from((SERVER_ADDR, dropped)))?;
+    }
+
+    let finished = reference.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines = finished.json()?;
+    let from = (host_veth.as_str(), "netif_receive_skb");
+    let to = ("docker0", "netif_receive_skb");
+    let measured = gaps(&lines, from, to);
+    assert!(measured.len() >= 40, "{} gaps", measured.len());
+    let pair =
+        r#"from="host_veth:netif_receive_skb",to="bridge:netif_receive_skb",direction="original""#;
+    // Prometheus has scraped every packet the trace saw on that pair.
+    wait_until("Prometheus has every packet", || {
+        let count =
+            prometheus.scalar(&format!("sum(tracer_hop_latency_seconds_count{{{pair}}})"))?;
+        Ok(count == Some(measured.len() as f64))
+    })?;
+    let estimate = prometheus
+        .scalar(&format!(
+            "histogram_quantile(0.5, sum by (le) (tracer_hop_latency_seconds_bucket{{{pair}}}))"
+        ))?
+        .context("no p50")?;
+    let p50 = measured[(measured.len() - 1) / 2] as f64 / 1e9;
+    // Buckets double from 1 us: the exact median lies in the bucket of Prometheus' estimate.
+    let upper = (0..15)
+        .map(|i| 1e-6 * f64::from(1u32 << i))
+        .find(|bound| estimate <= *bound + 1e-12)
+        .context("estimate beyond the buckets")?;
+    let lower = if upper > 1.5e-6 { upper / 2.0 } else { 0.0 };
+    assert!(
+        lower <= p50 && p50 <= upper,
+        "trace p50 {p50} s outside the bucket ({lower}, {upper}] of Prometheus' {estimate} s"
+    );
+
+    wait_until("Prometheus counts the drops", || {
+        Ok(prometheus
+            .scalar(r#"sum(tracer_drops_total{reason="NETFILTER_DROP"})"#)?
+            .is_some_and(|n| n >= f64::from(datagrams)))
+    })?;
+    assert_eq!(
+        prometheus.scalar(r#"sum(tracer_drops_total{reason="NETFILTER_DROP"})"#)?,
+        Some(f64::from(datagrams)),
+        "every dropped datagram, once"
+    );
+    for kind in ["snat", "dnat"] {
+        let count = prometheus.scalar(&format!(
+            r#"sum(tracer_nat_translations_total{{kind="{kind}",direction="original"}})"#
+        ))?;
+        assert!(count >= Some(1.0), "{kind}: {count:?}");
+    }
+    assert_eq!(prometheus.scalar("tracer_ready")?, Some(1.0));
+    assert_eq!(prometheus.scalar("tracer_events_lost_total")?, Some(0.0));
+
+    // promtool accepts the exposition as curl (or any client not asking for OpenMetrics) gets it.
+    let exposition = get(METRICS, "/metrics")?;
+    let body = exposition
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("promtool comes with prometheus")?;
+    promtool
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(body.as_bytes())?;
+    let checked = promtool.wait_with_output()?;
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    drop(prometheus);
+    let finished = monitor.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    // The endpoint went with the process.
+    assert!(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], METRICS))).is_err());
+    Ok(())
+}
