@@ -30,6 +30,8 @@ const PROMETHEUS: u16 = 19492;
 /// data removed on drop.
 struct Prometheus {
     child: Child,
+    /// Where its HTTP API listens.
+    port: u16,
     _dir: TempDir,
 }
 
@@ -57,7 +59,11 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .context("failed to start prometheus")?;
-        let prometheus = Prometheus { child, _dir: dir };
+        let prometheus = Prometheus {
+            child,
+            port: PROMETHEUS,
+            _dir: dir,
+        };
         wait_until("Prometheus is ready", || {
             Ok(get(PROMETHEUS, "/-/ready").is_ok_and(|r| r.starts_with("HTTP/1.0 200")))
         })?;
