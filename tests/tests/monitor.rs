@@ -72,12 +72,9 @@ impl Prometheus {
 
     /// The value of an instant query that yields one number, if it yields one.
     fn scalar(&self, query: &str) -> anyhow::Result<Option<f64>> {
-        let response = get(
-            PROMETHEUS,
-            &format!("/api/v1/query?query={}", encode(query)),
-        )?;
+        let response = get(self.port, &format!("/api/v1/query?query={}", encode(query)))?;
         let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let value: Value = serde_json::from_str(body).with_context(|| format!("{response}"))?;
+        let value: Value = serde_json::from_str(body).with_context(|| response.clone())?;
         if value["status"] != "success" {
             bail!("query {query} failed: {value}");
         }
