@@ -167,7 +167,8 @@ fn prometheus_scrapes_what_the_monitor_measures() -> anyhow::Result<()> {
     )?;
     let filter = format!("port {snat} or port {dnat} or port {dropped} or port {container_port}");
     let metrics = format!("127.0.0.1:{METRICS}");
-    let monitor = Tracer::start(&["monitor", "--metrics", &metrics, &filter])?;
+    // Every connection (the default keeps 1 in 16), to compare with a trace of them all.
+    let monitor = Tracer::start(&["monitor", "--metrics", &metrics, "--sample", "1", &filter])?;
     let reference = Tracer::start(&["--output", "json", &filter])?;
     let prometheus = Prometheus::start(&binary)?;
     assert!(get(METRICS, "/ready")?.starts_with("HTTP/1.0 200"));

@@ -10,6 +10,9 @@ use tracer_tests::{testbed::Testbed, tracer::Tracer};
 
 use super::tools::{Tcpdump, lost_from};
 
+/// Where the monitor configuration serves its metrics (nothing scrapes them).
+const MONITOR_METRICS: &str = "127.0.0.1:19499";
+
 /// One compared configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Config {
@@ -24,15 +27,18 @@ pub enum Config {
     TracerRulesAll,
     TcpdumpNoMatch,
     TcpdumpAll,
+    /// `tracer monitor` at its default sampling, no filter: the always-on configuration.
+    Monitor,
 }
 
 impl Config {
     /// Every configuration compared to [`Config::Untraced`].
-    pub const OBSERVED: [Config; 4] = [
+    pub const OBSERVED: [Config; 5] = [
         Config::TracerNoMatch,
         Config::TracerAll,
         Config::TcpdumpNoMatch,
         Config::TcpdumpAll,
+        Config::Monitor,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +51,7 @@ impl Config {
             Config::TracerRulesAll => "tracer --rules, every packet matches",
             Config::TcpdumpNoMatch => "tcpdump -s 128, filter matches nothing",
             Config::TcpdumpAll => "tcpdump -s 128, every packet",
+            Config::Monitor => "tracer monitor, default sampling",
         }
     }
 
@@ -61,6 +68,10 @@ impl Config {
             _ => (None, "", false),
         };
         let tracer = match match_port {
+            _ if self == Config::Monitor => Some(Tracer::start_with_stdout(
+                &["monitor", "--metrics", MONITOR_METRICS],
+                Stdio::null(),
+            )?),
             Some(match_port) => {
                 let mut args = vec!["--port", match_port, "--output", "json", "--hooks", hooks];
                 if rules {

@@ -82,6 +82,18 @@ pub fn markdown(r: &Inputs) -> String {
         ratio_text(every),
         checked(every, |row| Met::from(row.ratio.median >= 0.85)),
     );
+    let monitor = throughput(Config::Monitor);
+    row(
+        "throughput with tracer monitor at its default sampling >= 0.98x",
+        ratio_text(monitor),
+        checked(monitor, |row| Met::from(row.ratio.median >= 0.98)),
+    );
+    let monitor_cpu = r.cpu.paired.row(Config::Monitor);
+    row(
+        "CPU per GB with tracer monitor at its default sampling (reported)",
+        ratio_text(monitor_cpu),
+        checked(monitor_cpu, |_| Met::Undecided("no target of its own")),
+    );
     let tcpdump = throughput(Config::TcpdumpAll);
     row(
         "throughput, every packet matching, better than tcpdump -s 128 capturing all",
