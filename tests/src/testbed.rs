@@ -144,10 +144,12 @@ impl Testbed {
         ])?;
         host.ip(&["addr", "add", &format!("{UPLINK_ADDR}/24"), "dev", "eth0"])?;
         host.ip(&["link", "set", "eth0", "up"])?;
+        // The uplink carries the default route, as a Docker host's does (inside the host
+        // namespace of the testbed only).
         host.ip(&[
             "route",
             "add",
-            "198.19.0.0/24",
+            "default",
             "via",
             &REMOTE_LINK_ADDR.to_string(),
         ])?;

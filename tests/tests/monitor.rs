@@ -286,3 +286,87 @@ fn prometheus_scrapes_what_the_monitor_measures() -> anyhow::Result<()> {
     assert!(TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], METRICS))).is_err());
     Ok(())
 }
+
+/// The value of an unlabelled sample in the monitor's exposition.
+fn sample(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The sum of a labelled sample's series whose labels contain `labels`.
+fn sum(exposition: &str, name: &str, labels: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `--sample 4` keeps exactly the connections whose key hashes to a multiple of 4 (computed
+/// here from the tuples), and keeps each whole: its packets are measured inside the container
+/// as often as beyond the NAT, at the uplink.
+#[test]
+fn sampling_keeps_whole_connections_chosen_by_their_hash() -> anyhow::Result<()> {
+    let port = 10044u16;
+    let testbed = Testbed::up(1)?;
+    let ctr = &testbed.containers[0];
+    let server = SocketAddr::from((SERVER_ADDR, port));
+    let listener = traffic::listen(&testbed.remote, server)?;
+    let metrics = format!("127.0.0.1:{}", METRICS + 10);
+    let monitor = Tracer::start(&[
+        "monitor",
+        "--metrics",
+        &metrics,
+        "--sample",
+        "4",
+        &format!("port {port}"),
+    ])?;
+    let connections = 40u16;
+    let mut kept = 0;
+    for source in 0..connections {
+        let src_port = 43100 + source;
+        traffic::exchange(&ctr.netns, Some(src_port), server, &listener)?;
+        // The container's tuple, as conntrack records it before MASQUERADE.
+        let v4 = |ip: std::net::Ipv4Addr| {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&ip.octets());
+            a
+        };
+        let key =
+            tracer_common::flow::FlowKey::new(6, &v4(ctr.addr), src_port, &v4(SERVER_ADDR), port);
+        if key.sample_hash() % 4 == 0 {
+            kept += 1;
+        }
+    }
+    assert!(
+        0 < kept && kept < connections,
+        "{kept} of {connections} kept"
+    );
+    let mut exposition = String::new();
+    wait_until("every kept connection has ended", || {
+        exposition = get(METRICS + 10, "/metrics")?;
+        Ok(sample(&exposition, "tracer_flows_total") >= Some(f64::from(kept)))
+    })?;
+    assert_eq!(
+        sample(&exposition, "tracer_flows_total"),
+        Some(f64::from(kept)),
+        "{exposition}"
+    );
+    // Whole connections: as many packets leave the container as reach the uplink.
+    let leaving = sum(
+        &exposition,
+        "tracer_hop_latency_seconds_count",
+        r#"from="container:net_dev_queue",to="host_veth:netif_receive_skb",direction="original""#,
+    );
+    let out = sum(
+        &exposition,
+        "tracer_hop_latency_seconds_count",
+        r#"to="uplink:net_dev_queue",direction="original""#,
+    );
+    assert!(leaving >= f64::from(kept) * 3.0, "{exposition}");
+    assert_eq!(leaving, out, "{exposition}");
+    let finished = monitor.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    Ok(())
+}

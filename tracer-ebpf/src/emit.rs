@@ -118,11 +118,7 @@ pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scra
         }
     }
     if matched && sampling {
-        let key = match tuples.as_ref().and_then(|t| t.view(0)) {
-            Some(orig) => flow_key(&orig),
-            None => packet_key(headers),
-        };
-        matched = sampled(&key);
+        matched = keep_sampled(headers, tuples.as_ref(), generation);
     }
     if matched {
         if let Some(tuples) = &tuples {
@@ -145,6 +141,42 @@ pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scra
         let _ = VERDICTS.insert(&ct.ct, &verdict, 0);
     }
     Verdict::Miss
+}
+
+/// Connections sampling skipped, by both conntrack tuples: a packet without an entry (beyond
+/// the NAT, on the far side of a veth) is skipped by them rather than judged by its own tuple,
+/// which the NAT changed.
+#[map]
+static SKIPPED: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// Whether a packet the filter matched belongs to a connection sampling keeps. With conntrack
+/// tuples, the connection is judged by its original tuple, and both tuples are remembered
+/// as skipped when it is not kept (kept ones are tracked by [`track`]). Without, a packet of
+/// a tracked connection is kept, one of a skipped connection is not, and any other (the
+/// first packets, before conntrack: a container's SYN before MASQUERADE, a client's before
+/// DNAT) is judged by its own tuple, which is then the original one.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value are copied on the small BPF stack"
+)]
+fn keep_sampled(headers: &Headers, tuples: Option<&Tuples>, generation: u64) -> bool {
+    if let Some(tuples) = tuples
+        && let (Some(orig), Some(reply)) = (tuples.view(0), tuples.view(1))
+    {
+        let orig = flow_key(&orig);
+        if sampled(&orig) {
+            return true;
+        }
+        let _ = SKIPPED.insert(&orig, &1, 0);
+        let _ = SKIPPED.insert(&flow_key(&reply), &1, 0);
+        return false;
+    }
+    let own = packet_key(headers);
+    if generation != 0 && TRACKED.get_ptr(&own).is_some() {
+        return true;
+    }
+    SKIPPED.get_ptr(&own).is_none() && sampled(&own)
 }
 
 /// Whether the connection with `key` is one of the one in `sample_every` kept.

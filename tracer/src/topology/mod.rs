@@ -157,21 +157,21 @@ impl Topology {
             LinkKind::Loopback => return Role::Loopback,
             _ => {}
         }
-        if link.default_route {
-            return Role::Uplink;
+        if self.bridge_of(ns, link).is_some() {
+            return Role::HostVeth;
         }
-        if link.kind == LinkKind::Veth {
-            if self.bridge_of(ns, link).is_some() {
-                return Role::HostVeth;
-            }
-            if let Some((peer_ns, peer)) = self.peer(ns, link)
-                && self.bridge_of(peer_ns, peer).is_some()
-            {
-                return Role::Container;
-            }
+        // A container's eth0 carries its default route too: the bridge on the other end of
+        // its veth says what it is.
+        if link.kind == LinkKind::Veth
+            && let Some((peer_ns, peer)) = self.peer(ns, link)
+            && self.bridge_of(peer_ns, peer).is_some()
+        {
+            return Role::Container;
         }
         if ns.workload.is_some() {
             Role::Container
+        } else if link.default_route {
+            Role::Uplink
         } else {
             Role::Other
         }
