@@ -24,8 +24,9 @@ fn start(testbed: &Testbed, extra: &[&str]) -> anyhow::Result<(Tracer, Vec<u32>)
     args.extend_from_slice(extra);
     let tracer = Tracer::start(&args)?;
     let links = bpf::links_of(tracer.pid());
-    // Five tracepoints (four stack hooks and kfree_skb) and two TCX links.
-    assert_eq!(links.len(), 7, "links held: {links:?}");
+    // Five tracepoints (four stack hooks and kfree_skb), two TCX links, and the two socket
+    // programs' cgroup links (sock_create, sock_release).
+    assert_eq!(links.len(), 9, "links held: {links:?}");
     assert!(links.iter().all(|&id| bpf::link_exists(id)));
     Ok((tracer, links))
 }

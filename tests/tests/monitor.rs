@@ -222,15 +222,18 @@ fn prometheus_scrapes_what_the_monitor_measures() -> anyhow::Result<()> {
         ))?
         .context("no p50")?;
     let p50 = measured[(measured.len() - 1) / 2] as f64 / 1e9;
-    // Buckets double from 1 us: the exact median lies in the bucket of Prometheus' estimate.
+    // Buckets double from 1 us. The two tracers time the same hops each with its own clock
+    // reads, so a median near a bucket bound may fall on either side of it: they agree within
+    // the width of the bucket Prometheus' estimate falls in.
     let upper = (0..15)
         .map(|i| 1e-6 * f64::from(1u32 << i))
         .find(|bound| estimate <= *bound + 1e-12)
         .context("estimate beyond the buckets")?;
     let lower = if upper > 1.5e-6 { upper / 2.0 } else { 0.0 };
     assert!(
-        lower <= p50 && p50 <= upper,
-        "trace p50 {p50} s outside the bucket ({lower}, {upper}] of Prometheus' {estimate} s"
+        (p50 - estimate).abs() <= upper - lower,
+        "trace p50 {p50} s and Prometheus' {estimate} s differ by more than the bucket \
+         ({lower}, {upper}]"
     );
 
     wait_until("Prometheus counts the drops", || {
@@ -335,7 +338,7 @@ fn sampling_keeps_whole_connections_chosen_by_their_hash() -> anyhow::Result<()>
         };
         let key =
             tracer_common::flow::FlowKey::new(6, &v4(ctr.addr), src_port, &v4(SERVER_ADDR), port);
-        if key.sample_hash() % 4 == 0 {
+        if key.sample_hash().is_multiple_of(4) {
             kept += 1;
         }
     }

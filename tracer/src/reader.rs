@@ -24,6 +24,7 @@ use crate::{
 /// What the reader has done, shared with the session.
 #[derive(Debug, Default)]
 pub struct ReaderStats {
+    /// Packet events read (the sockets' records, which name processes, are not counted).
     pub records: AtomicU64,
     /// Records that failed to decode.
     pub malformed: AtomicU64,
@@ -95,16 +96,20 @@ async fn drain(
         let (mut records, mut malformed) = (0, 0);
         while batch.len() < MAX_BATCH {
             let Some(item) = ring.next() else { break };
-            records += 1;
             if let Some(recorder) = recorder.as_mut() {
                 recording::write(recorder, &item)?;
             }
             // Decoded straight from the ring's memory; the record is released when `item` is
             // dropped.
+            // Packet events are counted; a socket's record only names processes.
             match decoder.record(&item) {
-                Ok(Some(event)) => batch.push(event),
+                Ok(Some(event)) => {
+                    records += 1;
+                    batch.push(event);
+                }
                 Ok(None) => {}
                 Err(err) => {
+                    records += 1;
                     if malformed == 0 && stats.malformed.load(Ordering::Relaxed) == 0 {
                         log::warn!("dropping malformed event: {err}");
                     }

@@ -1,6 +1,8 @@
 //! `cargo xtask soak`: a bounded run with connections opening and closing all the time, to
 //! show that tracer's memory stays flat, that flows are expired, and that every connection is
-//! reported as exactly one flow. Results go to `bench/soak.md`.
+//! reported as exactly one flow; with `tracer monitor` running through it, that the monitor's
+//! memory stays flat too and its series stay within the documented bound. Results go to
+//! `bench/soak.md`.
 
 use std::{
     collections::HashMap,
@@ -19,6 +21,10 @@ use tracer_tests::{
 use crate::util::{require_root, use_tracer_build, workspace};
 
 const PORT: u16 = 10091;
+/// Where the soak's monitor serves its metrics.
+const MONITOR: &str = "127.0.0.1:19498";
+/// Overflow series beyond `--max-series` at most (README, "Cardinality").
+const OVERFLOW_SERIES: f64 = 11.0;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -50,6 +56,20 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         file.into(),
     )?;
     let pid = tracer.pid();
+    let monitor = Tracer::start_with_stdout(
+        &[
+            "monitor",
+            "--metrics",
+            MONITOR,
+            "--sample",
+            "1",
+            "port",
+            &PORT.to_string(),
+        ],
+        std::process::Stdio::null(),
+    )?;
+    let monitor_pid = monitor.pid();
+    let mut monitor_rss = Vec::new();
 
     let duration = Duration::from_secs(args.minutes * 60);
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
@@ -61,6 +81,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     while start.elapsed() < duration {
         if Instant::now() >= next_sample {
             rss.push((start.elapsed().as_secs(), rss_kib(pid)?));
+            monitor_rss.push((start.elapsed().as_secs(), rss_kib(monitor_pid)?));
             next_sample += Duration::from_secs(10);
         }
         let container = &testbed.containers[(connections % 2) as usize];
@@ -73,6 +94,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     rss.push((start.elapsed().as_secs(), rss_kib(pid)?));
+    monitor_rss.push((start.elapsed().as_secs(), rss_kib(monitor_pid)?));
+    let exposition = metrics_text(MONITOR)?;
+    let value = |name: &str| -> f64 {
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (series, limit, monitor_flows) = (
+        value("tracer_series"),
+        value("tracer_series_limit"),
+        value("tracer_flows_total"),
+    );
+    let monitor_finished = monitor.stop()?;
+    anyhow::ensure!(
+        monitor_finished.status.success(),
+        "tracer monitor failed: {}",
+        monitor_finished.stderr
+    );
     let finished = tracer.stop()?;
     anyhow::ensure!(
         finished.status.success(),
@@ -112,9 +152,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     report += &format!(
         "| connections | flows reported | tuples reused by a later connection | packets | events lost | RSS at 10 s | RSS at end | RSS max |\n|---|---|---|---|---|---|---|---|\n| {connections} | {reported} | {reused} | {packets} | {lost} | {first} KiB | {last} KiB | {max} KiB |\n\n"
     );
-    report += "RSS over time (seconds, KiB):\n\n";
-    for (secs, kib) in &rss {
-        report += &format!("- {secs}: {kib}\n");
+    let (monitor_first, monitor_last) = (
+        monitor_rss[1.min(monitor_rss.len() - 1)].1,
+        monitor_rss[monitor_rss.len() - 1].1,
+    );
+    report += &format!(
+        "`tracer monitor --sample 1` through the same run: {monitor_flows} flows counted, {series} label sets (cap {limit}, at most {OVERFLOW_SERIES} overflow series beyond it), RSS {monitor_first} KiB at 10 s, {monitor_last} KiB at the end.\n\n"
+    );
+    report += "RSS over time (seconds, trace KiB, monitor KiB):\n\n";
+    for ((secs, kib), (_, monitor_kib)) in rss.iter().zip(&monitor_rss) {
+        report += &format!("- {secs}: {kib}, {monitor_kib}\n");
     }
     let path = workspace().join("bench/soak.md");
     std::fs::write(&path, &report)?;
@@ -130,7 +177,35 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         last <= first + first / 2,
         "memory grew from {first} KiB to {last} KiB"
     );
+    anyhow::ensure!(
+        monitor_last <= monitor_first + monitor_first / 2,
+        "the monitor's memory grew from {monitor_first} KiB to {monitor_last} KiB"
+    );
+    anyhow::ensure!(
+        series <= limit + OVERFLOW_SERIES,
+        "{series} label sets beyond the bound ({limit} + {OVERFLOW_SERIES})"
+    );
+    // Flows end 2 s after their FIN: the last seconds' connections may not have ended yet.
+    let pending = (args.rate * 5) as f64;
+    anyhow::ensure!(
+        monitor_flows >= connections as f64 - pending,
+        "the monitor counted {monitor_flows} flows of {connections} connections"
+    );
     Ok(())
+}
+
+/// The classic-format exposition at `addr`'s `/metrics`.
+fn metrics_text(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("cannot reach the monitor at {addr}"))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
 }
 
 /// Resident memory of a process.

@@ -18,14 +18,18 @@ pub fn run(input: impl Read, mut session: Session<'_>) -> anyhow::Result<RunStat
     let mut latest = 0;
     let mut decoder = Decoder::new();
     while recording.next_into(&mut record)? {
-        events += 1;
+        // Packet events are counted; a socket's record only names processes.
         match decoder.record(&record) {
             Ok(Some(event)) => {
+                events += 1;
                 latest = latest.max(event.ts_ns);
                 session.push([event]);
             }
             Ok(None) => {}
-            Err(_) => malformed += 1,
+            Err(_) => {
+                events += 1;
+                malformed += 1;
+            }
         }
         if events % TICK_EVERY == 0 {
             session.tick(latest);
