@@ -9,15 +9,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use serde_json::Value;
 use tracer_tests::{
     docker::{Engine, RulesetGuard},
-    netns::{Netns, run},
+    host_client::HostClient,
+    netns::run,
     trace,
     tracer::Tracer,
     traffic,
 };
-
-/// The remote's address, reached from the containers through the host (and masqueraded).
-const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 1);
-const HOST_SIDE: &str = "198.18.50.2/30";
 
 /// The `rule` of the first NAT record of `kind` in the original direction.
 fn nat_rule(lines: &[Value], kind: &str) -> Value {
@@ -57,37 +54,21 @@ fn dockers_own_masquerade_and_dnat_rules_are_named() -> anyhow::Result<()> {
     let server_ip = server.ip()?;
 
     // A remote namespace behind a veth of the host's own, for the masqueraded connection.
-    let remote = Netns::create(&format!("trc-dk{id}-remote"))?;
-    let host_veth = format!("trcdk{id}");
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            &host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &remote.name,
-        ],
-    )?;
-    let _veth = LinkGuard(host_veth.clone());
-    run("ip", &["addr", "add", HOST_SIDE, "dev", &host_veth])?;
-    run("ip", &["link", "set", &host_veth, "up"])?;
-    remote.ip(&["addr", "add", &format!("{REMOTE}/30"), "dev", "eth0"])?;
-    remote.ip(&["link", "set", "eth0", "up"])?;
-    remote.ip(&["route", "add", "default", "via", "198.18.50.2"])?;
+    let remote = HostClient::create()?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
 
     // Out: the client container connects to the remote, masqueraded behind the host's veth.
     let port = 10051;
-    let listener = traffic::listen(&remote, SocketAddr::from((REMOTE, port)))?;
+    let listener = traffic::listen(&remote.netns, SocketAddr::from((remote.addr, port)))?;
     let tracer = Tracer::json(port, &["--rules"])?;
     let accept = std::thread::spawn(move || traffic::accept(&listener).map(drop));
-    let _ = client.exec(&["/bin/nc", "-w", "2", &REMOTE.to_string(), &port.to_string()]);
+    let _ = client.exec(&[
+        "/bin/nc",
+        "-w",
+        "2",
+        &remote.addr.to_string(),
+        &port.to_string(),
+    ]);
     accept.join().expect("accept thread")?;
     let finished = tracer.stop()?;
     assert!(finished.status.success(), "{}", finished.stderr);
@@ -140,13 +121,4 @@ fn dockers_own_masquerade_and_dnat_rules_are_named() -> anyhow::Result<()> {
     drop((client, server));
     drop(engine);
     Ok(())
-}
-
-/// A link in the machine's own namespace, deleted on drop.
-struct LinkGuard(String);
-
-impl Drop for LinkGuard {
-    fn drop(&mut self) {
-        let _ = run("ip", &["link", "del", &self.0]);
-    }
 }

@@ -117,16 +117,15 @@ pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scra
             matched = filter::evaluate(&reply);
         }
     }
-    if matched && sampling {
-        matched = keep_sampled(headers, tuples.as_ref(), generation);
-    }
-    if matched {
+    // Sampling's verdict is final: it has looked at the tracked connections already.
+    let skipped = matched && sampling && !keep_sampled(headers, tuples.as_ref(), generation);
+    if matched && !skipped {
         if let Some(tuples) = &tuples {
             track(ct.ct, tuples);
         }
         return Verdict::matched(tuples.as_ref());
     }
-    if generation != 0 && TRACKED.get_ptr(&packet_key(headers)).is_some() {
+    if !skipped && generation != 0 && TRACKED.get_ptr(&packet_key(headers)).is_some() {
         return Verdict::matched(tuples.as_ref());
     }
     if cacheable

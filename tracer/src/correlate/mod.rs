@@ -398,4 +398,4 @@ impl Correlator {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

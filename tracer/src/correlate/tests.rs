@@ -38,7 +38,15 @@ fn outer() -> Tuple {
     tuple(addr(2, [198, 18, 0]), 40000, addr(252, [198, 19, 0]), 10001)
 }
 
-fn event(ts_ns: u64, hook: Hook, netns: u64, ifname: &str, skb: u64, tuple: Tuple) -> HopEvent {
+/// A TCP SYN at one hook (ifindex 2), to be adjusted by the test.
+pub(crate) fn event(
+    ts_ns: u64,
+    hook: Hook,
+    netns: u64,
+    ifname: &str,
+    skb: u64,
+    tuple: Tuple,
+) -> HopEvent {
     HopEvent {
         ts_ns,
         hook,

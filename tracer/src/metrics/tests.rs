@@ -10,7 +10,7 @@ use tracer_common::hook::Hook;
 use super::*;
 use crate::{
     correlate::{FlowSummary, Hop, NatKind, NatRecord, NatSource},
-    decode::{DropInfo, HopEvent, IfName, Proto, Tuple},
+    decode::{DropInfo, Proto, Tuple},
     workload::{Runtime, Workload},
 };
 
@@ -28,33 +28,10 @@ fn tuple() -> Tuple {
 }
 
 fn hop(ts_ns: u64, first_ns: u64, hook: Hook, netns: u64, ifindex: u32, ifname: &str) -> Hop {
+    let mut event = crate::correlate::tests::event(ts_ns, hook, netns, ifname, 1, tuple());
+    event.ifindex = ifindex;
     Hop {
-        event: HopEvent {
-            ts_ns,
-            hook,
-            skb: 1,
-            skb_head: 2,
-            netns_inode: netns,
-            tc: false,
-            ifindex,
-            ifname: IfName::new(ifname),
-            tuple: tuple(),
-            has_l4: true,
-            fragment: false,
-            nonlinear: false,
-            tcp_flags: 0x02,
-            tcp_seq: 1,
-            tcp_ack: 0,
-            ip_id: 1,
-            ttl: 64,
-            len: 60,
-            ip_len: 60,
-            mark: 0,
-            conntrack: None,
-            drop: None,
-            headers: None,
-            process: None,
-        },
+        event,
         since_prev_ns: 0,
         since_first_ns: first_ns,
     }
