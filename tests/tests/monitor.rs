@@ -172,6 +172,14 @@ fn prometheus_scrapes_what_the_monitor_measures() -> anyhow::Result<()> {
     let reference = Tracer::start(&["--output", "json", &filter])?;
     let prometheus = Prometheus::start(&binary)?;
     assert!(get(METRICS, "/ready")?.starts_with("HTTP/1.0 200"));
+    // An address that is taken: one line, exit 2, before anything is attached.
+    let taken = tracer_tests::tracer::run(&["monitor", "--metrics", &metrics])?;
+    assert_eq!(taken.status.code(), Some(2), "{}", taken.stderr);
+    assert!(
+        taken.stderr.trim().lines().count() == 1 && taken.stderr.contains("cannot listen on"),
+        "{}",
+        taken.stderr
+    );
 
     // SNAT: the container connects out; DNAT: the remote connects to the published port;
     // drops: datagrams the host's FORWARD chain drops.
