@@ -44,6 +44,49 @@ pub mod ipproto {
     }
 }
 
+/// Offsets of the fields read from an IPv4 header (include/uapi/linux/ip.h, `struct iphdr`).
+pub mod ipv4 {
+    /// `tot_len`: the whole packet's length, 16 bits.
+    pub const TOTAL_LEN: usize = 2;
+    /// `id`: the identification, 16 bits.
+    pub const ID: usize = 4;
+    /// `protocol`.
+    pub const PROTOCOL: usize = 9;
+    /// `saddr`, 4 bytes.
+    pub const SRC: usize = 12;
+    /// `daddr`, 4 bytes.
+    pub const DST: usize = 16;
+    /// A header without options.
+    pub const MIN_LEN: usize = 20;
+}
+
+/// Offsets of the fields read from an IPv6 header (include/uapi/linux/ipv6.h, `struct ipv6hdr`).
+pub mod ipv6 {
+    /// The low 16 bits of the 20-bit flow label.
+    pub const FLOW_LABEL_LOW: usize = 2;
+    /// `payload_len`, 16 bits.
+    pub const PAYLOAD_LEN: usize = 4;
+    /// `nexthdr`.
+    pub const NEXT_HEADER: usize = 6;
+    /// `saddr`, 16 bytes.
+    pub const SRC: usize = 8;
+    /// `daddr`, 16 bytes.
+    pub const DST: usize = 24;
+    /// The fixed header.
+    pub const LEN: usize = 40;
+}
+
+/// Offsets in the transport headers: ports where a protocol has them ([`ipproto::has_ports`]),
+/// and TCP's sequence number.
+pub mod l4 {
+    /// Source port, 16 bits.
+    pub const SRC_PORT: usize = 0;
+    /// Destination port, 16 bits.
+    pub const DST_PORT: usize = 2;
+    /// TCP's sequence number, 32 bits.
+    pub const TCP_SEQ: usize = 4;
+}
+
 /// Header lengths the parser and the capture length use.
 pub mod header {
     /// A UDP header.

@@ -42,7 +42,7 @@ pub fn probe() -> Report {
         notes: Vec::new(),
         outcomes: Vec::new(),
         tcx: tc::has_tcx(),
-        rules: crate::rules::probe(),
+        rules: crate::rules::doctor::probe(),
         processes: Err("the programs could not be loaded".to_owned()),
     };
     match Programs::load(&LoadOptions {

@@ -7,6 +7,7 @@
 //! [`session`] ties the stages together; [`commands`] and [`cli`] sit on top. Dependencies
 //! point one way, from the commands down; ARCHITECTURE.md has the picture.
 
+pub mod attribution;
 pub mod btf;
 pub mod cgroup;
 pub mod cli;

@@ -8,7 +8,14 @@ use std::{
 };
 
 /// Modules that must not know what the user typed or selected, nor how a session runs.
-const STAGES: [&str; 5] = ["kernel", "output", "correlate", "decode", "rules"];
+const STAGES: [&str; 6] = [
+    "kernel",
+    "output",
+    "correlate",
+    "decode",
+    "rules",
+    "attribution",
+];
 /// What they must not use.
 const ABOVE_STAGES: [&str; 3] = ["cli", "commands", "session"];
 
@@ -101,6 +108,33 @@ fn stages_know_nothing_of_the_command_line_or_the_session() {
         let used = &graph[stage];
         for above in ABOVE_STAGES {
             assert!(!used.contains(above), "{stage} uses {above}: {used:?}");
+        }
+    }
+}
+
+/// The pure stages: data in, data out.
+const PURE: [&str; 3] = ["correlate", "decode", "attribution"];
+/// Modules that open sockets, run programs or read the machine.
+const WITH_IO: [&str; 10] = [
+    "rules",
+    "kernel",
+    "topology",
+    "reader",
+    "metrics",
+    "netns",
+    "cgroup",
+    "doctor",
+    "btf",
+    "privileges",
+];
+
+#[test]
+fn pure_stages_depend_on_data_not_on_io() {
+    let graph = dependencies();
+    for stage in PURE {
+        let used = &graph[stage];
+        for io in WITH_IO {
+            assert!(!used.contains(io), "{stage} uses {io}: {used:?}");
         }
     }
 }

@@ -20,8 +20,8 @@ use super::{
     stats::{Latency, SampleStore, Summary},
 };
 use crate::{
+    attribution::PacketKey,
     decode::{Conntrack, Proto, Tuple},
-    rules::PacketKey,
 };
 
 /// The initial sequence number of a packet that opens a TCP connection (SYN without ACK).

@@ -17,8 +17,8 @@ use packet::{CompletedPacket, PacketTable};
 use tracer_common::hook::Hook;
 
 use crate::{
+    attribution::{PacketKey, Rule},
     decode::{HopEvent, IfName, Process, Tuple},
-    rules::{PacketKey, Rule},
 };
 
 /// Puts `value` in the first free slot of `slots` (a slot index from `free`), or in a new one

@@ -230,7 +230,7 @@ impl Trace {
         );
         session.select_processes(options.selection.processes.clone());
         if let Some(detail) = options.rules {
-            if crate::rules::legacy_iptables() {
+            if crate::rules::doctor::legacy_iptables() {
                 eprintln!(
                     "tracer: note: --rules: iptables is the legacy backend here; its rules are \
                      not nf_tables rules and cannot be named (drops still show their reason \

@@ -17,13 +17,11 @@ use std::{
 
 use crate::{
     clock::monotonic_ns,
-    correlate::{
-        Correlator, Direction, Limits, NatKind, NatSource, PacketTrace, Record, nat_kinds,
-    },
-    decode::{HopEvent, Tuple},
+    correlate::{Correlator, Limits, PacketTrace, Record},
+    decode::HopEvent,
     names::{NameTable, kernel_symbols},
     output::{Output, RunStats},
-    rules::{Detail, PacketKey, RuleBook, Rules, Translation},
+    rules::{self, Rules},
 };
 use select::{Place, ProcessFilter, touches};
 
@@ -144,13 +142,8 @@ impl<'a> Session<'a> {
 
     /// Names the rules and drop locations `record` refers to and writes it to every output.
     fn write_record(&mut self, mut record: Record) -> io::Result<()> {
-        if let Some(rules) = &mut self.rules {
-            name_rules(&mut rules.book, &mut record);
-            if rules.detail == Detail::Walk
-                && let Record::Packet(packet) = &mut record
-            {
-                place_walks(&mut rules.book, packet);
-            }
+        if let Some(found) = &mut self.rules {
+            rules::annotate(&mut found.book, found.detail, &mut record);
         }
         if let Record::Packet(packet) = &record {
             name_drop_locations(packet, &mut self.names);
@@ -276,103 +269,6 @@ impl Shown {
 
     fn count_reached(&self, stats: &RunStats) -> bool {
         self.count.is_some_and(|n| stats.packets >= n)
-    }
-}
-
-/// Names the rules behind the record's translations and drop: a translation in the original
-/// direction (the reply's is conntrack's, not a rule's), and the verdict that dropped it.
-fn name_rules(book: &mut RuleBook, record: &mut Record) {
-    match record {
-        Record::Nat(nat) if nat.direction == Direction::Original => {
-            let translation = translation(nat.kind);
-            nat.rule = match (nat.source, nat.packet) {
-                (NatSource::Observed, Some(key)) => {
-                    book.nat_rule(key, Some(&nat.before), translation)
-                }
-                _ => book.remembered(nat.flow_id, translation),
-            };
-        }
-        Record::Packet(packet) => {
-            let mut seen: Vec<Tuple> = Vec::new();
-            let mut observed = Vec::new();
-            for (at, hop) in packet.hops.iter().enumerate() {
-                let event = &hop.event;
-                if !event.has_l4 {
-                    continue;
-                }
-                if let Some(&before) = seen.last()
-                    && before != event.tuple
-                    && packet.direction == Direction::Original
-                {
-                    for kind in nat_kinds(Direction::Original, &before, &event.tuple) {
-                        let translation = translation(kind);
-                        if let Some(rule) =
-                            book.nat_rule(PacketKey::of(event), Some(&before), translation)
-                        {
-                            packet.nat_rules.push((at, rule));
-                            observed.push(translation);
-                        }
-                    }
-                }
-                if !seen.contains(&event.tuple) {
-                    seen.push(event.tuple);
-                }
-            }
-            // A translation made before the first hop (DNAT of a locally made packet in the
-            // output hook) is known from conntrack only: its record comes when the flow ends.
-            if packet.direction == Direction::Original
-                && let Some(first) = packet.hops.iter().find(|h| h.event.has_l4)
-            {
-                let key = PacketKey::of(&first.event);
-                for translation in [Translation::Source, Translation::Destination] {
-                    if !observed.contains(&translation)
-                        && let Some(rule) = book.nat_rule(key, None, translation)
-                    {
-                        book.remember(packet.flow_id, translation, rule);
-                    }
-                }
-            }
-            if let Some(hop) = packet.hops.iter().rev().find(|h| h.event.drop.is_some()) {
-                packet.drop_rule = book.drop_rule(PacketKey::of(&hop.event), &seen);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Puts each of the packet's walks through the chains after the hop it followed: the last hop
-/// in the walk's namespace that saw the packet as the walk did (the one that dropped it
-/// aside, which comes after the walk), or else the namespace's first hop.
-fn place_walks(book: &mut RuleBook, packet: &mut PacketTrace) {
-    let mut keys = Vec::new();
-    for hop in &packet.hops {
-        let key = PacketKey::of(&hop.event);
-        if hop.event.has_l4 && !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    for key in keys {
-        for (netns, tuple, rules) in book.walks_of(key) {
-            let in_netns = |e: &HopEvent| e.netns_inode == netns;
-            let at = packet
-                .hops
-                .iter()
-                .rposition(|h| {
-                    in_netns(&h.event) && h.event.tuple == tuple && h.event.drop.is_none()
-                })
-                .or_else(|| packet.hops.iter().position(|h| in_netns(&h.event)));
-            if let Some(at) = at {
-                packet.walks.push((at, rules));
-            }
-        }
-    }
-    packet.walks.sort_by_key(|(at, _)| *at);
-}
-
-fn translation(kind: NatKind) -> Translation {
-    match kind {
-        NatKind::Snat => Translation::Source,
-        NatKind::Dnat => Translation::Destination,
     }
 }
 

@@ -19,10 +19,10 @@ use rustc_hash::FxHashMap;
 use self::line::{Line, key, open};
 use super::{Output, RunStats, TcpFlags};
 use crate::{
+    attribution::Rule,
     correlate::{FlowSummary, HopLabel, NatRecord, NatSource, PacketProcess, PacketTrace, Record},
     decode::{Conntrack, Proto, Tuple},
     names::NameTable,
-    rules::Rule,
     workload::{Runtime, Workload},
 };
 

@@ -13,6 +13,7 @@ use tracer_common::hook::Hook;
 
 use super::JsonWriter;
 use crate::{
+    attribution::Rule,
     correlate::{
         Direction, FlowSummary, Hop, HopLabel, HopPair, NatKind, NatRecord, NatSource,
         PacketProcess, PacketTrace, Record, stats::Summary,
@@ -20,7 +21,6 @@ use crate::{
     decode::{Conntrack, DropInfo, HopEvent, IfName, Process, Proto, Tuple},
     names::NameTable,
     output::{Output, TcpFlags},
-    rules::Rule,
     workload::{Runtime, Workload},
 };
 

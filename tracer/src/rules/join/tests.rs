@@ -1,88 +1,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
-use crate::filter::parse;
-
-fn matches_of(expr: &str) -> Vec<Match> {
-    matches(Some(&parse(expr).unwrap()))
-}
-
-#[test]
-fn no_filter_traces_every_packet() {
-    assert_eq!(matches(None), vec![Match::default()]);
-}
-
-#[test]
-fn a_port_is_traced_both_ways_for_each_transport() {
-    let all = matches_of("port 10001");
-    // Source or destination port, each for TCP, UDP and SCTP; the reverse adds nothing new.
-    assert_eq!(all.len(), 6, "{all:?}");
-    for proto in [6, 17, 132] {
-        for dst in [false, true] {
-            assert!(all.contains(&Match {
-                proto: Some(proto),
-                ports: vec![PortMatch {
-                    dst,
-                    lo: 10001,
-                    hi: 10001
-                }],
-                ..Match::default()
-            }));
-        }
-    }
-}
-
-#[test]
-fn a_source_host_is_traced_in_the_reply_direction_too() {
-    let all = matches_of("tcp and src host 172.17.0.2");
-    let net = |dst| NetMatch {
-        dst,
-        addr: IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2)),
-        prefix: 32,
-    };
-    assert_eq!(
-        all,
-        vec![
-            Match {
-                family: Some(2),
-                proto: Some(6),
-                nets: vec![net(false)],
-                ports: vec![]
-            },
-            Match {
-                family: Some(2),
-                proto: Some(6),
-                nets: vec![net(true)],
-                ports: vec![]
-            },
-        ]
-    );
-}
-
-#[test]
-fn what_nf_tables_cannot_test_widens_the_match() {
-    assert_eq!(matches_of("not port 22"), vec![Match::default()]);
-    // `tcp and not port 22`: every TCP packet.
-    let all = matches_of("tcp and not port 22");
-    assert_eq!(
-        all,
-        vec![Match {
-            proto: Some(6),
-            ..Match::default()
-        }]
-    );
-    // A contradiction marks nothing.
-    assert_eq!(matches_of("tcp and udp"), vec![]);
-}
-
-#[test]
-fn too_many_alternatives_trace_every_packet() {
-    let expr = (1..=40)
-        .map(|p| format!("port {p}"))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    assert_eq!(matches_of(&expr), vec![Match::default()]);
-}
+use crate::{decode::Proto, rules::netlink};
 
 fn ipv4_headers(
     src: [u8; 4],
@@ -159,7 +78,7 @@ fn a_drop_is_joined_by_ip_id_sequence_and_tuple() {
     );
     let key = PacketKey {
         proto: 6,
-        ip_id: 0x1234,
+        id: 0x1234,
         seq: 99,
     };
     let tuple = Tuple {
@@ -242,7 +161,7 @@ fn events_without_headers_join_their_walk_by_id() {
     book.add(policy, 3);
     let key = PacketKey {
         proto: 6,
-        ip_id: 9,
+        id: 9,
         seq: 5,
     };
     let (_, tuple) = event("x", None, TraceKind::Rule, Verdict::Drop, &headers)
@@ -254,4 +173,98 @@ fn events_without_headers_join_their_walk_by_id() {
         (None, Some("policy drop"))
     );
     assert_eq!(book.packets[&key].len(), 2);
+}
+
+/// A full book forgets its oldest walks, not every walk: a walk that began just before it
+/// filled up still joins the events that carry only its id.
+#[test]
+fn a_full_book_forgets_the_oldest_walks_first() {
+    let none = (Vec::new(), Vec::new());
+    let mut book = RuleBook::default();
+    let recent = MAX_PACKETS as u32 - 1;
+    let mut packet = None;
+    for n in 0..=MAX_PACKETS as u32 {
+        let headers = ipv4_headers([10, 0, 0, 1], [10, 0, 0, 2], n as u16, 1, 2, n);
+        let mut first = event(
+            "FORWARD",
+            None,
+            TraceKind::Rule,
+            Verdict::Continue,
+            &headers,
+        );
+        first.id = n;
+        if n == recent {
+            packet = first.packet();
+        }
+        book.add(first, 0);
+    }
+    let (key, tuple) = packet.unwrap();
+    let mut policy = event("FORWARD", None, TraceKind::Policy, Verdict::Drop, &none);
+    policy.id = recent;
+    book.add(policy, 1);
+    let rule = book.drop_rule(key, &[tuple]);
+    assert_eq!(
+        rule.and_then(|r| r.text.clone()).as_deref(),
+        Some("policy drop"),
+        "a recent walk was forgotten"
+    );
+    // The oldest walk is the one that went.
+    let mut old = event("FORWARD", None, TraceKind::Policy, Verdict::Drop, &none);
+    old.id = 0;
+    let before = book.packets.values().map(Vec::len).sum::<usize>();
+    book.add(old, 2);
+    assert_eq!(book.packets.values().map(Vec::len).sum::<usize>(), before);
+}
+
+#[test]
+fn remembered_rules_outlive_a_full_book_but_the_oldest() {
+    let mut book = RuleBook::default();
+    let rule = Arc::new(Rule {
+        family: "ip",
+        table: "nat".into(),
+        chain: "OUTPUT".into(),
+        handle: Some(4),
+        text: None,
+        verdict: "accept".into(),
+    });
+    for flow in 0..=MAX_PACKETS as u64 {
+        book.remember(flow, Translation::Destination, Arc::clone(&rule));
+    }
+    assert!(book.remembered(0, Translation::Destination).is_none());
+    assert!(book.remembered(1, Translation::Destination).is_some());
+    assert!(
+        book.remembered(MAX_PACKETS as u64, Translation::Destination)
+            .is_some()
+    );
+}
+
+/// IPv6 has no IP id: two UDP datagrams of one flow that differ in size are two packets, and
+/// the one that was dropped is not the one that was let through.
+#[test]
+fn ipv6_datagrams_of_one_flow_are_told_apart() {
+    let datagram = |payload: u16| -> (Vec<u8>, Vec<u8>) {
+        let mut ip = vec![0x60, 0x0a, 0xbc, 0xde];
+        ip.extend(payload.to_be_bytes());
+        ip.extend([17, 64]);
+        ip.extend(std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2).octets());
+        ip.extend(std::net::Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1).octets());
+        let udp = [0x9c, 0x40, 0x27, 0x11, 0, 0, 0, 0].to_vec();
+        (ip, udp)
+    };
+    let (small, large) = (datagram(100), datagram(1000));
+    let mut book = RuleBook::default();
+    let mut dropped = event("FORWARD", Some(8), TraceKind::Rule, Verdict::Drop, &large);
+    dropped.family = "ip6";
+    book.add(dropped, 1);
+    let mut accepted = event("FORWARD", Some(9), TraceKind::Rule, Verdict::Accept, &small);
+    accepted.family = "ip6";
+    accepted.id = 8;
+    book.add(accepted, 2);
+    let (small_key, tuple) = PacketKey::from_headers(&small.0, &small.1).unwrap();
+    let (large_key, _) = PacketKey::from_headers(&large.0, &large.1).unwrap();
+    assert!(book.drop_rule(small_key, &[tuple]).is_none());
+    assert_eq!(
+        book.drop_rule(large_key, &[tuple]).map(|r| r.handle),
+        Some(Some(8))
+    );
 }
