@@ -6,7 +6,39 @@
 //! store both conntrack tuples, so later packets of the same connection match by tuple on
 //! either side of the NAT.
 
+#[cfg(not(target_arch = "bpf"))]
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::assert_size;
+
+/// Moves the tracking generation on, for a connection newly tracked: a verdict cached under an
+/// older generation ("this connection does not match") is no longer trusted, since the new
+/// connection may be the one it was made for, seen where its tuples differ.
+///
+/// One atomic add, never a load and a store: two CPUs tracking connections at once must both
+/// move it. With a load and a store one of the moves can be lost, and a verdict cached
+/// between them stays valid when it must not (the model in the tests shows the interleaving).
+/// The generation is 64 bits wide, so it never comes back to 0, which means "nothing tracked
+/// yet".
+///
+/// # Safety
+/// `generation` points to a valid, 8-byte aligned `u64` that every CPU and thread only reads
+/// and writes atomically.
+#[inline(always)]
+pub unsafe fn advance_generation(generation: *mut u64) {
+    // BPF has an atomic add (`BPF_ATOMIC | BPF_ADD`) but no compare-and-swap before Linux
+    // 5.12, so the target does not offer `AtomicU64::fetch_add`; the intrinsic is that add.
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            generation, 1,
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as the caller promises.
+    unsafe { AtomicU64::from_ptr(generation) }.fetch_add(1, Ordering::Relaxed);
+}
 
 /// A connection tuple in canonical order: the endpoint that sorts first is `a`, so a tuple and
 /// its reverse have the same key.
@@ -115,6 +147,9 @@ fn compare(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
+
+#[cfg(test)]
+mod generation_tests;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,15 @@
 //! ([`wire`]). Every type is `#[repr(C)]` with explicit padding and a compile-time size
 //! check, so that both sides agree byte for byte.
 #![no_std]
+// The one atomic add the kernel programs make (`flow::advance_generation`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "BPF offers an atomic add but not `fetch_add`"
+    )
+)]
 
 pub mod config;
 pub mod event;

@@ -16,7 +16,7 @@ use tracer_common::{
         COUNTER_ENTRIES, Counter, EventKind, FLAG_L4, PacketEvent, PacketWithHeaders, SNAP_MAX,
         SocketEvent, counter_index,
     },
-    flow::FlowKey,
+    flow::{FlowKey, advance_generation},
 };
 
 use crate::{
@@ -50,9 +50,21 @@ static LAST_TRACKED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0)
 
 /// The tracking generation: 0 until anything was tracked (until then, the hash lookup for a
 /// packet that matched nothing would be wasted; an array lookup is inlined by the verifier, a
-/// hash lookup is not), then one more for every connection tracked.
+/// hash lookup is not), then one more for every connection tracked. Every CPU reads and
+/// advances it atomically ([`generation`], [`advance_generation`]).
 #[map]
-static TRACKING: Array<u32> = Array::with_max_entries(1, 0);
+static TRACKING: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The tracking generation now.
+#[inline(always)]
+fn generation() -> u64 {
+    TRACKING.get_ptr(0).map_or(0, |value| {
+        // SAFETY: the map gave a valid pointer to its only entry, 8-byte aligned (map values
+        // are). An aligned 64-bit load is one BPF instruction and never sees half an add;
+        // the BPF backend has no atomic load below v4, so it is a volatile one.
+        unsafe { core::ptr::read_volatile(value) }
+    })
+}
 
 /// Adds one to `counter` of `hook` on this CPU: the one counter update of a program run.
 #[inline(always)]
@@ -93,7 +105,7 @@ pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scra
     let has_ports = headers.flags & FLAG_L4 != 0;
     // An empty filter (sampling alone) matches every packet.
     let own = filter::is_empty() || filter::evaluate(&View::packet(headers, has_ports));
-    let generation = u64::from(TRACKING.get(0).copied().unwrap_or(0));
+    let generation = generation();
     // With sampling, a packet the filter matches may still belong to a connection that is
     // skipped: that verdict is cached as well.
     let cacheable = (!own || sampling) && ct.ct != 0 && ct.settled();
@@ -245,10 +257,10 @@ fn track(ct: u64, tuples: &Tuples) {
         let orig = flow_key(&orig);
         let _ = TRACKED.insert(&orig, &1, 0);
         let _ = TRACKED.insert(&reply, &1, 0);
-        if let Some(on) = TRACKING.get_ptr_mut(0) {
-            // SAFETY: the map gave a valid pointer to its only entry; a racing store writes
-            // the same value.
-            unsafe { *on = (*on).wrapping_add(1).max(1) };
+        if let Some(generation) = TRACKING.get_ptr_mut(0) {
+            // SAFETY: the map gave a valid pointer to its only entry, 8-byte aligned, which
+            // every CPU reads and writes atomically only.
+            unsafe { advance_generation(generation) };
         }
     }
     if let Some(last) = last {
