@@ -217,6 +217,15 @@ assert_size!(SocketEvent, 40);
 // SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for PacketEvent {}
 
+#[cfg(feature = "user")]
+// SAFETY: a `PacketEvent` and a byte array, `repr(C)`, size asserted: every bit pattern is
+// valid.
+unsafe impl aya::Pod for PacketWithHeaders {}
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
+unsafe impl aya::Pod for SocketEvent {}
+
 /// Per-hook counters the programs keep in the `COUNTERS` per-CPU array, at index
 /// `hook * COUNTER_SLOTS + counter`. Each run of a program adds one to exactly one of them, so
 /// the runs of a hook are their sum.

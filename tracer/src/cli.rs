@@ -87,7 +87,13 @@ pub struct MonitorArgs {
     pub per_interface: bool,
 
     /// Which hooks to use, as for a trace.
-    #[arg(long, value_name = "HOOKS", default_value = "default", value_parser = parse_hooks)]
+    #[arg(
+        long,
+        value_name = "HOOKS",
+        default_value = "default",
+        value_parser = parse_hooks,
+        allow_hyphen_values = true
+    )]
     pub hooks: HookSet,
 
     /// Ring buffer size in bytes: a power of two, at least 4096.
@@ -196,7 +202,13 @@ pub struct TraceArgs {
     /// drop, nat): `+tc` adds TC programs, `+xmit` and `+rx` the transmit and backlog
     /// tracepoints, `-nat` removes one; `all`, `stack` (all but TC) or a bare list (`queue,drop`)
     /// start over. See the README for what each adds and costs.
-    #[arg(long, value_name = "HOOKS", default_value = "default", value_parser = parse_hooks)]
+    #[arg(
+        long,
+        value_name = "HOOKS",
+        default_value = "default",
+        value_parser = parse_hooks,
+        allow_hyphen_values = true
+    )]
     pub hooks: HookSet,
 
     /// How TC programs are attached: TCX links where the kernel has them (auto), or filters on
@@ -368,5 +380,40 @@ impl From<TcModeArg> for TcMode {
             TcModeArg::Tcx => TcMode::Tcx,
             TcModeArg::Clsact => TcMode::Clsact,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn hooks_of(args: &[&str]) -> HookSet {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|err| panic!("{args:?}: {err}"));
+        match cli.command {
+            Some(Command::Monitor(monitor)) => monitor.hooks,
+            _ => cli.trace.hooks,
+        }
+    }
+
+    /// `--hooks -nat` as the README writes it: a value that starts with `-` is the option's
+    /// value, not another option.
+    #[test]
+    fn a_hook_change_that_starts_with_a_minus_is_a_value() {
+        let expected = HookSet::parse("-nat").unwrap();
+        assert_ne!(expected, HookSet::parse("default").unwrap());
+        for args in [
+            &["tracer", "--hooks", "-nat", "--port", "10001"][..],
+            &["tracer", "--hooks=-nat", "--port", "10001"],
+            &["tracer", "--port", "10001", "--hooks", "-nat"],
+            &["tracer", "monitor", "--hooks", "-nat"],
+        ] {
+            assert_eq!(hooks_of(args), expected, "{args:?}");
+        }
+        assert_eq!(
+            hooks_of(&["tracer", "--hooks", "-nat,+tc"]),
+            HookSet::parse("-nat,+tc").unwrap()
+        );
     }
 }

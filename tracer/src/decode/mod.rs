@@ -374,8 +374,9 @@ fn widen_unowned(kind: u8, bytes: &[u8]) -> Option<Vec<u8>> {
     Some(wide)
 }
 
-/// Reads a whole record of type `T`, which must be exactly its size.
-fn read_record<T: Copy>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
+/// Reads a whole record of type `T`, which must be exactly its size. `aya::Pod` is the
+/// promise that every bit pattern is a valid `T` (the layouts in `tracer-common` make it).
+fn read_record<T: aya::Pod>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
     let expected = size_of::<T>();
     if bytes.len() != expected {
         return Err(DecodeError::Size {
@@ -384,8 +385,8 @@ fn read_record<T: Copy>(bytes: &[u8], kind: u8) -> Result<T, DecodeError> {
             expected,
         });
     }
-    // SAFETY: the length was checked, the record types are plain integers and arrays (every
-    // bit pattern is valid), and `read_unaligned` does not need the record to be aligned.
+    // SAFETY: the length was checked, `T: Pod` makes every bit pattern valid, and
+    // `read_unaligned` does not need the record to be aligned.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
