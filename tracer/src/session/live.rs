@@ -1,7 +1,8 @@
 //! A live trace: discover, load and attach, read, correlate, write, detach.
 //!
-//! [`Trace::start`] checks what the user asked for, opens the outputs, discovers the topology,
-//! loads the programs and attaches them, and starts the ring buffer reader; [`Trace::run`]
+//! [`Trace::start`] takes the steps of [`super::start`]: checks what the user asked for,
+//! discovers the topology, creates the output files, loads the programs and attaches them,
+//! starts the ring buffer reader and opens the outputs; [`Trace::run`]
 //! feeds the session until Ctrl-C, SIGTERM, `-c` or `--duration`; [`Trace::finish`] drains
 //! the ring, writes what is left and the statistics, and detaches everything.
 
@@ -17,36 +18,31 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, watch},
 };
-use tracer_common::event::SNAP_MAX;
 
 use super::{
     Session,
     follow::{Applied, Follower},
     select::Selection,
+    start::{
+        Files, Reader, Request, announce_ready, follow_rules, load_programs, open_outputs,
+        start_rules,
+    },
 };
 use crate::{
-    clock::{monotonic_ns, realtime_offset_ns},
+    clock::monotonic_ns,
     correlate::Limits,
     decode::HopEvent,
-    error::UsageError,
-    kernel::{
-        self, LoadOptions, Programs,
-        hooks::{HookSet, Outcome},
-        tc::TcMode,
-    },
-    metrics::{Metrics, MetricsOutput},
-    output::{self, Format, HookStats, Output, RunStats},
-    reader::{self, ReaderStats},
-    recording::Recorder,
-    rules::{Detail, Rules},
+    kernel::{Programs, hooks::HookSet, tc::TcMode},
+    metrics::Metrics,
+    output::{Format, HookStats, RunStats},
+    reader::ReaderStats,
+    rules::Detail,
 };
 
 /// How often idle packets are completed and flows expired.
 const TICK: Duration = Duration::from_millis(20);
 /// How often the topology is read again, to attach to new interfaces and name new namespaces.
 const REFRESH: Duration = Duration::from_millis(500);
-/// Batches of events the reader may have sent ahead of the session.
-const BATCHES_IN_FLIGHT: usize = 64;
 /// Records written between two chances for the reader to drain the ring: about a millisecond
 /// of work. (A tick can complete thousands of packets at once; written in one go they kept the
 /// reader from the ring for tens of milliseconds, enough to fill it under load.)
@@ -113,108 +109,15 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// Everything up to the ready signal.
+    /// Everything up to the ready signal, step by step (see [`super::start`]).
     pub async fn start(options: Options) -> anyhow::Result<Trace> {
         crate::privileges::check()?;
-        kernel::check_ring_bytes(options.ring_bytes).map_err(UsageError::from)?;
-        let expression = match &options.expression {
-            Some(expression) => Some(crate::filter::parse(expression).map_err(UsageError::from)?),
-            None => None,
-        };
-        let filter = crate::filter::compile(expression.as_ref()).map_err(UsageError::from)?;
-        options
-            .selection
-            .processes
-            .check()
-            .map_err(UsageError::from)?;
+        let request = Request::check(&options)?;
         let follower = Follower::start(&options.selection, options.hooks).await?;
-        // Output files first: a path that cannot be written is reported before anything loads.
-        let pcapng = options
-            .pcapng
-            .as_deref()
-            .map(output::create_private)
-            .transpose()
-            .map_err(UsageError::from)?;
-        let recorder = match &options.record {
-            Some(path) => Some(Box::new(io::BufWriter::new(
-                output::create_private(path).map_err(UsageError::from)?,
-            )) as Recorder),
-            None => None,
-        };
-        let mut programs = Programs::load(&LoadOptions {
-            hooks: options.hooks,
-            filter,
-            ring_bytes: options.ring_bytes,
-            snap_len: match (&pcapng, options.snap_len) {
-                (None, _) => 0,
-                (Some(_), Some(bytes)) => bytes,
-                (Some(_), None) => SNAP_MAX as u32,
-            },
-            // Payload only when asked for with -s.
-            snap_headers_only: options.snap_len.is_none(),
-            kernel_btf: options.kernel_btf.clone(),
-            tc_mode: options.tc_mode,
-            sample_every: options.sample,
-        })?;
-        for outcome in programs.climb(false) {
-            report_unused(&outcome)?;
-        }
-        if let Err(err) = programs.watch_sockets() {
-            if !options.selection.processes.is_empty() {
-                return Err(err.context("--pid and --comm need the socket programs"));
-            }
-            eprintln!("tracer: note: packets are not tied to processes: {err:#}");
-        }
-        // Parsing the kernel's BTF took tens of MiB, all freed by now: give it back to the
-        // system rather than keep it for the whole trace.
-        // SAFETY: malloc_trim only releases free heap memory; no pointer is affected.
-        unsafe { libc::malloc_trim(0) };
-        for note in programs.notes() {
-            eprintln!("tracer: note: {note}");
-        }
-        for cleaned in programs.tc_cleaned() {
-            eprintln!("tracer: note: {cleaned}");
-        }
-        let ring = programs.take_events()?;
-
-        let (stop, stop_rx) = watch::channel(false);
-        let (batch_tx, batches) = mpsc::channel::<Vec<HopEvent>>(BATCHES_IN_FLIGHT);
-        let reader_stats = Arc::new(ReaderStats::default());
-        // The reader runs on a thread of its own, so that the ring is drained however long
-        // the session takes over a burst of completed packets (on this thread it waited for
-        // the session, and the ring filled under load).
-        let reader = {
-            let stats = Arc::clone(&reader_stats);
-            std::thread::Builder::new()
-                .name("tracer-reader".to_owned())
-                .spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?
-                        .block_on(reader::run(ring, batch_tx, stop_rx, stats, recorder))
-                })
-                .context("failed to start the ring buffer reader")?
-        };
-
-        let output_options = output::Options {
-            realtime_offset_ns: realtime_offset_ns(),
-            snap_len: options.snap_len.unwrap_or(SNAP_MAX as u32),
-        };
-        let mut outputs: Vec<Box<dyn Output>> = match &options.metrics {
-            Some(metrics) => vec![Box::new(MetricsOutput::new(Arc::clone(metrics)))],
-            None => vec![output::open(
-                options.format,
-                io::BufWriter::new(io::stdout()),
-                &output_options,
-            )?],
-        };
-        if let Some(file) = pcapng {
-            outputs.push(output::open(
-                Format::Pcapng,
-                io::BufWriter::new(file),
-                &output_options,
-            )?);
-        }
+        let files = Files::create(&options)?;
+        let mut programs = load_programs(&options, request.filter, files.pcapng.is_some())?;
+        let reader = Reader::spawn(programs.take_events()?, files.recorder)?;
+        let outputs = open_outputs(&options, files.pcapng, io::stdout())?;
         let mut names = follower.names();
         names.set_drop_reasons(programs.drop_reasons().clone());
         let mut session = Session::new(
@@ -230,25 +133,8 @@ impl Trace {
         );
         session.select_processes(options.selection.processes.clone());
         if let Some(detail) = options.rules {
-            if crate::rules::doctor::legacy_iptables() {
-                eprintln!(
-                    "tracer: note: --rules: iptables is the legacy backend here; its rules are \
-                     not nf_tables rules and cannot be named (drops still show their reason \
-                     and kernel function, NAT its tuples)"
-                );
-            }
-            let mut rules = Rules::new(expression.as_ref(), detail);
-            follow_rules(&mut rules, &follower);
-            if rules.namespaces() == 0 {
-                eprintln!(
-                    "tracer: note: --rules: no network namespace has nf_tables rules yet \
-                     (with iptables-legacy there are none to name); namespaces that get some \
-                     are followed"
-                );
-            }
-            session.name_rules(rules);
+            session.name_rules(start_rules(request.expression.as_ref(), detail, &follower));
         }
-
         // Signal handlers go in before the ready line, so a signal sent right after it is seen.
         let signals = [
             signal(SignalKind::interrupt())?,
@@ -262,10 +148,10 @@ impl Trace {
             session,
             programs,
             follower,
-            reader,
-            reader_stats,
-            batches,
-            stop,
+            reader: reader.thread,
+            reader_stats: reader.stats,
+            batches: reader.batches,
+            stop: reader.stop,
             signals,
         })
     }
@@ -448,67 +334,6 @@ fn report_applied(applied: Applied, programs: &mut Programs, verb: &str) {
     }
 }
 
-/// Says which hook could not be attached, and fails when tracing cannot go on without it.
-fn report_unused(outcome: &Outcome) -> anyhow::Result<()> {
-    if outcome.chosen().is_some() {
-        return Ok(());
-    }
-    let tried: Vec<String> = outcome
-        .tried
-        .iter()
-        .map(|(mechanism, result)| match result {
-            Ok(()) => format!("{}: works", mechanism.name()),
-            Err(refusal) => format!("{}: {refusal}", mechanism.name()),
-        })
-        .collect();
-    let message = format!("no {} hop ({})", outcome.spec.target, tried.join("; "));
-    if outcome.spec.required {
-        anyhow::bail!("{message}; `tracer doctor` shows what this kernel allows");
-    }
-    eprintln!("tracer: note: {message}");
-    Ok(())
-}
-
-/// Tells scripts that every hook is attached: a line on stderr and, if asked, a file.
-fn announce_ready(programs: &Programs, options: &Options) -> anyhow::Result<()> {
-    let stack = programs.attachments().len();
-    let (tc, mechanism) = programs.tc_summary();
-    let mut parts: Vec<String> = Vec::new();
-    for (_, mechanism) in programs.attachments() {
-        let count = programs
-            .attachments()
-            .iter()
-            .filter(|(_, m)| m == mechanism)
-            .count();
-        let part = format!("{count} {}", mechanism.name());
-        if !parts.contains(&part) {
-            parts.push(part);
-        }
-    }
-    if let Some(mechanism) = mechanism {
-        parts.push(format!(
-            "{} {} on {tc} interfaces",
-            tc * 2,
-            mechanism.name()
-        ));
-    }
-    eprintln!(
-        "tracer: ready: {} hooks attached ({}){}",
-        stack + tc * 2,
-        parts.join(", "),
-        options
-            .expression
-            .as_ref()
-            .map(|e| format!(", filter '{e}'"))
-            .unwrap_or_default(),
-    );
-    if let Some(path) = &options.ready_file {
-        std::fs::write(path, b"ready\n")
-            .with_context(|| format!("failed to write ready file {}", path.display()))?;
-    }
-    Ok(())
-}
-
 /// TC events carry only an interface index; name the interface and its namespace when only
 /// one attached interface has that index. Otherwise the correlator takes them from the
 /// packet's neighbouring hop on the same index.
@@ -529,22 +354,5 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Gives tracer's nf_tables table to the namespaces not seen before that have tables, saying
-/// where that failed.
-fn follow_rules(rules: &mut Rules, follower: &Follower) {
-    let namespaces = follower
-        .topology
-        .namespaces
-        .iter()
-        .map(|ns| crate::rules::Namespace {
-            inode: ns.inode,
-            path: &ns.path,
-            own: ns.own,
-        });
-    for problem in rules.follow(namespaces) {
-        eprintln!("tracer: note: --rules: {problem}");
     }
 }

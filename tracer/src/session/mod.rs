@@ -9,6 +9,7 @@ pub mod follow;
 pub mod live;
 pub mod replay;
 pub mod select;
+pub mod start;
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
