@@ -15,14 +15,13 @@ use std::{
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
 use tracer_common::wire::tcp;
 
+pub use super::segments::Segment;
 use super::{
-    Direction, Hop, HopLabel, Limits, NatKind, NatRecord, NatSource,
+    Direction, Hop, HopLabel, Limits, NatRecord,
+    segments::Segments,
     stats::{Latency, SampleStore, Summary},
 };
-use crate::{
-    attribution::PacketKey,
-    decode::{Conntrack, Proto, Tuple},
-};
+use crate::decode::{Conntrack, Proto, Tuple};
 
 /// The initial sequence number of a packet that opens a TCP connection (SYN without ACK).
 fn opening_seq(hops: &[Hop]) -> Option<u32> {
@@ -50,7 +49,7 @@ pub struct Flow {
     pub last_ts: u64,
     /// Latency per segment (an id in the table's [`Segments`]), in first-seen order.
     hops: Box<[SegmentLatency]>,
-    nat_reported: [bool; 2],
+    pub(super) nat_reported: [bool; 2],
     fin: [bool; 2],
     /// When the flow closed (last activity then), if `closed`.
     closed_at: u64,
@@ -62,9 +61,6 @@ pub struct Flow {
     /// conntrack named them.
     extra: Box<[Tuple]>,
 }
-
-/// A direction and two consecutive places on a packet's path.
-pub type Segment = (Direction, HopLabel, HopLabel);
 
 /// The latencies of one segment of a flow: 20 bytes.
 #[derive(Debug, Clone, Copy)]
@@ -78,55 +74,6 @@ struct SegmentLatency {
 pub struct EndedFlow {
     pub flow: Flow,
     pub path: Vec<(Segment, Summary)>,
-}
-
-/// Segments many flows share, each stored once, by id, with the number of flows using it; an
-/// id is reused once no flow uses its segment (interfaces and namespaces come and go).
-#[derive(Debug, Default)]
-struct Segments {
-    all: Vec<(Segment, u32)>,
-    ids: HashMap<Segment, u32>,
-    free: Vec<u32>,
-}
-
-impl Segments {
-    /// The id of `segment`, counting one more user.
-    fn intern(&mut self, segment: Segment) -> u32 {
-        if let Some(&id) = self.ids.get(&segment) {
-            self.all[id as usize].1 += 1;
-            return id;
-        }
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.all[id as usize] = (segment, 1);
-                id
-            }
-            None => {
-                self.all.push((segment, 1));
-                u32::try_from(self.all.len() - 1).expect("fewer than 2^32 segments")
-            }
-        };
-        self.ids.insert(segment, id);
-        id
-    }
-
-    fn get(&self, id: u32) -> &Segment {
-        &self.all[id as usize].0
-    }
-
-    /// One user fewer; the id is free once none is left.
-    fn release(&mut self, id: u32) {
-        let (segment, users) = &mut self.all[id as usize];
-        *users -= 1;
-        if *users == 0 {
-            self.ids.remove(segment);
-            self.free.push(id);
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.ids.len()
-    }
 }
 
 /// The index key of a tuple and of its reverse: a 64-bit hash of the smaller of the two,
@@ -295,7 +242,7 @@ impl FlowTable {
             let (before, after) = (pair[0], pair[1]);
             if before.event.tuple != after.event.tuple {
                 self.learn(slot, after.event.tuple, direction);
-                nat.extend(self.observed_nat(slot, direction, before, after));
+                nat.extend(self.flow_mut(slot).observed_nat(direction, before, after));
             }
         }
         for hop in with_l4 {
@@ -447,40 +394,6 @@ impl FlowTable {
         self.learn(slot, ct.reply, Direction::Reply);
     }
 
-    /// NAT records for a rewrite between two hops, once per flow and direction.
-    fn observed_nat(
-        &mut self,
-        slot: Slot,
-        direction: Direction,
-        before: &Hop,
-        after: &Hop,
-    ) -> Vec<NatRecord> {
-        let flow = self.flow_mut(slot);
-        if flow.nat_reported[direction as usize] {
-            return Vec::new();
-        }
-        flow.nat_reported[direction as usize] = true;
-        if direction == Direction::Original && !flow.reply_from_conntrack {
-            flow.rename(flow.orig, after.event.tuple.reversed());
-        }
-        let flow_id = flow.id;
-        let (b, a) = (before.event.tuple, after.event.tuple);
-        nat_kinds(direction, &b, &a)
-            .into_iter()
-            .map(|kind| NatRecord {
-                flow_id,
-                direction,
-                kind,
-                before: b,
-                after: a,
-                at: Some(HopLabel::of(after)),
-                source: NatSource::Observed,
-                packet: Some(PacketKey::of(&before.event)),
-                rule: None,
-            })
-            .collect()
-    }
-
     /// Removes and returns flows that ended: idle too long, or closed and past the grace time.
     pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<EndedFlow> {
         let due = |set: &BTreeSet<(u64, Slot)>, after: u64| -> Vec<Slot> {
@@ -611,7 +524,7 @@ impl Flow {
     }
 
     /// Names the flow's tuples anew, keeping the old ones it is indexed by.
-    fn rename(&mut self, orig: Tuple, reply: Tuple) {
+    pub(super) fn rename(&mut self, orig: Tuple, reply: Tuple) {
         for old in [self.orig, self.reply] {
             let reversed = old.reversed();
             let kept = [orig, reply]
@@ -624,59 +537,6 @@ impl Flow {
         }
         (self.orig, self.reply) = (orig, reply);
     }
-
-    /// NAT that conntrack shows for a direction in which no rewrite was observed (for example
-    /// when only one side of the NAT was traced).
-    pub fn unobserved_nat(&self) -> Vec<NatRecord> {
-        if !self.reply_from_conntrack {
-            return Vec::new();
-        }
-        let mut records = Vec::new();
-        for direction in [Direction::Original, Direction::Reply] {
-            if self.nat_reported[direction as usize] || self.packets[direction as usize] == 0 {
-                continue;
-            }
-            let (before, after) = match direction {
-                Direction::Original => (self.orig, self.reply.reversed()),
-                Direction::Reply => (self.reply, self.orig.reversed()),
-            };
-            records.extend(
-                nat_kinds(direction, &before, &after)
-                    .into_iter()
-                    .map(|kind| NatRecord {
-                        flow_id: self.id,
-                        direction,
-                        kind,
-                        before,
-                        after,
-                        at: None,
-                        source: NatSource::Conntrack,
-                        packet: None,
-                        rule: None,
-                    }),
-            );
-        }
-        records
-    }
-}
-
-/// Which translations turn `before` into `after` in `direction`. In the reply direction the
-/// translation is the inverse of the flow's: a rewritten destination undoes a source NAT.
-pub fn nat_kinds(direction: Direction, before: &Tuple, after: &Tuple) -> Vec<NatKind> {
-    let src = (before.src, before.src_port) != (after.src, after.src_port);
-    let dst = (before.dst, before.dst_port) != (after.dst, after.dst_port);
-    let (snat, dnat) = match direction {
-        Direction::Original => (src, dst),
-        Direction::Reply => (dst, src),
-    };
-    let mut kinds = Vec::new();
-    if snat {
-        kinds.push(NatKind::Snat);
-    }
-    if dnat {
-        kinds.push(NatKind::Dnat);
-    }
-    kinds
 }
 
 /// The flow in a slot that is in use. A free function, so that it borrows only the slots and

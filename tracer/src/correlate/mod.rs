@@ -6,13 +6,15 @@
 //! flows end after an idle time, after they close, or when the table is full.
 
 pub mod flow;
+mod nat;
 pub mod packet;
+mod segments;
 pub mod stats;
 
 use std::{collections::VecDeque, sync::Arc};
 
-pub use flow::nat_kinds;
 use flow::{EndedFlow, FlowTable};
+pub use nat::nat_kinds;
 use packet::{CompletedPacket, PacketTable};
 use tracer_common::hook::Hook;
 
