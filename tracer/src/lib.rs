@@ -2,10 +2,14 @@
 //!
 //! Data flow, one module per stage: [`kernel`] loads and attaches the programs, [`reader`]
 //! drains the ring buffer, [`decode`] turns records into events, [`correlate`] stitches them
-//! into packets, flows and NAT records, and [`output`] writes text, JSON or pcapng. [`btf`]
-//! supplies kernel offsets, [`topology`], [`netns`] and [`names`] name namespaces. A
-//! [`session`] ties the stages together; [`commands`] and [`cli`] sit on top. Dependencies
-//! point one way, from the commands down; ARCHITECTURE.md has the picture.
+//! into packets, flows and NAT records, and [`output`] writes text, JSON or pcapng ([`metrics`]
+//! turns the same records into Prometheus metrics for `tracer monitor`). [`rules`] names the
+//! netfilter rule behind a NAT or a drop, carried as the data of [`attribution`]. [`filter`]
+//! parses and compiles the tcpdump-style expression, [`btf`] supplies kernel offsets, and
+//! [`topology`], [`netns`], [`workload`], [`cgroup`] and [`names`] name namespaces,
+//! containers and processes. A [`session`] ties the stages together; [`commands`] and [`cli`]
+//! sit on top. Dependencies point one way, from the commands down; ARCHITECTURE.md has the
+//! picture.
 
 pub mod attribution;
 pub mod btf;

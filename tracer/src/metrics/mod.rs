@@ -38,8 +38,8 @@ use crate::{
     output::{Output, RunStats},
 };
 
-/// The names of every sample tracer exports, as Prometheus sees them (a unit test checks this
-/// list against the exposition).
+/// The names of every sample tracer exports, as Prometheus sees them (the unit test
+/// `the_exported_names_are_those_of_the_exposition` checks this list against the exposition).
 pub const EXPORTED: [&str; 16] = [
     "tracer_hop_latency_seconds_bucket",
     "tracer_hop_latency_seconds_count",

@@ -241,3 +241,51 @@ fn label_sets_beyond_the_cap_go_to_the_overflow_series() {
     );
     assert_eq!(line_value(&text, "tracer_series "), Some(2.0), "{text}");
 }
+
+/// [`EXPORTED`] is every sample name the exposition has once each metric has a sample, and
+/// nothing else (the dashboard and the deploy tests rely on the list).
+#[test]
+fn the_exported_names_are_those_of_the_exposition() {
+    let metrics = Metrics::new(Limits {
+        max_series: 1,
+        interfaces: false,
+    });
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    output.record(&Record::Packet(egress(1)), &names).unwrap();
+    let mut dropped = egress(2);
+    dropped.hops.truncate(2);
+    let last = dropped.hops.last_mut().unwrap();
+    last.event.hook = Hook::KfreeSkb;
+    last.event.drop = Some(DropInfo {
+        reason: 5,
+        location: 0,
+    });
+    output.record(&Record::Packet(dropped), &names).unwrap();
+    output
+        .record(
+            &Record::Nat(NatRecord {
+                flow_id: 1,
+                direction: Direction::Original,
+                kind: NatKind::Dnat,
+                before: tuple(),
+                after: tuple(),
+                at: None,
+                source: NatSource::Conntrack,
+                packet: None,
+                rule: None,
+            }),
+            &names,
+        )
+        .unwrap();
+    metrics.set_lost(1);
+    metrics.set_ready();
+    let text = metrics.encode().unwrap();
+    let exposed: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    let expected: std::collections::BTreeSet<&str> = EXPORTED.into_iter().collect();
+    assert_eq!(exposed, expected, "{text}");
+}

@@ -57,7 +57,7 @@ const TC_ATTACH_BUDGET: usize = 2;
 pub struct Options {
     /// The filter expression (tcpdump syntax), `None` for every packet.
     pub expression: Option<String>,
-    /// What to look at (`-i`, `--container`, `--netns`).
+    /// What to look at (`-i`, `--container`, `--pod`, `--netns`, `--pid`, `--comm`).
     pub selection: Selection,
     pub hooks: HookSet,
     pub tc_mode: TcMode,
