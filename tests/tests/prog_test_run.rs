@@ -9,7 +9,7 @@ use aya::maps::{MapData, RingBuf};
 use tracer::{
     decode::{HopEvent, decode},
     filter,
-    kernel::{LoadOptions, Programs, hooks::HookSet, tc::TcMode},
+    kernel::{LoadOptions, Programs, Tunnels, hooks::HookSet, tc::TcMode},
 };
 use tracer_common::hook::Hook;
 
@@ -25,6 +25,7 @@ fn programs() -> (Programs, RingBuf<MapData>) {
         kernel_btf: None,
         tc_mode: TcMode::Auto,
         sample_every: 1,
+        tunnels: Tunnels::default(),
     })
     .expect("programs load (run as root)");
     let ring = programs.take_events().expect("ring buffer");

@@ -187,9 +187,19 @@ pub struct Config {
     /// original tuple, or of the packet's own tuple without an entry) is a multiple of it, so
     /// that its packets are kept or skipped together on both sides of a NAT.
     pub sample_every: u32,
-    pub _pad: u32,
+    /// The UDP port Geneve uses (0: Geneve is not looked into).
+    pub geneve_port: u16,
+    /// When not 0, encapsulated packets are looked into (VXLAN on [`Config::vxlan_ports`],
+    /// Geneve, IP in IP, GRE): the filter matches their inner packet too, and their events
+    /// describe it.
+    pub encap: u16,
+    /// The UDP ports VXLAN devices use (0: an unused slot).
+    pub vxlan_ports: [u16; MAX_VXLAN_PORTS],
 }
-assert_size!(Config, 8 + 40 * FILTER_MAX + 96 + 24);
+assert_size!(Config, 8 + 40 * FILTER_MAX + 96 + 24 + 16);
+
+/// Most UDP ports the programs treat as VXLAN.
+pub const MAX_VXLAN_PORTS: usize = 8;
 
 impl Config {
     /// A configuration that matches everything and knows no offsets: programs emit nothing useful
@@ -205,7 +215,9 @@ impl Config {
             snap_len: 0,
             snap_headers_only: 1,
             sample_every: 0,
-            _pad: 0,
+            geneve_port: 0,
+            encap: 0,
+            vxlan_ports: [0; MAX_VXLAN_PORTS],
             drop_reason_queue_purge: u32::MAX,
             wakeup_bytes: 0,
         }

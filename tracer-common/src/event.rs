@@ -19,6 +19,12 @@ pub enum EventKind {
     SocketCreated = 3,
     /// A [`SocketEvent`]: a socket was released (closed by its last user).
     SocketReleased = 4,
+    /// A [`PacketEncap`]: an encapsulated packet, described by its inner headers, and its
+    /// outer ones.
+    PacketEncap = 5,
+    /// A [`PacketEncapWithHeaders`]: a [`PacketEncap`] and the packet's first bytes, from the
+    /// outer IP header on, for `-w`.
+    PacketEncapWithHeaders = 6,
 }
 
 /// Most bytes of a packet copied into a [`PacketWithHeaders`].
@@ -33,6 +39,10 @@ pub const FLAG_NONLINEAR: u8 = 1 << 2;
 /// `PacketEvent::flags`: the event came from a TC program, so `skb`, `skb_head`, `netns_inode`
 /// and `ifname` are unknown; the collector fills in the namespace and name from `ifindex`.
 pub const FLAG_TC: u8 = 1 << 3;
+
+/// `PacketEvent::flags`: the packet is encapsulated (VXLAN, Geneve, IP in IP, GRE); the event's
+/// addresses, ports and IP fields are the inner packet's, and an [`Encap`] follows it.
+pub const FLAG_ENCAP: u8 = 1 << 4;
 
 /// Address family values used in [`PacketEvent::family`] and [`CtTuple::family`].
 pub const FAMILY_IPV4: u8 = 4;
@@ -194,6 +204,80 @@ pub struct PacketWithHeaders {
 }
 assert_size!(PacketWithHeaders, 224 + 8 + SNAP_MAX);
 
+/// How a packet was encapsulated ([`Encap::kind`]).
+pub mod encap_kind {
+    /// VXLAN (RFC 7348) over UDP, on a port a VXLAN device uses: inner Ethernet frame.
+    pub const VXLAN: u8 = 1;
+    /// Geneve (RFC 8926) over UDP.
+    pub const GENEVE: u8 = 2;
+    /// IP directly in IP: IPIP (4 in 4), SIT (6 in 4), ip6tnl (4 or 6 in 6).
+    pub const IP_IN_IP: u8 = 3;
+    /// GRE carrying IP.
+    pub const GRE: u8 = 4;
+    /// GRE carrying an Ethernet frame (`gretap`, `ip6gretap`).
+    pub const GRETAP: u8 = 5;
+}
+
+/// `Encap::flags`: `id` holds a VNI or a GRE key.
+pub const ENCAP_HAS_ID: u8 = 1 << 0;
+
+/// The outer headers of an encapsulated packet.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Encap {
+    /// Outer IP source address, network byte order; IPv4 uses the first 4 bytes.
+    pub src_addr: [u8; 16],
+    /// Outer IP destination address.
+    pub dst_addr: [u8; 16],
+    /// VXLAN or Geneve VNI, or GRE key, when `flags` has [`ENCAP_HAS_ID`].
+    pub id: u32,
+    /// Outer UDP source port (host byte order), 0 for IP in IP and GRE.
+    pub src_port: u16,
+    /// Outer UDP destination port.
+    pub dst_port: u16,
+    /// Outer IPv4 identification, or the low 16 bits of the outer IPv6 flow label.
+    pub ip_id: u16,
+    /// Length of the outer IP packet.
+    pub ip_len: u16,
+    /// An [`encap_kind`] value.
+    pub kind: u8,
+    /// Outer [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Outer TTL or hop limit.
+    pub ttl: u8,
+    /// `ENCAP_*` bits.
+    pub flags: u8,
+    /// Bytes from the outer IP header to the inner one.
+    pub inner_offset: u16,
+    pub _pad: [u8; 6],
+}
+assert_size!(Encap, 56);
+
+/// A [`PacketEvent`] of an encapsulated packet (its `flags` have [`FLAG_ENCAP`]) and the outer
+/// headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketEncap {
+    /// `event.kind` is [`EventKind::PacketEncap`].
+    pub event: PacketEvent,
+    pub encap: Encap,
+}
+assert_size!(PacketEncap, 224 + 56);
+
+/// A [`PacketEncap`] with the packet's first bytes, from the outer IP header on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketEncapWithHeaders {
+    /// `event.kind` is [`EventKind::PacketEncapWithHeaders`].
+    pub event: PacketEvent,
+    pub encap: Encap,
+    /// Bytes of `headers` that hold packet data.
+    pub snap_len: u16,
+    pub _pad: [u8; 6],
+    pub headers: [u8; SNAP_MAX],
+}
+assert_size!(PacketEncapWithHeaders, 224 + 56 + 8 + SNAP_MAX);
+
 /// A socket's life, seen from the `cgroup/sock_create` and `cgroup/sock_release` programs,
 /// which run in the context of the process that creates (or last closes) the socket.
 #[repr(C)]
@@ -225,6 +309,15 @@ unsafe impl aya::Pod for PacketWithHeaders {}
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for SocketEvent {}
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)` events and byte arrays with explicit padding, size asserted: every bit
+// pattern is valid.
+unsafe impl aya::Pod for PacketEncap {}
+
+#[cfg(feature = "user")]
+// SAFETY: as for `PacketEncap`.
+unsafe impl aya::Pod for PacketEncapWithHeaders {}
 
 /// Per-hook counters the programs keep in the `COUNTERS` per-CPU array, at index
 /// `hook * COUNTER_SLOTS + counter`. Each run of a program adds one to exactly one of them, so

@@ -20,6 +20,34 @@ pub mod ether {
     pub const P_8021Q: u16 = 0x8100;
     /// `ETH_P_8021AD`
     pub const P_8021AD: u16 = 0x88a8;
+    /// `ETH_P_TEB`: transparent Ethernet bridging, an Ethernet frame inside GRE or Geneve.
+    pub const P_TEB: u16 = 0x6558;
+}
+
+/// Tunnel headers (RFC 7348 VXLAN, RFC 8926 Geneve, RFC 2784/2890 GRE).
+pub mod tunnel {
+    /// The VXLAN header and the Geneve base header: 8 bytes after the UDP header.
+    pub const UDP_TUNNEL_HEADER_LEN: u32 = 8;
+    /// VXLAN's I flag (first byte): the VNI is valid.
+    pub const VXLAN_FLAG_VNI: u8 = 0x08;
+    /// Geneve's version, the top two bits of its first byte; only 0 is defined.
+    pub const GENEVE_VERSION_SHIFT: u32 = 6;
+    /// Geneve's option length, in 4-byte words, the low six bits of its first byte.
+    pub const GENEVE_OPT_LEN_MASK: u8 = 0x3f;
+    /// GRE flags (the header's first 16 bits): a checksum word follows.
+    pub const GRE_CHECKSUM: u16 = 0x8000;
+    /// GRE flags: a key word follows.
+    pub const GRE_KEY: u16 = 0x2000;
+    /// GRE flags: a sequence number word follows.
+    pub const GRE_SEQUENCE: u16 = 0x1000;
+    /// GRE's version (low three bits); only 0 carries these fields.
+    pub const GRE_VERSION_MASK: u16 = 0x0007;
+    /// The UDP port IANA gave VXLAN.
+    pub const VXLAN_PORT: u16 = 4789;
+    /// The UDP port Linux used for VXLAN before IANA's, which flannel keeps.
+    pub const VXLAN_LINUX_PORT: u16 = 8472;
+    /// The UDP port of Geneve.
+    pub const GENEVE_PORT: u16 = 6081;
 }
 
 /// IP protocol numbers (include/uapi/linux/in.h, in6.h).
@@ -27,10 +55,16 @@ pub mod ipproto {
     /// IPv6 hop-by-hop options.
     pub const HOPOPTS: u8 = 0;
     pub const ICMP: u8 = 1;
+    /// IPv4 in IP (IPIP, and IPv4 in an IPv6 tunnel).
+    pub const IPIP: u8 = 4;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    /// IPv6 in IP (SIT, ip6tnl).
+    pub const IPV6: u8 = 41;
     /// IPv6 routing header.
     pub const ROUTING: u8 = 43;
+    /// GRE.
+    pub const GRE: u8 = 47;
     /// IPv6 fragment header.
     pub const FRAGMENT: u8 = 44;
     pub const ICMPV6: u8 = 58;

@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     event::{
-        COUNTER_ENTRIES, Counter, EventKind, FLAG_L4, PacketEvent, PacketWithHeaders, SNAP_MAX,
-        SocketEvent, counter_index,
+        COUNTER_ENTRIES, Counter, Encap, EventKind, FLAG_ENCAP, FLAG_L4, PacketEncap,
+        PacketEncapWithHeaders, PacketEvent, PacketWithHeaders, SNAP_MAX, SocketEvent,
+        counter_index,
     },
     flow::{FlowKey, advance_generation},
 };
@@ -154,6 +155,27 @@ pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scra
     Verdict::Miss
 }
 
+/// Whether the filter lets an encapsulated packet through: by its inner tuple, by its outer
+/// one (`udp port 8472` still matches the VXLAN datagram), or as part of a connection matched
+/// earlier (by the inner tuple: the tunnel does not change it). The outer packet's conntrack
+/// entry is the tunnel's, not the inner connection's, so it is not looked at.
+#[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied on the small BPF stack"
+)]
+pub fn matches_encap(inner: &Headers, outer: &Headers) -> bool {
+    let sampling = conf!(sample_every) > 1;
+    let generation = generation();
+    let matched = filter::is_empty()
+        || filter::evaluate(&View::packet(inner, inner.flags & FLAG_L4 != 0))
+        || filter::evaluate(&View::packet(outer, outer.flags & FLAG_L4 != 0));
+    if matched {
+        return !sampling || keep_sampled(inner, None, generation);
+    }
+    generation != 0 && TRACKED.get_ptr(&packet_key(inner)).is_some()
+}
+
 /// Connections sampling skipped, by both conntrack tuples: a packet without an entry (beyond
 /// the NAT, on the far side of a veth) is skipped by them rather than judged by its own tuple,
 /// which the NAT changed.
@@ -285,42 +307,68 @@ pub fn socket(event: &SocketEvent) {
 }
 
 /// Bytes the largest record takes in the ring buffer, with the ring's 8-byte record header.
-const RECORD_MAX: u64 = (size_of::<PacketWithHeaders>() + 8) as u64;
+const RECORD_MAX: u64 = (size_of::<PacketEncapWithHeaders>() + 8) as u64;
 
 /// A reserved ring buffer record, being filled in place.
 pub enum Record {
     Plain(RingBufEntry<PacketEvent>),
     WithHeaders(RingBufEntry<PacketWithHeaders>),
+    Encap(RingBufEntry<PacketEncap>),
+    EncapWithHeaders(RingBufEntry<PacketEncapWithHeaders>),
 }
 
 impl Record {
     /// Reserves a record of the kind the collector asked for (with the packet's first bytes
-    /// for `-w`), with its event zeroed and filled from `headers` and `ct`; `None` when the
-    /// ring buffer is full.
+    /// for `-w`, with the outer headers of an encapsulated packet), with its event zeroed and
+    /// filled from `headers` and `ct`; `None` when the ring buffer is full.
     #[inline(always)]
     pub fn reserve(
         hook: u8,
         headers: &Headers,
         ct: &Conntrack,
         tuples: Option<&Tuples>,
+        encap: Option<&Encap>,
     ) -> Option<Record> {
-        let mut record = if conf!(snap_len) == 0 {
-            Record::Plain(EVENTS.reserve::<PacketEvent>(0)?)
-        } else {
-            Record::WithHeaders(EVENTS.reserve::<PacketWithHeaders>(0)?)
+        let snap = conf!(snap_len) != 0;
+        let mut record = match (encap.is_some(), snap) {
+            (false, false) => Record::Plain(EVENTS.reserve::<PacketEvent>(0)?),
+            (false, true) => Record::WithHeaders(EVENTS.reserve::<PacketWithHeaders>(0)?),
+            (true, false) => Record::Encap(EVENTS.reserve::<PacketEncap>(0)?),
+            (true, true) => Record::EncapWithHeaders(EVENTS.reserve::<PacketEncapWithHeaders>(0)?),
         };
+        if let Some(encap) = encap {
+            let place = match &mut record {
+                // SAFETY: place computations within the reserved records, no access.
+                Record::Encap(entry) => unsafe { &raw mut (*entry.as_mut_ptr()).encap },
+                // SAFETY: as above.
+                Record::EncapWithHeaders(entry) => unsafe { &raw mut (*entry.as_mut_ptr()).encap },
+                Record::Plain(_) | Record::WithHeaders(_) => core::ptr::null_mut(),
+            };
+            if !place.is_null() {
+                // SAFETY: `place` is the reserved record's `Encap`, 8-byte aligned.
+                unsafe { words::copy_raw(encap, place) };
+            }
+        }
         let event = record.event();
         // SAFETY: `event` is the reserved, exclusively owned and aligned space of one event;
         // it is zeroed before any field is written.
         unsafe {
             words::zero_raw(event);
             let e = &mut *event;
-            e.kind = EventKind::Packet as u8;
+            e.kind = if encap.is_some() {
+                EventKind::PacketEncap as u8
+            } else {
+                EventKind::Packet as u8
+            };
             e.hook = hook;
             e.family = headers.family;
             e.l4_proto = headers.l4_proto;
             e.tcp_flags = headers.tcp_flags;
-            e.flags = headers.flags;
+            e.flags = if encap.is_some() {
+                headers.flags | FLAG_ENCAP
+            } else {
+                headers.flags
+            };
             e.ttl = headers.ttl;
             e.tcp_seq = headers.tcp_seq;
             e.tcp_ack = headers.tcp_ack;
@@ -328,7 +376,12 @@ impl Record {
             e.src_port = headers.src_port;
             e.dst_port = headers.dst_port;
             e.ip_len = headers.ip_len;
-            e.headers_len = headers.headers_len;
+            // From the IP header the snapshot starts at: the outer one of an encapsulated
+            // packet, so that `-w` keeps the whole outer frame.
+            e.headers_len = match encap {
+                Some(encap) => headers.headers_len.wrapping_add(encap.inner_offset),
+                None => headers.headers_len,
+            };
             copy16(&headers.src_addr, &raw mut e.src_addr);
             copy16(&headers.dst_addr, &raw mut e.dst_addr);
             if ct.ct != 0 {
@@ -348,8 +401,12 @@ impl Record {
     pub fn event(&mut self) -> *mut PacketEvent {
         match self {
             Record::Plain(entry) => entry.as_mut_ptr(),
-            // SAFETY: a place computation within the reserved record, no access.
+            // SAFETY: place computations within the reserved records, no access.
             Record::WithHeaders(entry) => unsafe { &raw mut (*entry.as_mut_ptr()).event },
+            // SAFETY: as above.
+            Record::Encap(entry) => unsafe { &raw mut (*entry.as_mut_ptr()).event },
+            // SAFETY: as above.
+            Record::EncapWithHeaders(entry) => unsafe { &raw mut (*entry.as_mut_ptr()).event },
         }
     }
 
@@ -372,33 +429,84 @@ impl Record {
         };
         match self {
             Record::Plain(entry) => entry.submit(u64::from(wakeup)),
+            Record::Encap(entry) => entry.submit(u64::from(wakeup)),
             Record::WithHeaders(mut entry) => {
-                let (snap_len, headers_only) = (conf!(snap_len) as usize, conf!(snap_headers_only));
                 let record = entry.as_mut_ptr();
                 // SAFETY: `record` is the reserved, exclusively owned and 8-byte aligned ring
-                // buffer space of one `PacketWithHeaders`; every write stays within it.
+                // buffer space of one `PacketWithHeaders`.
                 unsafe {
-                    let headers_len = usize::from((*record).event.headers_len);
-                    (*record).event.kind = EventKind::PacketWithHeaders as u8;
-                    // Three stores: an array assignment would be a byte-by-byte `memset` call.
-                    let pad = (&raw mut (*record)._pad).cast::<u16>();
-                    for i in 0..3 {
-                        core::ptr::write_volatile(pad.add(i), 0);
-                    }
-                    let snap_len = if headers_only != 0 {
-                        snap_len.min(headers_len)
-                    } else {
-                        snap_len
-                    };
-                    let headers = &mut (*record).headers;
-                    let copied = match headers.get_mut(..snap_len.min(SNAP_MAX)) {
-                        Some(dst) => bytes.copy(l3, dst),
-                        None => 0,
-                    };
-                    (*record).snap_len = copied as u16;
+                    snapshot(
+                        Snapshot {
+                            event: &raw mut (*record).event,
+                            kind: EventKind::PacketWithHeaders,
+                            pad: &raw mut (*record)._pad,
+                            snap_len: &raw mut (*record).snap_len,
+                            headers: &mut (*record).headers,
+                        },
+                        bytes,
+                        l3,
+                    );
+                }
+                entry.submit(u64::from(wakeup));
+            }
+            Record::EncapWithHeaders(mut entry) => {
+                let record = entry.as_mut_ptr();
+                // SAFETY: `record` is the reserved, exclusively owned and 8-byte aligned ring
+                // buffer space of one `PacketEncapWithHeaders`.
+                unsafe {
+                    snapshot(
+                        Snapshot {
+                            event: &raw mut (*record).event,
+                            kind: EventKind::PacketEncapWithHeaders,
+                            pad: &raw mut (*record)._pad,
+                            snap_len: &raw mut (*record).snap_len,
+                            headers: &mut (*record).headers,
+                        },
+                        bytes,
+                        l3,
+                    );
                 }
                 entry.submit(u64::from(wakeup));
             }
         }
+    }
+}
+
+/// The parts of a record with the packet's first bytes.
+struct Snapshot<'a> {
+    event: *mut PacketEvent,
+    kind: EventKind,
+    pad: *mut [u8; 6],
+    snap_len: *mut u16,
+    headers: &'a mut [u8; SNAP_MAX],
+}
+
+/// Marks the record as one with the packet's first bytes and copies them (from `l3` in
+/// `bytes`: the headers only unless `-s` asked for more).
+///
+/// # Safety
+/// Every pointer of `parts` is into one reserved, exclusively owned ring buffer record.
+#[inline(always)]
+unsafe fn snapshot(parts: Snapshot, bytes: &impl Bytes, l3: u32) {
+    let (snap_len, headers_only) = (conf!(snap_len) as usize, conf!(snap_headers_only));
+    // SAFETY: as the caller promises; every write stays within the record.
+    unsafe {
+        let headers_len = usize::from((*parts.event).headers_len);
+        (*parts.event).kind = parts.kind as u8;
+        // Three stores: an array assignment would be a byte-by-byte `memset` call.
+        let pad = parts.pad.cast::<u16>();
+        for i in 0..3 {
+            core::ptr::write_volatile(pad.add(i), 0);
+        }
+        let snap_len = if headers_only != 0 {
+            snap_len.min(headers_len)
+        } else {
+            snap_len
+        };
+        let copied = match parts.headers.get_mut(..snap_len.min(SNAP_MAX)) {
+            Some(dst) => bytes.copy(l3, dst),
+            None => 0,
+        };
+        *parts.snap_len = copied as u16;
     }
 }

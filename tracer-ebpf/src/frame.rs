@@ -1,4 +1,5 @@
 //! Per-CPU room for what a run keeps that is too large for the BPF stack: the parsed headers
+//! (an encapsulated packet's inner ones too, and its outer ones as the event carries them)
 //! and the scratch buffer (header window, then conntrack tuples). A program has 512 bytes of
 //! stack for all its frames, and older kernels round each frame up when they add them.
 //!
@@ -11,6 +12,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
+use tracer_common::event::Encap;
+
 use crate::{conntrack::Scratch, packet::Headers};
 
 /// Runs that can be nested on one CPU; a deeper one is not traced (and counted as lost).
@@ -19,7 +22,12 @@ const NEST: u64 = 4;
 /// What one run keeps off the stack.
 #[repr(C, align(8))]
 pub struct Frame {
+    /// The packet's headers: the outer ones of an encapsulated packet.
     pub headers: Headers,
+    /// An encapsulated packet's inner headers.
+    pub inner: Headers,
+    /// An encapsulated packet's outer headers, as its event carries them.
+    pub encap: Encap,
     pub scratch: MaybeUninit<Scratch>,
 }
 

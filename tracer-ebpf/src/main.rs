@@ -11,6 +11,7 @@ mod config;
 mod conntrack;
 mod drop;
 mod emit;
+mod encap;
 mod filter;
 mod frame;
 mod nat;

@@ -34,12 +34,15 @@ pub struct Headers {
     pub ip_id: u16,
     pub ip_len: u16,
     pub headers_len: u16,
+    /// Bytes from the IP header to the L4 header (past IPv4 options and IPv6 extension
+    /// headers).
+    pub l4_off: u16,
     pub family: u8,
     pub l4_proto: u8,
     pub tcp_flags: u8,
     pub flags: u8,
     pub ttl: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 7],
 }
 
 impl Headers {
@@ -102,6 +105,7 @@ fn parse_ipv4(bytes: &impl Bytes, l3: u32, event: &mut Headers) -> Parsed {
     event.l4_proto = ip.proto;
     let frag_offset = u16::from_be_bytes(ip.frags) & 0x1fff;
     event.headers_len = header_len as u16;
+    event.l4_off = header_len as u16;
     if frag_offset != 0 {
         event.flags |= FLAG_FRAGMENT;
         return Parsed::Ip;
@@ -157,6 +161,7 @@ fn parse_ipv6(bytes: &impl Bytes, l3: u32, event: &mut Headers) -> Parsed {
     }
     event.l4_proto = next;
     event.headers_len = (offset - l3) as u16;
+    event.l4_off = event.headers_len;
     parse_l4(bytes, next, offset, event);
     Parsed::Ip
 }

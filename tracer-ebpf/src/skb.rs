@@ -14,7 +14,8 @@ use core::mem::MaybeUninit;
 use crate::{
     config::conf,
     conntrack::{Conntrack, SCRATCH, Scratch, Tuples},
-    emit::{Record, Verdict, count, matches},
+    emit::{Record, Verdict, count, matches, matches_encap},
+    encap,
     frame::{self, Frame},
     packet::{Bytes, Parsed, parse_l3},
 };
@@ -233,21 +234,44 @@ fn emit<A: Access>(
             }
         }
     };
-    let Frame { headers, scratch } = frame;
+    let Frame {
+        headers,
+        inner,
+        encap,
+        scratch,
+    } = frame;
     headers.zero();
     let window = Window::read(&linear, l3, scratch);
     if parse_l3(&window, protocol, l3, headers) == Parsed::NotIp {
         return None;
     }
-
-    let ct = Conntrack::of(A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0));
-    let tuples = match matches(headers, &ct, scratch) {
-        Verdict::Miss => return None,
-        Verdict::Match => None,
-        // SAFETY: `matches` read the tuples into `scratch`, untouched since.
-        Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
+    let tunnel = encap::detect(&window, l3, headers, encap);
+    let encapsulated = match tunnel {
+        Some(at) => {
+            inner.zero();
+            let window = Window::read(&linear, at.l3, scratch);
+            parse_l3(&window, at.proto, at.l3, inner) == Parsed::Ip
+        }
+        None => false,
     };
-    let Some(record) = Record::reserve(hook as u8, headers, &ct, tuples.as_ref()) else {
+
+    let reserved = if encapsulated {
+        // The outer packet's conntrack entry is the tunnel's: the event has none.
+        if !matches_encap(inner, headers) {
+            return None;
+        }
+        Record::reserve(hook as u8, inner, &Conntrack::of(0), None, Some(encap))
+    } else {
+        let ct = Conntrack::of(A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0));
+        let tuples = match matches(headers, &ct, scratch) {
+            Verdict::Miss => return None,
+            Verdict::Match => None,
+            // SAFETY: `matches` read the tuples into `scratch`, untouched since.
+            Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
+        };
+        Record::reserve(hook as u8, headers, &ct, tuples.as_ref(), None)
+    };
+    let Some(record) = reserved else {
         return Some(Counter::Lost);
     };
     let mut record = record;

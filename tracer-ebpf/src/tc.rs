@@ -25,7 +25,8 @@ use tracer_common::{
 
 use crate::{
     conntrack::{Conntrack, Tuples},
-    emit::{Record, Verdict, count, matches},
+    emit::{Record, Verdict, count, matches, matches_encap},
+    encap,
     frame::{self, Frame},
     packet::{Bytes, Parsed, parse_l3},
 };
@@ -93,21 +94,42 @@ fn emit(ctx: &TcContext, hook: Hook, frame: &mut Frame) -> Option<Counter> {
         )?);
         l3 += ether::VLAN_HEADER_LEN;
     }
-    let Frame { headers, scratch } = frame;
+    let Frame {
+        headers,
+        inner,
+        encap,
+        scratch,
+    } = frame;
     headers.zero();
     if parse_l3(ctx, proto, l3, headers) == Parsed::NotIp {
         return None;
     }
-    headers.flags |= FLAG_TC;
     // A TC program sees no conntrack entry.
     let ct = Conntrack::of(0);
-    let tuples = match matches(headers, &ct, scratch) {
-        Verdict::Miss => return None,
-        Verdict::Match => None,
-        // SAFETY: `matches` read the tuples into `scratch`, untouched since.
-        Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
+    let encapsulated = match encap::detect(ctx, l3, headers, encap) {
+        Some(at) => {
+            inner.zero();
+            parse_l3(ctx, at.proto, at.l3, inner) == Parsed::Ip
+        }
+        None => false,
     };
-    let Some(mut record) = Record::reserve(hook as u8, headers, &ct, tuples.as_ref()) else {
+    let reserved = if encapsulated {
+        if !matches_encap(inner, headers) {
+            return None;
+        }
+        inner.flags |= FLAG_TC;
+        Record::reserve(hook as u8, inner, &ct, None, Some(encap))
+    } else {
+        headers.flags |= FLAG_TC;
+        let tuples = match matches(headers, &ct, scratch) {
+            Verdict::Miss => return None,
+            Verdict::Match => None,
+            // SAFETY: `matches` read the tuples into `scratch`, untouched since.
+            Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
+        };
+        Record::reserve(hook as u8, headers, &ct, tuples.as_ref(), None)
+    };
+    let Some(mut record) = reserved else {
         return Some(Counter::Lost);
     };
     let event = record.event();

@@ -62,6 +62,20 @@ impl PacketKey {
         }
     }
 
+    /// The identity and tuple of the outer packet of an encapsulated hop (what the kernel's
+    /// reports of a tunnel's datagram carry); `None` for a hop that is not encapsulated.
+    pub fn outer_of(e: &HopEvent) -> Option<(PacketKey, Tuple)> {
+        let encap = e.encap.as_deref()?;
+        Some((
+            PacketKey {
+                proto: encap.outer.proto.0,
+                id: encap.ip_id,
+                seq: u32::from(encap.ip_len),
+            },
+            encap.outer,
+        ))
+    }
+
     /// The identity and tuple of a packet from its IP header and the start of its transport
     /// header (as nf_tables trace reports carry them); `None` when the IP header is short or
     /// not IP. Ports are 0 where the transport header is short or has none, and a TCP

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, path::Path};
 use crate::{
     btf,
     kernel::{
-        LoadOptions, Programs,
+        LoadOptions, Programs, Tunnels,
         hooks::{HookSet, Mechanism, Outcome},
         tc,
     },
@@ -54,6 +54,7 @@ pub fn probe() -> Report {
         kernel_btf: None,
         tc_mode: tc::TcMode::Auto,
         sample_every: 1,
+        tunnels: Tunnels::default(),
     }) {
         Ok(mut programs) => {
             report.notes = programs.notes().to_vec();

@@ -72,6 +72,7 @@ pub(crate) fn event(
         drop: None,
         headers: None,
         process: None,
+        encap: None,
     }
 }
 

@@ -11,14 +11,18 @@ use std::{
 };
 
 use bytes::Bytes;
+pub use encap::{Encap, EncapKind};
 use tracer_common::{
     event::{
         CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR,
-        FLAG_TC, PacketEvent, PacketWithHeaders, SNAP_MAX, SocketEvent,
+        FLAG_TC, PacketEncap, PacketEncapWithHeaders, PacketEvent, PacketWithHeaders, SNAP_MAX,
+        SocketEvent,
     },
     hook::Hook,
     wire::{conntrack, ipproto},
 };
+
+mod encap;
 
 /// Why a record was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,6 +155,9 @@ pub struct HopEvent {
     /// The process that created the packet's socket, where the packet has a socket here and
     /// tracer saw it created; `None` everywhere else (never guessed).
     pub process: Option<Arc<Process>>,
+    /// The outer headers of an encapsulated packet (VXLAN, Geneve, IP in IP, GRE), whose
+    /// inner headers the other fields describe; `None` for a packet that is not.
+    pub encap: Option<Box<Encap>>,
 }
 
 /// A drop as the kernel reported it.
@@ -276,6 +283,20 @@ impl Decoder {
         if kind == EventKind::PacketWithHeaders as u8 {
             let raw: PacketWithHeaders = read_record(bytes, kind)?;
             let mut event = packet(&raw.event, self)?;
+            let len = usize::from(raw.snap_len).min(SNAP_MAX);
+            event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
+            return Ok(event);
+        }
+        if kind == EventKind::PacketEncap as u8 {
+            let raw: PacketEncap = read_record(bytes, kind)?;
+            let mut event = packet(&raw.event, self)?;
+            event.encap = encap::decode(&raw.encap, raw.event.family).map(Box::new);
+            return Ok(event);
+        }
+        if kind == EventKind::PacketEncapWithHeaders as u8 {
+            let raw: PacketEncapWithHeaders = read_record(bytes, kind)?;
+            let mut event = packet(&raw.event, self)?;
+            event.encap = encap::decode(&raw.encap, raw.event.family).map(Box::new);
             let len = usize::from(raw.snap_len).min(SNAP_MAX);
             event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
             return Ok(event);
@@ -429,6 +450,7 @@ fn packet(raw: &PacketEvent, decoder: &mut Decoder) -> Result<HopEvent, DecodeEr
         process: (raw.sock_cookie != 0)
             .then(|| decoder.owners.get(&raw.sock_cookie).cloned())
             .flatten(),
+        encap: None,
     })
 }
 
@@ -452,14 +474,14 @@ fn address(family: u8, raw: &[u8; 16]) -> IpAddr {
 
 /// Bytes of a [`PacketEvent`] as the kernel writes them; for tests and replay tools.
 pub fn encode(event: &PacketEvent) -> Vec<u8> {
-    // SAFETY: `PacketEvent` is `repr(C)` plain data with explicit padding fields.
-    unsafe {
-        std::slice::from_raw_parts(
-            std::ptr::from_ref(event).cast::<u8>(),
-            size_of::<PacketEvent>(),
-        )
-    }
-    .to_vec()
+    encode_record(event)
+}
+
+/// Bytes of any record as the kernel writes it; for tests and replay tools.
+pub fn encode_record<T: aya::Pod>(record: &T) -> Vec<u8> {
+    // SAFETY: `T: Pod` is plain data with explicit padding fields, readable as bytes.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(record).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
 }
 
 #[cfg(test)]

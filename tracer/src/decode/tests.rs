@@ -275,3 +275,117 @@ fn records_from_before_the_socket_cookie_still_decode() {
     let old: Vec<u8> = bytes[..UNOWNED_EVENT].to_vec();
     assert_eq!(decode(&old), decode(&bytes));
 }
+
+/// A SYN from pod 10.244.1.2 to pod 10.244.2.2 inside VXLAN, as the kernel program writes it
+/// at the sending node's uplink.
+fn vxlan_record() -> tracer_common::event::PacketEncap {
+    use tracer_common::event::{
+        ENCAP_HAS_ID, Encap as RawEncap, EventKind, FLAG_ENCAP, PacketEncap, encap_kind,
+    };
+    let mut event = syn_event();
+    event.kind = EventKind::PacketEncap as u8;
+    event.flags |= FLAG_ENCAP;
+    event.ct = 0;
+    event.src_addr[..4].copy_from_slice(&[10, 244, 1, 2]);
+    event.dst_addr[..4].copy_from_slice(&[10, 244, 2, 2]);
+    let mut encap = RawEncap {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        id: 1,
+        src_port: 41_234,
+        dst_port: 8472,
+        ip_id: 77,
+        ip_len: 110,
+        kind: encap_kind::VXLAN,
+        family: FAMILY_IPV4,
+        ttl: 64,
+        flags: ENCAP_HAS_ID,
+        inner_offset: 50,
+        _pad: [0; 6],
+    };
+    encap.src_addr[..4].copy_from_slice(&[198, 18, 50, 1]);
+    encap.dst_addr[..4].copy_from_slice(&[198, 18, 50, 2]);
+    PacketEncap { event, encap }
+}
+
+#[test]
+fn an_encapsulated_packet_is_its_inner_headers_with_the_outer_ones_beside() {
+    let record = vxlan_record();
+    let event = decode(&encode_record(&record)).unwrap();
+    assert_eq!(
+        event.tuple,
+        Tuple {
+            proto: Proto::TCP,
+            src: v4(10, 244, 1, 2),
+            src_port: 51_116,
+            dst: v4(10, 244, 2, 2),
+            dst_port: 10_001,
+        }
+    );
+    assert!(event.conntrack.is_none());
+    let encap = event.encap.as_deref().unwrap();
+    assert_eq!((encap.kind, encap.id), (EncapKind::Vxlan, Some(1)));
+    assert_eq!(
+        encap.outer,
+        Tuple {
+            proto: Proto::UDP,
+            src: v4(198, 18, 50, 1),
+            src_port: 41_234,
+            dst: v4(198, 18, 50, 2),
+            dst_port: 8472,
+        }
+    );
+    assert_eq!((encap.ip_id, encap.ip_len, encap.ttl), (77, 110, 64));
+    // A plain event has none.
+    assert!(decode(&encode(&syn_event())).unwrap().encap.is_none());
+}
+
+#[test]
+fn tunnels_are_named_by_their_kind_and_families() {
+    use tracer_common::event::{FAMILY_IPV6, encap_kind};
+    let named = |kind: u8, outer: u8, inner: u8, flags: u8| {
+        let mut record = vxlan_record();
+        record.encap.kind = kind;
+        record.encap.family = outer;
+        record.encap.flags = flags;
+        record.event.family = inner;
+        decode(&encode_record(&record))
+            .unwrap()
+            .encap
+            .map(|e| (e.kind, e.id, e.outer.proto))
+    };
+    assert_eq!(
+        named(encap_kind::IP_IN_IP, FAMILY_IPV4, FAMILY_IPV6, 0),
+        Some((EncapKind::Sit, None, Proto(41)))
+    );
+    assert_eq!(
+        named(encap_kind::IP_IN_IP, FAMILY_IPV4, FAMILY_IPV4, 0),
+        Some((EncapKind::Ipip, None, Proto(4)))
+    );
+    assert_eq!(
+        named(encap_kind::IP_IN_IP, FAMILY_IPV6, FAMILY_IPV4, 0),
+        Some((EncapKind::Ip6tnl, None, Proto(4)))
+    );
+    assert_eq!(
+        named(encap_kind::GRE, FAMILY_IPV4, FAMILY_IPV4, 1),
+        Some((EncapKind::Gre, Some(1), Proto(47)))
+    );
+    assert_eq!(
+        named(encap_kind::GRETAP, FAMILY_IPV6, FAMILY_IPV4, 0),
+        Some((EncapKind::Ip6gretap, None, Proto(47)))
+    );
+    assert_eq!(named(99, FAMILY_IPV4, FAMILY_IPV4, 0), None);
+}
+
+#[test]
+fn a_truncated_encapsulated_record_is_rejected() {
+    let bytes = encode_record(&vxlan_record());
+    assert_eq!(
+        decode(&bytes[..bytes.len() - 8]),
+        Err(DecodeError::Size {
+            kind: tracer_common::event::EventKind::PacketEncap as u8,
+            actual: bytes.len() - 8,
+            expected: bytes.len()
+        })
+    );
+}

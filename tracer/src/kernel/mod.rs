@@ -21,6 +21,7 @@ use tracer_common::{
     config::{CONFIG_SYMBOL, Config, Filter},
     event::{COUNTER_SLOTS, Counter, counter_index},
     hook::{Hook, map, program},
+    wire::tunnel,
 };
 
 use crate::btf;
@@ -56,6 +57,45 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Keep one connection in this many (1: every one).
     pub sample_every: u32,
+    /// The tunnels the programs look into.
+    pub tunnels: Tunnels,
+}
+
+/// The encapsulations the programs look into: VXLAN on these UDP ports, Geneve on its port,
+/// and IP in IP and GRE (which need no port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnels {
+    /// Nothing is looked into when false: an encapsulated packet is its outer headers.
+    pub enabled: bool,
+    /// At most [`tracer_common::config::MAX_VXLAN_PORTS`]; more are left out.
+    pub vxlan_ports: Vec<u16>,
+    pub geneve_port: Option<u16>,
+}
+
+impl Default for Tunnels {
+    /// VXLAN on IANA's port and Linux's (flannel's), Geneve on its port.
+    fn default() -> Tunnels {
+        Tunnels {
+            enabled: true,
+            vxlan_ports: vec![tunnel::VXLAN_PORT, tunnel::VXLAN_LINUX_PORT],
+            geneve_port: Some(tunnel::GENEVE_PORT),
+        }
+    }
+}
+
+impl Tunnels {
+    /// Writes the tunnels into the programs' configuration.
+    fn configure(&self, config: &mut Config) {
+        config.encap = u16::from(self.enabled);
+        config.geneve_port = self.geneve_port.unwrap_or(0);
+        let mut ports = self.vxlan_ports.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.retain(|&port| port != 0);
+        for (slot, port) in config.vxlan_ports.iter_mut().zip(ports) {
+            *slot = port;
+        }
+    }
 }
 
 /// Loaded programs and their attachments.
@@ -100,6 +140,7 @@ impl Programs {
         config.offsets = resolved.offsets;
         config.wakeup_bytes = options.ring_bytes / WAKEUP_FRACTION;
         config.sample_every = options.sample_every;
+        options.tunnels.configure(&mut config);
         // Parsed once, for the loader's relocations and for loading the BTF-typed programs.
         let btf = match &options.kernel_btf {
             Some(path) => aya::Btf::parse_file(path, aya::Endianness::default()),

@@ -167,6 +167,17 @@ pub fn tuple(t: &Tuple) -> String {
     s
 }
 
+/// An encapsulation as text outputs show it: `vxlan vni 1 198.18.50.1:41234 > 198.18.50.2:8472`,
+/// `gre key 7 198.18.50.1 > 198.18.50.2`, `ipip 198.18.50.1 > 198.18.50.2`.
+pub fn encap_text(encap: &crate::decode::Encap) -> String {
+    let id = match encap.id {
+        Some(id) if encap.kind.has_vni() => format!(" vni {id}"),
+        Some(key) => format!(" key {key}"),
+        None => String::new(),
+    };
+    format!("{}{id} {}", encap.kind.name(), tuple(&encap.outer))
+}
+
 /// `addr:port`, with an IPv6 address in brackets; the bare address when there is no port.
 pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
     match (addr, port) {

@@ -20,7 +20,7 @@ use pcap_file::{
     },
 };
 
-use super::{Output, RunStats, duration, process_text};
+use super::{Output, RunStats, duration, encap_text, process_text};
 use crate::{
     correlate::{HopLabel, PacketTrace, Record},
     names::NameTable,
@@ -69,6 +69,9 @@ impl<W: Write> PcapngWriter<W> {
             if let Some(owner) = &packet.process {
                 comment += &format!(", from {}", process_text(owner, names));
             }
+            if let Some(outer) = &hop.event.encap {
+                comment += &format!(", encapsulated: {}", encap_text(outer));
+            }
             if let Some((_, rule)) = packet.nat_rules.iter().find(|(at, _)| *at == index) {
                 comment += &format!(", NAT by {}", rule.describe());
             }
@@ -85,7 +88,14 @@ impl<W: Write> PcapngWriter<W> {
             self.writer.write_pcapng_block(EnhancedPacketBlock {
                 interface_id,
                 timestamp: Duration::from_nanos(wall),
-                original_len: u32::from(hop.event.ip_len).max(headers.len() as u32),
+                // The record starts at the outer IP header of an encapsulated packet.
+                original_len: u32::from(
+                    hop.event
+                        .encap
+                        .as_ref()
+                        .map_or(hop.event.ip_len, |e| e.ip_len),
+                )
+                .max(headers.len() as u32),
                 data: Cow::Borrowed(headers),
                 options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment))],
             })?;

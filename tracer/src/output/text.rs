@@ -5,10 +5,10 @@ use std::io::{self, Write};
 
 use tracer_common::wire::tcp;
 
-use super::{Output, RunStats, duration, endpoint, process_text, tcp_flags, tuple};
+use super::{Output, RunStats, duration, encap_text, endpoint, process_text, tcp_flags, tuple};
 use crate::{
     correlate::{Direction, FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record},
-    decode::{HopEvent, Proto, Tuple},
+    decode::{Encap, HopEvent, Proto, Tuple},
     names::NameTable,
 };
 
@@ -46,8 +46,20 @@ impl<W: Write> TextWriter<W> {
             packet.direction.name(),
         )?;
         let mut shown: Option<Tuple> = None;
+        let mut outer: Option<&Encap> = None;
         for (at, hop) in packet.hops.iter().enumerate() {
             let event = &hop.event;
+            // Where outer headers are added, changed or removed.
+            match (outer, event.encap.as_deref()) {
+                (before, Some(now)) if before != Some(now) => {
+                    writeln!(self.out, "{:>27}ENCAP {}", "", encap_text(now))?;
+                }
+                (Some(before), None) => {
+                    writeln!(self.out, "{:>27}DECAP {}", "", encap_text(before))?;
+                }
+                _ => {}
+            }
+            outer = event.encap.as_deref();
             let changed = event.has_l4 && shown.is_some_and(|t| t != event.tuple);
             if changed && let Some(before) = shown {
                 let mut line = rewrite(&before, &event.tuple);

@@ -10,7 +10,7 @@ use std::{
 use super::{
     Detail,
     join::RuleBook,
-    matches::{self, Match},
+    matches::{self, Match, TunnelPorts},
     netlink::{self, NetlinkError, Request},
 };
 use crate::filter::Expr;
@@ -66,11 +66,12 @@ pub struct Namespace<'a> {
 }
 
 impl Rules {
-    /// Rule attribution for the packets of `filter`, in no namespace yet.
-    pub fn new(filter: Option<&Expr>, detail: Detail) -> Rules {
+    /// Rule attribution for the packets of `filter` (and the datagrams of tunnels on
+    /// `tunnels`, which may carry them), in no namespace yet.
+    pub fn new(filter: Option<&Expr>, detail: Detail, tunnels: &TunnelPorts) -> Rules {
         Rules {
             detail,
-            matches: matches::compile(filter),
+            matches: matches::compile(filter, tunnels),
             places: Vec::new(),
             examined: HashMap::new(),
             book: RuleBook::default(),
@@ -114,6 +115,8 @@ impl Rules {
                     self.places.push(place);
                 }
                 Ok(None) => looked = Some(Instant::now()),
+                // The namespace went away since it was listed: nothing to say.
+                Err(NetlinkError::Socket(err)) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => problems.push(explain(&err)),
             }
             self.examined.insert(ns.inode, looked);

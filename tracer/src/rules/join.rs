@@ -306,7 +306,11 @@ fn name_packet_rules(book: &mut RuleBook, packet: &mut PacketTrace) {
         }
     }
     if let Some(hop) = packet.hops.iter().rev().find(|h| h.event.drop.is_some()) {
-        packet.drop_rule = book.drop_rule(PacketKey::of(&hop.event), &seen);
+        // A tunnel's datagram dropped on the underlay: the kernel reported the outer packet.
+        packet.drop_rule = match PacketKey::outer_of(&hop.event) {
+            Some((key, outer)) => book.drop_rule(key, &[outer]),
+            None => book.drop_rule(PacketKey::of(&hop.event), &seen),
+        };
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use tracer_common::wire::ipproto;
+
 use crate::{
     decode::Proto,
     filter::{Expr, Side},
@@ -39,14 +41,58 @@ pub struct Match {
 const MAX_MATCHES: usize = 32;
 
 /// The filter as nf_tables matches: alternatives (each in both directions), each a superset
-/// of what the filter takes there. What nf_tables cannot test (`not`) widens the match, since
+/// of what the filter takes there, and the tunnels' datagrams. What nf_tables cannot test (`not`) widens the match, since
 /// tracing more packets than asked only costs events that tracer's own filter drops. One empty
 /// match (every packet) when there is no filter or too many alternatives; none when the filter
 /// can match nothing.
-pub fn compile(filter: Option<&Expr>) -> Vec<Match> {
+pub fn compile(filter: Option<&Expr>, tunnels: &TunnelPorts) -> Vec<Match> {
     let Some(filter) = filter else {
         return vec![Match::default()];
     };
+    let mut all = alternatives(filter);
+    if all.len() > MAX_MATCHES {
+        return vec![Match::default()];
+    }
+    // Encapsulated packets: the filter cannot be tested on their inner headers here, so every
+    // tunnel datagram is marked (tracer joins the reports to the inner packets it traced).
+    if !all.is_empty() {
+        for m in tunnels.matches() {
+            if !all.contains(&m) {
+                all.push(m);
+            }
+        }
+    }
+    all
+}
+
+/// The UDP ports of the tunnels tracer looks into (VXLAN's and Geneve's); IP in IP and GRE
+/// need none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelPorts(pub Vec<u16>);
+
+impl TunnelPorts {
+    /// One match per tunnel: UDP to each port, and the IP-in-IP and GRE protocols.
+    fn matches(&self) -> Vec<Match> {
+        let udp = self.0.iter().map(|&port| Match {
+            proto: Some(Proto::UDP.0),
+            ports: vec![PortMatch {
+                dst: true,
+                lo: port,
+                hi: port,
+            }],
+            ..Match::default()
+        });
+        let ip_in_ip = [ipproto::IPIP, ipproto::IPV6, ipproto::GRE].map(|proto| Match {
+            proto: Some(proto),
+            ..Match::default()
+        });
+        udp.chain(ip_in_ip).collect()
+    }
+}
+
+/// The filter's alternatives, each in both directions; more than [`MAX_MATCHES`] when it has
+/// too many.
+fn alternatives(filter: &Expr) -> Vec<Match> {
     let mut all = Vec::new();
     for m in dnf(filter) {
         let reversed = Match {
@@ -87,9 +133,6 @@ pub fn compile(filter: Option<&Expr>) -> Vec<Match> {
                 }
             }
         }
-    }
-    if all.len() > MAX_MATCHES {
-        return vec![Match::default()];
     }
     // Empty when the filter can match nothing: then nothing is marked.
     all
@@ -204,12 +247,15 @@ mod tests {
     use crate::filter::parse;
 
     fn matches_of(expr: &str) -> Vec<Match> {
-        compile(Some(&parse(expr).unwrap()))
+        compile(Some(&parse(expr).unwrap()), &TunnelPorts::default())
     }
 
     #[test]
     fn no_filter_traces_every_packet() {
-        assert_eq!(compile(None), vec![Match::default()]);
+        assert_eq!(
+            compile(None, &TunnelPorts(vec![8472])),
+            vec![Match::default()]
+        );
     }
 
     #[test]

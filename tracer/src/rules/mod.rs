@@ -24,6 +24,7 @@ pub mod trace;
 
 pub use follow::{Namespace, Rules};
 pub use join::{RuleBook, Translation, annotate};
+pub use matches::TunnelPorts;
 
 /// How much of what nf_tables reports is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,7 +32,7 @@ use crate::{
     clock::monotonic_ns,
     correlate::Limits,
     decode::HopEvent,
-    kernel::{Programs, hooks::HookSet, tc::TcMode},
+    kernel::{Programs, Tunnels, hooks::HookSet, tc::TcMode},
     metrics::Metrics,
     output::{Format, HookStats, RunStats},
     reader::ReaderStats,
@@ -115,7 +115,9 @@ impl Trace {
         let request = Request::check(&options)?;
         let follower = Follower::start(&options.selection, options.hooks).await?;
         let files = Files::create(&options)?;
-        let mut programs = load_programs(&options, request.filter, files.pcapng.is_some())?;
+        let tunnels = Tunnels::default();
+        let mut programs =
+            load_programs(&options, request.filter, files.pcapng.is_some(), &tunnels)?;
         let reader = Reader::spawn(programs.take_events()?, files.recorder)?;
         let outputs = open_outputs(&options, files.pcapng, io::stdout())?;
         let mut names = follower.names();
@@ -133,7 +135,8 @@ impl Trace {
         );
         session.select_processes(options.selection.processes.clone());
         if let Some(detail) = options.rules {
-            session.name_rules(start_rules(request.expression.as_ref(), detail, &follower));
+            let expression = request.expression.as_ref();
+            session.name_rules(start_rules(expression, detail, &tunnels, &follower));
         }
         // Signal handlers go in before the ready line, so a signal sent right after it is seen.
         let signals = [

@@ -15,12 +15,12 @@ use crate::{
     decode::HopEvent,
     error::UsageError,
     filter::Expr,
-    kernel::{self, LoadOptions, Programs, hooks::Outcome},
+    kernel::{self, LoadOptions, Programs, Tunnels, hooks::Outcome},
     metrics::MetricsOutput,
     output::{self, Format, Output},
     reader::{self, ReaderStats},
     recording::Recorder,
-    rules::{Detail, Namespace, Rules, doctor::legacy_iptables},
+    rules::{Detail, Namespace, Rules, TunnelPorts, doctor::legacy_iptables},
 };
 
 /// Batches of events the reader may have sent ahead of the session.
@@ -91,7 +91,12 @@ pub fn snap_len(pcapng: bool, snap_len: Option<u32>) -> u32 {
 
 /// Loads the programs with the filter, attaches every hook the kernel allows (failing when a
 /// required one cannot be), and the socket programs where they can be.
-pub fn load_programs(options: &Options, filter: Filter, pcapng: bool) -> anyhow::Result<Programs> {
+pub fn load_programs(
+    options: &Options,
+    filter: Filter,
+    pcapng: bool,
+    tunnels: &Tunnels,
+) -> anyhow::Result<Programs> {
     let mut programs = Programs::load(&LoadOptions {
         hooks: options.hooks,
         filter,
@@ -102,6 +107,7 @@ pub fn load_programs(options: &Options, filter: Filter, pcapng: bool) -> anyhow:
         kernel_btf: options.kernel_btf.clone(),
         tc_mode: options.tc_mode,
         sample_every: options.sample,
+        tunnels: tunnels.clone(),
     })?;
     for outcome in programs.climb(false) {
         report_unused(&outcome)?;
@@ -217,7 +223,12 @@ pub fn open_outputs(
 
 /// `--rules`: tracer's table in every namespace that has nf_tables rules now (others are
 /// followed as they get some), saying what cannot be named here.
-pub fn start_rules(expression: Option<&Expr>, detail: Detail, follower: &Follower) -> Rules {
+pub fn start_rules(
+    expression: Option<&Expr>,
+    detail: Detail,
+    tunnels: &Tunnels,
+    follower: &Follower,
+) -> Rules {
     if legacy_iptables() {
         eprintln!(
             "tracer: note: --rules: iptables is the legacy backend here; its rules are not \
@@ -225,7 +236,9 @@ pub fn start_rules(expression: Option<&Expr>, detail: Detail, follower: &Followe
              function, NAT its tuples)"
         );
     }
-    let mut rules = Rules::new(expression, detail);
+    let mut ports = tunnels.vxlan_ports.clone();
+    ports.extend(tunnels.geneve_port);
+    let mut rules = Rules::new(expression, detail, &TunnelPorts(ports));
     follow_rules(&mut rules, follower);
     if rules.namespaces() == 0 {
         eprintln!(

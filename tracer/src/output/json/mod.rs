@@ -21,7 +21,7 @@ use super::{Output, RunStats, TcpFlags};
 use crate::{
     attribution::Rule,
     correlate::{FlowSummary, HopLabel, NatRecord, NatSource, PacketProcess, PacketTrace, Record},
-    decode::{Conntrack, Proto, Tuple},
+    decode::{Conntrack, Encap, Proto, Tuple},
     names::NameTable,
     workload::{Runtime, Workload},
 };
@@ -141,6 +141,10 @@ impl<W: Write> JsonWriter<W> {
         match &packet.process {
             Some(owner) => process(b, owner, names),
             None => b.null(),
+        }
+        if let Some(outer) = &e.encap {
+            b.raw(key!("encap"));
+            encap_object(b, outer);
         }
         if let Some(rule) = rule {
             b.raw(key!("rule"));
@@ -312,6 +316,44 @@ fn tuple(b: &mut Vec<u8>, t: &Tuple) {
 
 /// `{"family":...,"table":...,"chain":...,"handle":...,"text":...,"verdict":...}`; `handle`
 /// is null for a chain's policy, `text` when `nft` could not list the rule.
+/// `{"kind":"vxlan","vni":1,"key":null,"proto":"udp","src_ip":...,"src_port":...,...}`: the
+/// outer headers of an encapsulated packet.
+fn encap_object(b: &mut Vec<u8>, encap: &Encap) {
+    b.raw(b"{\"kind\":");
+    b.str(encap.kind.name());
+    let (vni, key) = match encap.id {
+        Some(id) if encap.kind.has_vni() => (Some(id), None),
+        key => (None, key),
+    };
+    b.raw(key!("vni"));
+    match vni {
+        Some(vni) => b.uint(vni),
+        None => b.null(),
+    }
+    b.raw(key!("key"));
+    match key {
+        Some(key) => b.uint(key),
+        None => b.null(),
+    }
+    b.raw(key!("proto"));
+    b.str(&encap.outer.proto.name());
+    b.raw(key!("src_ip"));
+    b.ip(encap.outer.src);
+    b.raw(key!("src_port"));
+    b.uint(encap.outer.src_port);
+    b.raw(key!("dst_ip"));
+    b.ip(encap.outer.dst);
+    b.raw(key!("dst_port"));
+    b.uint(encap.outer.dst_port);
+    b.raw(key!("ip_id"));
+    b.uint(encap.ip_id);
+    b.raw(key!("ip_len"));
+    b.uint(encap.ip_len);
+    b.raw(key!("ttl"));
+    b.uint(encap.ttl);
+    b.push(b'}');
+}
+
 fn rule_object(b: &mut Vec<u8>, rule: &Rule) {
     b.raw(open!("family"));
     b.str(rule.family);

@@ -19,7 +19,7 @@ use crate::{
         Direction, FlowSummary, Hop, HopLabel, HopPair, NatKind, NatRecord, NatSource,
         PacketProcess, PacketTrace, Record, stats::Summary,
     },
-    decode::{Conntrack, DropInfo, HopEvent, IfName, Process, Proto, Tuple},
+    decode::{Conntrack, DropInfo, Encap, EncapKind, HopEvent, IfName, Process, Proto, Tuple},
     names::NameTable,
     output::Output,
     workload::{Runtime, Workload},
@@ -76,6 +76,7 @@ fn event(netns_inode: u64, ifname: &str, tuple: Tuple) -> HopEvent {
         drop: None,
         headers: None,
         process: None,
+        encap: None,
     }
 }
 
@@ -147,7 +148,36 @@ fn records() -> Vec<Record> {
         reason: 77,
         location: 0x1234,
     });
-    let hops = [plain, udp, fragment, tracked, dropped, unnamed]
+    let mut vxlan = event(4, "eth0", outer);
+    vxlan.encap = Some(Box::new(Encap {
+        kind: EncapKind::Vxlan,
+        id: Some(1),
+        outer: Tuple {
+            proto: Proto::UDP,
+            ..tcp(v4(198, 18, 50, 1), 41_234, v4(198, 18, 50, 2), 8472)
+        },
+        ip_id: 7,
+        ip_len: 110,
+        ttl: 64,
+    }));
+    let mut gre = event(4, "eth0", six);
+    gre.encap = Some(Box::new(Encap {
+        kind: EncapKind::Ip6gre,
+        id: Some(0xdead),
+        outer: Tuple {
+            proto: Proto(47),
+            ..tcp(
+                IpAddr::V6("fd00::1".parse().unwrap()),
+                0,
+                IpAddr::V6("fd00::2".parse().unwrap()),
+                0,
+            )
+        },
+        ip_id: 0,
+        ip_len: 150,
+        ttl: 1,
+    }));
+    let hops = [plain, udp, fragment, tracked, vxlan, gre, dropped, unnamed]
         .into_iter()
         .enumerate()
         .map(|(i, event)| Hop {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     attribution::Rule,
     correlate::{FlowSummary, Hop, HopLabel, NatRecord, NatSource, PacketTrace, Record},
-    decode::{Conntrack, Proto, Tuple},
+    decode::{Conntrack, Encap, Proto, Tuple},
     names::NameTable,
     output::TcpFlags,
     workload::{Runtime, Workload},
@@ -107,6 +107,9 @@ struct HopJson<'a> {
     /// `kfree_skb` only: the function that dropped the packet, as `name+0xoffset`.
     drop_location: Option<String>,
     process: Option<ProcessJson<'a>>,
+    /// Only for an encapsulated packet: its outer headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encap: Option<EncapJson>,
     /// `--rules` only, and only where a rule was named.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rule_json")]
     rule: Option<&'a Rule>,
@@ -194,8 +197,43 @@ impl<'a> HopJson<'a> {
                     runtime: workload.map(|w| w.runtime),
                 }
             }),
+            encap: e.encap.as_deref().map(EncapJson::new),
             rule,
             rules,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EncapJson {
+    kind: &'static str,
+    vni: Option<u32>,
+    key: Option<u32>,
+    proto: Cow<'static, str>,
+    src_ip: IpAddr,
+    src_port: u16,
+    dst_ip: IpAddr,
+    dst_port: u16,
+    ip_id: u16,
+    ip_len: u16,
+    ttl: u8,
+}
+
+impl EncapJson {
+    fn new(encap: &Encap) -> EncapJson {
+        let vni = encap.id.filter(|_| encap.kind.has_vni());
+        EncapJson {
+            kind: encap.kind.name(),
+            vni,
+            key: encap.id.filter(|_| !encap.kind.has_vni()),
+            proto: encap.outer.proto.name(),
+            src_ip: encap.outer.src,
+            src_port: encap.outer.src_port,
+            dst_ip: encap.outer.dst,
+            dst_port: encap.outer.dst_port,
+            ip_id: encap.ip_id,
+            ip_len: encap.ip_len,
+            ttl: encap.ttl,
         }
     }
 }
