@@ -8,7 +8,7 @@ use tracer_common::event::SNAP_MAX;
 
 use crate::{
     kernel::{hooks::HookSet, tc::TcMode},
-    output,
+    merge, output,
     rules::Detail,
     session::{
         live,
@@ -60,6 +60,43 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         max_flows: u64,
     },
+    /// Merge the traces of several nodes into one.
+    ///
+    /// Takes what each node's tracer wrote (a --record file or -o json output, one per node)
+    /// and prints one trace in which a packet that crossed nodes is one packet, its hops in
+    /// order, every node's clock corrected by an offset estimated from the packets themselves.
+    Merge(MergeArgs),
+}
+
+/// Options of `tracer merge`.
+#[derive(Debug, Clone, Args)]
+pub struct MergeArgs {
+    /// One trace per node, at least two: a --record file or -o json output. The node is
+    /// named after the file (its name without extension), or NAME as given.
+    #[arg(value_name = "[NAME=]FILE")]
+    pub inputs: Vec<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+
+    /// The node whose clock the merged trace is on (default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub reference: Option<String>,
+}
+
+impl From<MergeArgs> for merge::Options {
+    fn from(args: MergeArgs) -> Self {
+        merge::Options {
+            inputs: args
+                .inputs
+                .iter()
+                .map(|arg| merge::Input::parse(arg))
+                .collect(),
+            format: args.output.into(),
+            reference: args.reference,
+        }
+    }
 }
 
 /// Options of `tracer monitor`.

@@ -1,4 +1,5 @@
-//! The commands: a trace (the default), `tracer topology`, `tracer doctor` and `tracer replay`.
+//! The commands: a trace (the default), `tracer topology`, `tracer doctor`, `tracer replay` and
+//! `tracer merge`.
 
 use std::{
     io::{self, Write},
@@ -102,5 +103,26 @@ pub fn replay(path: &Path, format: Format, max_flows: usize) -> anyhow::Result<(
     );
     let stats = replay::run(file, session)?;
     eprintln!("{}", crate::session::closing_line(&stats));
+    Ok(())
+}
+
+/// `tracer merge FILE...`: one trace from the traces of several nodes. Every input is read and
+/// joined before anything is written, so a bad input leaves no half-written output.
+pub fn merge(options: &crate::merge::Options) -> anyhow::Result<()> {
+    let (nodes, merged) =
+        crate::merge::prepare(options).map_err(|err| UsageError(err.to_string()))?;
+    let stats = crate::merge::write(
+        &nodes,
+        &merged,
+        options.format,
+        io::BufWriter::new(io::stdout()),
+    )?;
+    eprintln!(
+        "tracer: merged {} nodes: {} packets, {} crossed between nodes, in {} flows",
+        nodes.len(),
+        stats.packets,
+        merged.crossed(),
+        stats.flows
+    );
     Ok(())
 }

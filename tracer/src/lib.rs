@@ -8,8 +8,8 @@
 //! parses and compiles the tcpdump-style expression, [`btf`] supplies kernel offsets, and
 //! [`topology`], [`netns`], [`workload`], [`cgroup`] and [`names`] name namespaces,
 //! containers and processes. A [`session`] ties the stages together; [`commands`] and [`cli`]
-//! sit on top. Dependencies point one way, from the commands down; ARCHITECTURE.md has the
-//! picture.
+//! sit on top; [`merge`] joins the traces several nodes wrote into one. Dependencies point
+//! one way, from the commands down; ARCHITECTURE.md has the picture.
 
 pub mod attribution;
 pub mod btf;
@@ -23,6 +23,7 @@ pub mod doctor;
 pub mod error;
 pub mod filter;
 pub mod kernel;
+pub mod merge;
 pub mod metrics;
 pub mod names;
 pub mod netns;

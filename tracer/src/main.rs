@@ -47,6 +47,7 @@ fn main() -> ExitCode {
                 output,
                 max_flows,
             }) => tracer::commands::replay(&file, output, max_flows as usize),
+            Some(Command::Merge(args)) => tracer::commands::merge(&args.into()),
         }
     });
     match result {

@@ -48,3 +48,21 @@ pub fn read_recording(input: impl Read) -> io::Result<Vec<Vec<u8>>> {
     }
     Ok(records)
 }
+
+/// The records of a whole recording held in memory, and what follows the last record that
+/// fits its length prefix: nothing for a complete recording, a record cut short when the
+/// writer was killed, or all of it when the bytes are not a recording.
+pub fn split(bytes: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        if len == 0 || len > tail.len() {
+            break;
+        }
+        let (record, tail) = tail.split_at(len);
+        records.push(record);
+        rest = tail;
+    }
+    (records, rest)
+}

@@ -51,11 +51,30 @@ enum Command {
     VmTest(vm::Args),
     /// A bounded run with connections opening and closing continuously (bench/soak.md).
     Soak(soak::Args),
+    /// One node's side of the two-node VM test, inside its guest (run by vm-test).
+    #[command(hide = true)]
+    VmNode(vm::guest::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = setup::run().and_then(|()| match cli.command {
+    // Inside a guest of the VM tests there is nothing to set up.
+    let result = if matches!(cli.command, Command::VmNode(_)) {
+        run(cli.command)
+    } else {
+        setup::run().and_then(|()| run(cli.command))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Setup => Ok(()),
         Command::Build { release } => util::build_tracer(release).map(|_| ()),
         Command::Testbed { action } => testbed::run(action),
@@ -65,12 +84,6 @@ fn main() -> ExitCode {
         Command::Soak(args) => soak::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::VmTest(args) => vm::run(&args),
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("xtask: error: {err:#}");
-            ExitCode::FAILURE
-        }
+        Command::VmNode(args) => vm::guest::run_node(&args),
     }
 }

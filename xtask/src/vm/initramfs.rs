@@ -1,7 +1,9 @@
 //! The guest's root file system: busybox, the modules the testbed needs, iproute2, iptables
 //! (the legacy backend, so only the x_tables modules are needed), the `tracer` binary, the
 //! test binaries with their shared libraries, and an `/init` that runs the tests and prints the
-//! verdict on the console.
+//! verdict on the console. The two-node test's guests get the same tools, the overlay's and
+//! the virtual hardware's modules, and xtask itself, whose `vm-node` command is the node's side
+//! of the test.
 
 use std::{
     collections::BTreeSet,
@@ -34,6 +36,10 @@ const MODULES: &[&str] = &[
     "cls_bpf",
 ];
 
+/// Modules a node of the two-node test needs: its pod's veth and bridge, the VXLAN overlay,
+/// and the virtual wire and disk (virtio-pci itself is built into Debian's kernels).
+const NODE_MODULES: &[&str] = &["veth", "bridge", "vxlan", "virtio_net", "virtio_blk"];
+
 /// Host programs copied into the guest (with their libraries), and where they go.
 const PROGRAMS: &[(&str, &str)] = &[
     ("/bin/busybox", "bin/busybox"),
@@ -45,15 +51,42 @@ const PROGRAMS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Builds the initramfs for `image` and returns its path.
+/// Builds the initramfs of the hook ladder tests for `image` and returns its path.
 pub fn build(
     image: &Image,
     tracer: &Path,
     tests: &[(String, PathBuf)],
     env: &[(&str, &str)],
 ) -> anyhow::Result<PathBuf> {
+    let mut binaries = vec![(tracer.to_path_buf(), "bin/tracer".to_owned())];
+    for (name, path) in tests {
+        binaries.push((path.clone(), format!("tests/{name}")));
+    }
+    assemble(image, &image.release, MODULES, &binaries, &ladder_init(env))
+}
+
+/// Builds the initramfs of the two-node test's guests: `tracer`, and `xtask` for `vm-node`.
+/// Each guest learns which node it is from `tracer.node=NAME` on the kernel command line.
+pub fn build_nodes(image: &Image, tracer: &Path, xtask: &Path) -> anyhow::Result<PathBuf> {
+    let binaries = [
+        (tracer.to_path_buf(), "bin/tracer".to_owned()),
+        (xtask.to_path_buf(), "bin/xtask".to_owned()),
+    ];
+    let name = format!("{}-nodes", image.release);
+    assemble(image, &name, NODE_MODULES, &binaries, &node_init())
+}
+
+/// Builds `target/vm/initramfs/NAME.cpio.gz`: the tools, `modules` with their dependencies,
+/// `binaries` (stripped) where they go, and `init` as `/init`.
+fn assemble(
+    image: &Image,
+    name: &str,
+    modules: &[&str],
+    binaries: &[(PathBuf, String)],
+    init: &str,
+) -> anyhow::Result<PathBuf> {
     let base = workspace().join("target/vm/initramfs");
-    let root = base.join(&image.release);
+    let root = base.join(name);
     if root.exists() {
         std::fs::remove_dir_all(&root)?;
     }
@@ -90,15 +123,16 @@ pub fn build(
             std::fs::copy(file, root.join(&file[1..]))?;
         }
     }
-    install(&root, tracer, "bin/tracer", true)?;
-    for (name, path) in tests {
-        install(&root, path, &format!("tests/{name}"), true)?;
+    for (from, to) in binaries {
+        install(&root, from, to, true)?;
     }
-    let modules = modules(image, &root)?;
+    let modules = self::modules(image, &root, modules)?;
     std::fs::write(root.join("etc/modules-load"), modules.join("\n") + "\n")?;
-    write_init(&root, env)?;
+    let path = root.join("init");
+    std::fs::write(&path, init)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
 
-    let initrd = base.join(format!("{}.cpio.gz", image.release));
+    let initrd = base.join(format!("{name}.cpio.gz"));
     let script = format!(
         "cd '{}' && find . | cpio --quiet -o -H newc | gzip -1 > '{}'",
         root.display(),
@@ -156,8 +190,8 @@ fn libraries(path: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Copies the wanted modules and their dependencies, returns them in load order.
-fn modules(image: &Image, root: &Path) -> anyhow::Result<Vec<String>> {
+/// Copies the `wanted` modules and their dependencies, returns them in load order.
+fn modules(image: &Image, root: &Path, wanted: &[&str]) -> anyhow::Result<Vec<String>> {
     let unpacked = image
         .modules
         .ancestors()
@@ -191,7 +225,7 @@ fn modules(image: &Image, root: &Path) -> anyhow::Result<Vec<String>> {
     };
     let mut order: Vec<String> = Vec::new();
     let mut seen = BTreeSet::new();
-    for wanted in MODULES {
+    for wanted in wanted {
         let Some((path, deps)) = entries.iter().find(|(p, _)| name_of(p) == *wanted) else {
             continue;
         };
@@ -245,13 +279,8 @@ fn unpack(tool: &str, source: &Path, dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_init(root: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
-    let exports: String = env
-        .iter()
-        .map(|(k, v)| format!("export {k}={v}\n"))
-        .collect();
-    let init = format!(
-        r#"#!/bin/busybox sh
+/// The mounts and modules every guest starts with.
+const BOOT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -264,7 +293,16 @@ for module in $(cat /etc/modules-load); do
 done
 ip link set lo up
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin TRACER_BIN=/bin/tracer RUST_BACKTRACE=1
-{exports}echo "tracer-vm: kernel $(uname -r)"
+"#;
+
+/// `/init` of the ladder tests: every test binary, then the verdict.
+fn ladder_init(env: &[(&str, &str)]) -> String {
+    let exports: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}={v}\n"))
+        .collect();
+    format!(
+        r#"{BOOT}{exports}echo "tracer-vm: kernel $(uname -r)"
 /bin/tracer doctor
 status=0
 for test in /tests/*; do
@@ -274,9 +312,18 @@ done
 echo "TRACER-VM-RESULT: $status"
 poweroff -f
 "#
-    );
-    let path = root.join("init");
-    std::fs::write(&path, init)?;
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    Ok(())
+    )
+}
+
+/// `/init` of a node of the two-node test: the node's side of the test (see `super::guest`),
+/// driven by the host over the console, then its verdict.
+fn node_init() -> String {
+    format!(
+        r#"{BOOT}node=$(sed -n 's/.*tracer\.node=\([a-z]*\).*/\1/p' /proc/cmdline)
+echo "TRACER-NODE-BOOTED $node $(uname -r)"
+/bin/xtask vm-node "$node"
+echo "TRACER-NODE-RESULT: $?"
+poweroff -f
+"#
+    )
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask vm-test`: the hook ladder on distribution kernels, under qemu.
+//! `cargo xtask vm-test`: the hook ladder on distribution kernels, and one trace from two
+//! nodes, under qemu.
 //!
 //! For each kernel of the matrix: download its Debian package through the Debian mirror (and
 //! cache it), build an initramfs with busybox, the kernel modules the testbed needs, iproute2,
@@ -6,9 +7,16 @@
 //! that cover the path (SNAT, DNAT, drops) and the ladder, boot it under qemu, and read the
 //! verdict from the serial console. What each kernel should give (which rung reaches the NAT function, which TC
 //! mechanism) is passed to the tests, which fail when a rung is not what it should be.
+//!
+//! Then [`nodes`]: two guests with clocks of their own on a virtual wire, a VXLAN overlay
+//! between them, a tracer on each ([`guest`] is their side), the recordings merged on the host
+//! with `tracer merge` and checked ([`merged`]).
 
+pub mod guest;
 mod initramfs;
 mod kernel;
+mod merged;
+mod nodes;
 
 use std::{
     io::{BufRead, BufReader},
@@ -35,7 +43,22 @@ pub struct Args {
     /// test command has built already; a release build would add minutes of compiling).
     #[arg(long)]
     release: bool,
+    /// Run only one part (default: both).
+    #[arg(long, value_enum)]
+    only: Option<Part>,
 }
+
+/// The parts of the VM tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// The integration tests on each kernel of the matrix.
+    Ladder,
+    /// One trace from two nodes: two guests, an overlay, `tracer merge`.
+    Nodes,
+}
+
+/// The kernel the two-node test runs on: the newer of the matrix.
+const NODES_KERNEL: kernel::Kernel = kernel::Kernel::Debian612;
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     require_root("the VM tests")?;
@@ -45,15 +68,27 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.kernels.clone()
     };
     let tracer = build_tracer(args.release)?;
-    let tests = build_tests()?;
     let mut failed = Vec::new();
-    for kernel in kernels {
+    let ladder = args.only.is_none_or(|part| part == Part::Ladder);
+    let tests = if ladder { build_tests()? } else { Vec::new() };
+    for kernel in kernels.into_iter().filter(|_| ladder) {
         eprintln!("xtask: vm-test: {}", kernel.name());
         let image = kernel.fetch()?;
         let initrd = initramfs::build(&image, &tracer, &tests, &kernel.expectations())?;
         if !boot(&image.vmlinuz, &initrd, kernel.accel())? {
             failed.push(kernel.name());
         }
+    }
+    if args.only.is_none_or(|part| part == Part::Nodes) {
+        let started = Instant::now();
+        if let Err(err) = nodes::run(NODES_KERNEL, &tracer) {
+            eprintln!("xtask: vm-test: two nodes failed: {err:#}");
+            failed.push("two nodes");
+        }
+        eprintln!(
+            "xtask: vm-test: the two-node test took {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     if !failed.is_empty() {
         bail!("vm-test failed on {}", failed.join(", "));
