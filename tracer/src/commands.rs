@@ -111,6 +111,13 @@ pub fn replay(path: &Path, format: Format, max_flows: usize) -> anyhow::Result<(
 pub fn merge(options: &crate::merge::Options) -> anyhow::Result<()> {
     let (nodes, merged) =
         crate::merge::prepare(options).map_err(|err| UsageError(err.to_string()))?;
+    for node in nodes.iter().filter(|node| node.stats.lost > 0) {
+        eprintln!(
+            "tracer: warning: node {} lost {} events (its ring buffer was full): some of its \
+             packets miss hops and may not join",
+            node.name, node.stats.lost
+        );
+    }
     let stats = crate::merge::write(
         &nodes,
         &merged,

@@ -63,7 +63,10 @@ pub(super) fn clock_lines(
             }
             Basis::TwoWay { via, packets, .. } => {
                 let via = &nodes[via].name;
-                let uncertainty = clock.uncertainty_ns.map_or("?".to_owned(), duration);
+                // Through a node whose offset is not estimated, the error is not known either.
+                let uncertainty = clock
+                    .uncertainty_ns
+                    .map_or_else(|| "unknown".to_owned(), duration);
                 writeln!(
                     out,
                     "node {name} ({file}): offset {} +/- {uncertainty} against {reference} \
