@@ -2,8 +2,7 @@
 //! through the testbed's SNAT and DNAT paths and datagrams dropped on the way. Prometheus'
 //! own query of the hop latency agrees with what a trace of the same packets measures, the
 //! drop counter counts the dropped datagrams exactly, both NAT kinds are counted, and
-//! `promtool check metrics` accepts the exposition. Skipped, with the reason printed, where
-//! Prometheus is not installed.
+//! `promtool check metrics` accepts the exposition. Fails where Prometheus is not installed.
 
 use std::{
     io::Write as _,
@@ -17,6 +16,7 @@ use serde_json::Value;
 use tracer_tests::{
     busybox::http_get,
     machine::{TempDir, which},
+    skip::missing,
     testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
     trace,
     tracer::Tracer,
@@ -143,10 +143,8 @@ fn gaps(lines: &[Value], from: (&str, &str), to: (&str, &str)) -> Vec<u64> {
 
 #[test]
 fn prometheus_scrapes_what_the_monitor_measures() -> anyhow::Result<()> {
-    let Some(binary) = which("prometheus") else {
-        eprintln!("skipped: prometheus is not installed (cargo xtask setup installs it)");
-        return Ok(());
-    };
+    let binary = which("prometheus")
+        .ok_or_else(|| missing("prometheus is not installed (Debian's prometheus)"))?;
     let (snat, dnat, dropped, container_port) = (10041u16, 10042u16, 10043u16, 8042u16);
     let testbed = Testbed::up(1)?;
     let ctr = &testbed.containers[0];

@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
     netns::{Netns, run},
+    skip::missing,
     testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
     trace::{self, Packet},
     tracer::Tracer,
@@ -55,14 +56,17 @@ fn testbed_rules(netns: &Netns) -> anyhow::Result<String> {
     Ok(all)
 }
 
-/// Whether the testbed can do this at all: iptables must be the nf_tables backend.
-fn nf_tables_backend(testbed: &Testbed) -> anyhow::Result<bool> {
+/// Fails unless iptables is the nf_tables backend (Debian's is): rules of the legacy backend
+/// are not nf_tables rules, and nf_tables tracing never meets them.
+fn require_nf_tables_backend(testbed: &Testbed) -> anyhow::Result<()> {
     let version = testbed.host.exec("iptables", &["-V"])?;
     if !version.contains("nf_tables") {
-        eprintln!("skipped: iptables is not the nf_tables backend here ({version})");
-        return Ok(false);
+        return Err(missing(format!(
+            "iptables with the nf_tables backend, as Debian's is (this one is {})",
+            version.trim()
+        )));
     }
-    Ok(true)
+    Ok(())
 }
 
 fn syn_from<'a>(packets: &'a [Packet], netns: &str) -> &'a Packet {
@@ -86,9 +90,7 @@ fn nat_rule(lines: &[Value], syn: &Packet) -> Value {
 #[test]
 fn nat_records_name_the_masquerade_and_dnat_rules() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
-    if !nf_tables_backend(&testbed)? {
-        return Ok(());
-    }
+    require_nf_tables_backend(&testbed)?;
     let ctr = &testbed.containers[0];
     let host = &testbed.host.name;
 
@@ -155,9 +157,7 @@ fn nat_records_name_the_masquerade_and_dnat_rules() -> anyhow::Result<()> {
 #[test]
 fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
-    if !nf_tables_backend(&testbed)? {
-        return Ok(());
-    }
+    require_nf_tables_backend(&testbed)?;
     let ctr = &testbed.containers[0];
     let connect = |port: u16, args: &[&str]| -> anyhow::Result<String> {
         let port_arg = port.to_string();
@@ -266,9 +266,7 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
 #[test]
 fn a_reply_on_the_other_side_of_dnat_is_traced_and_its_drop_named() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
-    if !nf_tables_backend(&testbed)? {
-        return Ok(());
-    }
+    require_nf_tables_backend(&testbed)?;
     let (host_port, container_port) = (8046, 80);
     testbed.publish(host_port, 0, container_port)?;
     testbed.host.exec(
@@ -326,9 +324,7 @@ fn a_namespace_that_gains_rules_is_followed() -> anyhow::Result<()> {
 #[test]
 fn tracers_table_is_gone_however_tracer_ends() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
-    if !nf_tables_backend(&testbed)? {
-        return Ok(());
-    }
+    require_nf_tables_backend(&testbed)?;
     let rules = testbed_rules(&testbed.host)?;
     // What doctor says, it found by making a table: here it works, and leaves nothing.
     let doctor = tracer_tests::tracer::run(&["doctor"])?;
