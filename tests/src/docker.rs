@@ -31,9 +31,9 @@ impl Engine {
     }
 
     /// [`Engine::ensure`], a daemon it starts making its iptables rules as Docker does by
-    /// default (MASQUERADE, DNAT of published ports, its FORWARD chains), but leaving
-    /// forwarding alone: in the machine's own ruleset, which the caller restores (see
-    /// [`crate::firewall::RulesetGuard`]).
+    /// default (MASQUERADE, DNAT of published ports, its FORWARD chains) in the machine's own
+    /// ruleset, which the caller restores (see [`crate::firewall::RulesetGuard`]), but leaving
+    /// forwarding alone.
     pub fn ensure_with_iptables() -> anyhow::Result<Engine> {
         Self::ensure_with(&["--iptables=true", "--ip-forward=false"])
     }
