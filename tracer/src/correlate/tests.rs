@@ -73,6 +73,7 @@ pub(crate) fn event(
         headers: None,
         process: None,
         encap: None,
+        icmp: None,
     }
 }
 

@@ -77,6 +77,7 @@ fn event(netns_inode: u64, ifname: &str, tuple: Tuple) -> HopEvent {
         headers: None,
         process: None,
         encap: None,
+        icmp: None,
     }
 }
 
