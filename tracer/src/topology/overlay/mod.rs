@@ -11,6 +11,8 @@ pub mod support;
 
 use std::net::IpAddr;
 
+use tracer_common::wire::tunnel;
+
 /// Which encapsulation a tunnel device does. Names are the kernel's link kinds (`ip -d link`,
 /// `IFLA_INFO_KIND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -160,14 +162,14 @@ impl FdbPeer {
 }
 
 /// Most UDP ports of one encapsulation the kernel programs recognize: their fixed array.
-pub const MAX_OVERLAY_PORTS: usize = 8;
+pub const MAX_OVERLAY_PORTS: usize = tracer_common::config::MAX_VXLAN_PORTS;
 
 /// VXLAN's ports without any device: the IANA port (RFC 7348) and Linux's default, which
 /// flannel uses (`vxlan_port` in drivers/net/vxlan/vxlan_core.c).
-pub const VXLAN_DEFAULT_PORTS: [u16; 2] = [4789, 8472];
+pub const VXLAN_DEFAULT_PORTS: [u16; 2] = [tunnel::VXLAN_PORT, tunnel::VXLAN_LINUX_PORT];
 
 /// Geneve's IANA port (RFC 8926, `GENEVE_UDP_PORT` in include/net/geneve.h).
-pub const GENEVE_DEFAULT_PORTS: [u16; 1] = [6081];
+pub const GENEVE_DEFAULT_PORTS: [u16; 1] = [tunnel::GENEVE_PORT];
 
 /// The ports to recognize, sorted: `defaults` first, then the `used` ones in the order given,
 /// deduplicated, at most [`MAX_OVERLAY_PORTS`]. When there are more, the last ones given are
