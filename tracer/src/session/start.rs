@@ -255,7 +255,8 @@ pub fn start_rules(
     }
     let mut ports = tunnels.vxlan_ports.clone();
     ports.extend(tunnels.geneve_port);
-    let mut rules = Rules::new(expression, detail, &TunnelPorts(ports));
+    let tunnel_ports = TunnelPorts(tunnels.enabled.then_some(ports));
+    let mut rules = Rules::new(expression, detail, &tunnel_ports);
     follow_rules(&mut rules, follower);
     if rules.namespaces() == 0 {
         eprintln!(
