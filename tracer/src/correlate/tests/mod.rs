@@ -10,6 +10,8 @@ use tracer_common::hook::Hook;
 use super::*;
 use crate::decode::{Conntrack, HopEvent, IfName, Proto, Tuple};
 
+mod layers;
+
 const CTR: u64 = 1;
 const HOST: u64 = 2;
 const REMOTE: u64 = 3;
