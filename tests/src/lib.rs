@@ -21,6 +21,7 @@ pub mod docker;
 pub mod host_client;
 pub mod machine;
 pub mod netns;
+pub mod overlay;
 pub mod pod;
 pub mod podman;
 pub mod testbed;
