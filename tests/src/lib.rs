@@ -26,6 +26,7 @@ pub mod firewall;
 pub mod host_client;
 pub mod machine;
 pub mod netns;
+pub mod overlay;
 pub mod pod;
 pub mod podman;
 pub mod skip;
