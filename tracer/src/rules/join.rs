@@ -121,7 +121,9 @@ impl RuleBook {
             Translation::Source => (t.proto, t.src, t.src_port),
             Translation::Destination => (t.proto, t.dst, t.dst_port),
         };
-        let walks = walks(events, |tuple| before.is_none_or(|b| side(tuple) == side(b)));
+        let walks = walks(events, |tuple| {
+            before.is_none_or(|b| side(tuple) == side(b))
+        });
         let event = walks
             .iter()
             .filter_map(|(_, walk)| {

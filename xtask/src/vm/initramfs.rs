@@ -32,6 +32,12 @@ const MODULES: &[&str] = &[
     "xt_tcpudp",
     "sch_ingress",
     "cls_bpf",
+    // The tunnels tracer looks into (tests/tests/tunnels.rs).
+    "vxlan",
+    "geneve",
+    "ipip",
+    "sit",
+    "ip_gre",
 ];
 
 /// Host programs copied into the guest (with their libraries), and where they go.
