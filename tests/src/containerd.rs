@@ -1,6 +1,7 @@
 //! containerd for the Kubernetes-style pods of [`crate::pod`]: the one answering on the
 //! default socket, or one started for the test (on that same socket, where tracer and `ctr`
-//! look) and stopped again when the last user in the process is gone.
+//! look) and stopped again when the last user in the process is gone. A containerd that is
+//! missing or does not start fails the test.
 
 use std::{
     collections::BTreeSet,
@@ -15,6 +16,7 @@ use anyhow::Context as _;
 use crate::{
     machine::{Shared, TempDir, which},
     netns::run,
+    skip::missing,
 };
 
 /// containerd's default socket.
@@ -52,11 +54,12 @@ struct Started {
 
 impl Containerd {
     /// The running containerd if `ctr version` gets an answer on [`SOCKET`], else one started
-    /// now. `Ok(None)` with the reason printed where containerd is missing or cannot start.
-    pub fn ensure() -> anyhow::Result<Option<Containerd>> {
+    /// now. Fails where containerd is missing or does not start.
+    pub fn ensure() -> anyhow::Result<Containerd> {
         static DAEMON: Mutex<Weak<Daemon>> = Mutex::new(Weak::new());
-        Ok(Shared::get_or_try_init(&DAEMON, Daemon::ensure)?
-            .map(|shared| Containerd { daemon: shared }))
+        Ok(Containerd {
+            daemon: Shared::get_or_try_init(&DAEMON, Daemon::ensure)?,
+        })
     }
 
     /// Runs `ctr -n k8s.io ARGS`; its stdout, or an error with its stderr.
@@ -73,13 +76,14 @@ impl Containerd {
 }
 
 impl Daemon {
-    fn ensure() -> anyhow::Result<Option<Daemon>> {
+    fn ensure() -> anyhow::Result<Daemon> {
         if answers() {
-            return Ok(Some(Daemon { started: None }));
+            return Ok(Daemon { started: None });
         }
         if which("containerd").is_none() || which("ctr").is_none() {
-            eprintln!("skipped: containerd is not installed (docker.io brings it)");
-            return Ok(None);
+            return Err(missing(
+                "containerd is not installed (Debian's docker.io brings it)",
+            ));
         }
         let dir = TempDir::new("tracer-containerd")?;
         // The CRI plugin is what this harness stands in for; left on, it would also try to
@@ -116,23 +120,23 @@ impl Daemon {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if answers() {
-                return Ok(Some(daemon));
+                return Ok(daemon);
             }
             let started = daemon.started.as_mut().context("started just now")?;
             if let Ok(Some(status)) = started.child.try_wait() {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                eprintln!(
-                    "skipped: containerd exited with {status}: {}",
+                return Err(missing(format!(
+                    "containerd exited with {status} as it started: {}",
                     log.lines().last().unwrap_or("(no log)")
-                );
-                return Ok(None);
+                )));
             }
             if Instant::now() > deadline {
-                eprintln!(
-                    "skipped: containerd did not answer within {START_TIMEOUT:?} (log: {})",
-                    log_path.display()
-                );
-                return Ok(None);
+                // The log goes with the daemon's directory: its last line is kept here.
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(missing(format!(
+                    "containerd did not answer within {START_TIMEOUT:?}: {}",
+                    log.lines().last().unwrap_or("(no log)")
+                )));
             }
             std::thread::sleep(POLL);
         }

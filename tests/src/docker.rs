@@ -1,6 +1,7 @@
 //! A real Docker engine for end-to-end tests: started if it is not running (without touching
-//! iptables or forwarding), a busybox image imported from the busybox-static package (there is
-//! no registry), and containers removed on drop.
+//! iptables or forwarding, unless asked to make its rules), a busybox image imported from the
+//! busybox-static package (there is no registry), and containers removed on drop. An engine
+//! that cannot start fails the test.
 
 use std::{
     path::Path,
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::netns::run;
+use crate::{machine::which, netns::run, skip::missing};
 
 /// Image built from `/bin/busybox`.
 pub const IMAGE: &str = "tracer-busybox:latest";
@@ -23,42 +24,54 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connects to a running engine or starts one. `Ok(None)` with the reason printed when
-    /// dockerd cannot run here, so the caller can skip.
-    pub fn ensure() -> anyhow::Result<Option<Engine>> {
-        Self::ensure_with(false)
+    /// Connects to a running engine or starts one that leaves the firewall and forwarding
+    /// alone. Fails where dockerd is not installed or does not start.
+    pub fn ensure() -> anyhow::Result<Engine> {
+        Self::ensure_with(&["--iptables=false", "--ip-forward=false"])
     }
 
     /// [`Engine::ensure`], a daemon it starts making its iptables rules as Docker does by
-    /// default (MASQUERADE, DNAT of published ports, its FORWARD chains): in the machine's own
-    /// ruleset, which the caller restores (see [`RulesetGuard`]).
-    pub fn ensure_with_iptables() -> anyhow::Result<Option<Engine>> {
-        Self::ensure_with(true)
+    /// default (MASQUERADE, DNAT of published ports, its FORWARD chains) in the machine's own
+    /// ruleset, which the caller restores (see [`crate::firewall::RulesetGuard`]), but leaving
+    /// forwarding alone.
+    pub fn ensure_with_iptables() -> anyhow::Result<Engine> {
+        Self::ensure_with(&["--iptables=true", "--ip-forward=false"])
     }
 
-    fn ensure_with(iptables: bool) -> anyhow::Result<Option<Engine>> {
+    /// [`Engine::ensure`], a daemon it starts set up as Docker is by default: its iptables
+    /// rules, IPv4 forwarding on and the FORWARD policy DROP. The caller restores the
+    /// firewall and forwarding (see [`crate::firewall::RulesetGuard`]).
+    pub fn ensure_as_installed() -> anyhow::Result<Engine> {
+        Self::ensure_with(&["--iptables=true"])
+    }
+
+    /// Whether the engine makes its iptables rules (its DOCKER chain is in the nat table).
+    pub fn makes_iptables_rules(&self) -> bool {
+        run("iptables", &["-t", "nat", "-S", "DOCKER"]).is_ok()
+    }
+
+    /// Whether the engine was started here (and so is stopped on drop).
+    pub fn started_here(&self) -> bool {
+        self.daemon.is_some()
+    }
+
+    fn ensure_with(options: &[&str]) -> anyhow::Result<Engine> {
         let had_bridge = Path::new("/sys/class/net/docker0").exists();
         if responds() {
-            return Ok(Some(Engine {
+            return Ok(Engine {
                 daemon: None,
                 had_bridge: true,
-            }));
+            });
         }
         if which("dockerd").is_none() {
-            eprintln!("skipped: dockerd is not installed (cargo xtask setup installs docker.io)");
-            return Ok(None);
+            return Err(missing("dockerd is not installed (Debian's docker.io)"));
         }
-        let log = std::fs::File::create(std::env::temp_dir().join("tracer-test-dockerd.log"))?;
+        let log_path = std::env::temp_dir().join("tracer-test-dockerd.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("failed to create {}", log_path.display()))?;
         let daemon = Command::new("dockerd")
-            .args([
-                if iptables {
-                    "--iptables=true"
-                } else {
-                    "--iptables=false"
-                },
-                "--ip6tables=false",
-                "--ip-forward=false",
-            ])
+            .args(options)
+            .arg("--ip6tables=false")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -75,23 +88,22 @@ impl Engine {
                 .as_mut()
                 .and_then(|d| d.try_wait().ok().flatten())
             {
-                eprintln!(
-                    "skipped: dockerd exited with {status} (see {})",
-                    std::env::temp_dir()
-                        .join("tracer-test-dockerd.log")
-                        .display()
-                );
                 engine.daemon = None;
-                return Ok(None);
+                return Err(missing(format!(
+                    "dockerd exited with {status} as it started (log: {})",
+                    log_path.display()
+                )));
             }
             if Instant::now() > deadline {
-                eprintln!("skipped: dockerd did not answer within 60 s");
-                return Ok(None);
+                return Err(missing(format!(
+                    "dockerd did not answer within 60 s (log: {})",
+                    log_path.display()
+                )));
             }
             // `docker info` is the readiness check; it fails fast while the socket is absent.
             std::thread::yield_now();
         }
-        Ok(Some(engine))
+        Ok(engine)
     }
 
     /// Imports [`IMAGE`] from busybox-static unless it is there.
@@ -210,14 +222,6 @@ fn responds() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|candidate| candidate.exists())
-    })
-}
-
 fn tempdir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
     if dir.exists() {
@@ -225,41 +229,4 @@ fn tempdir(prefix: &str) -> anyhow::Result<std::path::PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-/// The machine's nf_tables ruleset and IPv4 forwarding as they were, put back on drop: Docker
-/// with iptables leaves its rules behind when it stops.
-pub struct RulesetGuard {
-    ruleset: String,
-    forwarding: String,
-}
-
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
-impl RulesetGuard {
-    pub fn save() -> anyhow::Result<RulesetGuard> {
-        Ok(RulesetGuard {
-            ruleset: run("nft", &["-s", "list", "ruleset"])?,
-            forwarding: std::fs::read_to_string(IP_FORWARD)?,
-        })
-    }
-}
-
-impl Drop for RulesetGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::write(IP_FORWARD, &self.forwarding);
-        if run("nft", &["-s", "list", "ruleset"]).is_ok_and(|now| now == self.ruleset) {
-            return;
-        }
-        // `flush ruleset` leaves tables with an owner (a running tracer's) alone.
-        let _ = run("nft", &["flush", "ruleset"]);
-        if self.ruleset.trim().is_empty() {
-            return;
-        }
-        let path = std::env::temp_dir().join(format!("tracer-ruleset-{}", std::process::id()));
-        if std::fs::write(&path, &self.ruleset).is_ok() {
-            let _ = run("nft", &["-f", &path.to_string_lossy()]);
-            let _ = std::fs::remove_file(&path);
-        }
-    }
 }

@@ -6,7 +6,11 @@
 //! ([`podman`]) and a Kubernetes-style pod on containerd and the CNI plugins ([`pod`], built
 //! from [`containerd`] and [`cni`]). They run busybox containers ([`busybox`]), are reached
 //! from a namespace outside the machine ([`host_client`]), and put the machine's own network
-//! state back when they are done ([`machine`]).
+//! state back when they are done ([`machine`]), its firewall with the tools that wrote it
+//! ([`firewall`]).
+//!
+//! A test whose prerequisite is missing fails; only one that does not apply to this machine
+//! returns early, and is recorded ([`skip`]).
 //!
 //! Everything a test creates lives in namespaces the test created, except what real runtimes
 //! add to the machine's own namespace (bridges, chains, forwarding), which their harnesses
@@ -18,11 +22,14 @@ pub mod busybox;
 pub mod cni;
 pub mod containerd;
 pub mod docker;
+pub mod firewall;
 pub mod host_client;
 pub mod machine;
 pub mod netns;
+pub mod overlay;
 pub mod pod;
 pub mod podman;
+pub mod skip;
 pub mod testbed;
 pub mod trace;
 pub mod tracer;

@@ -1,11 +1,12 @@
 //! The machine's own network state that real container runtimes change, and putting it back.
 //!
-//! Podman (netavark or CNI) and the CNI plugins of a Kubernetes-style pod add nf_tables chains
+//! Podman (netavark or CNI) and the CNI plugins of a Kubernetes-style pod add iptables chains
 //! (`NETAVARK-*`, `CNI-*`, and the `ip`/`ip6` `nat` and `filter` tables that hold them), turn on
 //! IPv4 forwarding and create bridges in the machine's own namespace, and leave most of it
-//! behind when their containers go. A [`MachineGuard`] records the ruleset and forwarding
+//! behind when their containers go. A [`MachineGuard`] records the firewall and forwarding
 //! setting before the first runtime harness of the process starts and restores them after the
-//! last one has gone; a [`Snapshot`] taken before and after a test shows what was left.
+//! last one has gone (see [`crate::firewall`]); a [`Snapshot`] taken before and after a test
+//! shows what was left.
 
 use std::{
     collections::BTreeSet,
@@ -17,11 +18,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{docker::RulesetGuard, netns::run};
+use crate::{
+    firewall::{IP_FORWARD, Ruleset, RulesetGuard},
+    netns::run,
+};
 
 /// Where `ip netns` (and CRI, and Podman) keep named network namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// How often a condition is checked again while waiting for it.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -36,27 +39,24 @@ pub(crate) struct Shared<T: 'static> {
 }
 
 impl<T> Shared<T> {
-    /// The live value of `slot`, or a new one from `make` (`Ok(None)` passes a skip through).
+    /// The live value of `slot`, or a new one from `make`, whose error is the caller's.
     pub(crate) fn get_or_try_init(
         slot: &'static Mutex<Weak<T>>,
-        make: impl FnOnce() -> anyhow::Result<Option<T>>,
-    ) -> anyhow::Result<Option<Shared<T>>> {
+        make: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<Shared<T>> {
         let mut live = slot.lock().unwrap_or_else(PoisonError::into_inner);
         let value = match live.upgrade() {
             Some(value) => value,
             None => {
-                let Some(value) = make()? else {
-                    return Ok(None);
-                };
-                let value = Arc::new(value);
+                let value = Arc::new(make()?);
                 *live = Arc::downgrade(&value);
                 value
             }
         };
-        Ok(Some(Shared {
+        Ok(Shared {
             value: Some(value),
             slot,
-        }))
+        })
     }
 }
 
@@ -79,25 +79,20 @@ impl<T> Drop for Shared<T> {
     }
 }
 
-/// The nf_tables ruleset and IPv4 forwarding of the machine's own namespace as they were
-/// before the first guard of this process, put back when the last guard is dropped (see
-/// [`RulesetGuard`]: the whole ruleset is restored, which also removes the tables that
-/// iptables-nft created for the runtimes' chains).
+/// The firewall and IPv4 forwarding of the machine's own namespace as they were before the
+/// first guard of this process, put back when the last guard is dropped (see
+/// [`RulesetGuard`]: the iptables tables that changed are restored with iptables, those that
+/// iptables-nft created for the runtimes' chains are deleted).
 pub struct MachineGuard {
     _saved: Shared<RulesetGuard>,
 }
 
 impl MachineGuard {
-    /// Joins the process's guard, saving the ruleset first if there is none yet. Fails where
-    /// `nft` cannot list the ruleset.
+    /// Joins the process's guard, saving the firewall first if there is none yet. Fails where
+    /// the firewall cannot be read as iptables and nft write it.
     pub fn acquire() -> anyhow::Result<MachineGuard> {
         static SAVED: Mutex<Weak<RulesetGuard>> = Mutex::new(Weak::new());
-        let saved = Shared::get_or_try_init(&SAVED, || {
-            RulesetGuard::save()
-                .map(Some)
-                .context("failed to save the machine's nf_tables ruleset")
-        })?
-        .context("the ruleset guard always starts")?;
+        let saved = Shared::get_or_try_init(&SAVED, RulesetGuard::save)?;
         Ok(MachineGuard { _saved: saved })
     }
 }
@@ -105,8 +100,8 @@ impl MachineGuard {
 /// What a runtime harness may change in the machine's own namespace, read at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `nft -s list ruleset`.
-    pub ruleset: String,
+    /// Every nf_tables table, as iptables (its tables) and nft (the others) print it.
+    pub ruleset: Ruleset,
     /// `/proc/sys/net/ipv4/ip_forward`, trimmed.
     pub ip_forward: String,
     /// Every link's name.
@@ -132,7 +127,7 @@ impl Snapshot {
             Err(err) => return Err(err).with_context(|| format!("failed to list {NETNS_DIR}")),
         };
         Ok(Snapshot {
-            ruleset: run("nft", &["-s", "list", "ruleset"])?,
+            ruleset: Ruleset::read()?,
             ip_forward: std::fs::read_to_string(IP_FORWARD)
                 .with_context(|| format!("failed to read {IP_FORWARD}"))?
                 .trim()
@@ -164,32 +159,9 @@ impl Snapshot {
                 self.ip_forward, before.ip_forward
             ));
         }
-        let chains_before: BTreeSet<String> = runtime_chains(&before.ruleset).into_iter().collect();
-        for chain in runtime_chains(&self.ruleset) {
-            if !chains_before.contains(&chain) {
-                changes.push(format!("nf_tables chain {chain} was left behind"));
-            }
-        }
-        if self.ruleset != before.ruleset {
-            changes.push(format!(
-                "the nf_tables ruleset differs:\n--- before\n{}\n--- after\n{}",
-                before.ruleset, self.ruleset
-            ));
-        }
+        changes.extend(self.ruleset.changes_since(&before.ruleset));
         changes
     }
-}
-
-/// Names of the chains that CNI plugins (`CNI-*`) and netavark (`NETAVARK-*`, `NETAVARK_*`)
-/// create, in a ruleset as `nft list ruleset` prints it.
-pub fn runtime_chains(ruleset: &str) -> Vec<String> {
-    ruleset
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("chain "))
-        .filter_map(|rest| rest.split_whitespace().next())
-        .filter(|name| name.starts_with("CNI-") || name.starts_with("NETAVARK"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// Calls `check` until it returns `Some`, at most until `timeout`; `what` names the condition
@@ -257,20 +229,4 @@ pub fn uuid() -> anyhow::Result<String> {
         .context("failed to read a UUID from the kernel")?
         .trim()
         .to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runtime_chains_are_found_in_a_ruleset() {
-        let ruleset = "table ip nat {\n\tchain CNI-HOSTPORT-DNAT {\n\t}\n\tchain POSTROUTING {\n\
-                       \t\ttype nat hook postrouting priority srcnat; policy accept;\n\t}\n}\n\
-                       table ip filter {\n\tchain NETAVARK_FORWARD {\n\t}\n}\n";
-        assert_eq!(
-            runtime_chains(ruleset),
-            ["CNI-HOSTPORT-DNAT", "NETAVARK_FORWARD"]
-        );
-    }
 }

@@ -11,10 +11,15 @@
 //!    (busybox `httpd`), both in containerd namespace `k8s.io`, both joined to the pod's
 //!    network namespace, labelled as kubelet and CRI label them.
 //!
+//! The pod network lets its subnet through the machine's FORWARD chain with rules of its own
+//! ([`ForwardAllowance`]), so pods are reached where the FORWARD policy is DROP (as Docker
+//! sets it) as well as where it accepts.
+//!
 //! Dropping the [`Pod`] undoes it in reverse: tasks killed and deleted, containers deleted,
 //! CNI `DEL` (portmap, bridge, loopback), the namespace deleted; after the last pod of the
-//! process, `cni0` (unless it was there before), the ruleset and forwarding are restored and
-//! a containerd started for the pods is stopped.
+//! process, `cni0` (unless it was there before) and the FORWARD rules are removed, the
+//! firewall and forwarding are restored and a containerd started for the pods is stopped.
+//! Where containerd or the CNI plugins are missing or do not start, the test fails.
 //!
 //! The pod's published port is reached from outside through a
 //! [`HostClient`](crate::host_client::HostClient) (PREROUTING DNAT by portmap).
@@ -35,8 +40,10 @@ use crate::{
     busybox,
     cni::{self, Attachment, NetworkList, PortMapping},
     containerd::Containerd,
-    machine::{MachineGuard, Shared, TempDir, uuid, which},
+    firewall::ForwardAllowance,
+    machine::{MachineGuard, Shared, TempDir, uuid},
     netns::{Netns, run},
+    skip::missing,
 };
 
 /// The pod network's name (`name` of the conflist).
@@ -67,27 +74,29 @@ struct PodNetwork {
     /// The loopback plugin alone, as CRI runs it.
     loopback: NetworkList,
     had_bridge: bool,
-    // Field order is drop order: host-local's state, then the machine is restored.
+    // Field order is drop order: the FORWARD rules and host-local's state, then the machine
+    // is restored.
+    _forward: ForwardAllowance,
     _data_dir: TempDir,
     _machine: MachineGuard,
 }
 
 impl PodNetwork {
-    fn make() -> anyhow::Result<Option<PodNetwork>> {
+    fn make() -> anyhow::Result<PodNetwork> {
         let plugins = ["bridge", "host-local", "portmap", "loopback"];
-        if let Some(missing) = plugins
+        if let Some(plugin) = plugins
             .iter()
             .find(|plugin| !Path::new(cni::PLUGIN_DIR).join(plugin).exists())
         {
-            eprintln!(
-                "skipped: the CNI plugin {missing} is not in {} (apt-get install \
-                 containernetworking-plugins)",
+            return Err(missing(format!(
+                "the CNI plugin {plugin} is not in {} (Debian's containernetworking-plugins)",
                 cni::PLUGIN_DIR
-            );
-            return Ok(None);
+            )));
         }
         let cni_version = cni::common_version(&plugins)?;
         let machine = MachineGuard::acquire()?;
+        let forward = ForwardAllowance::insert(SUBNET, NETWORK)
+            .context("failed to let the pod network through FORWARD")?;
         let data_dir = TempDir::new("tracer-pod-ipam")?;
         let list = NetworkList {
             name: NETWORK.to_owned(),
@@ -113,13 +122,14 @@ impl PodNetwork {
             cni_version,
             plugins: vec![json!({ "type": "loopback" })],
         };
-        Ok(Some(PodNetwork {
+        Ok(PodNetwork {
             list,
             loopback,
             had_bridge: Path::new("/sys/class/net").join(BRIDGE).exists(),
+            _forward: forward,
             _data_dir: data_dir,
             _machine: machine,
-        }))
+        })
     }
 }
 
@@ -159,30 +169,23 @@ pub struct Pod {
 impl Pod {
     /// Starts pod `namespace/name` whose app container `container_name` serves HTTP on
     /// `container_port`, published on the host's `host_port` if given. Returns once the app
-    /// listens. `Ok(None)` with the reason printed where containerd or the CNI plugins are
-    /// missing or containerd cannot start.
+    /// listens. Fails where containerd or the CNI plugins are missing or containerd does not
+    /// start.
     pub fn start(
         namespace: &str,
         name: &str,
         container_name: &str,
         host_port: Option<u16>,
         container_port: u16,
-    ) -> anyhow::Result<Option<Pod>> {
+    ) -> anyhow::Result<Pod> {
         static NETWORK: Mutex<Weak<PodNetwork>> = Mutex::new(Weak::new());
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: a pod needs root");
-            return Ok(None);
+            return Err(missing(
+                "root (a pod's network is made in the machine's namespace)",
+            ));
         }
-        if which("nft").is_none() {
-            eprintln!("skipped: nft is needed to restore the ruleset (cargo xtask setup)");
-            return Ok(None);
-        }
-        let Some(network) = Shared::get_or_try_init(&NETWORK, PodNetwork::make)? else {
-            return Ok(None);
-        };
-        let Some(containerd) = Containerd::ensure()? else {
-            return Ok(None);
-        };
+        let network = Shared::get_or_try_init(&NETWORK, PodNetwork::make)?;
+        let containerd = Containerd::ensure()?;
         let uid = uuid()?;
         let mut pod = Pod {
             namespace: namespace.to_owned(),
@@ -233,7 +236,7 @@ impl Pod {
         pod.app_pid = pod.task_pid(&app_id)?;
         busybox::wait_listening(pod.app_pid, container_port)
             .with_context(|| format!("container {container_name} does not serve"))?;
-        Ok(Some(pod))
+        Ok(pod)
     }
 
     /// The namespace, loopback and pod network, as CRI's RunPodSandbox sets them up.

@@ -7,7 +7,9 @@
 //! way each container gets a namespace `/run/netns/netns-<uuid>` (the `SandboxKey` that
 //! `podman inspect` reports). Both leave chains, forwarding and (CNI) the bridge behind; the
 //! harness removes its containers and pods, deletes a bridge that was not there before and
-//! restores the ruleset and forwarding through a [`MachineGuard`].
+//! restores the firewall and forwarding through a [`MachineGuard`]. Connections to published
+//! ports get through FORWARD also where its policy is DROP, by rules of the harness's own
+//! ([`ForwardAllowance`]).
 //!
 //! Every `podman` command of the harness reads a `containers.conf` of its own
 //! (`CONTAINERS_CONF`): this sandbox refuses Podman's default rlimits, and a pod's infra
@@ -24,8 +26,10 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     busybox,
+    firewall::ForwardAllowance,
     machine::{MachineGuard, TempDir, which},
     netns::run,
+    skip::missing,
 };
 
 /// The image every container runs: busybox with [`busybox::APPLETS`], `/index.html`, and
@@ -74,7 +78,9 @@ pub struct Podman {
     made: Mutex<Vec<Made>>,
     /// The harness's containers.conf.
     conf: PathBuf,
-    // Field order is drop order: the configuration, then the machine is restored.
+    // Field order is drop order: the FORWARD rules and the configuration, then the machine
+    // is restored.
+    _forward: ForwardAllowance,
     _conf_dir: TempDir,
     _machine: MachineGuard,
 }
@@ -87,32 +93,22 @@ enum Made {
 
 impl Podman {
     /// [`Podman::ensure_with`] the backend this machine's Podman is configured with.
-    pub fn ensure() -> anyhow::Result<Option<Podman>> {
+    pub fn ensure() -> anyhow::Result<Podman> {
         Self::ensure_with(Backend::Configured)
     }
 
-    /// Checks that rootful Podman works here with `backend`. `Ok(None)` with the reason
-    /// printed ("skipped: ...") where it is not installed or `podman info` fails.
-    pub fn ensure_with(backend: Backend) -> anyhow::Result<Option<Podman>> {
+    /// Checks that rootful Podman works here with `backend`. Fails where it is not installed,
+    /// `podman info` fails or its default network cannot be used.
+    pub fn ensure_with(backend: Backend) -> anyhow::Result<Podman> {
         if which("podman").is_none() {
-            eprintln!("skipped: podman is not installed (apt-get install podman)");
-            return Ok(None);
+            return Err(missing("podman is not installed"));
         }
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: rootful Podman needs root");
-            return Ok(None);
+            return Err(missing("root (the tests run rootful Podman)"));
         }
-        if which("nft").is_none() {
-            eprintln!("skipped: nft is needed to restore the ruleset (cargo xtask setup)");
-            return Ok(None);
-        }
-        let configured = match run("podman", &["info", "--format", "{{.Host.NetworkBackend}}"]) {
-            Ok(backend) => backend.trim().to_owned(),
-            Err(err) => {
-                eprintln!("skipped: podman info failed: {err:#}");
-                return Ok(None);
-            }
-        };
+        let configured = run("podman", &["info", "--format", "{{.Host.NetworkBackend}}"])
+            .map_err(|err| missing(format!("a working Podman (podman info: {err:#})")))?;
+        let configured = configured.trim().to_owned();
         let backend = match backend {
             Backend::Configured => configured,
             Backend::Netavark => "netavark".to_owned(),
@@ -131,32 +127,41 @@ impl Podman {
         )
         .context("failed to write containers.conf")?;
         let had_cni_state = Path::new(CNI_STATE).exists();
-        let mut podman = Podman {
+        let network = podman(
+            &conf,
+            &[
+                "network",
+                "inspect",
+                NETWORK,
+                "--format",
+                "{{.NetworkInterface}} {{(index .Subnets 0).Subnet}}",
+            ],
+        )
+        .map_err(|err| {
+            missing(format!(
+                "Podman's {NETWORK} network with {backend} ({err:#})"
+            ))
+        })?;
+        let (bridge, subnet) = network
+            .trim()
+            .split_once(' ')
+            .with_context(|| format!("podman network inspect printed {network:?}"))?;
+        // Podman's own FORWARD rules accept what its containers send and the replies, not a
+        // connection to a published port: where the policy is DROP (Docker sets it so), that
+        // needs rules of the test's own.
+        let forward = ForwardAllowance::insert(subnet, "tracer-test-podman")
+            .context("failed to let Podman's network through FORWARD")?;
+        Ok(Podman {
             backend,
-            bridge: String::new(),
-            had_bridge: true,
+            bridge: bridge.to_owned(),
+            had_bridge: Path::new("/sys/class/net").join(bridge).exists(),
             had_cni_state,
             made: Mutex::new(Vec::new()),
             conf,
+            _forward: forward,
             _conf_dir: conf_dir,
             _machine: machine,
-        };
-        let bridge = match podman.podman(&[
-            "network",
-            "inspect",
-            NETWORK,
-            "--format",
-            "{{.NetworkInterface}}",
-        ]) {
-            Ok(bridge) => bridge.trim().to_owned(),
-            Err(err) => {
-                eprintln!("skipped: podman cannot use its {NETWORK} network: {err:#}");
-                return Ok(None);
-            }
-        };
-        podman.had_bridge = Path::new("/sys/class/net").join(&bridge).exists();
-        podman.bridge = bridge;
-        Ok(Some(podman))
+        })
     }
 
     /// The network backend in use: `netavark` or `cni`.
@@ -335,6 +340,22 @@ impl Drop for Podman {
             }
         }
     }
+}
+
+/// Whether this machine's Podman can network through the CNI plugins ([`Backend::Cni`]):
+/// Podman 5 removed that backend. Fails where Podman is not installed.
+pub fn has_cni_backend() -> anyhow::Result<bool> {
+    if which("podman").is_none() {
+        return Err(missing("podman is not installed"));
+    }
+    let version = run("podman", &["version", "--format", "{{.Client.Version}}"])?;
+    let major: u32 = version
+        .trim()
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .with_context(|| format!("podman version printed {version:?}"))?;
+    Ok(major < 5)
 }
 
 /// A Podman container, removed (`podman rm -f`) on drop.

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt, socket,
-    sockopt::{ReuseAddr, TcpUserTimeout},
+    sockopt::{Linger, ReuseAddr, TcpUserTimeout},
 };
 
 use crate::netns::Netns;
@@ -100,6 +100,35 @@ pub fn exchange(
     incoming.write_all(b"pong\n")?;
     outgoing.read_exact(&mut buf)?;
     Ok(())
+}
+
+/// [`exchange`], ended by a reset from the client (`SO_LINGER` 0) instead of a close: neither
+/// end keeps the connection in TIME_WAIT, so the same source port can connect to `dst` again
+/// at once, and with the same tuple beyond a MASQUERADE that keeps the port. Returns once the
+/// server has seen the reset (so has every hop and conntrack on its way).
+pub fn exchange_then_reset(
+    client: &Netns,
+    src_port: Option<u16>,
+    dst: SocketAddr,
+    listener: &TcpListener,
+) -> anyhow::Result<()> {
+    let mut outgoing = connect_from(client, src_port, dst)?;
+    let mut incoming = accept(listener)?;
+    outgoing.write_all(b"ping\n")?;
+    let mut buf = [0u8; 5];
+    incoming.read_exact(&mut buf)?;
+    incoming.write_all(b"pong\n")?;
+    outgoing.read_exact(&mut buf)?;
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(&outgoing, Linger, &abort)?;
+    drop(outgoing);
+    match incoming.read(&mut buf) {
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        other => anyhow::bail!("the server read {other:?} where the client's reset was due"),
+    }
 }
 
 /// A UDP socket bound to `addr` inside `netns`.

@@ -1,19 +1,15 @@
 //! End to end with Docker making its own iptables rules (iptables-nft): `--rules` names
 //! Docker's MASQUERADE rule for a container's outgoing connection and its DNAT rule for a
-//! published port. The machine's ruleset and forwarding setting are put back afterwards.
-//! Skipped, with the reason printed, where dockerd cannot start or an engine already runs
+//! published port. The machine's firewall and forwarding setting are put back afterwards.
+//! Fails where iptables is not iptables-nft, dockerd cannot start, or an engine already runs
 //! without its iptables rules.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use serde_json::Value;
 use tracer_tests::{
-    docker::{Engine, RulesetGuard},
-    host_client::HostClient,
-    netns::run,
-    trace,
-    tracer::Tracer,
-    traffic,
+    docker::Engine, firewall::RulesetGuard, host_client::HostClient, netns::run, skip::missing,
+    trace, tracer::Tracer, traffic,
 };
 
 /// The `rule` of the first NAT record of `kind` in the original direction.
@@ -29,17 +25,19 @@ fn nat_rule(lines: &[Value], kind: &str) -> Value {
 fn dockers_own_masquerade_and_dnat_rules_are_named() -> anyhow::Result<()> {
     let version = run("iptables", &["-V"])?;
     if !version.contains("nf_tables") {
-        eprintln!("skipped: iptables is not the nf_tables backend here ({version})");
-        return Ok(());
+        return Err(missing(format!(
+            "iptables with the nf_tables backend, as Debian's is (this one is {})",
+            version.trim()
+        )));
     }
     // Declared first, dropped last: after the engine has stopped.
     let _guard = RulesetGuard::save()?;
-    let Some(engine) = Engine::ensure_with_iptables()? else {
-        return Ok(());
-    };
-    if !run("nft", &["list", "table", "ip", "nat"]).is_ok_and(|t| t.contains("DOCKER")) {
-        eprintln!("skipped: the running Docker engine makes no iptables rules");
-        return Ok(());
+    let engine = Engine::ensure_with_iptables()?;
+    if !engine.makes_iptables_rules() {
+        return Err(missing(
+            "a Docker engine that makes its iptables rules: the one running here does not \
+             (dockerd --iptables=false); stop it, and the test starts one that does",
+        ));
     }
     engine.ensure_image()?;
     let id = std::process::id();

@@ -77,9 +77,12 @@ fn bad_expression_is_a_usage_error() -> anyhow::Result<()> {
 /// that only conntrack can satisfy after the NAT (`host <ctr1>`, while the uplink hops carry
 /// the uplink's address), connections from a container the filter does not select alternate
 /// with connections from one it does, each entry deleted as its connection ends, so that the
-/// next connection gets the freed entry. Every packet of every selected connection is traced
-/// on both sides of the NAT, and at least one of them did reuse an entry the kernel programs
-/// had judged not to match.
+/// next connection gets the freed entry. Both containers connect from the same source port in
+/// a round, and MASQUERADE keeps it, so beyond the NAT the two connections have the same tuple:
+/// a verdict remembered for the other container's connection matches the selected one's
+/// packets by their tuple, and only the tracking generation tells it is stale. Every packet of
+/// every selected connection is traced on both sides of the NAT, and at least one of them did
+/// reuse an entry the kernel programs had judged not to match.
 #[test]
 fn a_reused_conntrack_entry_is_judged_again() -> anyhow::Result<()> {
     let port = 10043;
@@ -91,9 +94,12 @@ fn a_reused_conntrack_entry_is_judged_again() -> anyhow::Result<()> {
     let selected = Tracer::start(&["--output", "json", "host", &ctr1.addr.to_string()])?;
     // The other container's connections, traced only to learn their entries' addresses.
     let others = Tracer::start(&["--output", "json", "host", &ctr2.addr.to_string()])?;
-    for _ in 0..rounds {
+    let src_port = |round: u16| 42000 + round;
+    for round in 0..rounds {
         for ctr in [ctr2, ctr1] {
-            traffic::exchange(&ctr.netns, None, server, &listener)?;
+            // Ended by a reset: no TIME_WAIT at the server keeps the next connection of the
+            // same tuple from starting at once.
+            traffic::exchange_then_reset(&ctr.netns, Some(src_port(round)), server, &listener)?;
             testbed
                 .host
                 .exec("conntrack", &["-D", "-s", &ctr.addr.to_string()])?;
@@ -127,15 +133,25 @@ fn a_reused_conntrack_entry_is_judged_again() -> anyhow::Result<()> {
         } else {
             continue;
         };
+        let uplink = packet.hop_at(host, "eth0", uplink_hook);
         assert!(
-            packet.hop_at(host, "eth0", uplink_hook).is_some()
-                && packet.hop_at(end.0, "eth0", end.1).is_some(),
+            uplink.is_some() && packet.hop_at(end.0, "eth0", end.1).is_some(),
             "a packet of a selected connection lost hops: {:#?}",
             packet.places()
         );
+        // Beyond the NAT, the container's port: the tuple the other container's connection
+        // of the round had there too.
+        if start == ctr1.netns.name {
+            let uplink = uplink.expect("asserted above");
+            assert_eq!(
+                uplink["src_port"],
+                packet.first()["src_port"],
+                "MASQUERADE changed the port: {uplink}"
+            );
+        }
         flows.insert(packet.flow_id());
     }
-    assert_eq!(flows.len(), rounds, "{}", selected.stderr);
+    assert_eq!(flows.len(), usize::from(rounds), "{}", selected.stderr);
     let reused: Vec<String> = entries(&packets)
         .intersection(&entries(&trace::packets(&others.json()?)))
         .cloned()

@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use tracer_tests::{
     netns::{Netns, run},
+    skip::missing,
     testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
     trace::{self, Packet},
     tracer::Tracer,
@@ -55,14 +56,48 @@ fn testbed_rules(netns: &Netns) -> anyhow::Result<String> {
     Ok(all)
 }
 
-/// Whether the testbed can do this at all: iptables must be the nf_tables backend.
-fn nf_tables_backend(testbed: &Testbed) -> anyhow::Result<bool> {
+/// Fails unless iptables is the nf_tables backend (Debian's is): rules of the legacy backend
+/// are not nf_tables rules, and nf_tables tracing never meets them.
+fn require_nf_tables_backend(testbed: &Testbed) -> anyhow::Result<()> {
     let version = testbed.host.exec("iptables", &["-V"])?;
     if !version.contains("nf_tables") {
-        eprintln!("skipped: iptables is not the nf_tables backend here ({version})");
-        return Ok(false);
+        return Err(missing(format!(
+            "iptables with the nf_tables backend, as Debian's is (this one is {})",
+            version.trim()
+        )));
     }
-    Ok(true)
+    Ok(())
+}
+
+/// Puts two rules that decide nothing at the head of `chain` of `table` in the testbed's
+/// host: a counter, and a jump to a chain of its own that counts and returns. Docker's and
+/// kube-proxy's chains have such rules before the ones that translate or drop: a rule named
+/// from a chain walk must be the one with the verdict, not the first one the packet met.
+fn rules_before(testbed: &Testbed, table: &str, chain: &str) -> anyhow::Result<()> {
+    let own = format!("TRC-{chain}");
+    for rule in [
+        vec!["-N", &own],
+        vec!["-A", &own, "-p", "tcp"],
+        vec!["-A", &own, "-j", "RETURN"],
+        vec!["-I", chain, "1", "-j", &own],
+        vec!["-I", chain, "1", "-p", "tcp"],
+    ] {
+        let mut args = vec!["-t", table];
+        args.extend(rule);
+        testbed.host.exec("iptables", &args)?;
+    }
+    Ok(())
+}
+
+/// The texts of the rules before the deciding one that [`rules_before`] puts in `chain`, in
+/// the order a packet meets them, as `--rules=all` shows a walk.
+fn texts_before(chain: &str) -> [String; 4] {
+    [
+        "meta l4proto tcp counter".to_owned(),
+        format!("counter jump TRC-{chain}"),
+        "meta l4proto tcp counter".to_owned(),
+        "counter return".to_owned(),
+    ]
 }
 
 fn syn_from<'a>(packets: &'a [Packet], netns: &str) -> &'a Packet {
@@ -86,9 +121,8 @@ fn nat_rule(lines: &[Value], syn: &Packet) -> Value {
 #[test]
 fn nat_records_name_the_masquerade_and_dnat_rules() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
-    if !nf_tables_backend(&testbed)? {
-        return Ok(());
-    }
+    require_nf_tables_backend(&testbed)?;
+    rules_before(&testbed, "nat", "POSTROUTING")?;
     let ctr = &testbed.containers[0];
     let host = &testbed.host.name;
 
@@ -123,6 +157,7 @@ fn nat_records_name_the_masquerade_and_dnat_rules() -> anyhow::Result<()> {
     // In: the remote connects to the published port, DNATed to the container.
     let (host_port, container_port) = (8041, 80);
     testbed.publish(host_port, 0, container_port)?;
+    rules_before(&testbed, "nat", "PREROUTING")?;
     let listener = traffic::listen(&ctr.netns, SocketAddr::from((ctr.addr, container_port)))?;
     let tracer = Tracer::json(host_port, &["--rules"])?;
     traffic::exchange(
@@ -155,9 +190,7 @@ fn nat_records_name_the_masquerade_and_dnat_rules() -> anyhow::Result<()> {
 #[test]
 fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
-    if !nf_tables_backend(&testbed)? {
-        return Ok(());
-    }
+    require_nf_tables_backend(&testbed)?;
     let ctr = &testbed.containers[0];
     let connect = |port: u16, args: &[&str]| -> anyhow::Result<String> {
         let port_arg = port.to_string();
@@ -175,6 +208,7 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
     };
 
     let port = 10042;
+    rules_before(&testbed, "filter", "FORWARD")?;
     testbed.host.exec(
         "iptables",
         &[
@@ -228,6 +262,10 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
         .as_array()
         .unwrap_or_else(|| panic!("no walk: {before}"));
     assert_eq!(walk.last(), Some(rule), "{walk:#?}");
+    let texts: Vec<String> = walk.iter().map(|r| trace::text(&r["text"])).collect();
+    let mut expected = texts_before("FORWARD").to_vec();
+    expected.push(format!("tcp dport {port} counter drop"));
+    assert_eq!(texts, expected, "{walk:#?}");
     // The pcapng comment of the dropping hop names the rule too.
     let comments = run(
         "tshark",
@@ -266,11 +304,10 @@ fn drops_name_the_rule_or_the_policy() -> anyhow::Result<()> {
 #[test]
 fn a_reply_on_the_other_side_of_dnat_is_traced_and_its_drop_named() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
-    if !nf_tables_backend(&testbed)? {
-        return Ok(());
-    }
+    require_nf_tables_backend(&testbed)?;
     let (host_port, container_port) = (8046, 80);
     testbed.publish(host_port, 0, container_port)?;
+    rules_before(&testbed, "filter", "FORWARD")?;
     testbed.host.exec(
         "iptables",
         &["-A", "FORWARD", "-p", "tcp", "--sport", "80", "-j", "DROP"],
@@ -326,9 +363,7 @@ fn a_namespace_that_gains_rules_is_followed() -> anyhow::Result<()> {
 #[test]
 fn tracers_table_is_gone_however_tracer_ends() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
-    if !nf_tables_backend(&testbed)? {
-        return Ok(());
-    }
+    require_nf_tables_backend(&testbed)?;
     let rules = testbed_rules(&testbed.host)?;
     // What doctor says, it found by making a table: here it works, and leaves nothing.
     let doctor = tracer_tests::tracer::run(&["doctor"])?;

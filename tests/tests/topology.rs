@@ -1,11 +1,21 @@
 //! Topology discovery, and following the topology while tracing: containers that appear are
-//! traced and named without a restart, containers that vanish disturb nothing.
+//! traced and named without a restart, containers that vanish disturb nothing. Overlay devices
+//! (VXLAN, as flannel makes them) are listed with their parameters and peers, and named
+//! `overlay` in `tracer monitor`'s places.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
-use serde_json::Value;
+use ::tracer::topology::{Topology, runtime::Workloads};
+use anyhow::Context as _;
+use serde_json::{Value, json};
 use tracer_tests::{
-    testbed::{SERVER_ADDR, Testbed},
+    busybox::http_get,
+    machine::wait_for,
+    netns::{Netns, run},
+    testbed::{PREFIX, SERVER_ADDR, Testbed, unique_id},
     trace,
     tracer::{self, Tracer},
     traffic,
@@ -160,5 +170,365 @@ fn doctor_reports_this_kernels_hooks() -> anyhow::Result<()> {
     );
     assert!(line("nf_nat_manip_pkt", "-").contains("NAT is still found"));
     assert!(finished.stdout.contains("tcx links"));
+    let tunnels = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("tunnels    "))
+        .expect("a tunnels line");
+    assert_eq!(tunnels, expected_tunnels()?, "{}", finished.stdout);
+    Ok(())
+}
+
+/// What `tracer doctor` must say of tunnels here, from the kernel's own configuration: this
+/// kernel loads no modules, so a kind is there exactly when its option is `y`.
+fn expected_tunnels() -> anyhow::Result<String> {
+    let config = run("sh", &["-c", "zcat /proc/config.gz"])?;
+    let option = |name: &str| {
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("CONFIG_{name}="))?.chars().next())
+    };
+    assert_eq!(
+        option("MODULES"),
+        None,
+        "this test knows kernels without modules only"
+    );
+    let kinds = [
+        ("vxlan", "VXLAN"),
+        ("geneve", "GENEVE"),
+        ("ipip", "NET_IPIP"),
+        ("sit", "IPV6_SIT"),
+        ("ip6tnl", "IPV6_TUNNEL"),
+        ("gre", "NET_IPGRE"),
+        ("gretap", "NET_IPGRE"),
+        ("ip6gre", "IPV6_GRE"),
+        ("ip6gretap", "IPV6_GRE"),
+        ("wireguard", "WIREGUARD"),
+    ];
+    let with = |present: bool| -> Vec<&str> {
+        kinds
+            .iter()
+            .filter(|(_, name)| (option(name) == Some('y')) == present)
+            .map(|(kind, _)| *kind)
+            .collect()
+    };
+    let mut parts = Vec::new();
+    if !with(true).is_empty() {
+        parts.push(format!("in the kernel: {}", with(true).join(", ")));
+    }
+    if !with(false).is_empty() {
+        parts.push(format!("missing: {}", with(false).join(", ")));
+    }
+    Ok(parts.join("; "))
+}
+
+/// A node of a flannel-style overlay: its own namespace, an underlay veth `ul0` to the other
+/// node, and a VXLAN device over it with a fixed MAC.
+struct Node {
+    netns: Netns,
+    underlay: Ipv4Addr,
+    overlay: Ipv4Addr,
+    mac: &'static str,
+}
+
+/// Two nodes whose VXLAN devices `vx0` (VNI 42, port 8472) reach each other as flannel sets
+/// them up: a static neighbour for the peer's overlay address and a forwarding entry
+/// (`bridge fdb append`) sending its MAC to the peer's underlay address. Node `a` has its
+/// default route on `ul0`, so that `ul0` is its uplink. Deleted with the namespaces on drop.
+struct Overlay {
+    a: Node,
+    b: Node,
+}
+
+impl Overlay {
+    fn up() -> anyhow::Result<Overlay> {
+        let id = unique_id();
+        let node = |side: &str, last: u8, mac| -> anyhow::Result<Node> {
+            Ok(Node {
+                netns: Netns::create(&format!("{PREFIX}{id}-ov{side}"))?,
+                underlay: Ipv4Addr::new(198, 18, 77, last),
+                overlay: Ipv4Addr::new(198, 19, 77, last),
+                mac,
+            })
+        };
+        let (a, b) = (
+            node("a", 1, "02:00:00:00:77:01")?,
+            node("b", 2, "02:00:00:00:77:02")?,
+        );
+        a.netns.ip(&[
+            "link",
+            "add",
+            "ul0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ul0",
+            "netns",
+            &b.netns.name,
+        ])?;
+        for (this, other) in [(&a, &b), (&b, &a)] {
+            let ns = &this.netns;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", this.underlay),
+                "dev",
+                "ul0",
+            ])?;
+            ns.ip(&["link", "set", "ul0", "up"])?;
+            ns.ip(&[
+                "link",
+                "add",
+                "vx0",
+                "address",
+                this.mac,
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "local",
+                &this.underlay.to_string(),
+                "dev",
+                "ul0",
+                "dstport",
+                "8472",
+                "nolearning",
+            ])?;
+            ns.ip(&["addr", "add", &format!("{}/24", this.overlay), "dev", "vx0"])?;
+            ns.ip(&["link", "set", "vx0", "up"])?;
+            ns.ip(&[
+                "neigh",
+                "add",
+                &other.overlay.to_string(),
+                "lladdr",
+                other.mac,
+                "dev",
+                "vx0",
+                "nud",
+                "permanent",
+            ])?;
+            bridge_fdb_append(ns, other.mac, "vx0", other.underlay)?;
+        }
+        a.netns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &b.underlay.to_string(),
+            "dev",
+            "ul0",
+        ])?;
+        Ok(Overlay { a, b })
+    }
+}
+
+/// `bridge fdb append MAC dev DEV dst DST` in `netns`.
+fn bridge_fdb_append(netns: &Netns, mac: &str, dev: &str, dst: Ipv4Addr) -> anyhow::Result<()> {
+    let dst = dst.to_string();
+    run(
+        "bridge",
+        &[
+            "-n",
+            &netns.name,
+            "fdb",
+            "append",
+            mac,
+            "dev",
+            dev,
+            "dst",
+            &dst,
+        ],
+    )?;
+    Ok(())
+}
+
+/// VXLAN devices as flannel makes them, and one on IANA's port: `tracer topology` gives each
+/// one's VNI, port, local address, underlay device and forwarding entries, in JSON and text;
+/// the ports the kernel programs will treat as VXLAN include every device's.
+#[test]
+fn topology_lists_vxlan_devices_with_their_peers_and_ports() -> anyhow::Result<()> {
+    let id = unique_id();
+    let netns = Netns::create(&format!("{PREFIX}{id}-vx"))?;
+    netns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"])?;
+    netns.ip(&["addr", "add", "198.18.77.1/24", "dev", "ul0"])?;
+    netns.ip(&["link", "set", "ul0", "up"])?;
+    let (flannel, iana, custom) = (
+        format!("vxa-{id}"),
+        format!("vxb-{id}"),
+        format!("vxc-{id}"),
+    );
+    netns.ip(&[
+        "link",
+        "add",
+        &flannel,
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "local",
+        "198.18.77.1",
+        "dev",
+        "ul0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ])?;
+    bridge_fdb_append(
+        &netns,
+        "02:00:00:00:00:02",
+        &flannel,
+        Ipv4Addr::new(198, 18, 77, 2),
+    )?;
+    netns.ip(&[
+        "link",
+        "add",
+        &iana,
+        "type",
+        "vxlan",
+        "id",
+        "4242",
+        "dev",
+        "ul0",
+        "dstport",
+        "4789",
+        "nolearning",
+    ])?;
+    netns.ip(&[
+        "link",
+        "add",
+        &custom,
+        "type",
+        "vxlan",
+        "id",
+        "7",
+        "dstport",
+        "48879",
+        "nolearning",
+    ])?;
+
+    let finished = tracer::run(&["topology", "--output", "json"])?;
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let topology: Value = serde_json::from_str(&finished.stdout)?;
+    let ns = namespace(&topology, &netns.name);
+    let ul0 = link(ns, "ul0");
+    assert_eq!(ul0["overlay"], Value::Null);
+    let underlay = json!({
+        "netns_inode": netns.inode()?,
+        "netns": netns.name,
+        "ifindex": ul0["ifindex"],
+        "name": "ul0",
+    });
+    assert_eq!(link(ns, &flannel)["kind"], "vxlan");
+    assert_eq!(
+        link(ns, &flannel)["overlay"],
+        json!({
+            "kind": "vxlan",
+            "vni": 42,
+            "external": false,
+            "port": 8472,
+            "local": "198.18.77.1",
+            "remote": null,
+            "input_key": null,
+            "output_key": null,
+            "underlay": underlay,
+            "peers": [{"mac": "02:00:00:00:00:02", "dst": "198.18.77.2", "port": null, "vni": null}],
+        })
+    );
+    let second = &link(ns, &iana)["overlay"];
+    assert_eq!(
+        (&second["vni"], &second["port"], &second["local"]),
+        (&json!(4242), &json!(4789), &Value::Null)
+    );
+    assert_eq!(second["underlay"], underlay);
+    assert_eq!(second["peers"], json!([]));
+
+    // The text's overlay table has the same.
+    let text = tracer::run(&["topology"])?.stdout;
+    let row = text
+        .lines()
+        .skip_while(|l| !l.contains(" OVERLAY "))
+        .find(|l| l.starts_with(&netns.name) && l.contains(&format!(" {flannel} ")))
+        .expect("overlay row");
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields[1..],
+        [
+            &flannel,
+            "vxlan",
+            "42",
+            "8472",
+            "198.18.77.1",
+            "-",
+            "ul0",
+            "02:00:00:00:00:02",
+            "dst",
+            "198.18.77.2"
+        ]
+    );
+
+    // The ports: the defaults and every device's, of this namespace alone (others' tests may
+    // have VXLAN devices of their own meanwhile).
+    let inode = netns.inode()?;
+    let mut everything = Topology::discover(&Workloads::default());
+    assert!(everything.vxlan_ports().contains(&48879));
+    everything.namespaces.retain(|ns| ns.inode == inode);
+    assert_eq!(everything.vxlan_ports(), [4789, 8472, 48879]);
+    assert_eq!(everything.geneve_ports(), [6081]);
+    Ok(())
+}
+
+/// `tracer monitor` names a VXLAN device's places `overlay:HOOK`: datagrams between two
+/// nodes' overlay addresses leave through `vx0`, each once, so each makes one hop pair from
+/// `overlay:net_dev_queue` (to the far node's `vx0` while the programs do not follow a packet
+/// into its encapsulation, to the uplink once they do).
+#[test]
+fn topology_roles_name_vxlan_devices_overlay_in_monitor_places() -> anyhow::Result<()> {
+    let port = 10051;
+    let overlay = Overlay::up()?;
+    let metrics = "127.0.0.1:19531";
+    let monitor = Tracer::start(&[
+        "monitor",
+        "--metrics",
+        metrics,
+        "--sample",
+        "1",
+        &format!("udp port {port}"),
+    ])?;
+    let receiver = traffic::udp_bind(
+        &overlay.b.netns,
+        SocketAddr::from((overlay.b.overlay, port)),
+    )?;
+    let sender = traffic::udp_bind(&overlay.a.netns, SocketAddr::from((overlay.a.overlay, 0)))?;
+    let datagrams = 5;
+    for _ in 0..datagrams {
+        sender.send_to(b"across", receiver.local_addr()?)?;
+        let mut buf = [0u8; 16];
+        let (size, from) = receiver.recv_from(&mut buf)?;
+        assert_eq!((&buf[..size], from), (&b"across"[..], sender.local_addr()?));
+    }
+    let count = |exposition: &str| -> f64 {
+        exposition
+            .lines()
+            .filter(|l| {
+                l.starts_with("tracer_hop_latency_seconds_count{")
+                    && l.contains(r#"from="overlay:net_dev_queue""#)
+                    && l.contains(r#"direction="original""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let server: SocketAddr = metrics.parse()?;
+    let exposition = wait_for(
+        "every datagram is measured",
+        Duration::from_secs(30),
+        || {
+            let exposition = http_get(None, server, "/metrics").ok()?;
+            (count(&exposition) >= f64::from(datagrams)).then_some(exposition)
+        },
+    )
+    .context("no hop pair from overlay:net_dev_queue")?;
+    assert_eq!(count(&exposition), f64::from(datagrams), "{exposition}");
+    let finished = monitor.stop()?;
+    assert!(finished.status.success(), "{}", finished.stderr);
     Ok(())
 }

@@ -40,8 +40,10 @@ pub const FLAG_NONLINEAR: u8 = 1 << 2;
 /// and `ifname` are unknown; the collector fills in the namespace and name from `ifindex`.
 pub const FLAG_TC: u8 = 1 << 3;
 
-/// `PacketEvent::flags`: the packet is encapsulated (VXLAN, Geneve, IP in IP, GRE); the event's
-/// addresses, ports and IP fields are the inner packet's, and an [`Encap`] follows it.
+/// `PacketEvent::flags`: an [`Encap`] follows the event: the packet is encapsulated (VXLAN,
+/// Geneve, IP in IP, GRE; the event's addresses, ports and IP fields are the inner packet's,
+/// the `Encap` holds the outer ones), or it is an ICMP error (the event is the ICMP packet, the
+/// `Encap` holds the packet it quotes).
 pub const FLAG_ENCAP: u8 = 1 << 4;
 
 /// Address family values used in [`PacketEvent::family`] and [`CtTuple::family`].
@@ -216,12 +218,16 @@ pub mod encap_kind {
     pub const GRE: u8 = 4;
     /// GRE carrying an Ethernet frame (`gretap`, `ip6gretap`).
     pub const GRETAP: u8 = 5;
+    /// Not a tunnel: an ICMP or ICMPv6 error, and the packet it quotes.
+    pub const ICMP_ERROR: u8 = 6;
 }
 
 /// `Encap::flags`: `id` holds a VNI or a GRE key.
 pub const ENCAP_HAS_ID: u8 = 1 << 0;
 
-/// The outer headers of an encapsulated packet.
+/// The other layer of a packet's headers: the outer headers of an encapsulated packet, or the
+/// packet an ICMP error quotes (`kind` [`encap_kind::ICMP_ERROR`]; then "outer" below reads
+/// "quoted").
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Encap {
@@ -229,9 +235,12 @@ pub struct Encap {
     pub src_addr: [u8; 16],
     /// Outer IP destination address.
     pub dst_addr: [u8; 16],
-    /// VXLAN or Geneve VNI, or GRE key, when `flags` has [`ENCAP_HAS_ID`].
+    /// VXLAN or Geneve VNI, or GRE key, when `flags` has [`ENCAP_HAS_ID`]; for an ICMP error,
+    /// the last four bytes of its header (the next-hop MTU of "fragmentation needed" in the low
+    /// 16 bits, ICMPv6 "packet too big"'s MTU).
     pub id: u32,
-    /// Outer UDP source port (host byte order), 0 for IP in IP and GRE.
+    /// Outer UDP source port (host byte order), 0 for IP in IP and GRE; a quoted packet's
+    /// source port.
     pub src_port: u16,
     /// Outer UDP destination port.
     pub dst_port: u16,
@@ -247,9 +256,15 @@ pub struct Encap {
     pub ttl: u8,
     /// `ENCAP_*` bits.
     pub flags: u8,
-    /// Bytes from the outer IP header to the inner one.
+    /// Bytes from the outer IP header to the inner one (for an ICMP error, from its IP header
+    /// to the quoted one).
     pub inner_offset: u16,
-    pub _pad: [u8; 6],
+    /// The outer (or quoted) packet's IP protocol.
+    pub proto: u8,
+    /// For an ICMP error, its type and code.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 3],
 }
 assert_size!(Encap, 56);
 

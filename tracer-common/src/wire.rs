@@ -24,6 +24,44 @@ pub mod ether {
     pub const P_TEB: u16 = 0x6558;
 }
 
+/// ICMP and ICMPv6 errors (RFC 792, RFC 4443): the types that quote the packet they are about.
+pub mod icmp {
+    /// ICMP destination unreachable (code 4: fragmentation needed, with the next-hop MTU).
+    pub const DEST_UNREACH: u8 = 3;
+    /// ICMP destination unreachable's "fragmentation needed and DF set".
+    pub const FRAG_NEEDED: u8 = 4;
+    /// ICMP destination unreachable's "port unreachable".
+    pub const PORT_UNREACH: u8 = 3;
+    /// ICMP time exceeded.
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// ICMP parameter problem.
+    pub const PARAMETER_PROBLEM: u8 = 12;
+    /// ICMPv6 destination unreachable.
+    pub const V6_DEST_UNREACH: u8 = 1;
+    /// ICMPv6 destination unreachable's "port unreachable".
+    pub const V6_PORT_UNREACH: u8 = 4;
+    /// ICMPv6 packet too big (with the MTU).
+    pub const V6_PACKET_TOO_BIG: u8 = 2;
+    /// ICMPv6 time exceeded.
+    pub const V6_TIME_EXCEEDED: u8 = 3;
+    /// ICMPv6 parameter problem.
+    pub const V6_PARAMETER_PROBLEM: u8 = 4;
+    /// The ICMP header before the quoted packet: type, code, checksum and four more bytes.
+    pub const HEADER_LEN: u32 = 8;
+
+    /// Whether an ICMP (`v6` false) or ICMPv6 message of `kind` is an error that quotes a packet.
+    pub const fn is_error(v6: bool, kind: u8) -> bool {
+        if v6 {
+            matches!(
+                kind,
+                V6_DEST_UNREACH | V6_PACKET_TOO_BIG | V6_TIME_EXCEEDED | V6_PARAMETER_PROBLEM
+            )
+        } else {
+            matches!(kind, DEST_UNREACH | TIME_EXCEEDED | PARAMETER_PROBLEM)
+        }
+    }
+}
+
 /// Tunnel headers (RFC 7348 VXLAN, RFC 8926 Geneve, RFC 2784/2890 GRE).
 pub mod tunnel {
     /// The VXLAN header and the Geneve base header: 8 bytes after the UDP header.

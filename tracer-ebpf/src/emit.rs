@@ -13,9 +13,9 @@ use aya_ebpf::{
 };
 use tracer_common::{
     event::{
-        COUNTER_ENTRIES, Counter, Encap, EventKind, FLAG_ENCAP, FLAG_L4, PacketEncap,
+        COUNTER_ENTRIES, Counter, Encap, EventKind, FAMILY_IPV6, FLAG_ENCAP, FLAG_L4, PacketEncap,
         PacketEncapWithHeaders, PacketEvent, PacketWithHeaders, SNAP_MAX, SocketEvent,
-        counter_index,
+        counter_index, encap_kind,
     },
     flow::{FlowKey, advance_generation},
 };
@@ -77,7 +77,8 @@ pub fn count(hook: u8, counter: Counter) {
     }
 }
 
-/// Whether the filter lets the packet through: by its own tuple, by its conntrack tuples
+/// Whether the filter lets the packet through: by its own tuple (or the one an ICMP error
+/// quotes), by its conntrack tuples
 /// (read into `scratch` once the packet is known to have an entry), or as part of a
 /// connection matched earlier. Remembers the connection when the packet matched and carries a
 /// conntrack entry, so that its packets also match where they have none. A match carries the
@@ -98,14 +99,22 @@ pub fn count(hook: u8, counter: Counter) {
     clippy::needless_borrows_for_generic_args,
     reason = "a key passed by value is copied on the small BPF stack"
 )]
-pub fn matches(headers: &Headers, ct: &Conntrack, scratch: &mut MaybeUninit<Scratch>) -> Verdict {
+pub fn matches(
+    headers: &Headers,
+    quote: Option<&Encap>,
+    ct: &Conntrack,
+    scratch: &mut MaybeUninit<Scratch>,
+) -> Verdict {
     let sampling = conf!(sample_every) > 1;
     if filter::is_empty() && !sampling {
         return Verdict::matched(ct.read(scratch).as_ref());
     }
     let has_ports = headers.flags & FLAG_L4 != 0;
-    // An empty filter (sampling alone) matches every packet.
-    let own = filter::is_empty() || filter::evaluate(&View::packet(headers, has_ports));
+    // An empty filter (sampling alone) matches every packet; an ICMP error matches by the
+    // packet it quotes too.
+    let own = filter::is_empty()
+        || filter::evaluate(&View::packet(headers, has_ports))
+        || quote.is_some_and(|quote| filter::evaluate(&View::quoted(quote)));
     let generation = generation();
     // With sampling, a packet the filter matches may still belong to a connection that is
     // skipped: that verdict is cached as well.
@@ -377,8 +386,13 @@ impl Record {
             e.dst_port = headers.dst_port;
             e.ip_len = headers.ip_len;
             // From the IP header the snapshot starts at: the outer one of an encapsulated
-            // packet, so that `-w` keeps the whole outer frame.
+            // packet, so that `-w` keeps the whole outer frame; an ICMP error's quote
+            // included.
             e.headers_len = match encap {
+                Some(quote) if quote.kind == encap_kind::ICMP_ERROR => {
+                    let quoted_headers = if quote.family == FAMILY_IPV6 { 48 } else { 28 };
+                    quote.inner_offset.wrapping_add(quoted_headers)
+                }
                 Some(encap) => headers.headers_len.wrapping_add(encap.inner_offset),
                 None => headers.headers_len,
             };

@@ -72,6 +72,7 @@ pub fn detect(bytes: &impl Bytes, l3: u32, outer: &Headers, encap: &mut Encap) -
     encap.ip_id = outer.ip_id;
     encap.ip_len = outer.ip_len;
     encap.kind = kind;
+    encap.proto = outer.l4_proto;
     encap.family = outer.family;
     encap.ttl = outer.ttl;
     encap.flags = if has_id { ENCAP_HAS_ID } else { 0 };

@@ -5,9 +5,12 @@
 //! a stack of bits. It lives in the frozen `CONFIG`, so the verifier knows every instruction
 //! and follows only the branch each one takes.
 
-use tracer_common::config::{
-    FILTER_MAX, FilterInsn, OP_AND, OP_FAMILY, OP_HOST, OP_NOT, OP_OR, OP_PORT, OP_PROTO, OP_TRUE,
-    SIDE_DST, SIDE_SRC,
+use tracer_common::{
+    config::{
+        FILTER_MAX, FilterInsn, OP_AND, OP_FAMILY, OP_HOST, OP_NOT, OP_OR, OP_PORT, OP_PROTO,
+        OP_TRUE, SIDE_DST, SIDE_SRC,
+    },
+    event::Encap,
 };
 
 use crate::{config::CONFIG, packet::Headers};
@@ -35,6 +38,22 @@ impl<'a> View<'a> {
             src_port: headers.src_port,
             dst_port: headers.dst_port,
             has_ports,
+        }
+    }
+}
+
+impl<'a> View<'a> {
+    /// The packet an ICMP error quotes.
+    #[inline(always)]
+    pub fn quoted(quote: &'a Encap) -> Self {
+        View {
+            family: quote.family,
+            proto: quote.proto,
+            src: &quote.src_addr,
+            dst: &quote.dst_addr,
+            src_port: quote.src_port,
+            dst_port: quote.dst_port,
+            has_ports: tracer_common::wire::ipproto::has_ports(quote.proto),
         }
     }
 }

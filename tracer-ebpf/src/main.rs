@@ -14,6 +14,7 @@ mod emit;
 mod encap;
 mod filter;
 mod frame;
+mod icmp;
 mod nat;
 mod owner;
 mod packet;

@@ -17,6 +17,7 @@ use crate::{
     emit::{Record, Verdict, count, matches, matches_encap},
     encap,
     frame::{self, Frame},
+    icmp,
     packet::{Bytes, Parsed, parse_l3},
 };
 
@@ -246,6 +247,7 @@ fn emit<A: Access>(
         return None;
     }
     let tunnel = encap::detect(&window, l3, headers, encap);
+    let quoted = tunnel.is_none() && icmp::quoted(&window, l3, headers, encap);
     let encapsulated = match tunnel {
         Some(at) => {
             inner.zero();
@@ -263,13 +265,14 @@ fn emit<A: Access>(
         Record::reserve(hook as u8, inner, &Conntrack::of(0), None, Some(encap))
     } else {
         let ct = Conntrack::of(A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0));
-        let tuples = match matches(headers, &ct, scratch) {
+        let quote = quoted.then_some(&*encap);
+        let tuples = match matches(headers, quote, &ct, scratch) {
             Verdict::Miss => return None,
             Verdict::Match => None,
             // SAFETY: `matches` read the tuples into `scratch`, untouched since.
             Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
         };
-        Record::reserve(hook as u8, headers, &ct, tuples.as_ref(), None)
+        Record::reserve(hook as u8, headers, &ct, tuples.as_ref(), quote)
     };
     let Some(record) = reserved else {
         return Some(Counter::Lost);

@@ -28,6 +28,7 @@ use crate::{
     emit::{Record, Verdict, count, matches, matches_encap},
     encap,
     frame::{self, Frame},
+    icmp,
     packet::{Bytes, Parsed, parse_l3},
 };
 
@@ -106,7 +107,9 @@ fn emit(ctx: &TcContext, hook: Hook, frame: &mut Frame) -> Option<Counter> {
     }
     // A TC program sees no conntrack entry.
     let ct = Conntrack::of(0);
-    let encapsulated = match encap::detect(ctx, l3, headers, encap) {
+    let tunnel = encap::detect(ctx, l3, headers, encap);
+    let quoted = tunnel.is_none() && icmp::quoted(ctx, l3, headers, encap);
+    let encapsulated = match tunnel {
         Some(at) => {
             inner.zero();
             parse_l3(ctx, at.proto, at.l3, inner) == Parsed::Ip
@@ -121,13 +124,14 @@ fn emit(ctx: &TcContext, hook: Hook, frame: &mut Frame) -> Option<Counter> {
         Record::reserve(hook as u8, inner, &ct, None, Some(encap))
     } else {
         headers.flags |= FLAG_TC;
-        let tuples = match matches(headers, &ct, scratch) {
+        let quote = quoted.then_some(&*encap);
+        let tuples = match matches(headers, quote, &ct, scratch) {
             Verdict::Miss => return None,
             Verdict::Match => None,
             // SAFETY: `matches` read the tuples into `scratch`, untouched since.
             Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
         };
-        Record::reserve(hook as u8, headers, &ct, tuples.as_ref(), None)
+        Record::reserve(hook as u8, headers, &ct, tuples.as_ref(), quote)
     };
     let Some(mut record) = reserved else {
         return Some(Counter::Lost);

@@ -118,8 +118,8 @@ pub struct MonitorArgs {
     pub max_series: usize,
 
     /// Name places by interface and namespace (`eth0@web:net_dev_queue`) instead of by role
-    /// (`container:net_dev_queue`, `host_veth:...`, `bridge:...`, `uplink:...`): one series per
-    /// veth, so many more series.
+    /// (`container:net_dev_queue`, `host_veth:...`, `bridge:...`, `overlay:...`, `uplink:...`):
+    /// one series per veth, so many more series.
     #[arg(long)]
     pub per_interface: bool,
 

@@ -12,6 +12,7 @@ use crate::{
         hooks::{HookSet, Mechanism, Outcome},
         tc,
     },
+    topology::overlay::support::Modules,
 };
 
 /// The findings.
@@ -28,6 +29,8 @@ pub struct Report {
     /// Whether packets can name the process behind them: where the socket programs attach,
     /// or why they cannot.
     pub processes: Result<String, String>,
+    /// Which tunnel kinds the kernel has (built in, as modules, missing).
+    pub tunnels: String,
 }
 
 /// Probes the kernel.
@@ -35,6 +38,7 @@ pub fn probe() -> Report {
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
+    let tunnels = Modules::read(&kernel).describe();
     let mut report = Report {
         kernel,
         btf: Path::new(btf::VMLINUX_BTF).exists(),
@@ -44,6 +48,7 @@ pub fn probe() -> Report {
         tcx: tc::has_tcx(),
         rules: crate::rules::doctor::probe(),
         processes: Err("the programs could not be loaded".to_owned()),
+        tunnels,
     };
     match Programs::load(&LoadOptions {
         hooks: HookSet::global(),
@@ -120,6 +125,7 @@ impl Report {
                     format!("packets cannot name their process (--pid, --comm fail): {why}"),
             }
         );
+        let _ = writeln!(out, "tunnels    {}", self.tunnels);
         let effective = crate::privileges::effective();
         for cap in &crate::privileges::CAPABILITIES {
             let state = if effective & (1 << cap.bit) != 0 {

@@ -166,6 +166,9 @@ pub enum Role {
     Bridge,
     /// An interface with a default route.
     Uplink,
+    /// A tunnel device (VXLAN, Geneve, IP-in-IP, GRE, WireGuard): where packets to other
+    /// nodes are encapsulated, so that `overlay:...` to `uplink:...` is node-to-node time.
+    Overlay,
     Loopback,
     Other,
 }
@@ -177,6 +180,7 @@ impl Role {
             Role::HostVeth => "host_veth",
             Role::Bridge => "bridge",
             Role::Uplink => "uplink",
+            Role::Overlay => "overlay",
             Role::Loopback => "loopback",
             Role::Other => "other",
         }

@@ -1,6 +1,13 @@
 //! `cargo xtask test`: the whole suite, as CI runs it.
+//!
+//! A test whose prerequisite is missing fails the run. Tests that do not apply to this
+//! machine record themselves (`tracer_tests::skip`) in a file whose path this sets; they are
+//! counted and listed at the end, also when the run failed.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
+
+use anyhow::Context as _;
+use tracer_tests::skip;
 
 use crate::util::{build_tracer, require_root, run as run_command, workspace};
 
@@ -14,10 +21,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     require_root("the integration tests")?;
     lint()?;
     let binary = build_tracer(false)?;
+    let record = workspace().join("target").join("tests-not-applicable.txt");
+    if let Err(err) = std::fs::remove_file(&record)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(err).with_context(|| format!("failed to remove {}", record.display()));
+    }
+    let result = run_suite(args, &binary, &record);
+    let reported = report_not_applicable(&record);
+    result.and(reported)
+}
+
+/// The tests (every crate's, the integration tests with `skip::RECORD` set to `record`), and
+/// without a filter the benchmarks and the kernels of the matrix.
+fn run_suite(args: &Args, binary: &Path, record: &Path) -> anyhow::Result<()> {
     let mut command = Command::new(env!("CARGO"));
     command
         .current_dir(workspace())
-        .env("TRACER_BIN", &binary)
+        .env("TRACER_BIN", binary)
+        .env(skip::RECORD, record)
         .args(["test", "--workspace", "--exclude", "tracer-ebpf"]);
     if let Some(filter) = &args.filter {
         command.args(["--", filter]);
@@ -33,6 +55,24 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         })?;
         // The hook ladder on the distribution kernels of the matrix.
         crate::vm::run(&crate::vm::Args::default())?;
+    }
+    Ok(())
+}
+
+/// Prints how many tests did not apply here, and which, from `record`.
+fn report_not_applicable(record: &Path) -> anyhow::Result<()> {
+    let text = match std::fs::read_to_string(record) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(err) => {
+            return Err(err).with_context(|| format!("failed to read {}", record.display()));
+        }
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let tests = if lines.len() == 1 { "test" } else { "tests" };
+    eprintln!("xtask: {} {tests} did not apply here", lines.len());
+    for line in lines {
+        eprintln!("xtask:   {line}");
     }
     Ok(())
 }

@@ -163,6 +163,9 @@ impl FlowTable {
     /// Finds or creates the flow of a completed packet (hops sorted by time), registers what the
     /// packet revealed, and records its per-hop latencies.
     pub fn assign(&mut self, hops: &[Hop]) -> Assignment {
+        if let Some(assigned) = self.assign_icmp_error(hops) {
+            return assigned;
+        }
         let sighting = Sighting::of(hops);
         let (found, ended) = self.lookup(&sighting);
         let slot = match found {
@@ -188,6 +191,26 @@ impl FlowTable {
             nat,
             ended,
         }
+    }
+
+    /// An ICMP error belongs to the flow of the packet it quotes, travelling back towards that
+    /// packet's sender; its own tuples say nothing about the flow and are not learned. `None`
+    /// for any other packet, and for an error about a packet of no known flow.
+    fn assign_icmp_error(&mut self, hops: &[Hop]) -> Option<Assignment> {
+        let (slot, quoted) = hops
+            .iter()
+            .filter_map(|hop| hop.event.icmp.as_deref())
+            .find_map(|error| self.find(&error.quoted))?;
+        let sighting = Sighting::of(hops);
+        let direction = quoted.other();
+        self.count_packet(slot, direction, &sighting);
+        self.record_latencies(slot, direction, hops);
+        Some(Assignment {
+            flow_id: self.flow(slot).id,
+            direction,
+            nat: Vec::new(),
+            ended: None,
+        })
     }
 
     fn flow(&self, slot: Slot) -> &Flow {

@@ -1,8 +1,10 @@
-//! The outer headers of an encapsulated packet, decoded from an [`Encap`] record section.
+//! The other layer of a packet's headers, decoded from an `Encap` record section: the outer
+//! headers of an encapsulated packet ([`Encap`]), or the packet an ICMP error quotes
+//! ([`IcmpError`]).
 
 use tracer_common::{
     event::{ENCAP_HAS_ID, Encap as RawEncap, FAMILY_IPV6, encap_kind},
-    wire::ipproto,
+    wire::{icmp, ipproto},
 };
 
 use super::{Proto, Tuple, address};
@@ -65,9 +67,97 @@ pub struct Encap {
     pub ttl: u8,
 }
 
+/// An ICMP or ICMPv6 error, and the packet it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcmpError {
+    pub v6: bool,
+    /// ICMP type and code.
+    pub kind: u8,
+    pub code: u8,
+    /// The MTU a "fragmentation needed" or "packet too big" names.
+    pub mtu: Option<u32>,
+    /// The quoted packet's tuple (ports where it has them and they were quoted).
+    pub quoted: Tuple,
+    /// The quoted packet's IPv4 identification (IPv6 flow label's low bits) and length.
+    pub ip_id: u16,
+    pub ip_len: u16,
+}
+
+impl IcmpError {
+    /// `fragmentation needed (mtu 1450)`, `port unreachable`, `time exceeded`, ...
+    pub fn describe(&self) -> String {
+        let mtu = self
+            .mtu
+            .map(|mtu| format!(" (mtu {mtu})"))
+            .unwrap_or_default();
+        match (self.v6, self.kind, self.code) {
+            (false, icmp::DEST_UNREACH, icmp::FRAG_NEEDED) => format!("fragmentation needed{mtu}"),
+            (true, icmp::V6_PACKET_TOO_BIG, _) => format!("packet too big{mtu}"),
+            (false, icmp::DEST_UNREACH, icmp::PORT_UNREACH)
+            | (true, icmp::V6_DEST_UNREACH, icmp::V6_PORT_UNREACH) => "port unreachable".into(),
+            (false, icmp::DEST_UNREACH, 0) => "network unreachable".into(),
+            (false, icmp::DEST_UNREACH, 1) | (true, icmp::V6_DEST_UNREACH, 3) => {
+                "host unreachable".into()
+            }
+            (false, icmp::DEST_UNREACH, 13) | (true, icmp::V6_DEST_UNREACH, 1) => {
+                "administratively prohibited".into()
+            }
+            (false, icmp::DEST_UNREACH, code) | (true, icmp::V6_DEST_UNREACH, code) => {
+                format!("destination unreachable (code {code})")
+            }
+            (false, icmp::TIME_EXCEEDED, _) | (true, icmp::V6_TIME_EXCEEDED, _) => {
+                "time exceeded".into()
+            }
+            (_, _, code) => format!("parameter problem (code {code})"),
+        }
+    }
+
+    /// Whether the error says the packet was too big for a link on its way.
+    pub fn too_big(&self) -> bool {
+        matches!(
+            (self.v6, self.kind, self.code),
+            (false, icmp::DEST_UNREACH, icmp::FRAG_NEEDED) | (true, icmp::V6_PACKET_TOO_BIG, _)
+        )
+    }
+}
+
+/// What an `Encap` section says.
+pub enum Layer {
+    Outer(Encap),
+    Quoted(IcmpError),
+}
+
+/// The layer in `raw`, beside a packet of family `family` (the inner packet of a tunnel, or
+/// the ICMP error itself); `None` for an unknown kind.
+pub fn decode(raw: &RawEncap, family: u8) -> Option<Layer> {
+    if raw.kind == encap_kind::ICMP_ERROR {
+        let v6 = family == FAMILY_IPV6;
+        let too_big =
+            (!v6 && raw.icmp_type == icmp::DEST_UNREACH && raw.icmp_code == icmp::FRAG_NEEDED)
+                || (v6 && raw.icmp_type == icmp::V6_PACKET_TOO_BIG);
+        let mtu = if v6 { raw.id } else { raw.id & 0xffff };
+        return Some(Layer::Quoted(IcmpError {
+            v6,
+            kind: raw.icmp_type,
+            code: raw.icmp_code,
+            mtu: too_big.then_some(mtu),
+            quoted: Tuple {
+                proto: Proto(raw.proto),
+                src: address(raw.family, &raw.src_addr),
+                src_port: raw.src_port,
+                dst: address(raw.family, &raw.dst_addr),
+                dst_port: raw.dst_port,
+            },
+            ip_id: raw.ip_id,
+            ip_len: raw.ip_len,
+        }));
+    }
+    outer(raw, family).map(Layer::Outer)
+}
+
 /// The outer headers in `raw`, for an inner packet of family `inner_family`; `None` for an
 /// unknown kind.
-pub fn decode(raw: &RawEncap, inner_family: u8) -> Option<Encap> {
+fn outer(raw: &RawEncap, inner_family: u8) -> Option<Encap> {
     let v6 = raw.family == FAMILY_IPV6;
     let (kind, proto) = match raw.kind {
         encap_kind::VXLAN => (EncapKind::Vxlan, ipproto::UDP),

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bytes::Bytes;
-pub use encap::{Encap, EncapKind};
+pub use encap::{Encap, EncapKind, IcmpError};
 use tracer_common::{
     event::{
         CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR,
@@ -158,6 +158,18 @@ pub struct HopEvent {
     /// The outer headers of an encapsulated packet (VXLAN, Geneve, IP in IP, GRE), whose
     /// inner headers the other fields describe; `None` for a packet that is not.
     pub encap: Option<Box<Encap>>,
+    /// For an ICMP error (the packet the other fields describe), the packet it quotes.
+    pub icmp: Option<Box<IcmpError>>,
+}
+
+impl HopEvent {
+    fn set_layer(&mut self, layer: Option<encap::Layer>) {
+        match layer {
+            Some(encap::Layer::Outer(outer)) => self.encap = Some(Box::new(outer)),
+            Some(encap::Layer::Quoted(error)) => self.icmp = Some(Box::new(error)),
+            None => {}
+        }
+    }
 }
 
 /// A drop as the kernel reported it.
@@ -290,13 +302,13 @@ impl Decoder {
         if kind == EventKind::PacketEncap as u8 {
             let raw: PacketEncap = read_record(bytes, kind)?;
             let mut event = packet(&raw.event, self)?;
-            event.encap = encap::decode(&raw.encap, raw.event.family).map(Box::new);
+            event.set_layer(encap::decode(&raw.encap, raw.event.family));
             return Ok(event);
         }
         if kind == EventKind::PacketEncapWithHeaders as u8 {
             let raw: PacketEncapWithHeaders = read_record(bytes, kind)?;
             let mut event = packet(&raw.event, self)?;
-            event.encap = encap::decode(&raw.encap, raw.event.family).map(Box::new);
+            event.set_layer(encap::decode(&raw.encap, raw.event.family));
             let len = usize::from(raw.snap_len).min(SNAP_MAX);
             event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
             return Ok(event);
@@ -451,6 +463,7 @@ fn packet(raw: &PacketEvent, decoder: &mut Decoder) -> Result<HopEvent, DecodeEr
             .then(|| decoder.owners.get(&raw.sock_cookie).cloned())
             .flatten(),
         encap: None,
+        icmp: None,
     })
 }
 

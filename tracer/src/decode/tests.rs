@@ -301,7 +301,10 @@ fn vxlan_record() -> tracer_common::event::PacketEncap {
         ttl: 64,
         flags: ENCAP_HAS_ID,
         inner_offset: 50,
-        _pad: [0; 6],
+        proto: 17,
+        icmp_type: 0,
+        icmp_code: 0,
+        _pad: [0; 3],
     };
     encap.src_addr[..4].copy_from_slice(&[198, 18, 50, 1]);
     encap.dst_addr[..4].copy_from_slice(&[198, 18, 50, 2]);

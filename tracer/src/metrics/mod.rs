@@ -4,7 +4,7 @@
 //! [`MetricsOutput`] is one more [`Output`]: it turns each completed packet into observations
 //! of the time between its hops (per hop pair) and from its first hop to its last (per path
 //! kind), and counts drops, translations and flows. Places are named by their role on the
-//! container path ([`Role`]: container, host veth, bridge, uplink) with the hook, unless
+//! container path ([`Role`]: container, host veth, bridge, overlay, uplink) with the hook, unless
 //! interface names are asked for; workloads by their pod or container. The number of series is
 //! capped ([`Limits::max_series`]): label sets beyond the cap go to one overflow series per
 //! metric, labelled `_overflow`, and the overflow is counted.

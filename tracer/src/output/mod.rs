@@ -178,6 +178,17 @@ pub fn encap_text(encap: &crate::decode::Encap) -> String {
     format!("{}{id} {}", encap.kind.name(), tuple(&encap.outer))
 }
 
+/// An ICMP error as text outputs show it: `fragmentation needed (mtu 1450) for udp
+/// 10.244.1.2:46522 > 10.244.2.2:10003`.
+pub fn icmp_text(error: &crate::decode::IcmpError) -> String {
+    format!(
+        "{} for {} {}",
+        error.describe(),
+        error.quoted.proto.name(),
+        tuple(&error.quoted)
+    )
+}
+
 /// `addr:port`, with an IPv6 address in brackets; the bare address when there is no port.
 pub fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
     match (addr, port) {

@@ -20,7 +20,7 @@ use pcap_file::{
     },
 };
 
-use super::{Output, RunStats, duration, encap_text, process_text};
+use super::{Output, RunStats, duration, encap_text, icmp_text, process_text};
 use crate::{
     correlate::{HopLabel, PacketTrace, Record},
     names::NameTable,
@@ -71,6 +71,9 @@ impl<W: Write> PcapngWriter<W> {
             }
             if let Some(outer) = &hop.event.encap {
                 comment += &format!(", encapsulated: {}", encap_text(outer));
+            }
+            if let Some(error) = &hop.event.icmp {
+                comment += &format!(", {}", icmp_text(error));
             }
             if let Some((_, rule)) = packet.nat_rules.iter().find(|(at, _)| *at == index) {
                 comment += &format!(", NAT by {}", rule.describe());

@@ -5,7 +5,9 @@ use std::io::{self, Write};
 
 use tracer_common::wire::tcp;
 
-use super::{Output, RunStats, duration, encap_text, endpoint, process_text, tcp_flags, tuple};
+use super::{
+    Output, RunStats, duration, encap_text, endpoint, icmp_text, process_text, tcp_flags, tuple,
+};
 use crate::{
     correlate::{Direction, FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record},
     decode::{Encap, HopEvent, Proto, Tuple},
@@ -207,6 +209,9 @@ fn summary(event: &HopEvent) -> String {
     }
     if event.fragment {
         text += " fragment";
+    }
+    if let Some(error) = &event.icmp {
+        text += &format!(" {}", icmp_text(error));
     }
     text + &format!(" len {}", event.ip_len)
 }

@@ -1,12 +1,17 @@
 //! `tracer topology` output: the mapping the original write-up did by hand with `docker ps`,
-//! `ip link show type veth`, `ip link show type bridge` and `ip netns exec`.
+//! `ip link show type veth`, `ip link show type bridge` and `ip netns exec`, and the overlay
+//! devices `ip -d link show type vxlan` and `bridge fdb show` describe.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+};
 
 use serde::Serialize;
 
 use crate::topology::{
     Link, LinkKind, Namespace, Topology,
+    overlay::{FdbPeer, Overlay, OverlayKind},
     runtime::{Runtime, Workload},
 };
 
@@ -54,7 +59,87 @@ pub fn text(out: &mut impl Write, topology: &Topology) -> io::Result<()> {
             writeln!(out, "{}", line.trim_end())?;
         }
     }
+    overlays(out, topology)
+}
+
+/// A second table, when there are tunnel devices: what each encapsulates into, and where to.
+fn overlays(out: &mut impl Write, topology: &Topology) -> io::Result<()> {
+    if topology.overlays().next().is_none() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "\n{:<24} {:<16} {:<9} {:<16} {:<5} {:<24} {:<24} {:<24} PEERS",
+        "NAMESPACE", "OVERLAY", "KIND", "VNI/KEY", "PORT", "LOCAL", "REMOTE", "UNDERLAY"
+    )?;
+    for (ns, link, overlay) in topology.overlays() {
+        let underlay = topology.underlay(ns, link).map_or_else(
+            || {
+                overlay
+                    .underlay
+                    .map_or_else(|| "-".to_owned(), |i| format!("if{i}"))
+            },
+            |(underlay_ns, underlay)| {
+                if underlay_ns.inode == ns.inode {
+                    underlay.name.clone()
+                } else {
+                    format!("{} in {}", underlay.name, underlay_ns.display_name())
+                }
+            },
+        );
+        let address = |addr: Option<IpAddr>| addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let peers: Vec<String> = overlay.peers.iter().map(peer_text).collect();
+        let line = format!(
+            "{:<24} {:<16} {:<9} {:<16} {:<5} {:<24} {:<24} {:<24} {}",
+            ns.display_name(),
+            link.name,
+            overlay.kind.name(),
+            identifier(overlay),
+            overlay
+                .port
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            address(overlay.local),
+            address(overlay.remote),
+            underlay,
+            if peers.is_empty() {
+                "-".to_owned()
+            } else {
+                peers.join(", ")
+            },
+        );
+        writeln!(out, "{}", line.trim_end())?;
+    }
     Ok(())
+}
+
+/// VNI (or `external`) for VXLAN and Geneve, keys for GRE.
+fn identifier(overlay: &Overlay) -> String {
+    if overlay.external {
+        return "external".to_owned();
+    }
+    if let Some(vni) = overlay.vni {
+        return vni.to_string();
+    }
+    match (overlay.input_key, overlay.output_key) {
+        (Some(input), Some(output)) if input == output => format!("key {input}"),
+        (None, None) => "-".to_owned(),
+        (input, output) => {
+            let key = |k: Option<u32>| k.map_or_else(|| "-".to_owned(), |k| k.to_string());
+            format!("ikey {} okey {}", key(input), key(output))
+        }
+    }
+}
+
+/// A forwarding entry as `bridge fdb show` writes it: `MAC dst IP [port P] [vni N]`.
+fn peer_text(peer: &FdbPeer) -> String {
+    let mut text = format!("{} dst {}", peer.mac_text(), peer.dst);
+    if let Some(port) = peer.port {
+        text.push_str(&format!(" port {port}"));
+    }
+    if let Some(vni) = peer.vni {
+        text.push_str(&format!(" vni {vni}"));
+    }
+    text
 }
 
 /// The whole topology as one JSON object.
@@ -163,6 +248,7 @@ struct LinkJson<'a> {
     bridge: Option<String>,
     addresses: Vec<String>,
     default_route: bool,
+    overlay: Option<OverlayJson>,
 }
 
 impl<'a> LinkJson<'a> {
@@ -181,8 +267,60 @@ impl<'a> LinkJson<'a> {
             bridge: row.bridge,
             addresses: row.addresses,
             default_route: link.default_route,
+            overlay: link.overlay.as_ref().map(|overlay| OverlayJson {
+                kind: overlay.kind,
+                vni: overlay.vni,
+                external: overlay.external,
+                port: overlay.port,
+                local: overlay.local,
+                remote: overlay.remote,
+                input_key: overlay.input_key,
+                output_key: overlay.output_key,
+                underlay: topology
+                    .underlay(ns, link)
+                    .map(|(underlay_ns, underlay)| PeerJson {
+                        netns_inode: underlay_ns.inode,
+                        netns: underlay_ns.display_name(),
+                        ifindex: underlay.ifindex,
+                        name: underlay.name.clone(),
+                    }),
+                peers: overlay
+                    .peers
+                    .iter()
+                    .map(|peer| FdbPeerJson {
+                        mac: peer.mac_text(),
+                        dst: peer.dst,
+                        port: peer.port,
+                        vni: peer.vni,
+                    })
+                    .collect(),
+            }),
         }
     }
+}
+
+/// A tunnel device's parameters (README, "Overlays and tunnels").
+#[derive(Serialize)]
+struct OverlayJson {
+    kind: OverlayKind,
+    vni: Option<u32>,
+    external: bool,
+    port: Option<u16>,
+    local: Option<IpAddr>,
+    remote: Option<IpAddr>,
+    input_key: Option<u32>,
+    output_key: Option<u32>,
+    /// The device the encapsulated packets leave through, in its namespace.
+    underlay: Option<PeerJson>,
+    peers: Vec<FdbPeerJson>,
+}
+
+#[derive(Serialize)]
+struct FdbPeerJson {
+    mac: String,
+    dst: IpAddr,
+    port: Option<u16>,
+    vni: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -191,4 +329,103 @@ struct PeerJson {
     netns: String,
     ifindex: u32,
     name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::topology::tests::flannel_node;
+
+    #[test]
+    fn text_lists_overlays_in_a_table_of_their_own() {
+        let mut out = Vec::new();
+        text(&mut out, &flannel_node()).expect("written");
+        let out = String::from_utf8(out).expect("UTF-8");
+        let overlays: Vec<&str> = out.lines().skip_while(|l| !l.is_empty()).skip(1).collect();
+        assert_eq!(
+            overlays,
+            [
+                "NAMESPACE                OVERLAY          KIND      VNI/KEY          PORT  \
+                 LOCAL                    REMOTE                   UNDERLAY                 PEERS",
+                "node                     flannel.1        vxlan     1                8472  \
+                 198.18.77.1              -                        eth0                     \
+                 02:00:00:00:00:02 dst 198.18.77.2",
+                "lab                      vx0              vxlan     42               48879 \
+                 -                        -                        eth0 in node             \
+                 00:00:00:00:00:00 dst 198.18.77.3 port 4790",
+                "lab                      gnv0             geneve    7                6082  \
+                 -                        198.18.77.4              -                        -",
+            ]
+        );
+    }
+
+    #[test]
+    fn text_has_no_overlay_table_without_tunnels() {
+        let mut topology = flannel_node();
+        for ns in &mut topology.namespaces {
+            ns.links.retain(|l| l.overlay.is_none());
+        }
+        let mut out = Vec::new();
+        text(&mut out, &topology).expect("written");
+        let out = String::from_utf8(out).expect("UTF-8");
+        assert!(!out.contains("OVERLAY"), "{out}");
+        assert_eq!(out.lines().count(), 1 + 5, "{out}");
+    }
+
+    #[test]
+    fn identifiers_of_external_devices_and_gre_keys() {
+        let mut overlay = Overlay::new(OverlayKind::Gre);
+        assert_eq!(identifier(&overlay), "-");
+        overlay.input_key = Some(5);
+        overlay.output_key = Some(5);
+        assert_eq!(identifier(&overlay), "key 5");
+        overlay.input_key = None;
+        assert_eq!(identifier(&overlay), "ikey - okey 5");
+        let mut overlay = Overlay::new(OverlayKind::Vxlan);
+        overlay.external = true;
+        assert_eq!(identifier(&overlay), "external");
+    }
+
+    #[test]
+    fn json_links_carry_their_overlay() {
+        let mut out = Vec::new();
+        json(&mut out, &flannel_node()).expect("written");
+        let topology: Value = serde_json::from_slice(&out).expect("JSON");
+        let links = |ns: usize| topology["namespaces"][ns]["links"].clone();
+        assert_eq!(links(0)[0]["name"], "eth0");
+        assert_eq!(links(0)[0]["overlay"], Value::Null);
+        assert_eq!(links(0)[2]["kind"], "vxlan");
+        assert_eq!(
+            links(0)[2]["overlay"],
+            json!({
+                "kind": "vxlan",
+                "vni": 1,
+                "external": false,
+                "port": 8472,
+                "local": "198.18.77.1",
+                "remote": null,
+                "input_key": null,
+                "output_key": null,
+                "underlay": {"netns_inode": 4_026_531_840_u64, "netns": "node", "ifindex": 2, "name": "eth0"},
+                "peers": [{"mac": "02:00:00:00:00:02", "dst": "198.18.77.2", "port": null, "vni": null}],
+            })
+        );
+        assert_eq!(
+            links(2)[2]["overlay"],
+            json!({
+                "kind": "geneve",
+                "vni": 7,
+                "external": false,
+                "port": 6082,
+                "local": null,
+                "remote": "198.18.77.4",
+                "input_key": null,
+                "output_key": null,
+                "underlay": null,
+                "peers": [],
+            })
+        );
+    }
 }

@@ -107,7 +107,9 @@ impl RuleBook {
 
     /// The rule that made the `translation` of the packet `key`: the last rule that accepted
     /// it in a walk through a `nat` chain at a hook where that translation is made, among the
-    /// walks that saw the packet as `before` (any, when `None`).
+    /// walks that saw the side it rewrites (the source for SNAT, the destination for DNAT) as
+    /// in `before` (any, when `None`). Only that side: a packet translated both ways between
+    /// two hops (a NodePort's DNAT, then MASQUERADE) meets the SNAT rule already DNATed.
     pub fn nat_rule(
         &mut self,
         key: PacketKey,
@@ -115,7 +117,13 @@ impl RuleBook {
         translation: Translation,
     ) -> Option<Arc<Rule>> {
         let events = self.packets.get(&key)?;
-        let walks = walks(events, |tuple| before.is_none_or(|b| tuple == b));
+        let side = |t: &Tuple| match translation {
+            Translation::Source => (t.proto, t.src, t.src_port),
+            Translation::Destination => (t.proto, t.dst, t.dst_port),
+        };
+        let walks = walks(events, |tuple| {
+            before.is_none_or(|b| side(tuple) == side(b))
+        });
         let event = walks
             .iter()
             .filter_map(|(_, walk)| {

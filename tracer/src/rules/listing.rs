@@ -1,6 +1,7 @@
 //! Rule texts as `nft` prints them, read once per table with `nft -a -s list table` (`-a`
-//! adds each rule's `# handle N`, `-s` leaves out counter values) and again when a rule is not found (the ruleset
-//! changed), at most once a second per table.
+//! adds each rule's `# handle N`, `-s` leaves out counter values) and again when a rule is not
+//! found (the ruleset changed), at most once a second per table; with the comments of
+//! iptables-nft's rules, which `nft` leaves out, read over netlink.
 
 use std::{
     collections::HashMap,
@@ -98,6 +99,7 @@ impl Texts {
                 .as_deref()
                 .map(parse)
                 .unwrap_or_default();
+            add_xt_comments(&mut table.chains, path.as_deref(), key.1, &key.2);
             table.read_at = Some(Instant::now());
         }
         table
@@ -122,6 +124,31 @@ fn list(path: Option<&Path>, family: &str, name: &str) -> Option<String> {
         .ok()
         .filter(|out| out.status.success())?;
     Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Adds to each rule's text the comment iptables-nft keeps as an xtables match, which `nft`
+/// does not print (kube-proxy names every Service rule so): `... dnat to 10.244.2.2:8080
+/// comment "default/web:http"`, as newer `nft` prints it.
+fn add_xt_comments(
+    chains: &mut HashMap<String, Chain>,
+    path: Option<&Path>,
+    family: &str,
+    name: &str,
+) {
+    let read = || super::netlink::xt_comments(family, name);
+    let comments = match path {
+        Some(path) => crate::netns::run_in(path, read).and_then(|read| read),
+        None => read(),
+    };
+    for ((chain, handle), comment) in comments.unwrap_or_default() {
+        if let Some(text) = chains
+            .get_mut(&chain)
+            .and_then(|chain| chain.rules.get_mut(&handle))
+            && !text.contains(" comment \"")
+        {
+            text.push_str(&format!(" comment {comment:?}"));
+        }
+    }
 }
 
 /// The chains of `nft -a list table` output: each chain's type and its rules by handle.

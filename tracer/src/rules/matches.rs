@@ -65,15 +65,18 @@ pub fn compile(filter: Option<&Expr>, tunnels: &TunnelPorts) -> Vec<Match> {
     all
 }
 
-/// The UDP ports of the tunnels tracer looks into (VXLAN's and Geneve's); IP in IP and GRE
-/// need none.
+/// The tunnels tracer looks into: the UDP ports of VXLAN and Geneve; IP in IP and GRE need
+/// none. [`TunnelPorts::default`] is none at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TunnelPorts(pub Vec<u16>);
+pub struct TunnelPorts(pub Option<Vec<u16>>);
 
 impl TunnelPorts {
     /// One match per tunnel: UDP to each port, and the IP-in-IP and GRE protocols.
     fn matches(&self) -> Vec<Match> {
-        let udp = self.0.iter().map(|&port| Match {
+        let Some(ports) = &self.0 else {
+            return Vec::new();
+        };
+        let udp = ports.iter().map(|&port| Match {
             proto: Some(Proto::UDP.0),
             ports: vec![PortMatch {
                 dst: true,
@@ -253,7 +256,7 @@ mod tests {
     #[test]
     fn no_filter_traces_every_packet() {
         assert_eq!(
-            compile(None, &TunnelPorts(vec![8472])),
+            compile(None, &TunnelPorts(Some(vec![8472]))),
             vec![Match::default()]
         );
     }
@@ -319,6 +322,43 @@ mod tests {
         );
         // A contradiction marks nothing.
         assert_eq!(matches_of("tcp and udp"), vec![]);
+    }
+
+    /// The tunnels' datagrams are marked beside the filter's packets: their inner packets may
+    /// be the filter's, which nf_tables cannot look at.
+    #[test]
+    fn tunnel_datagrams_are_marked_too() {
+        let filter = parse("port 10001").unwrap();
+        let all = compile(Some(&filter), &TunnelPorts(Some(vec![8472, 6081])));
+        assert_eq!(all.len(), 6 + 2 + 3, "{all:?}");
+        for (proto, port) in [
+            (17, Some(8472)),
+            (17, Some(6081)),
+            (4, None),
+            (41, None),
+            (47, None),
+        ] {
+            let ports = port
+                .map(|port| {
+                    vec![PortMatch {
+                        dst: true,
+                        lo: port,
+                        hi: port,
+                    }]
+                })
+                .unwrap_or_default();
+            assert!(
+                all.contains(&Match {
+                    proto: Some(proto),
+                    ports,
+                    ..Match::default()
+                }),
+                "{proto} {port:?}: {all:?}"
+            );
+        }
+        // Nothing to mark where the filter matches nothing.
+        let none = parse("tcp and udp").unwrap();
+        assert_eq!(compile(Some(&none), &TunnelPorts(Some(vec![8472]))), vec![]);
     }
 
     #[test]

@@ -25,14 +25,14 @@ use super::{
     select::Selection,
     start::{
         Files, Reader, Request, announce_ready, follow_rules, load_programs, open_outputs,
-        start_rules,
+        start_rules, tunnels,
     },
 };
 use crate::{
     clock::monotonic_ns,
     correlate::Limits,
     decode::HopEvent,
-    kernel::{Programs, Tunnels, hooks::HookSet, tc::TcMode},
+    kernel::{Programs, hooks::HookSet, tc::TcMode},
     metrics::Metrics,
     output::{Format, HookStats, RunStats},
     reader::ReaderStats,
@@ -115,7 +115,7 @@ impl Trace {
         let request = Request::check(&options)?;
         let follower = Follower::start(&options.selection, options.hooks).await?;
         let files = Files::create(&options)?;
-        let tunnels = Tunnels::default();
+        let tunnels = tunnels(&follower.topology);
         let mut programs =
             load_programs(&options, request.filter, files.pcapng.is_some(), &tunnels)?;
         let reader = Reader::spawn(programs.take_events()?, files.recorder)?;

@@ -8,7 +8,7 @@ use std::{fs::File, io, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
-use tracer_common::{config::Filter, event::SNAP_MAX};
+use tracer_common::{config::Filter, event::SNAP_MAX, wire::tunnel};
 
 use super::{follow::Follower, live::Options};
 use crate::{
@@ -21,6 +21,7 @@ use crate::{
     reader::{self, ReaderStats},
     recording::Recorder,
     rules::{Detail, Namespace, Rules, TunnelPorts, doctor::legacy_iptables},
+    topology::Topology,
 };
 
 /// Batches of events the reader may have sent ahead of the session.
@@ -77,6 +78,22 @@ impl Files {
             None => None,
         };
         Ok(Files { pcapng, recorder })
+    }
+}
+
+/// The tunnels to look into: VXLAN on every port a VXLAN device on the machine uses (and the
+/// two usual ones), Geneve on its port (or the one a Geneve device uses instead), IP in IP and
+/// GRE. Devices made after the start with other ports are not looked into.
+pub fn tunnels(topology: &Topology) -> Tunnels {
+    let geneve = topology.geneve_ports();
+    Tunnels {
+        enabled: true,
+        vxlan_ports: topology.vxlan_ports(),
+        geneve_port: geneve
+            .iter()
+            .copied()
+            .find(|&port| port != tunnel::GENEVE_PORT)
+            .or(geneve.first().copied()),
     }
 }
 
@@ -238,7 +255,8 @@ pub fn start_rules(
     }
     let mut ports = tunnels.vxlan_ports.clone();
     ports.extend(tunnels.geneve_port);
-    let mut rules = Rules::new(expression, detail, &TunnelPorts(ports));
+    let tunnel_ports = TunnelPorts(tunnels.enabled.then_some(ports));
+    let mut rules = Rules::new(expression, detail, &tunnel_ports);
     follow_rules(&mut rules, follower);
     if rules.namespaces() == 0 {
         eprintln!(

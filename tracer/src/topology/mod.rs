@@ -3,10 +3,12 @@
 //!
 //! Namespaces are found where they are named (`ip netns` in `/var/run/netns`, Docker's in
 //! `/var/run/docker/netns`) and through every process (`/proc/*/ns/net`), and deduplicated by
-//! inode. Links come from route netlink inside each namespace ([`netlink`]); the containers and
-//! pods that own them from the container runtimes ([`runtime`]).
+//! inode. Links come from route netlink inside each namespace ([`netlink`]), tunnel devices with
+//! what they encapsulate into ([`overlay`]); the containers and pods that own them from the
+//! container runtimes ([`runtime`]).
 
 pub mod netlink;
+pub mod overlay;
 pub mod runtime;
 
 use std::{
@@ -22,6 +24,7 @@ use crate::{
     netns,
 };
 
+use overlay::{GENEVE_DEFAULT_PORTS, Overlay, OverlayKind, VXLAN_DEFAULT_PORTS};
 use runtime::{Workload, Workloads};
 
 /// Directory where Docker keeps its containers' namespaces.
@@ -55,6 +58,9 @@ pub struct Link {
     pub addresses: Vec<(IpAddr, u8)>,
     /// Whether a default route leaves through this link (an uplink).
     pub default_route: bool,
+    /// For a tunnel device (VXLAN, Geneve, IP-in-IP, GRE, WireGuard): what it encapsulates
+    /// into, and where to.
+    pub overlay: Option<Overlay>,
 }
 
 /// A network namespace and what is in it.
@@ -142,20 +148,75 @@ impl Topology {
         (peer.kind == LinkKind::Veth).then_some((peer_ns, peer))
     }
 
+    /// The underlay device of a tunnel: its namespace and link.
+    pub fn underlay<'a>(
+        &'a self,
+        ns: &'a Namespace,
+        link: &Link,
+    ) -> Option<(&'a Namespace, &'a Link)> {
+        let overlay = link.overlay.as_ref()?;
+        let underlay_ns = match overlay.underlay_netnsid {
+            Some(id) => self.namespace(*ns.nsids.get(&id)?)?,
+            None => ns,
+        };
+        Some((underlay_ns, underlay_ns.link(overlay.underlay?)?))
+    }
+
+    /// Every tunnel device, in every namespace.
+    pub fn overlays(&self) -> impl Iterator<Item = (&Namespace, &Link, &Overlay)> {
+        self.namespaces.iter().flat_map(|ns| {
+            ns.links
+                .iter()
+                .filter_map(move |link| Some((ns, link, link.overlay.as_ref()?)))
+        })
+    }
+
+    /// The UDP ports the kernel programs must treat as VXLAN: the defaults
+    /// ([`VXLAN_DEFAULT_PORTS`]), then the port of every VXLAN device on the machine, then
+    /// ports its forwarding entries send to; sorted, at most
+    /// [`MAX_OVERLAY_PORTS`](overlay::MAX_OVERLAY_PORTS).
+    pub fn vxlan_ports(&self) -> Vec<u16> {
+        self.udp_ports(OverlayKind::Vxlan, &VXLAN_DEFAULT_PORTS)
+    }
+
+    /// The UDP ports the kernel programs must treat as Geneve, as [`Topology::vxlan_ports`].
+    pub fn geneve_ports(&self) -> Vec<u16> {
+        self.udp_ports(OverlayKind::Geneve, &GENEVE_DEFAULT_PORTS)
+    }
+
+    fn udp_ports(&self, kind: OverlayKind, defaults: &[u16]) -> Vec<u16> {
+        let devices = || {
+            self.overlays()
+                .map(|(_, _, o)| o)
+                .filter(|o| o.kind == kind)
+        };
+        let mut used: Vec<u16> = devices().filter_map(|o| o.port).collect();
+        used.sort_unstable();
+        let mut peers: Vec<u16> = devices()
+            .flat_map(|o| o.peers.iter().filter_map(|p| p.port))
+            .collect();
+        peers.sort_unstable();
+        used.extend(peers);
+        overlay::udp_ports(defaults, used)
+    }
+
     /// The bridge a link is enslaved to, in the link's namespace.
     pub fn bridge_of<'a>(&self, ns: &'a Namespace, link: &Link) -> Option<&'a Link> {
         ns.link(link.master?)
             .filter(|master| master.kind == LinkKind::Bridge)
     }
 
-    /// What a link is on the container path: a bridge, an uplink, the host's end of a veth
-    /// pair (on a bridge), or the container's end (its peer is on a bridge, or it is in a
-    /// runtime's namespace).
+    /// What a link is on the container path: a bridge, a tunnel device (also one on a bridge or
+    /// with the default route), an uplink, the host's end of a veth pair (on a bridge), or the
+    /// container's end (its peer is on a bridge, or it is in a runtime's namespace).
     pub fn role(&self, ns: &Namespace, link: &Link) -> Role {
         match link.kind {
             LinkKind::Bridge => return Role::Bridge,
             LinkKind::Loopback => return Role::Loopback,
             _ => {}
+        }
+        if link.overlay.is_some() {
+            return Role::Overlay;
         }
         if self.bridge_of(ns, link).is_some() {
             return Role::HostVeth;
@@ -273,7 +334,15 @@ fn resolve_nsids(namespaces: &mut [Namespace]) {
         .filter_map(|ns| Some((ns.inode, File::open(&ns.path).ok()?)))
         .collect();
     for ns in namespaces.iter_mut() {
-        let mut wanted: Vec<i32> = ns.links.iter().filter_map(|l| l.peer_netnsid).collect();
+        let mut wanted: Vec<i32> = ns
+            .links
+            .iter()
+            .flat_map(|l| {
+                let underlay = l.overlay.as_ref().and_then(|o| o.underlay_netnsid);
+                [l.peer_netnsid, underlay]
+            })
+            .flatten()
+            .collect();
         wanted.sort_unstable();
         wanted.dedup();
         if wanted.is_empty() {
@@ -290,3 +359,6 @@ fn resolve_nsids(namespaces: &mut [Namespace]) {
         ns.nsids = netlink::nsids(&mut socket, &others, &wanted);
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

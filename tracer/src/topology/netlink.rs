@@ -1,5 +1,6 @@
-//! Route netlink dumps of one network namespace: links, addresses, default routes, and the
-//! ids under which it knows other namespaces.
+//! Route netlink dumps of one network namespace: links (with their overlay parameters),
+//! addresses, default routes, VXLAN forwarding entries, and the ids under which it knows other
+//! namespaces.
 //!
 //! A netlink socket belongs to the namespace it was created in, so [`Netlink::open_in`] creates
 //! it inside the target namespace and every later request on it describes that namespace.
@@ -17,6 +18,7 @@ use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::NeighbourMessage,
     nsid::{NsidAttribute, NsidMessage},
     route::{RouteAttribute, RouteMessage},
     tc::{TcHandle, TcMessage},
@@ -26,7 +28,10 @@ use netlink_packet_route::{
 const TC_H_CLSACT: u32 = 0xffff_fff1;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use super::{Link, LinkKind};
+use super::{
+    Link, LinkKind,
+    overlay::{self, FdbPeer, OverlayKind},
+};
 use crate::netns;
 
 /// A route netlink socket in one namespace.
@@ -86,7 +91,54 @@ impl Netlink {
                 }
             }
         }
+        for link in &mut links {
+            if let Some(overlay) = &mut link.overlay
+                && overlay.kind == OverlayKind::Vxlan
+            {
+                overlay.peers = self.fdb(link.ifindex)?;
+            }
+        }
         Ok(links)
+    }
+
+    /// The forwarding entries of the VXLAN device `ifindex` that send to remote endpoints.
+    ///
+    /// With strict checking, the kernel dumps only the device's entries (`rtnl_fdb_dump`
+    /// takes `ndm_ifindex` as the port to dump); without (before Linux 4.20, or where the
+    /// filtered dump is refused), it dumps every device's. The entries are picked here either
+    /// way.
+    pub fn fdb(&mut self, ifindex: u32) -> io::Result<Vec<FdbPeer>> {
+        let filtered = if self.socket.set_netlink_get_strict_chk(true).is_ok() {
+            let replies = self.fdb_dump(ifindex);
+            self.socket.set_netlink_get_strict_chk(false)?;
+            replies.ok()
+        } else {
+            None
+        };
+        let replies = match filtered {
+            Some(replies) => replies,
+            None => self.fdb_dump(0)?,
+        };
+        Ok(replies
+            .iter()
+            .filter_map(|message| match message {
+                RouteNetlinkMessage::NewNeighbour(neighbour) => {
+                    overlay::decode::fdb_peer(neighbour)
+                }
+                _ => None,
+            })
+            .filter(|(device, _)| *device == ifindex)
+            .map(|(_, peer)| peer)
+            .collect())
+    }
+
+    /// A bridge-family neighbour dump, of the device `ifindex` under strict checking, of
+    /// every device with 0.
+    fn fdb_dump(&mut self, ifindex: u32) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut request = NeighbourMessage::default();
+        request.header.family = AddressFamily::Bridge;
+        request.header.ifindex = ifindex;
+        self.dump(RouteNetlinkMessage::GetNeighbour(request))
     }
 
     /// Deletes the clsact qdisc of `ifindex` (with whatever filters remain on it).
@@ -180,7 +232,7 @@ impl Netlink {
     }
 }
 
-fn link_from(message: &LinkMessage) -> Link {
+pub(super) fn link_from(message: &LinkMessage) -> Link {
     let mut link = Link {
         ifindex: message.header.index,
         name: String::new(),
@@ -191,6 +243,7 @@ fn link_from(message: &LinkMessage) -> Link {
         up: message.header.flags.contains(LinkFlags::Up),
         addresses: Vec::new(),
         default_route: false,
+        overlay: None,
     };
     if message.header.flags.contains(LinkFlags::Loopback) {
         link.kind = LinkKind::Loopback;
@@ -202,6 +255,7 @@ fn link_from(message: &LinkMessage) -> Link {
             LinkAttribute::Link(peer) => link.peer_ifindex = Some(*peer),
             LinkAttribute::LinkNetNsId(id) => link.peer_netnsid = Some(*id),
             LinkAttribute::LinkInfo(infos) => {
+                link.overlay = overlay::decode::from_link_info(infos);
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {
                         link.kind = match kind {
@@ -214,6 +268,10 @@ fn link_from(message: &LinkMessage) -> Link {
             }
             _ => {}
         }
+    }
+    if let Some(overlay) = &mut link.overlay {
+        // A tunnel's IFLA_LINK_NETNSID is where its underlay device is.
+        overlay.underlay_netnsid = link.peer_netnsid;
     }
     if link.kind != LinkKind::Veth {
         // Only a veth's IFLA_LINK names a peer; for other kinds it is a lower device.

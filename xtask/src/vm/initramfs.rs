@@ -34,6 +34,12 @@ const MODULES: &[&str] = &[
     "xt_tcpudp",
     "sch_ingress",
     "cls_bpf",
+    // The tunnels tracer looks into (tests/tests/tunnels.rs).
+    "vxlan",
+    "geneve",
+    "ipip",
+    "sit",
+    "ip_gre",
 ];
 
 /// Modules a node of the two-node test needs: its pod's veth and bridge, the VXLAN overlay,

@@ -29,6 +29,10 @@ pub struct Image {
     pub release: String,
 }
 
+/// Every tunnel kind Debian's kernels have as modules (the initramfs loads them), which
+/// `tests/tests/tunnels.rs` must trace there.
+const TUNNELS: &str = "vxlan,geneve,ipip,sit,gre,gretap";
+
 impl Kernel {
     pub const ALL: [Kernel; 2] = [Kernel::Debian61, Kernel::Debian612];
 
@@ -59,9 +63,14 @@ impl Kernel {
             Kernel::Debian61 => vec![
                 ("TRACER_EXPECT_NAT", "kprobe"),
                 ("TRACER_EXPECT_TC", "clsact"),
+                ("TRACER_EXPECT_TUNNELS", TUNNELS),
             ],
             // The same for the NAT function; TCX exists from 6.6 on.
-            Kernel::Debian612 => vec![("TRACER_EXPECT_NAT", "kprobe"), ("TRACER_EXPECT_TC", "tcx")],
+            Kernel::Debian612 => vec![
+                ("TRACER_EXPECT_NAT", "kprobe"),
+                ("TRACER_EXPECT_TC", "tcx"),
+                ("TRACER_EXPECT_TUNNELS", TUNNELS),
+            ],
         }
     }
 

@@ -30,7 +30,7 @@ use anyhow::{Context as _, bail};
 use crate::util::{build_tracer, require_root, workspace};
 
 /// Integration tests run in every guest.
-const TESTS: [&str; 4] = ["kernel", "stack", "nat", "drop"];
+const TESTS: [&str; 5] = ["kernel", "stack", "nat", "drop", "tunnels"];
 /// How long one guest may take, boot to power-off.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 

@@ -21,7 +21,7 @@ use super::{Output, RunStats, TcpFlags};
 use crate::{
     attribution::Rule,
     correlate::{FlowSummary, HopLabel, NatRecord, NatSource, PacketProcess, PacketTrace, Record},
-    decode::{Conntrack, Encap, Proto, Tuple},
+    decode::{Conntrack, Encap, IcmpError, Proto, Tuple},
     names::NameTable,
     workload::{Runtime, Workload},
 };
@@ -145,6 +145,10 @@ impl<W: Write> JsonWriter<W> {
         if let Some(outer) = &e.encap {
             b.raw(key!("encap"));
             encap_object(b, outer);
+        }
+        if let Some(error) = &e.icmp {
+            b.raw(key!("icmp"));
+            icmp_object(b, error);
         }
         if let Some(rule) = rule {
             b.raw(key!("rule"));
@@ -314,8 +318,6 @@ fn tuple(b: &mut Vec<u8>, t: &Tuple) {
     b.push(b'}');
 }
 
-/// `{"family":...,"table":...,"chain":...,"handle":...,"text":...,"verdict":...}`; `handle`
-/// is null for a chain's policy, `text` when `nft` could not list the rule.
 /// `{"kind":"vxlan","vni":1,"key":null,"proto":"udp","src_ip":...,"src_port":...,...}`: the
 /// outer headers of an encapsulated packet.
 fn encap_object(b: &mut Vec<u8>, encap: &Encap) {
@@ -354,6 +356,27 @@ fn encap_object(b: &mut Vec<u8>, encap: &Encap) {
     b.push(b'}');
 }
 
+/// `{"type":3,"code":4,"error":"fragmentation needed (mtu 1450)","mtu":1450,"quoted":{...}}`:
+/// an ICMP error and the packet it quotes.
+fn icmp_object(b: &mut Vec<u8>, error: &IcmpError) {
+    b.raw(b"{\"type\":");
+    b.uint(error.kind);
+    b.raw(key!("code"));
+    b.uint(error.code);
+    b.raw(key!("error"));
+    b.str(&error.describe());
+    b.raw(key!("mtu"));
+    match error.mtu {
+        Some(mtu) => b.uint(mtu),
+        None => b.null(),
+    }
+    b.raw(key!("quoted"));
+    tuple(b, &error.quoted);
+    b.push(b'}');
+}
+
+/// `{"family":...,"table":...,"chain":...,"handle":...,"text":...,"verdict":...}`; `handle`
+/// is null for a chain's policy, `text` when `nft` could not list the rule.
 fn rule_object(b: &mut Vec<u8>, rule: &Rule) {
     b.raw(open!("family"));
     b.str(rule.family);

@@ -12,6 +12,7 @@
 //! `netlink-packet-core`'s attribute parser. Errors keep the kernel's extended-ack text
 //! (`NETLINK_EXT_ACK`) and which request of a batch it refused.
 
+mod comments;
 mod message;
 mod report;
 mod table;
@@ -21,6 +22,7 @@ use std::io;
 use netlink_packet_core::NlasIterator;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
+pub use comments::xt_comments;
 pub use table::Request;
 
 use super::{matches::Match, trace::TraceEvent};

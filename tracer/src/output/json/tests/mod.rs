@@ -19,7 +19,9 @@ use crate::{
         Direction, FlowSummary, Hop, HopLabel, HopPair, NatKind, NatRecord, NatSource,
         PacketProcess, PacketTrace, Record, stats::Summary,
     },
-    decode::{Conntrack, DropInfo, Encap, EncapKind, HopEvent, IfName, Process, Proto, Tuple},
+    decode::{
+        Conntrack, DropInfo, Encap, EncapKind, HopEvent, IcmpError, IfName, Process, Proto, Tuple,
+    },
     names::NameTable,
     output::Output,
     workload::{Runtime, Workload},
@@ -77,6 +79,7 @@ fn event(netns_inode: u64, ifname: &str, tuple: Tuple) -> HopEvent {
         headers: None,
         process: None,
         encap: None,
+        icmp: None,
     }
 }
 
@@ -177,15 +180,40 @@ fn records() -> Vec<Record> {
         ip_len: 150,
         ttl: 1,
     }));
-    let hops = [plain, udp, fragment, tracked, vxlan, gre, dropped, unnamed]
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| Hop {
-            event,
-            since_prev_ns: i as u64 * 1_000,
-            since_first_ns: i as u64 * 2_500,
-        })
-        .collect();
+    let mut frag_needed = event(1, "docker0", outer);
+    frag_needed.tuple.proto = Proto::ICMP;
+    frag_needed.has_l4 = false;
+    frag_needed.icmp = Some(Box::new(IcmpError {
+        v6: false,
+        kind: 3,
+        code: 4,
+        mtu: Some(1280),
+        quoted: Tuple {
+            proto: Proto::UDP,
+            ..outer.reversed()
+        },
+        ip_id: 1,
+        ip_len: 1500,
+    }));
+    let hops = [
+        plain,
+        udp,
+        fragment,
+        tracked,
+        vxlan,
+        gre,
+        frag_needed,
+        dropped,
+        unnamed,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, event)| Hop {
+        event,
+        since_prev_ns: i as u64 * 1_000,
+        since_first_ns: i as u64 * 2_500,
+    })
+    .collect();
     let masquerade = Arc::new(Rule {
         family: "ip",
         table: "nat".into(),

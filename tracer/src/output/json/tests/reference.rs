@@ -110,6 +110,9 @@ struct HopJson<'a> {
     /// Only for an encapsulated packet: its outer headers.
     #[serde(skip_serializing_if = "Option::is_none")]
     encap: Option<EncapJson>,
+    /// Only for an ICMP error: what it says, and the packet it quotes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    icmp: Option<IcmpJson>,
     /// `--rules` only, and only where a rule was named.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "rule_json")]
     rule: Option<&'a Rule>,
@@ -198,10 +201,27 @@ impl<'a> HopJson<'a> {
                 }
             }),
             encap: e.encap.as_deref().map(EncapJson::new),
+            icmp: e.icmp.as_deref().map(|error| IcmpJson {
+                kind: error.kind,
+                code: error.code,
+                error: error.describe(),
+                mtu: error.mtu,
+                quoted: TupleJson::new(&error.quoted),
+            }),
             rule,
             rules,
         }
     }
+}
+
+#[derive(Serialize)]
+struct IcmpJson {
+    #[serde(rename = "type")]
+    kind: u8,
+    code: u8,
+    error: String,
+    mtu: Option<u32>,
+    quoted: TupleJson,
 }
 
 #[derive(Serialize)]

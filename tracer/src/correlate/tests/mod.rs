@@ -10,6 +10,8 @@ use tracer_common::hook::Hook;
 use super::*;
 use crate::decode::{Conntrack, HopEvent, IfName, Proto, Tuple};
 
+mod layers;
+
 const CTR: u64 = 1;
 const HOST: u64 = 2;
 const REMOTE: u64 = 3;
@@ -73,6 +75,7 @@ pub(crate) fn event(
         headers: None,
         process: None,
         encap: None,
+        icmp: None,
     }
 }
 
