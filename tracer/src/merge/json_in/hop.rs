@@ -10,7 +10,9 @@ use super::Symbols;
 use crate::{
     attribution::Rule,
     correlate::PacketProcess,
-    decode::{Conntrack, DropInfo, Encap, EncapKind, HopEvent, IfName, Process, Proto, Tuple},
+    decode::{
+        Conntrack, DropInfo, Encap, EncapKind, HopEvent, IcmpError, IfName, Process, Proto, Tuple,
+    },
     names::NameTable,
     output::TcpFlags,
     workload::{Runtime, Workload},
@@ -51,6 +53,7 @@ pub(super) struct HopLine {
     drop_location: Option<String>,
     process: Option<ProcessLine>,
     encap: Option<EncapLine>,
+    icmp: Option<IcmpLine>,
     rule: Option<RuleLine>,
     rules: Option<Vec<RuleLine>>,
 }
@@ -92,6 +95,15 @@ struct EncapLine {
     ip_id: u16,
     ip_len: u16,
     ttl: u8,
+}
+
+#[derive(Deserialize)]
+struct IcmpLine {
+    #[serde(rename = "type")]
+    kind: u8,
+    code: u8,
+    mtu: Option<u32>,
+    quoted: TupleLine,
 }
 
 #[derive(Deserialize)]
@@ -149,6 +161,19 @@ pub(super) fn hop_event(
         Some(encap) => Some(Box::new(self::encap(encap)?)),
         None => None,
     };
+    let icmp = match &hop.icmp {
+        Some(line) => Some(Box::new(IcmpError {
+            v6: tuple.proto == Proto::ICMPV6,
+            kind: line.kind,
+            code: line.code,
+            mtu: line.mtu,
+            quoted: self::tuple(&line.quoted)?,
+            // The quoted packet's IP id and length are not in JSON.
+            ip_id: 0,
+            ip_len: 0,
+        })),
+        None => None,
+    };
     let process = hop.process.as_ref().map(|p| process(p, names));
     let event = HopEvent {
         ts_ns: hop.ts_ns,
@@ -176,6 +201,7 @@ pub(super) fn hop_event(
         headers: None,
         process: None,
         encap,
+        icmp,
     };
     let shown = hop.rule.and_then(rule);
     let walk = hop.rules.into_iter().flatten().filter_map(rule).collect();

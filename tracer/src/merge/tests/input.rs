@@ -90,7 +90,10 @@ fn raw(e: &HopEvent) -> Vec<u8> {
         ttl: encap.ttl,
         flags: ENCAP_HAS_ID,
         inner_offset: 50,
-        _pad: [0; 6],
+        proto: encap.outer.proto.0,
+        icmp_type: 0,
+        icmp_code: 0,
+        _pad: [0; 3],
     };
     encode_record(&PacketEncap { event: r, encap })
 }
