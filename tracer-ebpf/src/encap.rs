@@ -111,7 +111,7 @@ fn udp_tunnel(bytes: &impl Bytes, l4: u32, port: u16) -> Option<(u8, u32, bool, 
 
 /// Whether `port` is one a VXLAN device uses (the collector lists them).
 #[inline(always)]
-fn is_vxlan_port(port: u16) -> bool {
+pub fn is_vxlan_port(port: u16) -> bool {
     let ports = conf!(vxlan_ports);
     let mut found = false;
     for configured in ports {

@@ -12,9 +12,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
-use tracer_common::event::Encap;
-
-use crate::{conntrack::Scratch, packet::Headers};
+use crate::{conntrack::Scratch, layer::Layers, packet::Headers};
 
 /// Runs that can be nested on one CPU; a deeper one is not traced (and counted as lost).
 const NEST: u64 = 4;
@@ -24,10 +22,9 @@ const NEST: u64 = 4;
 pub struct Frame {
     /// The packet's headers: the outer ones of an encapsulated packet.
     pub headers: Headers,
-    /// An encapsulated packet's inner headers.
-    pub inner: Headers,
-    /// An encapsulated packet's outer headers, as its event carries them.
-    pub encap: Encap,
+    /// A tunnel's inner headers and its outer ones as the event carries them, or the packet
+    /// an ICMP error quotes.
+    pub layers: Layers,
     pub scratch: MaybeUninit<Scratch>,
 }
 

@@ -15,6 +15,7 @@ mod encap;
 mod filter;
 mod frame;
 mod icmp;
+mod layer;
 mod nat;
 mod owner;
 mod packet;

@@ -15,10 +15,9 @@ use crate::{
     config::conf,
     conntrack::{Conntrack, SCRATCH, Scratch, Tuples},
     emit::{Record, Verdict, count, matches, matches_encap},
-    encap,
     frame::{self, Frame},
-    icmp,
-    packet::{Bytes, Parsed, parse_l3},
+    layer::{self, Layer, Layers},
+    packet::{Bytes, Headers, Parsed, parse_l3},
 };
 
 /// Where the L3 header of the skb starts at a given hook.
@@ -179,6 +178,22 @@ impl Bytes for Window<'_> {
     }
 }
 
+#[inline(never)]
+fn find_tunnel(window: &Window, l3: u32, outer: &Headers, layers: &mut Layers) -> bool {
+    layer::tunnel(window, l3, outer, layers)
+}
+
+#[inline(never)]
+fn inner_headers(linear: &Linear, scratch: &mut MaybeUninit<Scratch>, layers: &mut Layers) -> bool {
+    let window = Window::read(linear, layers.inner_l3, scratch);
+    layer::inner(&window, layers)
+}
+
+#[inline(never)]
+fn find_quote(window: &Window, l3: u32, packet: &Headers, layers: &mut Layers) -> bool {
+    layer::quote(window, l3, packet, layers)
+}
+
 /// Emits an event for `skb` at `hook` if it matches the filter.
 #[inline(always)]
 pub fn trace<A: Access>(skb: u64, hook: Hook, at: L3At) {
@@ -237,8 +252,7 @@ fn emit<A: Access>(
     };
     let Frame {
         headers,
-        inner,
-        encap,
+        layers,
         scratch,
     } = frame;
     headers.zero();
@@ -246,26 +260,32 @@ fn emit<A: Access>(
     if parse_l3(&window, protocol, l3, headers) == Parsed::NotIp {
         return None;
     }
-    let tunnel = encap::detect(&window, l3, headers, encap);
-    let quoted = tunnel.is_none() && icmp::quoted(&window, l3, headers, encap);
-    let encapsulated = match tunnel {
-        Some(at) => {
-            inner.zero();
-            let window = Window::read(&linear, at.l3, scratch);
-            parse_l3(&window, at.proto, at.l3, inner) == Parsed::Ip
+    // The second layer of a packet that may have one (see [`layer`]): each step a BPF
+    // function of its own, called one after the other, so that their stack frames are not
+    // added up; a tunnel's inner headers are parsed from a window at them.
+    let layer = if !layer::candidate(headers) {
+        Layer::None
+    } else if find_tunnel(&window, l3, headers, layers) {
+        if inner_headers(&linear, scratch, layers) {
+            Layer::Tunnel
+        } else {
+            Layer::None
         }
-        None => false,
+    } else if find_quote(&window, l3, headers, layers) {
+        Layer::Quote
+    } else {
+        Layer::None
     };
-
-    let reserved = if encapsulated {
+    let reserved = if layer == Layer::Tunnel {
         // The outer packet's conntrack entry is the tunnel's: the event has none.
-        if !matches_encap(inner, headers) {
+        if !matches_encap(&layers.inner, headers) {
             return None;
         }
-        Record::reserve(hook as u8, inner, &Conntrack::of(0), None, Some(encap))
+        let ct = Conntrack::of(0);
+        Record::reserve(hook as u8, &layers.inner, &ct, None, Some(&layers.encap))
     } else {
         let ct = Conntrack::of(A::read(skb, conf!(offsets.skb_nfct)).unwrap_or(0));
-        let quote = quoted.then_some(&*encap);
+        let quote = (layer == Layer::Quote).then_some(&layers.encap);
         let tuples = match matches(headers, quote, &ct, scratch) {
             Verdict::Miss => return None,
             Verdict::Match => None,

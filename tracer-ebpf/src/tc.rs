@@ -26,10 +26,9 @@ use tracer_common::{
 use crate::{
     conntrack::{Conntrack, Tuples},
     emit::{Record, Verdict, count, matches, matches_encap},
-    encap,
     frame::{self, Frame},
-    icmp,
-    packet::{Bytes, Parsed, parse_l3},
+    layer::{self, Layer, Layers},
+    packet::{Bytes, Headers, Parsed, parse_l3},
 };
 
 #[classifier]
@@ -84,6 +83,37 @@ fn trace(ctx: &TcContext, hook: Hook) {
     count(hook as u8, counter);
 }
 
+/// The second layer of a packet that may have one (see [`layer`]): a tunnel's inner headers
+/// are parsed too. Each step is a BPF function of its own, called one after the other.
+#[inline(always)]
+fn second_layer(ctx: &TcContext, l3: u32, outer: &Headers, layers: &mut Layers) -> Layer {
+    if find_tunnel(ctx, l3, outer, layers) {
+        if inner_headers(ctx, layers) {
+            return Layer::Tunnel;
+        }
+        return Layer::None;
+    }
+    if find_quote(ctx, l3, outer, layers) {
+        return Layer::Quote;
+    }
+    Layer::None
+}
+
+#[inline(never)]
+fn find_tunnel(ctx: &TcContext, l3: u32, outer: &Headers, layers: &mut Layers) -> bool {
+    layer::tunnel(ctx, l3, outer, layers)
+}
+
+#[inline(never)]
+fn inner_headers(ctx: &TcContext, layers: &mut Layers) -> bool {
+    layer::inner(ctx, layers)
+}
+
+#[inline(never)]
+fn find_quote(ctx: &TcContext, l3: u32, packet: &Headers, layers: &mut Layers) -> bool {
+    layer::quote(ctx, l3, packet, layers)
+}
+
 #[inline(always)]
 fn emit(ctx: &TcContext, hook: Hook, frame: &mut Frame) -> Option<Counter> {
     let mut proto = u16::from_be(Bytes::load::<u16>(ctx, ether::TYPE_OFFSET)?);
@@ -97,8 +127,7 @@ fn emit(ctx: &TcContext, hook: Hook, frame: &mut Frame) -> Option<Counter> {
     }
     let Frame {
         headers,
-        inner,
-        encap,
+        layers,
         scratch,
     } = frame;
     headers.zero();
@@ -107,24 +136,20 @@ fn emit(ctx: &TcContext, hook: Hook, frame: &mut Frame) -> Option<Counter> {
     }
     // A TC program sees no conntrack entry.
     let ct = Conntrack::of(0);
-    let tunnel = encap::detect(ctx, l3, headers, encap);
-    let quoted = tunnel.is_none() && icmp::quoted(ctx, l3, headers, encap);
-    let encapsulated = match tunnel {
-        Some(at) => {
-            inner.zero();
-            parse_l3(ctx, at.proto, at.l3, inner) == Parsed::Ip
-        }
-        None => false,
+    let layer = if layer::candidate(headers) {
+        second_layer(ctx, l3, headers, layers)
+    } else {
+        Layer::None
     };
-    let reserved = if encapsulated {
-        if !matches_encap(inner, headers) {
+    let reserved = if layer == Layer::Tunnel {
+        if !matches_encap(&layers.inner, headers) {
             return None;
         }
-        inner.flags |= FLAG_TC;
-        Record::reserve(hook as u8, inner, &ct, None, Some(encap))
+        layers.inner.flags |= FLAG_TC;
+        Record::reserve(hook as u8, &layers.inner, &ct, None, Some(&layers.encap))
     } else {
         headers.flags |= FLAG_TC;
-        let quote = quoted.then_some(&*encap);
+        let quote = (layer == Layer::Quote).then_some(&layers.encap);
         let tuples = match matches(headers, quote, &ct, scratch) {
             Verdict::Miss => return None,
             Verdict::Match => None,
