@@ -16,12 +16,14 @@ use crate::{
 // kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)
 
 #[btf_tracepoint(function = "kfree_skb")]
+#[inline(always)] // one stack frame for the whole run
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     dropped::<Direct>(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0
 }
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
+#[inline(always)] // one stack frame for the whole run
 pub fn kfree_skb_raw(ctx: RawTracePointContext) -> i32 {
     dropped::<Probe>(ctx.arg(0), ctx.arg(1), ctx.arg(2));
     0

@@ -12,12 +12,14 @@ use tracer_common::hook::Hook;
 use crate::skb::{Direct, L3At, Probe, trace};
 
 #[fentry(function = "nf_nat_manip_pkt")]
+#[inline(always)] // one stack frame for the whole run
 pub fn nf_nat_manip_pkt_fentry(ctx: FEntryContext) -> i32 {
     trace::<Direct>(ctx.arg(0), Hook::NfNatManipPkt, L3At::NetworkHeader);
     0
 }
 
 #[kprobe]
+#[inline(always)] // one stack frame for the whole run
 pub fn nf_nat_manip_pkt_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(skb) = ctx.arg(0) {
         trace::<Probe>(skb, Hook::NfNatManipPkt, L3At::NetworkHeader);

@@ -15,15 +15,19 @@ use tracer_common::hook::Hook;
 use crate::skb::{Direct, L3At, Probe, trace};
 
 /// Defines the `tp_btf` and `raw_tp` programs of one tracepoint whose first argument is the skb.
+/// Each body is forced inline into the program the macro makes: one stack frame for the whole
+/// run (a program has 512 bytes of stack for all its frames, and Linux 6.1 rounds each up).
 macro_rules! stack_hook {
     ($name:ident, $raw:ident, $tracepoint:literal, $hook:expr, $at:expr) => {
         #[btf_tracepoint(function = $tracepoint)]
+        #[inline(always)]
         pub fn $name(ctx: BtfTracePointContext) -> i32 {
             trace::<Direct>(ctx.arg(0), $hook, $at);
             0
         }
 
         #[raw_tracepoint(tracepoint = $tracepoint)]
+        #[inline(always)]
         pub fn $raw(ctx: RawTracePointContext) -> i32 {
             trace::<Probe>(ctx.arg(0), $hook, $at);
             0

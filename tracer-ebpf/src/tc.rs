@@ -32,12 +32,14 @@ use crate::{
 };
 
 #[classifier]
+#[inline(always)] // one stack frame for the whole run
 pub fn tc_ingress(ctx: TcContext) -> i32 {
     trace(&ctx, Hook::TcIngress);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
+#[inline(always)] // one stack frame for the whole run
 pub fn tc_egress(ctx: TcContext) -> i32 {
     trace(&ctx, Hook::TcEgress);
     TC_ACT_UNSPEC
