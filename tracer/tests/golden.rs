@@ -76,8 +76,14 @@ fn check(expected_file: &str, actual: &str) {
 
 /// Everything `format` writes for the records of a recording.
 fn render(format: Format, recording: &str, names_file: &str) -> String {
-    let records = correlate(recording);
+    let mut records = correlate(recording);
     let names = names(names_file);
+    // As a session does when it writes a flow.
+    for record in &mut records {
+        if let Record::Flow(flow) = record {
+            flow.verdict = Some(tracer::session::judge(flow, None, &names));
+        }
+    }
     let mut out = Vec::new();
     let mut writer = output::open(format, &mut out, &output::Options::default()).expect("open");
     for record in &records {

@@ -20,6 +20,7 @@ use super::{
     Direction, Hop, HopLabel, Limits, NatRecord,
     segments::Segments,
     stats::{Latency, SampleStore, Summary},
+    verdict::Evidence,
 };
 use crate::decode::{Conntrack, Proto, Tuple};
 
@@ -60,6 +61,8 @@ pub struct Flow {
     /// side of a NAT that conntrack did not show, or what `orig` and `reply` were before
     /// conntrack named them.
     extra: Box<[Tuple]>,
+    /// What its packets showed, for its verdict.
+    pub evidence: Evidence,
 }
 
 /// The latencies of one segment of a flow: 20 bytes.
@@ -182,6 +185,9 @@ impl FlowTable {
             .find(&sighting.first)
             .map_or(Direction::Original, |(_, dir)| dir);
         let nat = self.learn_rewrites(slot, direction, &sighting.with_l4);
+        let flow = self.flow_mut(slot);
+        let proto = flow.orig.proto;
+        flow.evidence.observe(direction, hops, proto);
         self.count_packet(slot, direction, &sighting);
         self.record_latencies(slot, direction, hops);
         self.track_close(slot, direction, &sighting);
@@ -203,6 +209,9 @@ impl FlowTable {
             .find_map(|error| self.find(&error.quoted))?;
         let sighting = Sighting::of(hops);
         let direction = quoted.other();
+        let flow = self.flow_mut(slot);
+        let proto = flow.orig.proto;
+        flow.evidence.observe(direction, hops, proto);
         self.count_packet(slot, direction, &sighting);
         self.record_latencies(slot, direction, hops);
         Some(Assignment {
@@ -365,6 +374,7 @@ impl FlowTable {
             closed: false,
             syn_seq: None,
             extra: Box::default(),
+            evidence: Evidence::default(),
         };
         let slot = super::reuse_or_push(&mut self.slots, &mut self.free, Some(flow), "flows");
         self.live += 1;

@@ -10,6 +10,7 @@ mod nat;
 pub mod packet;
 mod segments;
 pub mod stats;
+pub mod verdict;
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -212,6 +213,11 @@ pub struct FlowSummary {
     pub first_ts: u64,
     pub last_ts: u64,
     pub hops: Vec<HopPair>,
+    /// What the flow's packets showed.
+    pub evidence: verdict::Evidence,
+    /// Why the flow worked or failed; decided by the session when it writes the flow (it
+    /// knows the kernel's drop reasons and the rules), none before.
+    pub verdict: Option<verdict::Verdict>,
 }
 
 /// Gives TC hops whose interface could not be named from its index alone the namespace and
@@ -394,6 +400,8 @@ impl Correlator {
                 first_ts: flow.first_ts,
                 last_ts: flow.last_ts,
                 hops,
+                evidence: flow.evidence,
+                verdict: None,
             }));
         }
     }

@@ -145,6 +145,8 @@ pub struct HopEvent {
     pub len: u32,
     /// IP total length from the header.
     pub ip_len: u16,
+    /// Bytes after the L4 header (0 where the headers' length is unknown).
+    pub payload_len: u16,
     pub mark: u32,
     /// Shared by the events of one connection that [`Decoder`] decodes one after another.
     pub conntrack: Option<Arc<Conntrack>>,
@@ -163,9 +165,19 @@ pub struct HopEvent {
 }
 
 impl HopEvent {
-    fn set_layer(&mut self, layer: Option<encap::Layer>) {
+    /// Takes the record's second layer. A tunnel's inner headers start `inner_offset` bytes
+    /// into those the record's header length counts.
+    fn set_layer(&mut self, layer: Option<encap::Layer>, inner_offset: u16, headers_len: u16) {
         match layer {
-            Some(encap::Layer::Outer(outer)) => self.encap = Some(Box::new(outer)),
+            Some(encap::Layer::Outer(outer)) => {
+                let inner = headers_len.saturating_sub(inner_offset);
+                self.payload_len = if inner == 0 {
+                    0
+                } else {
+                    self.ip_len.saturating_sub(inner)
+                };
+                self.encap = Some(Box::new(outer));
+            }
             Some(encap::Layer::Quoted(error)) => self.icmp = Some(Box::new(error)),
             None => {}
         }
@@ -302,13 +314,15 @@ impl Decoder {
         if kind == EventKind::PacketEncap as u8 {
             let raw: PacketEncap = read_record(bytes, kind)?;
             let mut event = packet(&raw.event, self)?;
-            event.set_layer(encap::decode(&raw.encap, raw.event.family));
+            let layer = encap::decode(&raw.encap, raw.event.family);
+            event.set_layer(layer, raw.encap.inner_offset, raw.event.headers_len);
             return Ok(event);
         }
         if kind == EventKind::PacketEncapWithHeaders as u8 {
             let raw: PacketEncapWithHeaders = read_record(bytes, kind)?;
             let mut event = packet(&raw.event, self)?;
-            event.set_layer(encap::decode(&raw.encap, raw.event.family));
+            let layer = encap::decode(&raw.encap, raw.event.family);
+            event.set_layer(layer, raw.encap.inner_offset, raw.event.headers_len);
             let len = usize::from(raw.snap_len).min(SNAP_MAX);
             event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
             return Ok(event);
@@ -452,6 +466,11 @@ fn packet(raw: &PacketEvent, decoder: &mut Decoder) -> Result<HopEvent, DecodeEr
         ttl: raw.ttl,
         len: raw.len,
         ip_len: raw.ip_len,
+        payload_len: if raw.headers_len == 0 {
+            0
+        } else {
+            raw.ip_len.saturating_sub(raw.headers_len)
+        },
         mark: raw.mark,
         conntrack,
         drop: (hook == Hook::KfreeSkb).then_some(DropInfo {

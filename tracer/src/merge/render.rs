@@ -248,6 +248,9 @@ fn end(ended: Vec<crate::correlate::flow::EndedFlow>, records: &mut Vec<(Record,
             first_ts: flow.first_ts,
             last_ts: flow.last_ts,
             hops,
+            evidence: flow.evidence,
+            // The nodes' own traces have theirs.
+            verdict: None,
         };
         records.push((Record::Flow(summary), vec![]));
     }

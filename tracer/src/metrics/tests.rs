@@ -178,6 +178,8 @@ fn drops_nat_and_flows_are_counted() {
                 first_ts: 0,
                 last_ts: 0,
                 hops: Vec::new(),
+                evidence: Default::default(),
+                verdict: None,
             }),
             &names,
         )

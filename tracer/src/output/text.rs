@@ -9,7 +9,10 @@ use super::{
     Output, RunStats, duration, encap_text, endpoint, icmp_text, process_text, tcp_flags, tuple,
 };
 use crate::{
-    correlate::{Direction, FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record},
+    correlate::{
+        Direction, FlowSummary, HopLabel, NatRecord, NatSource, PacketTrace, Record,
+        verdict::{Kind, Verdict, is_normal_free},
+    },
     decode::{Encap, HopEvent, Proto, Tuple},
     names::NameTable,
 };
@@ -76,13 +79,21 @@ impl<W: Write> TextWriter<W> {
             } else {
                 String::new()
             };
+            // A socket freeing the packet it consumed is its delivery, not a drop.
+            let delivered = event
+                .drop
+                .is_some_and(|drop| is_normal_free(&names.drop_reason(drop.reason)));
             let line = format!(
                 "  {:>11} {:>11}  {:<17} {:<15} {:<19} {}",
                 format!("+{}", duration(hop.since_prev_ns)),
                 duration(hop.since_first_ns),
                 names.place(event.netns_inode),
                 ifname(&label),
-                event.hook.name(),
+                if delivered {
+                    "delivered"
+                } else {
+                    event.hook.name()
+                },
                 tuple_text,
             );
             writeln!(self.out, "{}", line.trim_end())?;
@@ -102,6 +113,7 @@ impl<W: Write> TextWriter<W> {
         }
         if let Some(last) = packet.hops.last()
             && let Some(drop) = last.event.drop
+            && !is_normal_free(&names.drop_reason(drop.reason))
         {
             writeln!(
                 self.out,
@@ -145,6 +157,12 @@ impl<W: Write> TextWriter<W> {
             flow.packets[Direction::Original as usize],
             flow.packets[Direction::Reply as usize],
         )?;
+        if let Some(verdict) = &flow.verdict {
+            writeln!(self.out, "  verdict: {}", verdict_text(verdict, names))?;
+            if verdict.kind != Kind::Delivered {
+                writeln!(self.out, "  advice: {}", verdict.advice)?;
+            }
+        }
         if flow.hops.is_empty() {
             return Ok(());
         }
@@ -237,11 +255,53 @@ fn rewrite(before: &Tuple, after: &Tuple) -> String {
 }
 
 fn ifname(label: &HopLabel) -> String {
-    if label.ifname.is_empty() {
+    if label.ifname.is_empty() && label.ifindex == 0 {
+        // Freed with no device: by the socket that had it.
+        "(socket)".to_owned()
+    } else if label.ifname.is_empty() {
         format!("if{}", label.ifindex)
     } else {
         label.ifname.to_string()
     }
+}
+
+/// `dropped in host at docker0 kfree_skb (NETFILTER_DROP in nft_do_chain+0x46f) by ip filter
+/// FORWARD: ...; 2 retransmitted`: a flow's verdict in one line.
+fn verdict_text(verdict: &Verdict, names: &NameTable) -> String {
+    let mut text = verdict.kind.name().to_owned();
+    if let Some(at) = &verdict.place {
+        let preposition = if verdict.kind == Kind::Unanswered {
+            ", last seen"
+        } else {
+            ""
+        };
+        text += &format!(
+            "{preposition} in {} at {} {}",
+            names.place(at.netns_inode),
+            ifname(at),
+            at.hook.name()
+        );
+    }
+    match (&verdict.reason, verdict.location) {
+        (Some(reason), Some(location)) => {
+            text += &format!(" ({reason} in {})", names.symbol(location));
+        }
+        (Some(reason), None) => text += &format!(" ({reason})"),
+        _ => {}
+    }
+    if let Some(mtu) = verdict.mtu {
+        text += &format!(", mtu {mtu}");
+    }
+    if let Some(rule) = &verdict.rule {
+        text += &format!(" by {}", rule.describe());
+    }
+    if verdict.packets > 1 {
+        text += &format!("; {} packets", verdict.packets);
+    }
+    if verdict.retransmitted > 0 {
+        text += &format!("; {} retransmitted", verdict.retransmitted);
+    }
+    text
 }
 
 fn place(label: &HopLabel, names: &NameTable) -> String {

@@ -56,6 +56,8 @@ pub struct RuleBook {
     walking: LruCache<(u64, u32), (PacketKey, Tuple)>,
     /// Rules of translations not seen between hops, by flow, until their NAT record.
     flows: LruCache<(u64, Translation), Arc<Rule>>,
+    /// The rule that dropped a packet of a flow, until the flow's summary (its verdict).
+    drops: LruCache<u64, Arc<Rule>>,
     /// (receive time, key) in arrival order, to forget old packets.
     order: VecDeque<(u64, PacketKey)>,
     pub(super) texts: listing::Texts,
@@ -68,6 +70,7 @@ impl Default for RuleBook {
             packets: HashMap::new(),
             walking: LruCache::new(max),
             flows: LruCache::new(max),
+            drops: LruCache::new(max),
             order: VecDeque::new(),
             texts: listing::Texts::default(),
         }
@@ -156,6 +159,11 @@ impl RuleBook {
     /// The rule remembered for a flow's translation, forgotten as it is given.
     pub fn remembered(&mut self, flow_id: u64, translation: Translation) -> Option<Arc<Rule>> {
         self.flows.pop(&(flow_id, translation))
+    }
+
+    /// The rule that dropped a packet of `flow_id`, forgotten as it is given.
+    pub fn remembered_drop(&mut self, flow_id: u64) -> Option<Arc<Rule>> {
+        self.drops.pop(&flow_id)
     }
 
     /// The packet's walks through the chains: every rule that matched it (and the policies
@@ -319,6 +327,10 @@ fn name_packet_rules(book: &mut RuleBook, packet: &mut PacketTrace) {
             Some((key, outer)) => book.drop_rule(key, &[outer]),
             None => book.drop_rule(PacketKey::of(&hop.event), &seen),
         };
+        if let Some(rule) = &packet.drop_rule {
+            book.drops
+                .get_or_insert(packet.flow_id, || Arc::clone(rule));
+        }
     }
 }
 

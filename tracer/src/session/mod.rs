@@ -14,11 +14,16 @@ pub mod start;
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     io,
+    sync::Arc,
 };
 
 use crate::{
+    attribution::Rule,
     clock::monotonic_ns,
-    correlate::{Correlator, Limits, PacketTrace, Record},
+    correlate::{
+        Correlator, Direction, FlowSummary, Limits, PacketTrace, Record,
+        verdict::{self, Facts, Kind, Verdict},
+    },
     decode::HopEvent,
     names::{NameTable, kernel_symbols},
     output::{Output, RunStats},
@@ -149,6 +154,16 @@ impl<'a> Session<'a> {
         if let Record::Packet(packet) = &record {
             name_drop_locations(packet, &mut self.names);
         }
+        if let Record::Flow(flow) = &mut record {
+            let rule = self
+                .rules
+                .as_mut()
+                .and_then(|found| found.book.remembered_drop(flow.flow_id));
+            flow.verdict = Some(judge(flow, rule, &self.names));
+            if let Some(location) = flow.verdict.as_ref().and_then(|v| v.location) {
+                name_locations(&[location], &mut self.names);
+            }
+        }
         for output in &mut self.outputs {
             output.record(&record, &self.names)?;
         }
@@ -273,13 +288,40 @@ impl Shown {
     }
 }
 
+/// The verdict of a flow that ended, with the rule that dropped one of its packets
+/// (`--rules`).
+pub fn judge(flow: &FlowSummary, rule: Option<Arc<Rule>>, names: &NameTable) -> Verdict {
+    let facts = Facts::new(
+        &flow.evidence,
+        flow.orig.proto,
+        flow.orig.dst_port,
+        flow.packets[Direction::Original as usize],
+        |reason| names.drop_reason(reason),
+        rule.as_ref().and_then(|rule| rule.text.as_deref()),
+    );
+    let mut verdict = verdict::decide(&facts);
+    if matches!(verdict.kind, Kind::Dropped | Kind::ConntrackInvalid) {
+        verdict.rule = rule;
+    }
+    verdict
+}
+
 /// Looks up the kernel functions that dropped the packet, once per address (an address in no
 /// function keeps its number), all of a packet's in one read of kallsyms.
 fn name_drop_locations(packet: &PacketTrace, names: &mut NameTable) {
-    let mut unknown: Vec<u64> = packet
+    let locations: Vec<u64> = packet
         .hops
         .iter()
         .filter_map(|hop| hop.event.drop.map(|drop| drop.location))
+        .collect();
+    name_locations(&locations, names);
+}
+
+/// Looks up the kernel functions at `locations` not named yet, in one read of kallsyms.
+fn name_locations(locations: &[u64], names: &mut NameTable) {
+    let mut unknown: Vec<u64> = locations
+        .iter()
+        .copied()
         .filter(|&address| !names.has_symbol(address))
         .collect();
     if unknown.is_empty() {

@@ -69,6 +69,7 @@ pub(crate) fn event(
         ttl: 64,
         len: 60,
         ip_len: 60,
+        payload_len: 0,
         mark: 0,
         conntrack: None,
         drop: None,

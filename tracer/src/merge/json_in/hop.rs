@@ -195,6 +195,8 @@ pub(super) fn hop_event(
         ttl: hop.ttl,
         len: hop.len,
         ip_len: hop.ip_len,
+        // Not in JSON.
+        payload_len: 0,
         mark: hop.mark,
         conntrack,
         drop,

@@ -20,7 +20,10 @@ use self::line::{Line, key, open};
 use super::{Output, RunStats, TcpFlags};
 use crate::{
     attribution::Rule,
-    correlate::{FlowSummary, HopLabel, NatRecord, NatSource, PacketProcess, PacketTrace, Record},
+    correlate::{
+        FlowSummary, HopLabel, NatRecord, NatSource, PacketProcess, PacketTrace, Record,
+        verdict::Verdict,
+    },
     decode::{Conntrack, Encap, IcmpError, Proto, Tuple},
     names::NameTable,
     workload::{Runtime, Workload},
@@ -254,7 +257,13 @@ impl<W: Write> JsonWriter<W> {
             b.uint(latency.max_ns);
             b.push(b'}');
         }
-        b.raw(b"]}\n");
+        b.raw(b"]");
+        b.raw(key!("verdict"));
+        match &flow.verdict {
+            Some(verdict) => verdict_object(b, verdict, names),
+            None => b.null(),
+        }
+        b.raw(b"}\n");
     }
 
     fn write_out(&mut self) -> io::Result<()> {
@@ -353,6 +362,41 @@ fn encap_object(b: &mut Vec<u8>, encap: &Encap) {
     b.uint(encap.ip_len);
     b.raw(key!("ttl"));
     b.uint(encap.ttl);
+    b.push(b'}');
+}
+
+/// `{"kind":"dropped","netns":...,"ifname":...,"hook":...,"reason":...,"function":...,
+/// "rule":...,"packets":...,"retransmitted":...,"mtu":...,"advice":...}`: a flow's verdict.
+fn verdict_object(b: &mut Vec<u8>, verdict: &Verdict, names: &NameTable) {
+    b.raw(b"{\"kind\":");
+    b.str(verdict.kind.name());
+    let at = verdict.place.as_ref();
+    b.raw(key!("netns"));
+    b.opt_str(at.map(|at| names.place(at.netns_inode)).as_deref());
+    b.raw(key!("ifname"));
+    b.opt_str(at.map(|at| at.ifname.as_str()).as_deref());
+    b.raw(key!("hook"));
+    b.opt_str(at.map(|at| at.hook.name()));
+    b.raw(key!("reason"));
+    b.opt_str(verdict.reason.as_deref());
+    b.raw(key!("function"));
+    b.opt_str(verdict.location.map(|l| names.symbol(l)).as_deref());
+    b.raw(key!("rule"));
+    match &verdict.rule {
+        Some(rule) => rule_object(b, rule),
+        None => b.null(),
+    }
+    b.raw(key!("packets"));
+    b.uint(verdict.packets);
+    b.raw(key!("retransmitted"));
+    b.uint(verdict.retransmitted);
+    b.raw(key!("mtu"));
+    match verdict.mtu {
+        Some(mtu) => b.uint(mtu),
+        None => b.null(),
+    }
+    b.raw(key!("advice"));
+    b.str(&verdict.advice);
     b.push(b'}');
 }
 

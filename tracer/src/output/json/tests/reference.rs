@@ -400,10 +400,27 @@ struct FlowJson<'a> {
     first_ts_ns: u64,
     last_ts_ns: u64,
     hops: Vec<HopPairJson<'a>>,
+    verdict: Option<VerdictJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct VerdictJson<'a> {
+    kind: &'static str,
+    netns: Option<String>,
+    ifname: Option<String>,
+    hook: Option<&'static str>,
+    reason: Option<&'a str>,
+    function: Option<String>,
+    #[serde(serialize_with = "rule_json")]
+    rule: Option<&'a Rule>,
+    packets: u64,
+    retransmitted: u16,
+    mtu: Option<u32>,
+    advice: &'a str,
 }
 
 impl<'a> FlowJson<'a> {
-    fn new(flow: &FlowSummary, names: &'a NameTable) -> Self {
+    fn new(flow: &'a FlowSummary, names: &'a NameTable) -> Self {
         FlowJson {
             kind: "flow",
             flow_id: flow.flow_id,
@@ -428,6 +445,19 @@ impl<'a> FlowJson<'a> {
                     max_ns: pair.latency.max_ns,
                 })
                 .collect(),
+            verdict: flow.verdict.as_ref().map(|v| VerdictJson {
+                kind: v.kind.name(),
+                netns: v.place.map(|at| names.place(at.netns_inode)),
+                ifname: v.place.map(|at| at.ifname.as_str().into_owned()),
+                hook: v.place.map(|at| at.hook.name()),
+                reason: v.reason.as_deref(),
+                function: v.location.map(|l| names.symbol(l)),
+                rule: v.rule.as_deref(),
+                packets: v.packets,
+                retransmitted: v.retransmitted,
+                mtu: v.mtu,
+                advice: &v.advice,
+            }),
         }
     }
 }
