@@ -40,7 +40,7 @@ use crate::{
 
 /// The names of every sample tracer exports, as Prometheus sees them (the unit test
 /// `the_exported_names_are_those_of_the_exposition` checks this list against the exposition).
-pub const EXPORTED: [&str; 16] = [
+pub const EXPORTED: [&str; 17] = [
     "tracer_hop_latency_seconds_bucket",
     "tracer_hop_latency_seconds_count",
     "tracer_hop_latency_seconds_sum",
@@ -50,6 +50,7 @@ pub const EXPORTED: [&str; 16] = [
     "tracer_drops_total",
     "tracer_nat_translations_total",
     "tracer_flows_total",
+    "tracer_flow_verdicts_total",
     "tracer_events_lost_total",
     "tracer_series_overflowed_total",
     "tracer_series",
@@ -110,6 +111,12 @@ struct DropLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    kind: &'static str,
+    workload: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NatLabels {
     kind: &'static str,
     direction: &'static str,
@@ -129,6 +136,7 @@ pub struct Metrics {
     drops: Family<DropLabels, Counter>,
     nat: Family<NatLabels, Counter>,
     flows: Counter,
+    verdicts: Family<VerdictLabels, Counter>,
     state: Arc<State>,
     limits: Limits,
 }
@@ -174,6 +182,12 @@ impl Metrics {
             nat.clone(),
         );
         registry.register("tracer_flows", "Flows traced to their end", flows.clone());
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "tracer_flow_verdicts",
+            "Flows that ended, by verdict (why they worked or failed) and workload",
+            verdicts.clone(),
+        );
         let state = Arc::new(State {
             max_series: limits.max_series,
             ..State::default()
@@ -186,6 +200,7 @@ impl Metrics {
             drops,
             nat,
             flows,
+            verdicts,
             state,
             limits,
         })
@@ -352,6 +367,8 @@ pub struct MetricsOutput {
     metrics: Arc<Metrics>,
     /// Path kind by flow, from the flow's first packet; forgotten when the flow ends.
     kinds: HashMap<u64, &'static str>,
+    /// Workload by flow, from the flow's first packet; forgotten when the flow ends.
+    workloads: HashMap<u64, String>,
 }
 
 impl MetricsOutput {
@@ -359,6 +376,7 @@ impl MetricsOutput {
         MetricsOutput {
             metrics,
             kinds: HashMap::new(),
+            workloads: HashMap::new(),
         }
     }
 
@@ -391,6 +409,11 @@ impl MetricsOutput {
             .iter()
             .find(|hop| role(hop) == Role::Container)
             .map_or_else(|| NONE.to_owned(), |hop| names.place(hop.event.netns_inode));
+        if self.workloads.len() < MAX_FLOW_KINDS {
+            self.workloads
+                .entry(packet.flow_id)
+                .or_insert_with(|| workload.clone());
+        }
         let direction = packet.direction.name();
         let metrics = Arc::clone(&self.metrics);
         let mut previous_place = self.place(&HopLabel::of(first), names);
@@ -493,7 +516,26 @@ impl Output for MetricsOutput {
             }
             Record::Flow(flow) => {
                 self.kinds.remove(&flow.flow_id);
+                let workload = self.workloads.remove(&flow.flow_id);
                 self.metrics.flows.inc();
+                if let Some(verdict) = &flow.verdict {
+                    let kind = verdict.kind.name();
+                    observe(
+                        &self.metrics,
+                        &self.metrics.verdicts,
+                        VerdictLabels {
+                            kind,
+                            workload: workload.unwrap_or_else(|| NONE.to_owned()),
+                        },
+                        || VerdictLabels {
+                            kind,
+                            workload: OVERFLOW.to_owned(),
+                        },
+                        |counter| {
+                            counter.inc();
+                        },
+                    );
+                }
             }
         }
         Ok(())

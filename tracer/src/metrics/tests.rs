@@ -9,7 +9,10 @@ use tracer_common::hook::Hook;
 
 use super::*;
 use crate::{
-    correlate::{FlowSummary, Hop, NatKind, NatRecord, NatSource},
+    correlate::{
+        FlowSummary, Hop, NatKind, NatRecord, NatSource,
+        verdict::{Kind, Verdict},
+    },
     decode::{DropInfo, Proto, Tuple},
     workload::{Runtime, Workload},
 };
@@ -280,6 +283,9 @@ fn the_exported_names_are_those_of_the_exposition() {
             &names,
         )
         .unwrap();
+    output
+        .record(&Record::Flow(ended(1, Kind::Delivered)), &names)
+        .unwrap();
     metrics.set_lost(1);
     metrics.set_ready();
     let text = metrics.encode().unwrap();
@@ -290,4 +296,70 @@ fn the_exported_names_are_those_of_the_exposition() {
         .collect();
     let expected: std::collections::BTreeSet<&str> = EXPORTED.into_iter().collect();
     assert_eq!(exposed, expected, "{text}");
+}
+
+/// Flow `flow_id` ending with a verdict of `kind`.
+fn ended(flow_id: u64, kind: Kind) -> FlowSummary {
+    FlowSummary {
+        flow_id,
+        orig: tuple(),
+        reply: tuple(),
+        packets: [1, 0],
+        first_ts: 0,
+        last_ts: 0,
+        hops: Vec::new(),
+        evidence: Default::default(),
+        verdict: Some(Verdict {
+            kind,
+            place: None,
+            reason: None,
+            location: None,
+            packets: 1,
+            retransmitted: 0,
+            mtu: None,
+            advice: String::new(),
+            rule: None,
+        }),
+    }
+}
+
+#[test]
+fn verdicts_are_counted_by_kind_and_the_workload_of_the_flow() {
+    let metrics = Metrics::new(Limits::default());
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    // Flow 1's packets leave container `web`; flow 2 was never seen as a packet.
+    output.record(&Record::Packet(egress(1)), &names).unwrap();
+    output
+        .record(&Record::Flow(ended(1, Kind::Dropped)), &names)
+        .unwrap();
+    output
+        .record(&Record::Flow(ended(2, Kind::Dropped)), &names)
+        .unwrap();
+    output
+        .record(&Record::Flow(ended(3, Kind::Delivered)), &names)
+        .unwrap();
+    let text = metrics.encode().unwrap();
+    let count =
+        |labels: &str| line_value(&text, &format!("tracer_flow_verdicts_total{{{labels}}}"));
+    assert_eq!(
+        count(r#"kind="dropped",workload="web""#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(r#"kind="dropped",workload="none""#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        count(r#"kind="delivered",workload="none""#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        line_value(&text, "tracer_flows_total "),
+        Some(3.0),
+        "{text}"
+    );
 }
