@@ -199,6 +199,15 @@ impl Container {
         .to_owned())
     }
 
+    /// The process id of the container's first process, in the machine's PID namespace.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        let pid = run("docker", &["inspect", "-f", "{{.State.Pid}}", &self.name])?;
+        match pid.trim().parse() {
+            Ok(0) | Err(_) => bail!("container {} is not running (pid {pid:?})", self.name),
+            Ok(pid) => Ok(pid),
+        }
+    }
+
     /// Runs a command in the container; its output, or an error if it failed.
     pub fn exec(&self, command: &[&str]) -> anyhow::Result<String> {
         let mut args = vec!["exec", self.name.as_str()];

@@ -15,6 +15,7 @@ fn hops_carry_docker_container_names_and_veths() -> anyhow::Result<()> {
         format!("tracer-e2e-{id}-client"),
     );
     let server = engine.run(&server_name, &["/bin/httpd", "-f", "-p", "8000", "-h", "/"])?;
+    tracer_tests::busybox::wait_listening(server.pid()?, 8000)?;
     let client = engine.run(&client_name, &["/bin/sleep", "600"])?;
     let server_ip = server.ip()?;
 

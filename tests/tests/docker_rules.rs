@@ -48,6 +48,7 @@ fn dockers_own_masquerade_and_dnat_rules_are_named() -> anyhow::Result<()> {
         &["-p", "18000:8000"],
         &["/bin/httpd", "-f", "-p", "8000", "-h", "/"],
     )?;
+    tracer_tests::busybox::wait_listening(server.pid()?, 8000)?;
     let client = engine.run(&client_name, &["/bin/sleep", "600"])?;
     let server_ip = server.ip()?;
 

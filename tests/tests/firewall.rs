@@ -55,6 +55,9 @@ fn run_runtimes(engine: &Engine, round: u16) -> anyhow::Result<()> {
         &["-p", &format!("{}:8000", port + 2)],
         &httpd,
     )?;
+    // docker-proxy accepts on the published port at once, and drops the connection while
+    // the container's server does not listen yet.
+    busybox::wait_listening(container.pid()?, 8000)?;
     // Docker's image has no page of its own: any answer from its httpd is one.
     let published = SocketAddr::from((client.host_addr, port + 2));
     busybox::http_get(Some(&client.netns), published, "/")?;
