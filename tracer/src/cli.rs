@@ -66,6 +66,58 @@ pub enum Command {
     /// and prints one trace in which a packet that crossed nodes is one packet, its hops in
     /// order, every node's clock corrected by an offset estimated from the packets themselves.
     Merge(MergeArgs),
+    /// Answer "why can't this container reach HOST:PORT": open one connection (or send one
+    /// datagram with --udp) from inside the container, pod or namespace, trace it, and print
+    /// its path and its verdict. This is the one tracer command that sends a packet itself.
+    /// Exit code 0 when the far end answered, 1 when not, 2 for a usage error.
+    Probe(ProbeArgs),
+}
+
+/// Options of `tracer probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Where to connect: an IPv4 or IPv6 address and a port (`[fd00::1]:80` for IPv6).
+    #[arg(value_name = "HOST:PORT")]
+    pub target: String,
+
+    /// Probe from this container's network namespace (Docker, Podman or containerd name, or
+    /// an id prefix).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["pod", "netns"])]
+    pub container: Option<String>,
+
+    /// Probe from this pod's network namespace (`namespace/name`, or a Podman pod's name).
+    #[arg(long, value_name = "NS/NAME", conflicts_with = "netns")]
+    pub pod: Option<String>,
+
+    /// Probe from this named network namespace (`ip netns`). Without any of the three, from
+    /// tracer's own.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+
+    /// Send one UDP datagram (and wait for a reply) instead of opening a TCP connection.
+    #[arg(long)]
+    pub udp: bool,
+
+    /// With --udp: the datagram's payload in bytes, sent with DF set (path MTU discovery on),
+    /// to find where a packet of that size is refused.
+    #[arg(long, value_name = "BYTES", requires = "udp", value_parser = clap::value_parser!(u16).range(1..=65507))]
+    pub size: Option<u16>,
+
+    /// How long to wait for the connection or a reply.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Also name the netfilter rule behind each NAT and drop.
+    #[arg(long)]
+    pub rules: bool,
+
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+
+    /// Read structure layouts from this BTF file instead of /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "FILE")]
+    pub kernel_btf: Option<PathBuf>,
 }
 
 /// Options of `tracer merge`.
@@ -187,6 +239,7 @@ impl From<MonitorArgs> for live::Options {
             rules: None,
             sample: args.sample,
             metrics: None,
+            until: None,
         }
     }
 }
@@ -364,6 +417,7 @@ impl From<TraceArgs> for live::Options {
             }),
             sample: 1,
             metrics: None,
+            until: None,
         }
     }
 }

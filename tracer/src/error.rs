@@ -17,3 +17,9 @@ impl From<anyhow::Error> for UsageError {
         UsageError(format!("{err:#}"))
     }
 }
+
+/// A command that worked and whose answer is "no": `tracer probe` whose packets were not
+/// delivered. Reported in one line with exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Negative(pub String);

@@ -29,6 +29,7 @@ pub mod names;
 pub mod netns;
 pub mod output;
 pub mod privileges;
+pub mod probe;
 pub mod reader;
 pub mod recording;
 pub mod rules;

@@ -48,10 +48,16 @@ fn main() -> ExitCode {
                 max_flows,
             }) => tracer::commands::replay(&file, output, max_flows as usize),
             Some(Command::Merge(args)) => tracer::commands::merge(&args.into()),
+            Some(Command::Probe(args)) => tracer::probe::run(args).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // It worked, and the answer is no (a probe that was not delivered).
+        Err(err) if err.downcast_ref::<tracer::error::Negative>().is_some() => {
+            eprintln!("tracer: {err:#}");
+            ExitCode::from(1)
+        }
         // What the user asked for cannot be done: usage error.
         Err(err) if err.downcast_ref::<UsageError>().is_some() => {
             eprintln!("tracer: error: {err:#}");

@@ -234,6 +234,8 @@ pub struct Facts<'a> {
     pub drops: Vec<(&'a Drop, String)>,
     /// Rules' texts of drops, when `--rules` named them (for conntrack's INVALID).
     pub rule_text: Option<&'a str>,
+    /// The kernel functions of the drops, by address.
+    functions: std::collections::HashMap<u64, String>,
 }
 
 impl Facts<'_> {
@@ -248,14 +250,41 @@ impl Facts<'_> {
             .find(|(_, name)| reasons.contains(&name.as_str()))
     }
 
+    /// A drop where routing discards (`ip_error`, `dst_discard`).
+    fn route_discard(&self) -> Option<&(&Drop, String)> {
+        self.drops.iter().find(|(drop, _)| {
+            self.functions
+                .get(&drop.location)
+                .is_some_and(|f| ROUTE_DISCARD.iter().any(|d| f.starts_with(d)))
+        })
+    }
+
     fn icmp_is(&self, test: impl Fn(&IcmpError) -> bool) -> bool {
         self.icmp().is_some_and(|(error, _)| test(error))
     }
 }
 
-/// Frees that are not failures: a socket freeing a packet it consumed (the far end's SYN after
-/// the handshake is `NOT_SPECIFIED` in `tcp_rcv_state_process`), a closing socket's queues.
+/// Frees that are not failures when a socket makes them: a socket freeing a packet it consumed
+/// (the far end's SYN after the handshake is `NOT_SPECIFIED` in `tcp_rcv_state_process`), a
+/// closing socket's queues.
 const NORMAL_FREES: [&str; 4] = ["NOT_SPECIFIED", "SOCKET_CLOSE", "TCP_CLOSE", "QUEUE_PURGE"];
+/// Where a socket (or the protocol under it) frees what it was given: kernel functions by
+/// prefix. `NOT_SPECIFIED` elsewhere (`dst_discard` of a blackhole route, a veth whose peer is
+/// down) is a drop.
+const SOCKET_FUNCTIONS: [&str; 9] = [
+    "tcp_",
+    "udp",
+    "__udp",
+    "sk_",
+    "sock_",
+    "inet_",
+    "raw_",
+    "icmp",
+    "skb_consume_udp",
+];
+/// Where routing discards (a blackhole route, an unreachable one): `NOT_SPECIFIED` there
+/// means no route.
+const ROUTE_DISCARD: [&str; 4] = ["dst_discard", "ip_error", "ip6_pkt_discard", "ip6_pkt_drop"];
 const MTU: [&str; 1] = ["PKT_TOO_BIG"];
 const NO_LISTENER: [&str; 1] = ["NO_SOCKET"];
 const NEIGHBOUR: [&str; 5] = [
@@ -333,10 +362,12 @@ pub const RULES: [Rule; 10] = [
     },
     Rule {
         kind: Kind::NoRoute,
-        needs: "an IP_OUTNOROUTES, IP_INNOROUTES or IP_INADDRERRORS drop, or an ICMP network \
-                unreachable",
+        needs: "an IP_OUTNOROUTES, IP_INNOROUTES or IP_INADDRERRORS drop, a blackhole route's \
+                discard, or an ICMP network unreachable",
         holds: |f| {
-            f.drop_of(&NO_ROUTE).is_some() || f.icmp_is(|e| e.describe() == "network unreachable")
+            f.drop_of(&NO_ROUTE).is_some()
+                || f.route_discard().is_some()
+                || f.icmp_is(|e| e.describe() == "network unreachable")
         },
         advice: |_| {
             "there is no route to the destination there: add one, or check the default route \
@@ -424,6 +455,9 @@ pub fn decide(facts: &Facts) -> Verdict {
     let drop = match rule.kind {
         Kind::Delivered | Kind::Unanswered | Kind::Unknown => None,
         Kind::Dropped | Kind::ConntrackInvalid => facts.drops.first(),
+        Kind::NoRoute => facts
+            .drop_of(reasons_of(Kind::NoRoute))
+            .or_else(|| facts.route_discard()),
         kind => facts.drop_of(reasons_of(kind)),
     };
     let (place, packets) = match (rule.kind, drop) {
@@ -446,21 +480,28 @@ pub fn decide(facts: &Facts) -> Verdict {
 }
 
 impl<'a> Facts<'a> {
-    /// The facts of `evidence`, drop reasons named by `reason_name`; normal frees left out.
+    /// The facts of `evidence`, drop reasons named by `reason_name` and kernel functions by
+    /// `function_name`; normal frees left out.
     pub fn new(
         evidence: &'a Evidence,
         proto: Proto,
         port: u16,
         sent: u64,
         reason_name: impl Fn(u32) -> String,
+        function_name: impl Fn(u64) -> String,
         rule_text: Option<&'a str>,
     ) -> Facts<'a> {
-        let drops = evidence
+        let all = evidence
             .incidents
             .iter()
-            .flat_map(|incidents| &incidents.drops)
+            .flat_map(|incidents| &incidents.drops);
+        let functions: std::collections::HashMap<u64, String> = all
+            .clone()
+            .map(|drop| (drop.location, function_name(drop.location)))
+            .collect();
+        let drops = all
             .map(|drop| (drop, reason_name(drop.reason)))
-            .filter(|(_, name)| !NORMAL_FREES.contains(&name.as_str()))
+            .filter(|(drop, name)| !is_normal_free(name, &functions[&drop.location]))
             .collect();
         Facts {
             evidence,
@@ -469,14 +510,15 @@ impl<'a> Facts<'a> {
             sent,
             drops,
             rule_text,
+            functions,
         }
     }
 }
 
-/// Whether a drop reason is a socket freeing what it was given, not a failure: such a
-/// `kfree_skb` hop is the packet's delivery.
-pub fn is_normal_free(reason: &str) -> bool {
-    NORMAL_FREES.contains(&reason)
+/// Whether a free with `reason` in kernel `function` is a socket freeing what it was given,
+/// not a failure: such a `kfree_skb` hop is the packet's delivery.
+pub fn is_normal_free(reason: &str, function: &str) -> bool {
+    NORMAL_FREES.contains(&reason) && SOCKET_FUNCTIONS.iter().any(|f| function.starts_with(f))
 }
 
 #[cfg(test)]

@@ -251,6 +251,9 @@ pub struct RunStats {
     pub flows: u64,
     /// Per-hook kernel counters.
     pub hooks: Vec<HookStats>,
+    /// The verdicts of the flows reported, in order (for `tracer probe`'s exit code).
+    #[serde(skip)]
+    pub verdicts: Vec<crate::correlate::verdict::Kind>,
 }
 
 /// Kernel counters of one hook.

@@ -80,9 +80,12 @@ impl<W: Write> TextWriter<W> {
                 String::new()
             };
             // A socket freeing the packet it consumed is its delivery, not a drop.
-            let delivered = event
-                .drop
-                .is_some_and(|drop| is_normal_free(&names.drop_reason(drop.reason)));
+            let delivered = event.drop.is_some_and(|drop| {
+                is_normal_free(
+                    &names.drop_reason(drop.reason),
+                    &names.symbol(drop.location),
+                )
+            });
             let line = format!(
                 "  {:>11} {:>11}  {:<17} {:<15} {:<19} {}",
                 format!("+{}", duration(hop.since_prev_ns)),
@@ -113,7 +116,10 @@ impl<W: Write> TextWriter<W> {
         }
         if let Some(last) = packet.hops.last()
             && let Some(drop) = last.event.drop
-            && !is_normal_free(&names.drop_reason(drop.reason))
+            && !is_normal_free(
+                &names.drop_reason(drop.reason),
+                &names.symbol(drop.location),
+            )
         {
             writeln!(
                 self.out,

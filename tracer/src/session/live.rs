@@ -88,6 +88,8 @@ pub struct Options {
     pub sample: u32,
     /// `tracer monitor`: feed these metrics instead of writing to stdout.
     pub metrics: Option<Arc<Metrics>>,
+    /// Stop once this turns true (`tracer probe`, when its probe is done).
+    pub until: Option<watch::Receiver<bool>>,
 }
 
 /// A running trace.
@@ -106,6 +108,8 @@ pub struct Trace {
     tc_pending: bool,
     /// Whether the first round of TC attachments has ended (and was announced).
     tc_announced: bool,
+    /// Stop once this turns true.
+    until: Option<watch::Receiver<bool>>,
 }
 
 impl Trace {
@@ -147,6 +151,7 @@ impl Trace {
         Ok(Trace {
             tc_pending: options.hooks.has_interface_hooks(),
             tc_announced: false,
+            until: options.until.clone(),
             options,
             session,
             programs,
@@ -175,6 +180,7 @@ impl Trace {
         let mut stopping = false;
         loop {
             let [sigint, sigterm] = &mut self.signals;
+            let until = &mut self.until;
             tokio::select! {
                 batch = self.batches.recv() => match batch {
                     Some(batch) => self.push(batch),
@@ -203,6 +209,7 @@ impl Trace {
                 _ = sigint.recv(), if !stopping => stopping = true,
                 _ = sigterm.recv(), if !stopping => stopping = true,
                 _ = sleep_until(deadline), if !stopping => stopping = true,
+                () = turns_true(until), if !stopping => stopping = true,
             }
             if self.session.write_some(WRITE_CHUNK)? {
                 stopping = true;
@@ -350,6 +357,16 @@ fn resolve_tc_interface(programs: &Programs, event: &mut HopEvent) {
     if let (Some(only), None) = (candidates.next(), candidates.next()) {
         event.netns_inode = only.netns_inode;
         event.ifname = only.ifname;
+    }
+}
+
+/// Waits until `until` turns true (or its sender is gone); forever without one.
+async fn turns_true(until: &mut Option<watch::Receiver<bool>>) {
+    match until {
+        Some(until) => {
+            let _ = until.wait_for(|done| *done).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -159,7 +159,9 @@ impl<'a> Session<'a> {
                 .rules
                 .as_mut()
                 .and_then(|found| found.book.remembered_drop(flow.flow_id));
-            flow.verdict = Some(judge(flow, rule, &self.names));
+            let verdict = judge(flow, rule, &self.names);
+            self.stats.verdicts.push(verdict.kind);
+            flow.verdict = Some(verdict);
             if let Some(location) = flow.verdict.as_ref().and_then(|v| v.location) {
                 name_locations(&[location], &mut self.names);
             }
@@ -297,6 +299,7 @@ pub fn judge(flow: &FlowSummary, rule: Option<Arc<Rule>>, names: &NameTable) -> 
         flow.orig.dst_port,
         flow.packets[Direction::Original as usize],
         |reason| names.drop_reason(reason),
+        |location| names.symbol(location),
         rule.as_ref().and_then(|rule| rule.text.as_deref()),
     );
     let mut verdict = verdict::decide(&facts);

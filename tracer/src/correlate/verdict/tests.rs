@@ -62,6 +62,14 @@ fn reason_name(reason: u32) -> String {
     }
 }
 
+/// Names the two places the tests drop at: a socket's receive path, and routing's discard.
+fn function_name(location: u64) -> String {
+    match location {
+        0xffff_0001 => "tcp_rcv_state_process+0x1".into(),
+        _ => "dst_discard+0x10".into(),
+    }
+}
+
 fn verdict(evidence: &Evidence, proto: Proto, rule_text: Option<&str>) -> Verdict {
     decide(&Facts::new(
         evidence,
@@ -69,6 +77,7 @@ fn verdict(evidence: &Evidence, proto: Proto, rule_text: Option<&str>) -> Verdic
         10001,
         1,
         reason_name,
+        function_name,
         rule_text,
     ))
 }
@@ -231,4 +240,24 @@ fn the_table_has_one_rule_per_kind() {
     let kinds: Vec<Kind> = RULES.iter().map(|rule| rule.kind).collect();
     assert_eq!(kinds, Kind::ALL);
     assert!(RULES.iter().all(|rule| !rule.needs.is_empty()));
+}
+
+/// `NOT_SPECIFIED` where a socket frees what it consumed is delivery; where routing discards
+/// (a blackhole route) it is no route.
+#[test]
+fn the_same_reason_means_delivery_at_a_socket_and_no_route_where_routing_discards() {
+    let mut discarded = packet(Proto::TCP, SYN, 1, 0, Some(2));
+    discarded[1].event.drop = Some(DropInfo {
+        reason: 2,
+        location: 0xffff_0002,
+    });
+    let evidence = seen(&[(Original, discarded)], Proto::TCP);
+    let v = verdict(&evidence, Proto::TCP, None);
+    assert_eq!(
+        (v.kind, v.reason.as_deref()),
+        (Kind::NoRoute, Some("NOT_SPECIFIED"))
+    );
+    assert!(is_normal_free("NOT_SPECIFIED", "tcp_rcv_state_process+0x1"));
+    assert!(!is_normal_free("NOT_SPECIFIED", "veth_xmit+0x20"));
+    assert!(!is_normal_free("NETFILTER_DROP", "tcp_v4_rcv+0x1"));
 }

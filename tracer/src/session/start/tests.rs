@@ -26,6 +26,7 @@ fn options() -> Options {
         rules: None,
         sample: 1,
         metrics: None,
+        until: None,
     }
 }
 
