@@ -29,6 +29,7 @@ pub mod netns;
 pub mod overlay;
 pub mod pod;
 pub mod podman;
+pub mod probe;
 pub mod skip;
 pub mod testbed;
 pub mod trace;

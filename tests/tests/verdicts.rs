@@ -2,60 +2,35 @@
 //! `tracer probe` from a container's namespace: the verdict's kind, place, reason and rule,
 //! and the probe's exit code.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
-    process::ExitStatus,
-};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 
-use serde_json::Value;
 use tracer_tests::{
+    probe::{self, Probed, place},
     testbed::{SERVER_ADDR, Testbed},
     trace, tracer, traffic,
 };
 
-/// What one `tracer probe -o json` printed: its exit status, the verdict of its flow, and
-/// stderr.
-struct Probed {
-    status: ExitStatus,
-    verdict: Value,
-    stderr: String,
+/// `tracer probe` from the testbed's container to `target`, waiting 2 s for an answer.
+fn probe(testbed: &Testbed, target: SocketAddr, extra: &[&str]) -> anyhow::Result<Probed> {
+    probe_for(testbed, target, "2s", extra)
 }
 
-fn probe(testbed: &Testbed, target: SocketAddr, extra: &[&str]) -> anyhow::Result<Probed> {
+fn probe_for(
+    testbed: &Testbed,
+    target: SocketAddr,
+    timeout: &str,
+    extra: &[&str],
+) -> anyhow::Result<Probed> {
     let netns = testbed.containers[0].netns.name.clone();
     let target = target.to_string();
-    let mut args = vec!["probe", "--netns", &netns, "-o", "json", "--timeout", "2s"];
+    let mut args = vec!["--netns", &netns, "--timeout", timeout];
     args.extend_from_slice(extra);
     args.push(&target);
-    let finished = tracer::run(&args)?;
-    let flows: Vec<Value> = trace::of_type(&finished.json()?, "flow")
-        .into_iter()
-        .cloned()
-        .collect();
-    assert_eq!(flows.len(), 1, "{flows:#?}\n{}", finished.stderr);
-    Ok(Probed {
-        status: finished.status,
-        verdict: flows[0]["verdict"].clone(),
-        stderr: finished.stderr,
-    })
+    probe::run(&args)
 }
 
 fn server(port: u16) -> SocketAddr {
     SocketAddr::from((SERVER_ADDR, port))
-}
-
-/// The verdict's kind, namespace, interface and hook.
-fn at(verdict: &Value) -> (String, String, String, String) {
-    (
-        trace::text(&verdict["kind"]),
-        trace::text(&verdict["netns"]),
-        trace::text(&verdict["ifname"]),
-        trace::text(&verdict["hook"]),
-    )
-}
-
-fn place(kind: &str, netns: &str, ifname: &str, hook: &str) -> (String, String, String, String) {
-    (kind.into(), netns.into(), ifname.into(), hook.into())
 }
 
 #[test]
@@ -93,7 +68,7 @@ fn a_closed_port_is_refused() -> anyhow::Result<()> {
     let refused = probe(&testbed, server(10_202), &[])?;
     assert_eq!(refused.status.code(), Some(1), "{}", refused.stderr);
     let verdict = &refused.verdict;
-    assert_eq!(at(verdict).0, "refused", "{verdict}");
+    assert_eq!(refused.at().0, "refused", "{verdict}");
     assert_eq!(trace::text(&verdict["netns"]), testbed.remote.name);
     assert_eq!(verdict["reason"], "NO_SOCKET");
     assert!(
@@ -131,7 +106,7 @@ fn a_forward_rule_drop_is_dropped_by_that_rule() -> anyhow::Result<()> {
     assert_eq!(dropped.status.code(), Some(1), "{}", dropped.stderr);
     let verdict = &dropped.verdict;
     assert_eq!(
-        at(verdict),
+        dropped.at(),
         place("dropped", &testbed.host.name, "docker0", "kfree_skb"),
         "{verdict}"
     );
@@ -199,7 +174,7 @@ fn a_datagram_too_big_for_the_uplink_is_mtu() -> anyhow::Result<()> {
     let probed = probe(&testbed, server(10_205), &["--udp", "--size", "1400"])?;
     assert_eq!(probed.status.code(), Some(1), "{}", probed.stderr);
     let verdict = &probed.verdict;
-    assert_eq!(at(verdict).0, "mtu", "{verdict}");
+    assert_eq!(probed.at().0, "mtu", "{verdict}");
     assert_eq!(
         trace::text(&verdict["netns"]),
         testbed.host.name,
@@ -227,7 +202,7 @@ fn a_datagram_nobody_answers_is_unanswered() -> anyhow::Result<()> {
     assert!(silent.recv(&mut buf).is_ok(), "the datagram did not arrive");
     assert_eq!(probed.status.code(), Some(1), "{}", probed.stderr);
     assert_eq!(
-        at(&probed.verdict),
+        probed.at(),
         place(
             "unanswered",
             &testbed.remote.name,
@@ -252,7 +227,7 @@ fn a_blackhole_route_is_no_route() -> anyhow::Result<()> {
     let probed = probe(&testbed, target, &[])?;
     assert_eq!(probed.status.code(), Some(1), "{}", probed.stderr);
     assert_eq!(
-        at(&probed.verdict),
+        probed.at(),
         place("no_route", &testbed.host.name, "docker0", "kfree_skb"),
         "{}",
         probed.verdict
@@ -286,21 +261,12 @@ fn an_unresolvable_next_hop_is_neighbour() -> anyhow::Result<()> {
         "eth0",
     ])?;
     let target = SocketAddr::from((Ipv4Addr::new(198, 19, 5, 5), 10_208));
-    let args = ["--timeout", "5s"];
-    let netns = testbed.containers[0].netns.name.clone();
-    let target_text = target.to_string();
-    let mut full = vec!["probe", "--netns", &netns, "-o", "json"];
-    full.extend_from_slice(&args);
-    full.push(&target_text);
-    let finished = tracer::run(&full)?;
-    assert_eq!(finished.status.code(), Some(1), "{}", finished.stderr);
-    let flows = trace::of_type(&finished.json()?, "flow")
-        .into_iter()
-        .cloned()
-        .collect::<Vec<_>>();
-    let verdict = &flows[0]["verdict"];
+    // ARP gives up after three tries a second apart.
+    let probed = probe_for(&testbed, target, "5s", &[])?;
+    assert_eq!(probed.status.code(), Some(1), "{}", probed.stderr);
+    let verdict = &probed.verdict;
     assert_eq!(
-        at(verdict),
+        probed.at(),
         place("neighbour", &testbed.host.name, "eth0", "kfree_skb"),
         "{verdict}"
     );
@@ -349,7 +315,7 @@ fn an_asymmetric_route_with_rp_filter_is_rp_filter() -> anyhow::Result<()> {
     drop(listener);
     assert_eq!(probed.status.code(), Some(1), "{}", probed.stderr);
     assert_eq!(
-        at(&probed.verdict),
+        probed.at(),
         place("rp_filter", &remote.name, "eth0", "kfree_skb"),
         "{}",
         probed.verdict
@@ -388,5 +354,35 @@ fn bad_input_is_one_line_and_exit_2() -> anyhow::Result<()> {
         assert_eq!(lines.len(), 1, "{args:?}: {}", finished.stderr);
         assert!(lines[0].contains(says), "{args:?}: {}", finished.stderr);
     }
+    Ok(())
+}
+
+/// The host does not forward (`ip_forward=0` in its namespace): it drops the container's SYN
+/// where it would route it on.
+#[test]
+fn a_host_that_does_not_forward_is_forwarding_disabled() -> anyhow::Result<()> {
+    let testbed = Testbed::up(1)?;
+    testbed
+        .host
+        .exec("sysctl", &["-qw", "net.ipv4.ip_forward=0"])?;
+    let probed = probe(&testbed, server(10_210), &[])?;
+    assert_eq!(probed.status.code(), Some(1), "{}", probed.stderr);
+    assert_eq!(
+        probed.at(),
+        place(
+            "forwarding_disabled",
+            &testbed.host.name,
+            "docker0",
+            "kfree_skb"
+        ),
+        "{}",
+        probed.verdict
+    );
+    assert_eq!(probed.verdict["reason"], "IP_INADDRERRORS");
+    assert!(
+        trace::text(&probed.verdict["function"]).starts_with("ip_error"),
+        "{}",
+        probed.verdict
+    );
     Ok(())
 }

@@ -157,6 +157,8 @@ pub enum Kind {
     Mtu,
     /// No route to the destination.
     NoRoute,
+    /// The packet had to be forwarded where forwarding is off (`ip_forward=0`).
+    ForwardingDisabled,
     /// The next hop did not answer ARP or neighbour discovery.
     Neighbour,
     /// The reverse-path filter dropped it (an asymmetric route).
@@ -177,6 +179,7 @@ impl Kind {
             Kind::Dropped => "dropped",
             Kind::Mtu => "mtu",
             Kind::NoRoute => "no_route",
+            Kind::ForwardingDisabled => "forwarding_disabled",
             Kind::Neighbour => "neighbour",
             Kind::RpFilter => "rp_filter",
             Kind::ConntrackInvalid => "conntrack_invalid",
@@ -186,11 +189,12 @@ impl Kind {
     }
 
     /// Every kind, in the order [`RULES`] tries them.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Refused,
         Kind::Delivered,
         Kind::Mtu,
         Kind::Neighbour,
+        Kind::ForwardingDisabled,
         Kind::NoRoute,
         Kind::RpFilter,
         Kind::ConntrackInvalid,
@@ -250,13 +254,27 @@ impl Facts<'_> {
             .find(|(_, name)| reasons.contains(&name.as_str()))
     }
 
-    /// A drop where routing discards (`ip_error`, `dst_discard`).
-    fn route_discard(&self) -> Option<&(&Drop, String)> {
+    /// The first drop in one of `functions` (by prefix).
+    fn drop_in(&self, functions: &[&str]) -> Option<&(&Drop, String)> {
         self.drops.iter().find(|(drop, _)| {
             self.functions
                 .get(&drop.location)
-                .is_some_and(|f| ROUTE_DISCARD.iter().any(|d| f.starts_with(d)))
+                .is_some_and(|f| functions.iter().any(|d| f.starts_with(d)))
         })
+    }
+
+    /// A drop where routing discards (`ip_error`, `dst_discard`).
+    fn route_discard(&self) -> Option<&(&Drop, String)> {
+        self.drop_in(&ROUTE_DISCARD)
+    }
+
+    /// A drop because forwarding is off where the packet had to be forwarded: the kernel counts
+    /// it as an address error (`IP_INADDRERRORS`) in the function that would have forwarded
+    /// it (`ip_error` takes the packet when the route lookup refused to forward,
+    /// `ip6_forward` checks the switch itself).
+    fn forwarding_off(&self) -> Option<&(&Drop, String)> {
+        self.drop_in(&FORWARDING_CHECKS)
+            .filter(|(_, name)| name == "IP_INADDRERRORS")
     }
 
     fn icmp_is(&self, test: impl Fn(&IcmpError) -> bool) -> bool {
@@ -296,6 +314,8 @@ const NEIGHBOUR: [&str; 5] = [
 ];
 const NO_ROUTE: [&str; 3] = ["IP_OUTNOROUTES", "IP_INNOROUTES", "IP_INADDRERRORS"];
 const RP_FILTER: [&str; 1] = ["IP_RPFILTER"];
+/// Where the kernel drops a packet it would forward when forwarding is off.
+const FORWARDING_CHECKS: [&str; 2] = ["ip_error", "ip6_forward"];
 
 /// One verdict rule: the kind, the evidence it needs (for the documentation), whether it holds,
 /// and the advice it gives.
@@ -307,7 +327,7 @@ pub struct Rule {
 }
 
 /// The rules, tried in order; the first that holds is the verdict.
-pub const RULES: [Rule; 10] = [
+pub const RULES: [Rule; 11] = [
     Rule {
         kind: Kind::Refused,
         needs: "a reset from the far end, an ICMP port unreachable, or a NO_SOCKET drop",
@@ -357,6 +377,16 @@ pub const RULES: [Rule; 10] = [
         advice: |_| {
             "the next hop did not answer ARP (or neighbour discovery): check that it is up and \
              has the address the route names"
+                .to_owned()
+        },
+    },
+    Rule {
+        kind: Kind::ForwardingDisabled,
+        needs: "an IP_INADDRERRORS drop in ip_error or ip6_forward (forwarding is off there)",
+        holds: |f| f.forwarding_off().is_some(),
+        advice: |_| {
+            "forwarding is off where the packet is routed on: set net.ipv4.ip_forward=1 (or \
+             net.ipv6.conf.all.forwarding=1) there"
                 .to_owned()
         },
     },
@@ -455,6 +485,7 @@ pub fn decide(facts: &Facts) -> Verdict {
     let drop = match rule.kind {
         Kind::Delivered | Kind::Unanswered | Kind::Unknown => None,
         Kind::Dropped | Kind::ConntrackInvalid => facts.drops.first(),
+        Kind::ForwardingDisabled => facts.forwarding_off(),
         Kind::NoRoute => facts
             .drop_of(reasons_of(Kind::NoRoute))
             .or_else(|| facts.route_discard()),

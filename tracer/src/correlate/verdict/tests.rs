@@ -58,14 +58,17 @@ fn reason_name(reason: u32) -> String {
         7 => "NEIGH_FAILED".into(),
         8 => "IP_OUTNOROUTES".into(),
         9 => "IP_RPFILTER".into(),
+        10 => "IP_INADDRERRORS".into(),
         other => other.to_string(),
     }
 }
 
-/// Names the two places the tests drop at: a socket's receive path, and routing's discard.
+/// Names the places the tests drop at: a socket's receive path, routing's error path, and
+/// routing's discard.
 fn function_name(location: u64) -> String {
     match location {
         0xffff_0001 => "tcp_rcv_state_process+0x1".into(),
+        0xffff_0003 => "ip_error+0x94".into(),
         _ => "dst_discard+0x10".into(),
     }
 }
@@ -260,4 +263,30 @@ fn the_same_reason_means_delivery_at_a_socket_and_no_route_where_routing_discard
     assert!(is_normal_free("NOT_SPECIFIED", "tcp_rcv_state_process+0x1"));
     assert!(!is_normal_free("NOT_SPECIFIED", "veth_xmit+0x20"));
     assert!(!is_normal_free("NETFILTER_DROP", "tcp_v4_rcv+0x1"));
+}
+
+/// An address error where routing refuses to forward is forwarding switched off; the same
+/// reason anywhere else is only no route.
+#[test]
+fn an_address_error_in_ip_error_is_forwarding_disabled() {
+    for (location, kind) in [
+        (0xffff_0003, Kind::ForwardingDisabled),
+        (0xffff_0001, Kind::NoRoute),
+    ] {
+        let mut refused = packet(Proto::TCP, SYN, 1, 0, Some(10));
+        refused[1].event.drop = Some(DropInfo {
+            reason: 10,
+            location,
+        });
+        let evidence = seen(&[(Original, refused)], Proto::TCP);
+        let v = verdict(&evidence, Proto::TCP, None);
+        assert_eq!(
+            (v.kind, v.reason.as_deref()),
+            (kind, Some("IP_INADDRERRORS")),
+            "{location:#x}"
+        );
+        if kind == Kind::ForwardingDisabled {
+            assert!(v.advice.contains("ip_forward=1"), "{}", v.advice);
+        }
+    }
 }
