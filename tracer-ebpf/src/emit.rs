@@ -197,7 +197,9 @@ static SKIPPED: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(1 << 16, 
 /// a tracked connection is kept, one of a skipped connection is not, and any other (the
 /// first packets, before conntrack: a container's SYN before MASQUERADE, a client's before
 /// DNAT) is judged by its own tuple, which is then the original one.
-#[inline(always)]
+///
+/// Out of line, as [`track`] is: see there.
+#[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value are copied on the small BPF stack"
@@ -267,7 +269,13 @@ fn packet_key(headers: &Headers) -> FlowKey {
 /// before the NAT must not keep the translated tuple from being stored later. The last entry
 /// each CPU remembered, with its reply tuple, is kept, so that the packets of a busy
 /// connection skip the hash lookup.
-#[inline(always)]
+///
+/// Out of line, with [`keep_sampled`]: their flow keys and the values they keep across map
+/// calls would otherwise be spilled in the calling program's frame, which with the largest
+/// step called below it (a tunnel's, 192 bytes) then went over the 512 bytes of stack a
+/// program has (the kernel refused every program of `tracer monitor`, whose sampling is in
+/// `keep_sampled`). A program's frame is now at most 296 bytes, each of these under 192.
+#[inline(never)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value are copied on the small BPF stack"
