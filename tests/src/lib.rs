@@ -18,6 +18,7 @@
 //! panics.
 
 pub mod bpf;
+pub mod browser;
 pub mod busybox;
 pub mod cni;
 pub mod containerd;

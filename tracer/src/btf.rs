@@ -115,6 +115,14 @@ pub fn resolve(vmlinux: &Btf, conntrack: Option<&Btf>) -> Result<Resolved, BtfEr
     })
 }
 
+/// The running kernel's drop reasons, for naming those of a recording made here; empty when
+/// its BTF cannot be read.
+pub fn running_drop_reasons() -> HashMap<u32, String> {
+    load(Path::new(VMLINUX_BTF), None)
+        .map(|btf| drop_reasons(&btf))
+        .unwrap_or_default()
+}
+
 /// `enum skb_drop_reason` (include/net/dropreason-core.h) as the running kernel defines it:
 /// values are renumbered between versions, so names are never compiled in.
 pub fn drop_reasons(btf: &Btf) -> HashMap<u32, String> {

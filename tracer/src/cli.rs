@@ -8,7 +8,9 @@ use tracer_common::event::SNAP_MAX;
 
 use crate::{
     kernel::{hooks::HookSet, tc::TcMode},
-    merge, output,
+    merge,
+    output::{self, html},
+    report,
     rules::Detail,
     session::{
         live,
@@ -71,6 +73,47 @@ pub enum Command {
     /// its path and its verdict. This is the one tracer command that sends a packet itself.
     /// Exit code 0 when the far end answered, 1 when not, 2 for a usage error.
     Probe(ProbeArgs),
+    /// Write an HTML report of traces: the path of each flow drawn hop by hop with its
+    /// latencies, NAT and drops, its packets over time, and a list of every flow to filter and
+    /// sort. One self-contained file that makes no request; open it in any browser.
+    Report(ReportArgs),
+}
+
+/// Options of `tracer report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// What tracer wrote: a --record file or -o json output; several (one per node, named
+    /// NAME=FILE as for `tracer merge`) are merged into one trace first.
+    #[arg(value_name = "[NAME=]FILE", required = true)]
+    pub inputs: Vec<String>,
+
+    /// The report's file.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Most flows whose packets and hops the report keeps (the failed and the slowest first);
+    /// every flow has a row and a path whatever this is.
+    #[arg(long, value_name = "N", default_value_t = html::DETAIL_LIMIT as u64)]
+    pub detail: u64,
+
+    /// For several nodes: the node whose clock the trace is on (default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub reference: Option<String>,
+}
+
+impl From<ReportArgs> for report::Options {
+    fn from(args: ReportArgs) -> Self {
+        report::Options {
+            inputs: args
+                .inputs
+                .iter()
+                .map(|arg| merge::Input::parse(arg))
+                .collect(),
+            output: args.output,
+            detail: args.detail as usize,
+            reference: args.reference,
+        }
+    }
 }
 
 /// Options of `tracer probe`.
@@ -235,6 +278,7 @@ impl From<MonitorArgs> for live::Options {
             snap_len: None,
             kernel_btf: args.kernel_btf,
             record: None,
+            html: None,
             ready_file: args.ready_file,
             rules: None,
             sample: args.sample,
@@ -347,6 +391,10 @@ pub struct TraceArgs {
     #[arg(long, value_name = "FILE")]
     pub kernel_btf: Option<PathBuf>,
 
+    /// Also write an HTML report of the trace to this file when it ends (see `tracer report`).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+
     /// Also copy the raw kernel events to this file, for replay and bug reports.
     #[arg(long, value_name = "PATH")]
     pub record: Option<PathBuf>,
@@ -410,6 +458,7 @@ impl From<TraceArgs> for live::Options {
             snap_len: args.snap_len,
             kernel_btf: args.kernel_btf,
             record: args.record,
+            html: args.html,
             ready_file: args.ready_file,
             rules: args.rules.map(|which| match which {
                 RulesArg::Acting => Detail::Acting,

@@ -106,6 +106,21 @@ pub fn replay(path: &Path, format: Format, max_flows: usize) -> anyhow::Result<(
     Ok(())
 }
 
+/// `tracer report FILE... -o FILE`: the HTML report of traces.
+pub fn report(options: &crate::report::Options) -> anyhow::Result<()> {
+    let stats = crate::report::run(options)?;
+    eprintln!("tracer: report written to {}", options.output.display());
+    eprintln!("{}", crate::session::closing_line(&stats));
+    if stats.lost > 0 {
+        eprintln!(
+            "tracer: warning: the trace lost {} events (its ring buffer was full): some packets \
+             miss hops",
+            stats.lost
+        );
+    }
+    Ok(())
+}
+
 /// `tracer merge FILE...`: one trace from the traces of several nodes. Every input is read and
 /// joined before anything is written, so a bad input leaves no half-written output.
 pub fn merge(options: &crate::merge::Options) -> anyhow::Result<()> {

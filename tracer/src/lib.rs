@@ -32,6 +32,7 @@ pub mod privileges;
 pub mod probe;
 pub mod reader;
 pub mod recording;
+pub mod report;
 pub mod rules;
 pub mod session;
 pub mod topology;

@@ -19,9 +19,18 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             // One line, the way every other error is reported; --help has the rest.
+            // clap lists what is missing on the lines after one ending with ':'.
             let text = err.to_string();
-            let first = text.lines().next().unwrap_or_default();
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let mut lines = text.lines();
+            let mut first = lines.next().unwrap_or_default().to_owned();
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|line| !line.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                first = format!("{first} {}", listed.join(", "));
+            }
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
             eprintln!("tracer: error: {first} (see tracer --help)");
             return ExitCode::from(2);
         }
@@ -49,6 +58,7 @@ fn main() -> ExitCode {
             }) => tracer::commands::replay(&file, output, max_flows as usize),
             Some(Command::Merge(args)) => tracer::commands::merge(&args.into()),
             Some(Command::Probe(args)) => tracer::probe::run(args).await,
+            Some(Command::Report(args)) => tracer::commands::report(&args.into()),
         }
     });
     match result {

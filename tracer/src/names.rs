@@ -100,6 +100,11 @@ impl NameTable {
         self.symbols.insert(address, symbol.into());
     }
 
+    /// Whether drop reasons are named (a recording read back names none).
+    pub fn knows_drop_reasons(&self) -> bool {
+        !self.drop_reasons.is_empty()
+    }
+
     /// The drop reason's name, or its number.
     pub fn drop_reason(&self, reason: u32) -> String {
         self.drop_reasons
@@ -127,6 +132,11 @@ impl NameTable {
     /// The container whose namespace has `inode`, where it is one container's.
     pub fn container(&self, inode: u64) -> Option<&str> {
         self.workloads.get(&inode).and_then(Workload::container)
+    }
+
+    /// The container or pod whose namespace has `inode`.
+    pub fn workload(&self, inode: u64) -> Option<&Workload> {
+        self.workloads.get(&inode)
     }
 
     /// The pod whose namespace has `inode`.

@@ -106,6 +106,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         snap_len: None,
         kernel_btf: args.kernel_btf.clone(),
         record: None,
+        html: None,
         ready_file: None,
         rules: args.rules.then_some(Detail::Acting),
         sample: 1,

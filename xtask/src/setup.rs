@@ -35,6 +35,8 @@ const PACKAGES: &[&str] = &[
     "protobuf-compiler",
     // A real Prometheus scraping `tracer monitor` in the tests, and promtool.
     "prometheus",
+    // A real browser for the tests of self-contained HTML pages, driven over DevTools.
+    "chromium",
     "qemu-system-x86",
     "cpio",
     "kmod",

@@ -34,7 +34,7 @@ pub use input::Input;
 pub use offset::{Basis, Clock};
 
 use crate::{
-    correlate::PacketTrace,
+    correlate::{PacketTrace, Record},
     names::NameTable,
     output::{self, RunStats},
 };
@@ -164,6 +164,49 @@ pub fn prepare(options: &Options) -> Result<(Vec<NodeTrace>, Merged), MergeError
     same_node(&nodes)?;
     let merged = join_and_time(&nodes, reference)?;
     Ok((nodes, merged))
+}
+
+/// One trace as records, for writers that take a whole trace (`tracer report`): a node's file
+/// read back, or the files of several nodes merged. Flows are made again from the packets and
+/// have no verdict yet.
+pub struct Trace {
+    pub records: Vec<Record>,
+    pub names: NameTable,
+    pub stats: RunStats,
+}
+
+/// Reads one input, or reads and merges several (see [`prepare`]).
+pub fn trace(inputs: &[Input], reference: Option<String>) -> Result<Trace, MergeError> {
+    let (nodes, merged) = if let [input] = inputs {
+        let mut symbols = json_in::Symbols::default();
+        let mut node = input::read(input, &mut symbols)?;
+        symbols.name_in(std::iter::once(&mut node.names));
+        let merged = Merged {
+            clocks: vec![Clock::reference()],
+            reference: 0,
+            packets: (0..node.packets.len())
+                .map(|index| vec![(0, index)])
+                .collect(),
+        };
+        (vec![node], merged)
+    } else {
+        prepare(&Options {
+            inputs: inputs.to_vec(),
+            format: output::Format::Json,
+            reference,
+        })?
+    };
+    let timeline = render::Timeline::build(&nodes, &merged);
+    let stats = render::totals(&nodes, &timeline);
+    Ok(Trace {
+        records: timeline
+            .records
+            .into_iter()
+            .map(|(record, _)| record)
+            .collect(),
+        names: timeline.names,
+        stats,
+    })
 }
 
 /// Joins the nodes' packets and places every node's clock against `reference`.

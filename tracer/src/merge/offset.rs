@@ -54,7 +54,7 @@ pub struct Clock {
 }
 
 impl Clock {
-    fn reference() -> Clock {
+    pub(super) fn reference() -> Clock {
         Clock {
             offset_ns: 0,
             uncertainty_ns: Some(0),

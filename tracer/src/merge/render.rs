@@ -87,8 +87,20 @@ impl Timeline {
         });
         for (node, inode) in &places.origin {
             let merged_inode = places.merged[&(*node, *inode)];
-            let place = format!("{}/{}", nodes[*node].name, nodes[*node].names.place(*inode));
-            names.set_netns(merged_inode, place);
+            let own = &nodes[*node].names;
+            if nodes.len() == 1 {
+                // One node's trace read back: its places keep their own names and owners.
+                match own.netns(*inode) {
+                    Some(name) => names.set_netns(merged_inode, name),
+                    None => names.set_netns(merged_inode, format!("netns:{inode}")),
+                }
+                if let Some(workload) = own.workload(*inode) {
+                    names.set_workload(merged_inode, workload.clone());
+                }
+            } else {
+                let place = format!("{}/{}", nodes[*node].name, own.place(*inode));
+                names.set_netns(merged_inode, place);
+            }
         }
         let mut flows = FlowTable::default();
         let limits = Limits::default();
@@ -295,7 +307,7 @@ pub(super) fn write(
 
 /// The totals of the merged trace: what the nodes read, lost and could not decode, and the
 /// merged packets and flows.
-fn totals(nodes: &[NodeTrace], timeline: &Timeline) -> RunStats {
+pub(super) fn totals(nodes: &[NodeTrace], timeline: &Timeline) -> RunStats {
     let mut stats = RunStats::default();
     for node in nodes {
         stats.events += node.stats.events;

@@ -7,6 +7,7 @@
 //! Adding a format: a module with a writer that implements [`Output`], a [`Format`] value, and
 //! its arm in [`open`].
 
+pub mod html;
 pub mod json;
 pub mod pcapng;
 pub mod text;

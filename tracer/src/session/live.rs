@@ -79,6 +79,8 @@ pub struct Options {
     pub kernel_btf: Option<PathBuf>,
     /// `--record`: raw events to this file.
     pub record: Option<PathBuf>,
+    /// `--html`: the HTML report, written when the trace ends.
+    pub html: Option<PathBuf>,
     /// Created once every hook is attached.
     pub ready_file: Option<PathBuf>,
     /// `--rules`: name the netfilter rule behind each NAT and drop, and with

@@ -321,7 +321,7 @@ fn name_drop_locations(packet: &PacketTrace, names: &mut NameTable) {
 }
 
 /// Looks up the kernel functions at `locations` not named yet, in one read of kallsyms.
-fn name_locations(locations: &[u64], names: &mut NameTable) {
+pub fn name_locations(locations: &[u64], names: &mut NameTable) {
     let mut unknown: Vec<u64> = locations
         .iter()
         .copied()

@@ -77,6 +77,9 @@ impl Files {
             )) as Recorder),
             None => None,
         };
+        if let Some(path) = &options.html {
+            output::html::check_destination(path).map_err(|err| UsageError(err.to_string()))?;
+        }
         Ok(Files { pcapng, recorder })
     }
 }
@@ -228,6 +231,17 @@ pub fn open_outputs(
             &output_options,
         )?],
     };
+    if let Some(path) = &options.html {
+        let title = match &options.expression {
+            Some(expression) => format!("live trace of {expression}"),
+            None => "live trace".to_owned(),
+        };
+        outputs.push(Box::new(output::html::HtmlWriter::new(
+            path,
+            title,
+            output::html::DETAIL_LIMIT,
+        )));
+    }
     if let Some(file) = pcapng {
         outputs.push(output::open(
             Format::Pcapng,

@@ -22,6 +22,7 @@ fn options() -> Options {
         snap_len: None,
         kernel_btf: None,
         record: None,
+        html: None,
         ready_file: None,
         rules: None,
         sample: 1,

@@ -1,8 +1,12 @@
 //! Text output: one block per packet, in the spirit of tcpdump's lines, with the hops indented
 //! under it, the NAT step shown where it happens, and a latency table per flow at the end.
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+};
 
+use rustc_hash::FxHashMap;
 use tracer_common::wire::tcp;
 
 use super::{
@@ -17,11 +21,29 @@ use crate::{
     names::NameTable,
 };
 
+/// Width of each of the two time columns of a hop line (`+4.5us`, `21.1us`).
+const TIME: usize = 11;
+/// Where the place column of hop lines starts, after the two time columns: the lines that say
+/// what happened between two hops (ENCAP, DECAP, NAT, nft, DROPPED) start there too. The time
+/// columns have a fixed width, so this does not move when names widen the columns after it.
+const INDENT: usize = 2 + TIME + 1 + TIME + 2;
+/// The narrowest place, interface and hook columns of hop lines, wide enough for common names.
+const HOP_COLUMNS: HopColumns = HopColumns {
+    place: 17,
+    ifname: 15,
+    hook: 19,
+};
+/// The narrowest `from` and `to` columns of a flow's latency table.
+const CELL: usize = 44;
+/// Places whose names are kept; the cache starts over beyond this.
+const MAX_PLACES: usize = 4096;
+
 /// Writes records as text.
 pub struct TextWriter<W: Write> {
     out: W,
     /// CLOCK_REALTIME minus CLOCK_MONOTONIC, to print wall-clock times for kernel timestamps.
     realtime_offset_ns: i128,
+    places: Places,
 }
 
 impl<W: Write> TextWriter<W> {
@@ -29,6 +51,7 @@ impl<W: Write> TextWriter<W> {
         TextWriter {
             out,
             realtime_offset_ns,
+            places: Places::default(),
         }
     }
 
@@ -50,6 +73,7 @@ impl<W: Write> TextWriter<W> {
             packet.flow_id,
             packet.direction.name(),
         )?;
+        let columns = self.hop_columns(packet, names);
         let mut shown: Option<Tuple> = None;
         let mut outer: Option<&Encap> = None;
         for (at, hop) in packet.hops.iter().enumerate() {
@@ -57,10 +81,10 @@ impl<W: Write> TextWriter<W> {
             // Where outer headers are added, changed or removed.
             match (outer, event.encap.as_deref()) {
                 (before, Some(now)) if before != Some(now) => {
-                    writeln!(self.out, "{:>27}ENCAP {}", "", encap_text(now))?;
+                    writeln!(self.out, "{:INDENT$}ENCAP {}", "", encap_text(now))?;
                 }
                 (Some(before), None) => {
-                    writeln!(self.out, "{:>27}DECAP {}", "", encap_text(before))?;
+                    writeln!(self.out, "{:INDENT$}DECAP {}", "", encap_text(before))?;
                 }
                 _ => {}
             }
@@ -71,35 +95,32 @@ impl<W: Write> TextWriter<W> {
                 if let Some((_, rule)) = packet.nat_rules.iter().find(|(hop, _)| *hop == at) {
                     line += &format!("  by {}", rule.describe());
                 }
-                writeln!(self.out, "{:>27}{line}", "")?;
+                writeln!(self.out, "{:INDENT$}{line}", "")?;
             }
-            let label = HopLabel::of(hop);
-            let tuple_text = if changed || shown.is_none() {
-                tuple(&event.tuple)
-            } else {
-                String::new()
-            };
-            // A socket freeing the packet it consumed is its delivery, not a drop.
-            let delivered = event.drop.is_some_and(|drop| {
-                is_normal_free(
-                    &names.drop_reason(drop.reason),
-                    &names.symbol(drop.location),
-                )
-            });
-            let line = format!(
-                "  {:>11} {:>11}  {:<17} {:<15} {:<19} {}",
-                format!("+{}", duration(hop.since_prev_ns)),
+            let since_prev = duration(hop.since_prev_ns);
+            write!(
+                self.out,
+                "  {:>pad$}+{since_prev} {:>TIME$}  {:<place_width$} {:<ifname_width$} ",
+                "",
                 duration(hop.since_first_ns),
-                names.place(event.netns_inode),
-                ifname(&label),
-                if delivered {
-                    "delivered"
-                } else {
-                    event.hook.name()
-                },
-                tuple_text,
-            );
-            writeln!(self.out, "{}", line.trim_end())?;
+                self.places.get(event.netns_inode, names),
+                ifname(&HopLabel::of(hop)),
+                // `+` and the duration, right-aligned together.
+                pad = (TIME - 1).saturating_sub(since_prev.len()),
+                place_width = columns.place,
+                ifname_width = columns.ifname,
+            )?;
+            let hook = hook_text(event, names);
+            if changed || shown.is_none() {
+                writeln!(
+                    self.out,
+                    "{hook:<hook_width$} {}",
+                    tuple(&event.tuple),
+                    hook_width = columns.hook
+                )?;
+            } else {
+                writeln!(self.out, "{hook}")?;
+            }
             for (_, walk) in packet.walks.iter().filter(|(hop, _)| *hop == at) {
                 for rule in walk {
                     // A policy says its verdict already.
@@ -107,7 +128,7 @@ impl<W: Write> TextWriter<W> {
                         Some(_) => format!("  [{}]", rule.verdict),
                         None => String::new(),
                     };
-                    writeln!(self.out, "{:>27}nft {}{verdict}", "", rule.describe())?;
+                    writeln!(self.out, "{:INDENT$}nft {}{verdict}", "", rule.describe())?;
                 }
             }
             if event.has_l4 || shown.is_none() {
@@ -123,17 +144,31 @@ impl<W: Write> TextWriter<W> {
         {
             writeln!(
                 self.out,
-                "{:>27}DROPPED in {} at {}: {}",
+                "{:INDENT$}DROPPED in {} at {}: {}",
                 "",
-                names.place(last.event.netns_inode),
+                self.places.get(last.event.netns_inode, names),
                 names.symbol(drop.location),
                 names.drop_reason(drop.reason),
             )?;
             if let Some(rule) = &packet.drop_rule {
-                writeln!(self.out, "{:>27}by {}", "", rule.describe())?;
+                writeln!(self.out, "{:INDENT$}by {}", "", rule.describe())?;
             }
         }
         Ok(())
+    }
+
+    /// The widths of the place, interface and hook columns of a packet's hop lines: its
+    /// widest, or the usual widths where those are wider.
+    fn hop_columns(&mut self, packet: &PacketTrace, names: &NameTable) -> HopColumns {
+        let mut columns = HOP_COLUMNS;
+        for hop in &packet.hops {
+            let place = self.places.get(hop.event.netns_inode, names);
+            columns.place = columns.place.max(place.chars().count());
+            let label = HopLabel::of(hop);
+            columns.ifname = columns.ifname.max(ifname(&label).chars().count());
+            columns.hook = columns.hook.max(hook_text(&hop.event, names).len());
+        }
+        columns
     }
 
     fn nat(&mut self, nat: &NatRecord) -> io::Result<()> {
@@ -172,19 +207,34 @@ impl<W: Write> TextWriter<W> {
         if flow.hops.is_empty() {
             return Ok(());
         }
+        let mut width = CELL;
+        for pair in &flow.hops {
+            for label in [&pair.from, &pair.to] {
+                width = width.max(cell_len(self.places.get(label.netns_inode, names), label));
+            }
+        }
         writeln!(
             self.out,
-            "  {:<8}  {:<44} {:<44} {:>6} {:>9} {:>9} {:>9} {:>9}",
+            "  {:<8}  {:<width$} {:<width$} {:>6} {:>9} {:>9} {:>9} {:>9}",
             "dir", "from", "to", "count", "min", "p50", "p99", "max"
         )?;
         for pair in &flow.hops {
+            write!(self.out, "  {:<8}  ", pair.direction.name())?;
+            for label in [&pair.from, &pair.to] {
+                let place = self.places.get(label.netns_inode, names);
+                let pad = width - cell_len(place, label);
+                write!(
+                    self.out,
+                    "{place} {} {}{:pad$} ",
+                    ifname(label),
+                    label.hook.name(),
+                    ""
+                )?;
+            }
             let l = &pair.latency;
             writeln!(
                 self.out,
-                "  {:<8}  {:<44} {:<44} {:>6} {:>9} {:>9} {:>9} {:>9}",
-                pair.direction.name(),
-                place(&pair.from, names),
-                place(&pair.to, names),
+                "{:>6} {:>9} {:>9} {:>9} {:>9}",
                 l.count,
                 duration(l.min_ns),
                 duration(l.p50_ns),
@@ -260,20 +310,37 @@ fn rewrite(before: &Tuple, after: &Tuple) -> String {
     format!("NAT {}", parts.join(", "))
 }
 
-fn ifname(label: &HopLabel) -> String {
+/// The interface of a hop: its name, `if<index>` where it has none, or `(socket)`.
+pub(super) fn ifname(label: &HopLabel) -> Cow<'_, str> {
     if label.ifname.is_empty() && label.ifindex == 0 {
         // Freed with no device: by the socket that had it.
-        "(socket)".to_owned()
+        Cow::Borrowed("(socket)")
     } else if label.ifname.is_empty() {
-        format!("if{}", label.ifindex)
+        Cow::Owned(format!("if{}", label.ifindex))
     } else {
-        label.ifname.to_string()
+        label.ifname.as_str()
+    }
+}
+
+/// The hook of a hop line: its hook, or `delivered` where a socket frees the packet it
+/// consumed, which is its delivery, not a drop.
+fn hook_text(event: &HopEvent, names: &NameTable) -> &'static str {
+    let delivered = event.drop.is_some_and(|drop| {
+        is_normal_free(
+            &names.drop_reason(drop.reason),
+            &names.symbol(drop.location),
+        )
+    });
+    if delivered {
+        "delivered"
+    } else {
+        event.hook.name()
     }
 }
 
 /// `dropped in host at docker0 kfree_skb (NETFILTER_DROP in nft_do_chain+0x46f) by ip filter
 /// FORWARD: ...; 2 retransmitted`: a flow's verdict in one line.
-fn verdict_text(verdict: &Verdict, names: &NameTable) -> String {
+pub(super) fn verdict_text(verdict: &Verdict, names: &NameTable) -> String {
     let mut text = verdict.kind.name().to_owned();
     if let Some(at) = &verdict.place {
         let preposition = if verdict.kind == Kind::Unanswered {
@@ -310,13 +377,38 @@ fn verdict_text(verdict: &Verdict, names: &NameTable) -> String {
     text
 }
 
-fn place(label: &HopLabel, names: &NameTable) -> String {
-    format!(
-        "{} {} {}",
-        names.place(label.netns_inode),
-        ifname(label),
-        label.hook.name()
-    )
+/// The length of `place ifname hook`, a cell of a flow's latency table, in characters.
+fn cell_len(place: &str, label: &HopLabel) -> usize {
+    place.chars().count() + 1 + ifname(label).chars().count() + 1 + label.hook.name().len()
+}
+
+/// The widths of the columns of hop lines that hold names.
+#[derive(Debug, Clone, Copy)]
+struct HopColumns {
+    place: usize,
+    ifname: usize,
+    hook: usize,
+}
+
+/// The names of the places seen, kept while the names stay the same: a packet's hops are in a
+/// few places, and each is named for the width of its column and again on its line.
+#[derive(Default)]
+struct Places {
+    version: u64,
+    names: FxHashMap<u64, Box<str>>,
+}
+
+impl Places {
+    /// The name of the namespace with `inode`, as [`NameTable::place`] gives it.
+    fn get(&mut self, inode: u64, names: &NameTable) -> &str {
+        if self.version != names.places_version() || self.names.len() >= MAX_PLACES {
+            self.version = names.places_version();
+            self.names.clear();
+        }
+        self.names
+            .entry(inode)
+            .or_insert_with(|| names.place(inode).into_boxed_str())
+    }
 }
 
 /// `HH:MM:SS.micros` (UTC) of a kernel monotonic timestamp.
@@ -332,3 +424,6 @@ fn clock(ts_ns: u64, realtime_offset_ns: i128) -> String {
         micros
     )
 }
+
+#[cfg(test)]
+mod tests;
