@@ -66,6 +66,56 @@ pub fn connect_from(
     Ok(stream)
 }
 
+/// A TCP connection from `netns` to `dst` that must complete within `within`: the connect is
+/// started without blocking and its socket polled for the outcome, so a connection whose SYN
+/// is dropped fails after `within` (the kernel's retransmissions in between), not after its
+/// two minutes of retries.
+pub fn connect_within(
+    netns: &Netns,
+    dst: SocketAddr,
+    within: Duration,
+) -> anyhow::Result<TcpStream> {
+    let stream = netns.enter(|| -> anyhow::Result<TcpStream> {
+        let family = match dst {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = socket(
+            family,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        match connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(dst),
+        ) {
+            Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&fd),
+            nix::poll::PollFlags::POLLOUT,
+        )];
+        let timeout =
+            nix::poll::PollTimeout::try_from(within).unwrap_or(nix::poll::PollTimeout::MAX);
+        if nix::poll::poll(&mut fds, timeout)? == 0 {
+            anyhow::bail!("no answer from {dst} within {within:?}");
+        }
+        let error = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SocketError)?;
+        if error != 0 {
+            anyhow::bail!(
+                "connecting to {dst}: {}",
+                std::io::Error::from_raw_os_error(error)
+            );
+        }
+        let stream = TcpStream::from(fd);
+        stream.set_nonblocking(false)?;
+        Ok(stream)
+    })??;
+    Ok(stream)
+}
+
 /// Accepts one connection on `listener`, failing after [`IO_TIMEOUT`].
 pub fn accept(listener: &TcpListener) -> anyhow::Result<TcpStream> {
     listener.set_nonblocking(false)?;
