@@ -259,7 +259,8 @@ fn a_drop_is_drawn_where_it_happened_and_selecting_a_flow_redraws_the_path() -> 
     assert_eq!(drawn(&page)?, devices_of(&lines, dropped));
     let retransmitted: u64 =
         page.eval("document.querySelectorAll('#time g.tick.retrans').length")?;
-    let summaries: Vec<String> = page.eval("[...document.querySelectorAll('#packets summary')].map(s => s.textContent)")?;
+    let summaries: Vec<String> =
+        page.eval("[...document.querySelectorAll('#packets summary')].map(s => s.textContent)")?;
     assert_eq!(retransmitted, 1, "the SYN was sent twice: {summaries:#?}");
     check_page(&page, "drop")?;
 
