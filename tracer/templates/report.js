@@ -357,10 +357,8 @@
       g.append(svg("title", {}, `+${duration(pk.t)} ${pk.what}` + (retrans ? " (retransmission)" : "")));
       box.append(g);
       const hops = el("table", { class: "hops" });
-      let shown = null;
       for (const [l, dt, t] of pk.hops) {
-        if (t >= 0) shown = pk.tuples[t];
-        hops.append(el("tr", {}, el("td", {}, "+" + duration(dt)), el("td", {}, place(l).name), el("td", {}, D.labels[l].ifname), el("td", {}, D.labels[l].hook), el("td", { class: "tuple" }, t >= 0 ? pk.tuples[t] : "")));
+        hops.append(el("tr", {}, el("td", {}, "+" + duration(dt)), el("td", {}, place(l).name), el("td", {}, D.labels[l].ifname), el("td", {}, D.labels[l].hook), el("td", { class: "tuple" }, t >= 0 ? flow.tuples[t] : "")));
       }
       if (pk.drop) hops.append(el("tr", { class: "dropped" }, el("td", { colSpan: 5 }, `DROPPED: ${pk.drop.reason} in ${pk.drop.function}` + (pk.drop.rule ? ` by ${pk.drop.rule}` : ""))));
       const summary = el("summary", { class: cls.replace("tick", "packet") },

@@ -16,6 +16,7 @@ mod loss;
 mod observer;
 mod pairs;
 mod pcap;
+mod report;
 mod rules;
 mod startup;
 mod stats;
@@ -58,6 +59,8 @@ pub enum Only {
     Rules,
     /// The kernel programs' cost per run and per forwarded packet.
     Kernel,
+    /// The HTML report of 100,000 flows: its size and how long Chromium takes to draw it.
+    Report,
 }
 
 /// Seed of the random order of the pairs and of the runs within a pair: fixed, so that a run
@@ -82,6 +85,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(Only::Collector) = args.only {
         let binary = tracer_binary(args)?;
         print!("{}", collector::run(&binary, args.quick)?.markdown());
+        return Ok(());
+    }
+    if let Some(Only::Report) = args.only {
+        let binary = tracer_binary(args)?;
+        print!("{}", report::run(&binary, args.quick)?.markdown());
         return Ok(());
     }
     require_root("the benchmarks")?;
@@ -140,6 +148,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let loss = loss::run(args.quick)?;
     eprintln!("xtask: bench: start-up time");
     let startup = startup::run(args.quick)?;
+    eprintln!("xtask: bench: the HTML report of many flows");
+    let report = report::run(&binary, args.quick)?;
 
     let mut md = String::new();
     let _ = writeln!(md, "# tracer benchmarks\n");
@@ -161,6 +171,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     md += &collector.markdown();
     md += &loss.markdown();
     md += &startup.markdown();
+    md += &report.markdown();
     md += &targets::markdown(&targets::Inputs {
         quick: args.quick,
         datapath: &datapath,
@@ -170,6 +181,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         startup: &startup,
         collector: &collector,
         loss: &loss,
+        report: &report,
     });
     // What limits the missed targets is written by hand, from profiles, and kept with the
     // numbers.
@@ -184,7 +196,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "throughput_pairs": repeats, "cpu_pairs": cpu_pairs,
         "datapath": datapath.json(), "rules": rules.json(), "cpu": cpu.json(), "kernel_programs": programs.json(),
         "observer": observer.json(), "collector": collector.json(),
-        "loss": loss.json(), "startup": startup.json(),
+        "loss": loss.json(), "startup": startup.json(), "report": report.json(),
     });
     let dir = workspace().join("bench");
     std::fs::create_dir_all(&dir)?;

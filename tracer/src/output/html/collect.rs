@@ -24,7 +24,12 @@ use crate::{
 };
 
 /// Packets of a flow kept in detail; the rest are counted.
-pub const PACKETS_PER_FLOW: usize = 64;
+pub const PACKETS_PER_FLOW: usize = 32;
+
+/// Packets held for open flows, in detail-limits: beyond `HELD × detail_limit ×
+/// PACKETS_PER_FLOW`, open flows keep only the packets that were dropped (a failure is the
+/// most interesting), and count the others as omitted.
+const HELD: usize = 4;
 
 /// The report's data as records arrive.
 pub struct Collector {
@@ -45,6 +50,8 @@ pub struct Collector {
     kept: BinaryHeap<Reverse<Kept>>,
     report: Report,
     first_ts: Option<u64>,
+    /// Packets held by open flows.
+    held: usize,
 }
 
 /// How interesting a detailed flow is (failed, then its slowest packet's time), where its
@@ -67,6 +74,7 @@ struct OpenFlow {
     packets: Vec<Packet>,
     omitted: u64,
     nat: Vec<model::Nat>,
+    tuples: Vec<String>,
     first_ts: Option<u64>,
     /// The longest first-to-last-hop time of its packets.
     slowest: u64,
@@ -93,6 +101,7 @@ impl Collector {
             kept: BinaryHeap::new(),
             report: Report::default(),
             first_ts: None,
+            held: 0,
         };
         // String 0 is "no workload".
         collector.string("");
@@ -174,11 +183,14 @@ impl Collector {
                 .as_ref()
                 .map(|owner| crate::output::process_text(owner, names));
         }
-        if open.packets.len() >= PACKETS_PER_FLOW {
+        let budget = HELD * self.detail_limit * PACKETS_PER_FLOW;
+        let dropped = last.event.drop.is_some() && !delivered;
+        if open.packets.len() >= PACKETS_PER_FLOW || (self.held >= budget && !dropped) {
             open.omitted += 1;
             return;
         }
-        let mut tuples = Vec::new();
+        self.held += 1;
+        let tuples = &mut open.tuples;
         let mut shown = None;
         let hops = packet
             .hops
@@ -189,8 +201,12 @@ impl Collector {
                 let changed = (event.has_l4 || shown.is_none()) && shown != Some(event.tuple);
                 let index = if changed {
                     shown = Some(event.tuple);
-                    tuples.push(tuple(&event.tuple));
-                    tuples.len() as i32 - 1
+                    let text = tuple(&event.tuple);
+                    let at = tuples.iter().position(|t| *t == text).unwrap_or_else(|| {
+                        tuples.push(text);
+                        tuples.len() - 1
+                    });
+                    at as i32
                 } else {
                     -1
                 };
@@ -219,7 +235,6 @@ impl Collector {
             seq: event.tcp_seq,
             ip_len: event.ip_len,
             hops,
-            tuples,
             drop,
             delivered,
         });
@@ -243,6 +258,7 @@ impl Collector {
 
     fn flow(&mut self, flow: &FlowSummary, names: &NameTable) {
         let open = self.open.remove(&flow.flow_id).unwrap_or_default();
+        self.held = self.held.saturating_sub(open.packets.len());
         let mut path = Vec::with_capacity(flow.hops.len());
         let mut own = Vec::with_capacity(flow.hops.len());
         for hop in &flow.hops {
@@ -296,6 +312,7 @@ impl Collector {
             reply: tuple(&flow.reply),
             pairs: own,
             nat: open.nat,
+            tuples: open.tuples,
             packets: open.packets,
             omitted: open.omitted,
             process: open.process,

@@ -23,7 +23,7 @@ use super::{Output, RunStats};
 use crate::{correlate::Record, names::NameTable};
 
 /// Flows kept in detail unless told otherwise.
-pub const DETAIL_LIMIT: usize = 1000;
+pub const DETAIL_LIMIT: usize = 500;
 
 /// Writes the report to a file when the trace ends.
 pub struct HtmlWriter {

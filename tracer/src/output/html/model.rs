@@ -126,6 +126,8 @@ pub struct FlowDetail {
     /// The flow's own latency per hop pair: `[direction, pair, count, p50, p99]`.
     pub pairs: Vec<[u64; 5]>,
     pub nat: Vec<Nat>,
+    /// Tuples the flow's packets had, referred to by their hops.
+    pub tuples: Vec<String>,
     pub packets: Vec<Packet>,
     /// Packets beyond those kept.
     pub omitted: u64,
@@ -158,10 +160,9 @@ pub struct Packet {
     /// TCP sequence number and IP length, which a retransmission repeats.
     pub seq: u32,
     pub ip_len: u16,
-    /// `[label, ns since the previous hop, tuple (index into `tuples`, or -1 when unchanged)]`.
+    /// `[label, ns since the previous hop, tuple (index into the flow's `tuples`, or -1 when
+    /// unchanged)]`.
     pub hops: Vec<(u32, u64, i32)>,
-    /// Tuples the packet had, the first and each after a change.
-    pub tuples: Vec<String>,
     /// How it ended when it was dropped: reason, function, rule.
     pub drop: Option<Drop>,
     /// The hop that was its delivery (a socket freeing what it consumed).
