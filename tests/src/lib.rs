@@ -31,6 +31,7 @@ pub mod overlay;
 pub mod pod;
 pub mod podman;
 pub mod probe;
+pub mod prometheus;
 pub mod skip;
 pub mod testbed;
 pub mod trace;

@@ -201,6 +201,12 @@ pub struct MonitorArgs {
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9477")]
     pub metrics: std::net::SocketAddr,
 
+    /// TLS, basic authentication and headers for the endpoint, from a web configuration file
+    /// in the format of Prometheus' exporters (node_exporter's `--web.config.file`); read
+    /// again when it changes. See "Securing the endpoint" in the README.
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<PathBuf>,
+
     /// Keep one connection in N, chosen in the kernel by a hash of the connection, so that a
     /// connection is kept or skipped whole (1 keeps every one).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SAMPLE,
@@ -211,6 +217,12 @@ pub struct MonitorArgs {
     /// `_overflow` series per metric.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     pub max_series: usize,
+
+    /// Remove a label set's series once it has had no observation for this long (a pod that
+    /// went away, say), which gives its room back to --max-series; 0 keeps series for ever.
+    #[arg(long, value_name = "DURATION", default_value = "15m",
+          value_parser = humantime::parse_duration)]
+    pub series_ttl: Duration,
 
     /// Name places by interface and namespace (`eth0@web:net_dev_queue`) instead of by role
     /// (`container:net_dev_queue`, `host_veth:...`, `bridge:...`, `overlay:...`, `uplink:...`):
@@ -554,6 +566,24 @@ mod tests {
         assert_eq!(
             hooks_of(&["tracer", "--hooks", "-nat,+tc"]),
             HookSet::parse("-nat,+tc").unwrap()
+        );
+    }
+
+    /// `--series-ttl`: 15 minutes unless given, and 0 (no expiry) is a valid value.
+    #[test]
+    fn the_series_ttl_defaults_to_15_minutes_and_may_be_0() {
+        let ttl = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Some(Command::Monitor(monitor)) => monitor.series_ttl,
+            _ => unreachable!("{args:?} is a monitor"),
+        };
+        assert_eq!(ttl(&["tracer", "monitor"]), Duration::from_secs(900));
+        assert_eq!(
+            ttl(&["tracer", "monitor", "--series-ttl", "0"]),
+            Duration::ZERO
+        );
+        assert_eq!(
+            ttl(&["tracer", "monitor", "--series-ttl", "2s"]),
+            Duration::from_secs(2)
         );
     }
 }

@@ -31,18 +31,32 @@ pub async fn trace(args: TraceArgs) -> anyhow::Result<()> {
 /// `tracer monitor`: the endpoint first (it answers, not ready, while the programs attach),
 /// then a trace that feeds the metrics until SIGTERM or Ctrl-C.
 pub async fn monitor(args: MonitorArgs) -> anyhow::Result<()> {
+    let web = match &args.web_config {
+        Some(path) => crate::metrics::web::Web::load(path).map_err(UsageError)?,
+        None => crate::metrics::web::Web::none(),
+    };
+    let scheme = if web.current().tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let metrics = Metrics::new(crate::metrics::Limits {
         max_series: args.max_series,
+        series_ttl: (!args.series_ttl.is_zero()).then_some(args.series_ttl),
         interfaces: args.per_interface,
     });
     let listener = crate::metrics::http::bind(args.metrics)
         .await
         .map_err(UsageError::from)?;
     eprintln!(
-        "tracer: serving metrics at http://{}/metrics",
+        "tracer: serving metrics at {scheme}://{}/metrics",
         listener.local_addr()?
     );
-    let server = tokio::spawn(crate::metrics::http::serve(listener, Arc::clone(&metrics)));
+    let server = tokio::spawn(crate::metrics::http::serve(
+        listener,
+        Arc::clone(&metrics),
+        web,
+    ));
     let mut options: crate::session::live::Options = args.into();
     options.metrics = Some(Arc::clone(&metrics));
     let result = async {

@@ -74,11 +74,26 @@ fn the_daemonset_gives_exactly_what_tracer_needs() {
             .iter()
             .find(|v| v["name"] == mount["name"])
             .unwrap_or_else(|| panic!("no volume for {mount}"));
+        // The web configuration comes from a Secret, and is where --web-config reads it.
+        if volume["secret"].is_object() {
+            let path = mount["mountPath"].as_str().expect("a path");
+            let args = strings(&tracer["args"]);
+            assert!(
+                args.iter()
+                    .any(|a| a.starts_with(path) && a.ends_with("web.yml")),
+                "--web-config is read from the Secret's mount: {args:?}"
+            );
+            continue;
+        }
         // The host path is mounted where tracer looks for it.
         assert_eq!(volume["hostPath"]["path"], mount["mountPath"], "{volume}");
         mounted.insert(mount["mountPath"].as_str().expect("a path").to_owned());
     }
     assert_eq!(volumes.len(), mounts.len(), "a volume that is not mounted");
+    assert!(strings(&tracer["args"]).contains("--web-config"));
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(tracer[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+    }
     let wanted: BTreeSet<String> = HOST_PATHS.iter().map(|p| p.path.to_owned()).collect();
     assert_eq!(mounted, wanted);
 
@@ -111,12 +126,19 @@ fn the_dashboard_queries_only_metrics_tracer_exports() {
     let mut used = 0;
     for query in &queries {
         for token in query.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if token.starts_with("tracer_") {
+            if token.starts_with("tracer_") || token.starts_with("process_") {
                 assert!(
                     exported.contains(token),
                     "{token} in `{query}` is not exported: {exported:?}"
                 );
                 used += 1;
+            }
+            // Every exporter has the standard process metrics: tracer's are those of its job.
+            if token.starts_with("process_") {
+                assert!(
+                    query.contains(r#"job="tracer""#),
+                    "{token} in `{query}` is not tracer's"
+                );
             }
         }
     }

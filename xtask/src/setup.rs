@@ -36,6 +36,11 @@ const PACKAGES: &[&str] = &[
     // A real Prometheus scraping `tracer monitor` in the tests, and promtool.
     "prometheus",
     // A real browser for the tests of self-contained HTML pages, driven over DevTools.
+    // tracer monitor --web-config's test: a certificate (openssl), a bcrypt hash as users make
+    // them (htpasswd), and an HTTPS client (curl).
+    "openssl",
+    "apache2-utils",
+    "curl",
     "chromium",
     "qemu-system-x86",
     "cpio",

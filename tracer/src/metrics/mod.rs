@@ -7,9 +7,15 @@
 //! container path ([`Role`]: container, host veth, bridge, overlay, uplink) with the hook, unless
 //! interface names are asked for; workloads by their pod or container. The number of series is
 //! capped ([`Limits::max_series`]): label sets beyond the cap go to one overflow series per
-//! metric, labelled `_overflow`, and the overflow is counted.
+//! metric, labelled `_overflow`, and the overflow is counted. A series not observed for
+//! [`Limits::series_ttl`] is removed and gives its room back ([`series`]). Each bucket of the
+//! hop latency carries an exemplar: the flow and tuple of a recent packet in it ([`exemplar`]).
 
+mod exemplar;
 pub mod http;
+mod process;
+mod series;
+pub mod web;
 
 use std::{
     collections::HashMap,
@@ -18,6 +24,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    time::{Duration, SystemTime},
 };
 
 use prometheus_client::{
@@ -25,13 +32,17 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
     metrics::{
         counter::{ConstCounter, Counter},
-        family::Family,
+        exemplar::HistogramWithExemplars,
         gauge::ConstGauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
 };
 
+use self::{
+    exemplar::Exemplar,
+    series::{Clock, Monotonic, Seen, Tracked},
+};
 use crate::{
     correlate::{Direction, HopLabel, PacketTrace, Record},
     names::{NameTable, Role},
@@ -40,7 +51,7 @@ use crate::{
 
 /// The names of every sample tracer exports, as Prometheus sees them (the unit test
 /// `the_exported_names_are_those_of_the_exposition` checks this list against the exposition).
-pub const EXPORTED: [&str; 17] = [
+pub const EXPORTED: [&str; 22] = [
     "tracer_hop_latency_seconds_bucket",
     "tracer_hop_latency_seconds_count",
     "tracer_hop_latency_seconds_sum",
@@ -56,8 +67,13 @@ pub const EXPORTED: [&str; 17] = [
     "tracer_series",
     "tracer_series_limit",
     "tracer_ready",
-    "tracer_cpu_seconds_total",
-    "tracer_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_threads",
+    "process_start_time_seconds",
+    "process_open_fds",
+    "process_max_fds",
 ];
 
 /// Label value for what no container or pod owns, and for a path of no known kind.
@@ -70,11 +86,14 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(1e-6, 2.0, 15)
 }
 
-/// How places are named and how many series may exist.
+/// How places are named, and how many series may exist and for how long.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Label sets across the labelled metrics, overflow series not counted.
     pub max_series: usize,
+    /// How long a series may go without an observation before it is removed; for ever if
+    /// `None`.
+    pub series_ttl: Option<Duration>,
     /// Name places by interface (`eth0@web:net_dev_queue`) rather than by role.
     pub interfaces: bool,
 }
@@ -83,10 +102,15 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_series: 5000,
+            series_ttl: Some(Duration::from_secs(15 * 60)),
             interfaces: false,
         }
     }
 }
+
+/// How often expired series are looked for, at most: a series goes between its TTL and its
+/// TTL and this after its last observation.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HopLabels {
@@ -122,8 +146,12 @@ struct NatLabels {
     direction: &'static str,
 }
 
-fn new_histogram() -> Histogram {
-    Histogram::new(latency_buckets())
+fn new_histogram() -> Seen<Histogram> {
+    Seen::new(Histogram::new(latency_buckets()))
+}
+
+fn new_hop_histogram() -> Seen<HistogramWithExemplars<Exemplar>> {
+    Seen::new(HistogramWithExemplars::new(latency_buckets()))
 }
 
 /// The metrics of one monitor, shared by the session (which observes) and the HTTP server
@@ -131,14 +159,17 @@ fn new_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    hop_latency: Family<HopLabels, Histogram, fn() -> Histogram>,
-    path_latency: Family<PathLabels, Histogram, fn() -> Histogram>,
-    drops: Family<DropLabels, Counter>,
-    nat: Family<NatLabels, Counter>,
+    hop_latency: Tracked<HopLabels, HistogramWithExemplars<Exemplar>>,
+    path_latency: Tracked<PathLabels, Histogram>,
+    drops: Tracked<DropLabels, Counter>,
+    nat: Tracked<NatLabels, Counter>,
     flows: Counter,
-    verdicts: Family<VerdictLabels, Counter>,
+    verdicts: Tracked<VerdictLabels, Counter>,
     state: Arc<State>,
     limits: Limits,
+    clock: Box<dyn Clock>,
+    /// When the next sweep for expired series may run, in nanoseconds on `clock`.
+    next_sweep: AtomicU64,
 }
 
 /// What the collector exports besides the families: tracer's own cost, events lost, series.
@@ -153,40 +184,43 @@ struct State {
 
 impl Metrics {
     pub fn new(limits: Limits) -> Arc<Metrics> {
+        Metrics::with_clock(limits, Box::new(Monotonic::default()))
+    }
+
+    /// The metrics, with the times of observations read from `clock`.
+    pub fn with_clock(limits: Limits, clock: Box<dyn Clock>) -> Arc<Metrics> {
         let mut registry = Registry::default();
-        let hop_latency =
-            Family::<HopLabels, Histogram, fn() -> Histogram>::new_with_constructor(new_histogram);
-        let path_latency =
-            Family::<PathLabels, Histogram, fn() -> Histogram>::new_with_constructor(new_histogram);
-        let drops = Family::<DropLabels, Counter>::default();
-        let nat = Family::<NatLabels, Counter>::default();
+        let hop_latency = Tracked::new(new_hop_histogram);
+        let path_latency = Tracked::new(new_histogram);
+        let drops = Tracked::new(Seen::default);
+        let nat = Tracked::new(Seen::default);
         let flows = Counter::default();
         registry.register(
             "tracer_hop_latency_seconds",
             "Time between two consecutive hops of a packet, per hop pair",
-            hop_latency.clone(),
+            hop_latency.family(),
         );
         registry.register(
             "tracer_path_latency_seconds",
             "Time from a packet's first hop to its last, per path kind",
-            path_latency.clone(),
+            path_latency.family(),
         );
         registry.register(
             "tracer_drops",
             "Packets the kernel dropped, by reason, place and workload",
-            drops.clone(),
+            drops.family(),
         );
         registry.register(
             "tracer_nat_translations",
             "Flows translated by netfilter NAT, by kind and direction",
-            nat.clone(),
+            nat.family(),
         );
         registry.register("tracer_flows", "Flows traced to their end", flows.clone());
-        let verdicts = Family::<VerdictLabels, Counter>::default();
+        let verdicts = Tracked::new(Seen::default);
         registry.register(
             "tracer_flow_verdicts",
             "Flows that ended, by verdict (why they worked or failed) and workload",
-            verdicts.clone(),
+            verdicts.family(),
         );
         let state = Arc::new(State {
             max_series: limits.max_series,
@@ -203,11 +237,14 @@ impl Metrics {
             verdicts,
             state,
             limits,
+            clock,
+            next_sweep: AtomicU64::new(0),
         })
     }
 
-    /// The exposition, OpenMetrics text.
+    /// The exposition, OpenMetrics text, expired series removed first.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        self.expire(self.now());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -246,26 +283,53 @@ impl Metrics {
         }
         admitted
     }
+
+    /// The time on the clock, in nanoseconds.
+    fn now(&self) -> u64 {
+        u64::try_from(self.clock.now().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Removes the series last observed a TTL or longer before `now`, from every family, and
+    /// gives their room back to the cap. Runs once a second at most, whoever calls: the session
+    /// as it observes, so that memory stays bounded without scrapes, and the endpoint before it
+    /// encodes, so that a scrape never shows a series past its TTL and a second.
+    fn expire(&self, now: u64) {
+        let Some(ttl) = self.limits.series_ttl else {
+            return;
+        };
+        let due = self.next_sweep.load(Ordering::Relaxed);
+        let next = now.saturating_add(SWEEP_EVERY.as_nanos() as u64);
+        if now < due
+            || self
+                .next_sweep
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let release = |n| {
+            self.state.series.fetch_sub(n, Ordering::Relaxed);
+        };
+        self.hop_latency.expire(now, ttl, release);
+        self.path_latency.expire(now, ttl, release);
+        self.drops.expire(now, ttl, release);
+        self.nat.expire(now, ttl, release);
+        self.verdicts.expire(now, ttl, release);
+    }
 }
 
-/// Calls `with` on the family's metric for `labels`, or on its overflow series when the cap
-/// is reached.
-fn observe<S, M, C>(
+/// Calls `with` on the family's metric for `labels`, observed at `now`, or on its overflow
+/// series when the cap is reached.
+fn observe<S: Clone + std::hash::Hash + Eq, M>(
     metrics: &Metrics,
-    family: &Family<S, M, C>,
+    now: u64,
+    family: &Tracked<S, M>,
     labels: S,
     overflow: impl FnOnce() -> S,
-    with: impl Fn(&M),
-) where
-    S: Clone + std::hash::Hash + Eq,
-    C: prometheus_client::metrics::family::MetricConstructor<M>,
-{
-    if let Some(metric) = family.get(&labels) {
-        with(&metric);
-        return;
-    }
-    let labels = if metrics.admit() { labels } else { overflow() };
-    with(&family.get_or_create(&labels));
+    with: impl FnOnce(&M),
+) {
+    family.observe(now, labels, overflow, || metrics.admit(), with);
 }
 
 impl Collector for State {
@@ -312,41 +376,8 @@ impl Collector for State {
                 0.0
             },
         )?;
-        let (cpu, rss) = own_usage();
-        let metric = ConstCounter::new(cpu);
-        metric.encode(encoder.encode_descriptor(
-            "tracer_cpu_seconds",
-            "CPU time tracer's process used, user and system",
-            None,
-            metric.metric_type(),
-        )?)?;
-        gauge(
-            &mut encoder,
-            "tracer_resident_memory_bytes",
-            "tracer's resident memory",
-            rss as f64,
-        )
+        process::encode(&mut encoder)
     }
-}
-
-/// tracer's CPU seconds (user + system) and resident bytes, from `/proc/self/stat`.
-fn own_usage() -> (f64, u64) {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return (0.0, 0);
-    };
-    // The command name is in parentheses and may hold spaces: fields start after the last `)`.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| -> u64 { fields.get(n).and_then(|f| f.parse().ok()).unwrap_or(0) };
-    // SAFETY: sysconf has no memory effects.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // SAFETY: as above.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
-    // After the `)`: state is field 0, utime 11, stime 12, rss 21 (proc(5) numbers minus 3).
-    ((field(11) + field(12)) as f64 / ticks, field(21) * page)
 }
 
 /// The kind of path a flow takes, from where its first packet starts and ends.
@@ -397,7 +428,7 @@ impl MetricsOutput {
         )
     }
 
-    fn packet(&mut self, packet: &PacketTrace, names: &NameTable) {
+    fn packet(&mut self, packet: &PacketTrace, names: &NameTable, now: u64) {
         let (Some(first), Some(last)) = (packet.hops.first(), packet.hops.last()) else {
             return;
         };
@@ -416,6 +447,11 @@ impl MetricsOutput {
         }
         let direction = packet.direction.name();
         let metrics = Arc::clone(&self.metrics);
+        let exemplar = Exemplar {
+            flow_id: packet.flow_id,
+            tuple: first.event.tuple,
+        };
+        let observed = SystemTime::now();
         let mut previous_place = self.place(&HopLabel::of(first), names);
         for hop in &packet.hops[1..] {
             let label = HopLabel::of(hop);
@@ -423,6 +459,7 @@ impl MetricsOutput {
             let seconds = hop.since_prev_ns as f64 / 1e9;
             observe(
                 &metrics,
+                now,
                 &metrics.hop_latency,
                 HopLabels {
                     workload: workload.clone(),
@@ -436,13 +473,14 @@ impl MetricsOutput {
                     to: OVERFLOW.to_owned(),
                     direction,
                 },
-                |histogram| histogram.observe(seconds),
+                |histogram| histogram.observe(seconds, Some(exemplar), Some(observed)),
             );
             previous_place = place;
         }
         if let Some(drop) = last.event.drop {
             observe(
                 &metrics,
+                now,
                 &metrics.drops,
                 DropLabels {
                     reason: names.drop_reason(drop.reason),
@@ -475,6 +513,7 @@ impl MetricsOutput {
             let seconds = last.since_first_ns as f64 / 1e9;
             observe(
                 &metrics,
+                now,
                 &metrics.path_latency,
                 PathLabels {
                     path: kind,
@@ -494,12 +533,15 @@ impl MetricsOutput {
 
 impl Output for MetricsOutput {
     fn record(&mut self, record: &Record, names: &NameTable) -> io::Result<()> {
+        let now = self.metrics.now();
+        self.metrics.expire(now);
         match record {
-            Record::Packet(packet) => self.packet(packet, names),
+            Record::Packet(packet) => self.packet(packet, names, now),
             Record::Nat(nat) => {
                 let metrics = &self.metrics;
                 observe(
                     metrics,
+                    now,
                     &metrics.nat,
                     NatLabels {
                         kind: nat.kind.name(),
@@ -522,6 +564,7 @@ impl Output for MetricsOutput {
                     let kind = verdict.kind.name();
                     observe(
                         &self.metrics,
+                        now,
                         &self.metrics.verdicts,
                         VerdictLabels {
                             kind,

@@ -3,6 +3,7 @@
 use std::{
     net::{IpAddr, Ipv4Addr},
     sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tracer_common::hook::Hook;
@@ -83,10 +84,11 @@ fn names() -> NameTable {
     names
 }
 
+/// The value of the first sample whose line starts with `prefix`, before any exemplar.
 fn line_value(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|line| line.split(" # ").next()?.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
 
@@ -210,13 +212,61 @@ fn drops_nat_and_flows_are_counted() {
         Some(9.0),
         "{text}"
     );
-    assert!(
-        line_value(&text, "tracer_resident_memory_bytes ") > Some(0.0),
-        "{text}"
-    );
     // A dropped packet has no path latency.
     assert!(
         !text.contains("tracer_path_latency_seconds_count{"),
+        "{text}"
+    );
+}
+
+/// tracer's own cost, under the names of the Prometheus client libraries' process collectors,
+/// with the values of the process that runs the test.
+#[test]
+fn the_process_metrics_are_those_of_this_process() {
+    let metrics = Metrics::new(Limits::default());
+    let began = Instant::now();
+    // Work until the CPU time is at least one clock tick, so that it is seen to count.
+    let text = loop {
+        let text = metrics.encode().unwrap();
+        if line_value(&text, "process_cpu_seconds_total ") > Some(0.0) {
+            break text;
+        }
+        assert!(began.elapsed() < Duration::from_secs(10), "{text}");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {
+            std::hint::black_box(spin.elapsed());
+        }
+    };
+    let value = |name: &str| {
+        line_value(&text, &format!("{name} ")).unwrap_or_else(|| panic!("no {name}: {text}"))
+    };
+    assert!(
+        text.contains("# TYPE process_cpu_seconds counter\n"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE process_open_fds gauge\n"), "{text}");
+    let resident = value("process_resident_memory_bytes");
+    assert!(resident > 0.0, "{text}");
+    assert!(value("process_virtual_memory_bytes") >= resident, "{text}");
+    assert!(value("process_threads") >= 1.0, "{text}");
+    // At least standard input, output and error.
+    let open = value("process_open_fds");
+    assert!(open >= 3.0, "{text}");
+    assert!(value("process_max_fds") >= open, "{text}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = value("process_start_time_seconds");
+    // The boot time is in whole seconds, and the wall clock may have been set since boot.
+    assert!(
+        start <= now + 2.0 && start > now - 86_400.0,
+        "started at {start}, now {now}: {text}"
+    );
+    // No more CPU time than every CPU for as long as the process has run.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    assert!(
+        value("process_cpu_seconds_total") <= (now - start + 2.0) * cpus,
         "{text}"
     );
 }
@@ -226,6 +276,7 @@ fn label_sets_beyond_the_cap_go_to_the_overflow_series() {
     let metrics = Metrics::new(Limits {
         max_series: 2,
         interfaces: true,
+        ..Limits::default()
     });
     let mut output = MetricsOutput::new(Arc::clone(&metrics));
     let names = names();
@@ -253,7 +304,7 @@ fn label_sets_beyond_the_cap_go_to_the_overflow_series() {
 fn the_exported_names_are_those_of_the_exposition() {
     let metrics = Metrics::new(Limits {
         max_series: 1,
-        interfaces: false,
+        ..Limits::default()
     });
     let mut output = MetricsOutput::new(Arc::clone(&metrics));
     let names = names();
@@ -360,6 +411,218 @@ fn verdicts_are_counted_by_kind_and_the_workload_of_the_flow() {
     assert_eq!(
         line_value(&text, "tracer_flows_total "),
         Some(3.0),
+        "{text}"
+    );
+}
+
+/// A clock set by hand, shared with the metrics that read it.
+#[derive(Debug, Clone, Default)]
+struct Hand(Arc<AtomicU64>);
+
+impl Hand {
+    fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Clock for Hand {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Metrics whose series expire after a minute, on a clock set by hand.
+fn expiring(max_series: usize) -> (Arc<Metrics>, Hand) {
+    let hand = Hand::default();
+    let limits = Limits {
+        max_series,
+        series_ttl: Some(Duration::from_secs(60)),
+        ..Limits::default()
+    };
+    (Metrics::with_clock(limits, Box::new(hand.clone())), hand)
+}
+
+fn snat(flow_id: u64) -> Record {
+    Record::Nat(NatRecord {
+        flow_id,
+        direction: Direction::Original,
+        kind: NatKind::Snat,
+        before: tuple(),
+        after: tuple(),
+        at: None,
+        source: NatSource::Conntrack,
+        packet: None,
+        rule: None,
+    })
+}
+
+const HOP_COUNT: &str = r#"tracer_hop_latency_seconds_count{workload="web",from="host_veth:netif_receive_skb",to="bridge:netif_receive_skb",direction="original"}"#;
+const NAT_COUNT: &str = r#"tracer_nat_translations_total{kind="snat",direction="original"}"#;
+
+/// A label set not observed for the TTL is gone from the exposition and gives its room back;
+/// one observed within the TTL stays.
+#[test]
+fn a_series_unobserved_for_the_ttl_is_removed() {
+    let (metrics, hand) = expiring(5000);
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    output.record(&Record::Packet(egress(1)), &names).unwrap();
+    output.record(&snat(1), &names).unwrap();
+    // Three hop pairs, one path, one translation.
+    assert_eq!(metrics.series(), 5);
+    hand.advance(Duration::from_secs(50));
+    output.record(&snat(2), &names).unwrap();
+    hand.advance(Duration::from_secs(9));
+    let text = metrics.encode().unwrap();
+    assert_eq!(line_value(&text, HOP_COUNT), Some(1.0), "{text}");
+    assert_eq!(line_value(&text, "tracer_series "), Some(5.0), "{text}");
+    // A minute after the packet, 10 s after the last translation.
+    hand.advance(Duration::from_secs(1));
+    let text = metrics.encode().unwrap();
+    assert!(!text.contains("tracer_hop_latency_seconds"), "{text}");
+    assert!(!text.contains("tracer_path_latency_seconds"), "{text}");
+    assert_eq!(line_value(&text, NAT_COUNT), Some(2.0), "{text}");
+    assert_eq!(line_value(&text, "tracer_series "), Some(1.0), "{text}");
+    assert_eq!(metrics.series(), 1);
+    // The label set comes back as a new series.
+    output.record(&Record::Packet(egress(3)), &names).unwrap();
+    let text = metrics.encode().unwrap();
+    assert_eq!(line_value(&text, HOP_COUNT), Some(1.0), "{text}");
+    assert_eq!(metrics.series(), 5);
+}
+
+/// Without scrapes too: observing sweeps.
+#[test]
+fn observing_removes_the_expired_series() {
+    let (metrics, hand) = expiring(5000);
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    output.record(&Record::Packet(egress(1)), &names).unwrap();
+    hand.advance(Duration::from_secs(61));
+    output.record(&snat(1), &names).unwrap();
+    assert_eq!(metrics.series(), 1);
+}
+
+/// Once the series that filled the cap expire, a new label set has its own series instead of
+/// the overflow series, which expires as well.
+#[test]
+fn after_expiry_a_new_label_set_gets_its_own_series() {
+    let (metrics, hand) = expiring(4);
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    output.record(&Record::Packet(egress(1)), &names).unwrap();
+    assert_eq!(metrics.series(), 4);
+    let verdict = |workload: &str| {
+        format!(r#"tracer_flow_verdicts_total{{kind="delivered",workload="{workload}"}}"#)
+    };
+    output
+        .record(&Record::Flow(ended(2, Kind::Delivered)), &names)
+        .unwrap();
+    let text = metrics.encode().unwrap();
+    assert_eq!(
+        line_value(&text, &verdict("_overflow")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(line_value(&text, &verdict("none")), None, "{text}");
+    hand.advance(Duration::from_secs(60));
+    output
+        .record(&Record::Flow(ended(3, Kind::Delivered)), &names)
+        .unwrap();
+    let text = metrics.encode().unwrap();
+    assert_eq!(line_value(&text, &verdict("none")), Some(1.0), "{text}");
+    assert_eq!(line_value(&text, &verdict("_overflow")), None, "{text}");
+    assert_eq!(line_value(&text, "tracer_series "), Some(1.0), "{text}");
+    assert_eq!(
+        line_value(&text, "tracer_series_overflowed_total "),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// `--series-ttl 0`: series stay for ever.
+#[test]
+fn without_a_ttl_series_stay() {
+    let hand = Hand::default();
+    let limits = Limits {
+        series_ttl: None,
+        ..Limits::default()
+    };
+    let metrics = Metrics::with_clock(limits, Box::new(hand.clone()));
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    output.record(&Record::Packet(egress(1)), &names()).unwrap();
+    hand.advance(Duration::from_secs(365 * 86_400));
+    let text = metrics.encode().unwrap();
+    assert_eq!(line_value(&text, HOP_COUNT), Some(1.0), "{text}");
+    assert_eq!(metrics.series(), 4);
+}
+
+/// The exemplar of the 4 us bucket of the pair host veth to bridge, in the OpenMetrics text.
+fn bucket_exemplar(text: &str) -> Option<&str> {
+    let bucket = r#"tracer_hop_latency_seconds_bucket{le="0.000004",workload="web",from="host_veth:netif_receive_skb",to="bridge:netif_receive_skb",direction="original"} "#;
+    let line = text.lines().find(|line| line.starts_with(bucket))?;
+    Some(line.split_once(" # ")?.1)
+}
+
+/// Each hop latency bucket carries the flow and tuple of its latest packet, in OpenMetrics.
+#[test]
+fn hop_latency_buckets_carry_an_exemplar_of_a_recent_packet() {
+    let metrics = Metrics::new(Limits::default());
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    let names = names();
+    output.record(&Record::Packet(egress(41)), &names).unwrap();
+    output.record(&Record::Packet(egress(42)), &names).unwrap();
+    let text = metrics.encode().unwrap();
+    let exemplar = bucket_exemplar(&text).unwrap_or_else(|| panic!("no exemplar: {text}"));
+    let (labels, rest) = exemplar.split_once("} ").unwrap();
+    assert_eq!(
+        labels,
+        r#"{flow_id="42",tuple="tcp 172.17.0.2:40000 > 198.19.0.252:80""#
+    );
+    // The observed value, then when it was observed.
+    let (value, timestamp) = rest.split_once(' ').unwrap();
+    assert_eq!(value.parse::<f64>(), Ok(3e-6), "{text}");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let timestamp: f64 = timestamp.parse().unwrap();
+    assert!(timestamp <= now && timestamp > now - 60.0, "{text}");
+    // Empty buckets have none; path latency has none.
+    assert!(
+        text.lines()
+            .filter(|line| line.contains(" # {"))
+            .all(
+                |line| line.starts_with("tracer_hop_latency_seconds_bucket{")
+                    && !line.starts_with("tracer_hop_latency_seconds_bucket{le=\"0.000001\"")
+            ),
+        "{text}"
+    );
+}
+
+/// The classic text format, for clients that do not ask for OpenMetrics, has no exemplars.
+#[test]
+fn the_classic_text_has_no_exemplars() {
+    let metrics = Metrics::new(Limits::default());
+    let mut output = MetricsOutput::new(Arc::clone(&metrics));
+    output
+        .record(&Record::Packet(egress(42)), &names())
+        .unwrap();
+    let openmetrics = metrics.encode().unwrap();
+    assert!(bucket_exemplar(&openmetrics).is_some(), "{openmetrics}");
+    let text = http::prometheus_text(&openmetrics);
+    assert!(
+        text.lines()
+            .all(|line| line.starts_with('#') || !line.contains('#')),
+        "{text}"
+    );
+    assert!(!text.contains("flow_id"), "{text}");
+    assert_eq!(
+        line_value(
+            &text,
+            r#"tracer_hop_latency_seconds_bucket{le="0.000004",workload="web",from="host_veth:netif_receive_skb",to="bridge:netif_receive_skb",direction="original"}"#
+        ),
+        Some(1.0),
         "{text}"
     );
 }
