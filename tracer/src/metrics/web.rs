@@ -410,6 +410,13 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_user_costs_a_whole_bcrypt_check() {
+        // A decoy that did not parse would be refused at once, and its speed would tell.
+        assert!(DECOY.parse::<bcrypt::HashParts>().is_ok());
+        assert_eq!(bcrypt::verify("anything", DECOY).ok(), Some(false));
+    }
+
+    #[test]
     fn what_is_wrong_with_a_file_is_said_in_one_line() {
         let cases = [
             (

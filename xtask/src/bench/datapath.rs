@@ -26,10 +26,21 @@ pub fn seconds(quick: bool) -> u64 {
 }
 
 pub fn run(testbed: &Testbed, pairs: usize, quick: bool, rng: &mut Rng) -> anyhow::Result<Results> {
+    run_only(testbed, &Config::OBSERVED, pairs, quick, rng)
+}
+
+/// [`run`] for `configs` only.
+pub fn run_only(
+    testbed: &Testbed,
+    configs: &[Config],
+    pairs: usize,
+    quick: bool,
+    rng: &mut Rng,
+) -> anyhow::Result<Results> {
     let seconds = seconds(quick);
     // The first run on a fresh testbed warms caches, ARP and conntrack; it is not recorded.
     iperf3(&testbed.containers[0].netns, &["-P", STREAMS, "-t", "1"])?;
-    let paired = pairs::run("throughput", &Config::OBSERVED, pairs, rng, |config| {
+    let paired = pairs::run("throughput", configs, pairs, rng, |config| {
         measure(testbed, config, seconds)
     })?;
     Ok(Results { paired, seconds })

@@ -61,6 +61,8 @@ pub enum Only {
     Kernel,
     /// The HTML report of 100,000 flows: its size and how long Chromium takes to draw it.
     Report,
+    /// Throughput with `tracer monitor` at its default sampling, paired with untraced runs.
+    Monitor,
 }
 
 /// Seed of the random order of the pairs and of the runs within a pair: fixed, so that a run
@@ -100,6 +102,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         print!(
             "{}",
             kernel::run(&testbed, if args.quick { 2 } else { 5 })?.markdown()
+        );
+        return Ok(());
+    }
+    if let Some(Only::Monitor) = args.only {
+        tracer_binary(args)?;
+        let testbed = Testbed::up(1)?;
+        let _server = tools::IperfServer::start(&testbed.remote)?;
+        let repeats = if args.quick { 1 } else { args.repeats };
+        let mut rng = stats::Rng::new(SEED);
+        print!(
+            "{}",
+            datapath::run_only(
+                &testbed,
+                &[config::Config::Monitor],
+                repeats,
+                args.quick,
+                &mut rng
+            )?
+            .markdown()
         );
         return Ok(());
     }
