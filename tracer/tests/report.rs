@@ -51,6 +51,10 @@ fn a_report_of_two_nodes_draws_one_path_across_them() {
     let verdict = &report.verdicts[report.flows[0].3 as usize];
     assert_eq!(verdict.kind, "delivered", "{verdict:?}");
     assert_eq!(report.detail.len(), 1);
-    assert_eq!(report.detail[0].packets.len(), 32, "the first 32 of 48 packets are kept");
+    assert_eq!(
+        report.detail[0].packets.len(),
+        32,
+        "the first 32 of 48 packets are kept"
+    );
     assert_eq!(report.detail[0].omitted, 16);
 }
