@@ -33,6 +33,8 @@ pub struct Results {
     bytes: u64,
     make_seconds: f64,
     make_peak_mib: f64,
+    /// `tracer replay -o json` of the same recording.
+    replay_peak_mib: f64,
     render_ms: Stat,
     ci: Option<Interval>,
     runs: usize,
@@ -68,16 +70,18 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<Results> {
     if !output.status.success() {
         bail!("tracer report failed ({}): {stderr}", output.status);
     }
-    let make_peak_mib = stderr
-        .lines()
-        .find_map(|line| {
-            line.split_once("; peak memory ")?
-                .1
-                .strip_suffix(" MiB")?
-                .parse::<f64>()
-                .ok()
-        })
-        .context("tracer report did not report its peak memory")?;
+    let make_peak_mib =
+        peak_mib(&stderr).context("tracer report did not report its peak memory")?;
+    // The same recording through `tracer replay`, for what the report itself adds.
+    let replayed = Command::new(binary)
+        .args(["replay", "--output", "json"])
+        .arg(&recording)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .context("failed to run tracer replay")?;
+    let replay_peak_mib = peak_mib(&String::from_utf8_lossy(&replayed.stderr))
+        .context("tracer replay did not report its peak memory")?;
     let page = std::fs::read_to_string(&html)?;
     let bytes = page.len() as u64;
     let detailed = page
@@ -98,9 +102,21 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<Results> {
         bytes,
         make_seconds,
         make_peak_mib,
+        replay_peak_mib,
         render_ms: Stat::of(&render),
         ci: stats::median_ci(&render, stats::LEVEL),
         runs,
+    })
+}
+
+/// The peak memory in tracer's closing line.
+fn peak_mib(stderr: &str) -> Option<f64> {
+    stderr.lines().find_map(|line| {
+        line.split_once("; peak memory ")?
+            .1
+            .strip_suffix(" MiB")?
+            .parse::<f64>()
+            .ok()
     })
 }
 
@@ -155,11 +171,12 @@ impl Results {
         let r = &self.render_ms;
         let _ = writeln!(
             md,
-            "| Report size | Per flow | Making it | Its peak memory | Drawn in (median) | 95% CI | Range |\n|---|---|---|---|---|---|---|\n| {:.1} MiB | {:.0} bytes | {:.2} s | {:.1} MiB | {:.0} ms | {} | {:.0}-{:.0} ms |\n",
+            "| Report size | Per flow | Making it | Its peak memory (`tracer replay` of the same) | Drawn in (median) | 95% CI | Range |\n|---|---|---|---|---|---|---|\n| {:.1} MiB | {:.0} bytes | {:.2} s | {:.1} MiB ({:.1} MiB) | {:.0} ms | {} | {:.0}-{:.0} ms |\n",
             self.bytes as f64 / f64::from(1 << 20),
             self.bytes as f64 / self.flows.max(1) as f64,
             self.make_seconds,
             self.make_peak_mib,
+            self.replay_peak_mib,
             r.median,
             self.ci.map_or_else(
                 || "n/a".to_owned(),
@@ -181,7 +198,8 @@ impl Results {
         json!({
             "flows": self.flows, "events": self.events, "detailed": self.detailed,
             "bytes": self.bytes, "make_seconds": self.make_seconds,
-            "make_peak_mib": self.make_peak_mib, "render_ms": self.render_ms.json(),
+            "make_peak_mib": self.make_peak_mib, "replay_peak_mib": self.replay_peak_mib,
+            "render_ms": self.render_ms.json(),
             "render_ms_ci": self.ci.map(|ci| ci.json()), "runs": self.runs,
         })
     }
