@@ -158,6 +158,11 @@
     const path = D.paths[row[PATH]];
     const verdict = verdictOf(row);
     const { order, steps } = devices(path);
+    if (order.length === 0) {
+      document.getElementById("drawing").replaceChildren(
+        el("p", { class: "note" }, "Every packet of this flow was seen at one place only: there is no hop to draw."));
+      return;
+    }
     const col = new Map(order.map((d, i) => [d, i]));
     const own = new Map((flow ? flow.pairs : []).map((p) => [p[0] + ":" + p[1], p]));
     const latency = (dir, p) => {
