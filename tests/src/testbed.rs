@@ -263,6 +263,25 @@ impl Testbed {
         Ok(())
     }
 
+    /// Drops TCP to `port` in the host's FORWARD chain (a rule inserted first), as a firewall
+    /// that blocks a service does; it goes with the testbed's host namespace.
+    pub fn drop_forward(&self, port: u16) -> anyhow::Result<()> {
+        self.host.exec(
+            "iptables",
+            &[
+                "-I",
+                "FORWARD",
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "DROP",
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Publishes `container_port` of container `index` (0-based) on the uplink's `host_port`,
     /// the way `docker run -p HOST:CONTAINER` does (DNAT in PREROUTING).
     pub fn publish(&self, host_port: u16, index: usize, container_port: u16) -> anyhow::Result<()> {

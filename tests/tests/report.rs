@@ -189,19 +189,7 @@ fn a_published_port_is_drawn_from_a_recording_with_its_dnat() -> anyhow::Result<
 fn a_drop_is_drawn_where_it_happened_and_selecting_a_flow_redraws_the_path() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
     let (open, blocked) = (10_302, 10_303);
-    testbed.host.exec(
-        "iptables",
-        &[
-            "-I",
-            "FORWARD",
-            "-p",
-            "tcp",
-            "--dport",
-            &blocked.to_string(),
-            "-j",
-            "DROP",
-        ],
-    )?;
+    testbed.drop_forward(blocked)?;
     let server = SocketAddr::from((SERVER_ADDR, open));
     let listener = traffic::listen(&testbed.remote, server)?;
     let dir = TempDir::new("tracer-report")?;

@@ -89,19 +89,7 @@ fn a_closed_port_is_refused() -> anyhow::Result<()> {
 fn a_forward_rule_drop_is_dropped_by_that_rule() -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
     let port = 10_203;
-    testbed.host.exec(
-        "iptables",
-        &[
-            "-I",
-            "FORWARD",
-            "-p",
-            "tcp",
-            "--dport",
-            &port.to_string(),
-            "-j",
-            "DROP",
-        ],
-    )?;
+    testbed.drop_forward(port)?;
     let dropped = probe(&testbed, server(port), &["--rules"])?;
     assert_eq!(dropped.status.code(), Some(1), "{}", dropped.stderr);
     let verdict = &dropped.verdict;

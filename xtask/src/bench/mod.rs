@@ -95,45 +95,26 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     require_root("the benchmarks")?;
-    if let Some(Only::Kernel) = args.only {
-        tracer_binary(args)?;
-        let testbed = Testbed::up(1)?;
-        let _server = tools::IperfServer::start(&testbed.remote)?;
-        print!(
-            "{}",
-            kernel::run(&testbed, if args.quick { 2 } else { 5 })?.markdown()
-        );
-        return Ok(());
-    }
-    if let Some(Only::Monitor) = args.only {
+    if let Some(only @ (Only::Kernel | Only::Monitor | Only::Rules)) = args.only {
+        // The parts that need the testbed and an iperf3 server on its remote end.
         tracer_binary(args)?;
         let testbed = Testbed::up(1)?;
         let _server = tools::IperfServer::start(&testbed.remote)?;
         let repeats = if args.quick { 1 } else { args.repeats };
         let mut rng = stats::Rng::new(SEED);
-        print!(
-            "{}",
-            datapath::run_only(
+        let markdown = match only {
+            Only::Kernel => kernel::run(&testbed, if args.quick { 2 } else { 5 })?.markdown(),
+            Only::Monitor => datapath::run_only(
                 &testbed,
                 &[config::Config::Monitor],
                 repeats,
                 args.quick,
-                &mut rng
+                &mut rng,
             )?
-            .markdown()
-        );
-        return Ok(());
-    }
-    if let Some(Only::Rules) = args.only {
-        tracer_binary(args)?;
-        let testbed = Testbed::up(1)?;
-        let _server = tools::IperfServer::start(&testbed.remote)?;
-        let repeats = if args.quick { 1 } else { args.repeats };
-        let mut rng = stats::Rng::new(SEED);
-        print!(
-            "{}",
-            rules::run(&testbed, repeats, args.quick, true, &mut rng)?.markdown()
-        );
+            .markdown(),
+            _ => rules::run(&testbed, repeats, args.quick, true, &mut rng)?.markdown(),
+        };
+        print!("{markdown}");
         return Ok(());
     }
     // The smoke check only needs every benchmark to run: the debug build that the tests
