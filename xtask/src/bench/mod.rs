@@ -63,6 +63,8 @@ pub enum Only {
     Report,
     /// Throughput with `tracer monitor` at its default sampling, paired with untraced runs.
     Monitor,
+    /// Events lost at rising rates of UDP datagrams, and the collector's CPU at each.
+    Loss,
 }
 
 /// Seed of the random order of the pairs and of the runs within a pair: fixed, so that a run
@@ -95,6 +97,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     require_root("the benchmarks")?;
+    if let Some(Only::Loss) = args.only {
+        tracer_binary(args)?;
+        print!("{}", loss::run(args.quick)?.markdown());
+        return Ok(());
+    }
     if let Some(only @ (Only::Kernel | Only::Monitor | Only::Rules)) = args.only {
         // The parts that need the testbed and an iperf3 server on its remote end.
         tracer_binary(args)?;
