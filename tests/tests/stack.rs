@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use tracer_tests::{
+    machine::TempDir,
     testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
     trace::{self, place},
     tracer::Tracer,
@@ -201,4 +202,119 @@ fn without_nat_function(places: Vec<trace::Place>) -> Vec<trace::Place> {
         .into_iter()
         .filter(|(_, _, hook)| hook != "nf_nat_manip_pkt")
         .collect()
+}
+
+/// Later hops of a packet whose headers did not change reach the collector as compact hops
+/// (64 bytes instead of 224), which it rebuilds whole from its CPU's last full event of the
+/// packet: exactly the hops where the skb, the headers (TTL aside) and the conntrack entry
+/// (none, or the same one established) are those of the hop before on that CPU. Their fields
+/// are checked with every other hop's by the tests above; here, which hops they are, and that
+/// the recording replays to the same trace as the live one.
+#[test]
+fn unchanged_hops_travel_compact() -> anyhow::Result<()> {
+    use tracer_common::event::{CompactHop, EventKind, PacketEvent};
+
+    let testbed = Testbed::up(1)?;
+    let port = 10036;
+    let server = SocketAddr::from((SERVER_ADDR, port));
+    let listener = traffic::listen(&testbed.remote, server)?;
+    let dir = TempDir::new("tracer-compact")?;
+    let recording = dir.path().join("exchange.events");
+    let recording_arg = recording.to_str().expect("a UTF-8 path");
+    let tracer = Tracer::start(&[
+        "--port",
+        &port.to_string(),
+        "--output",
+        "json",
+        "--record",
+        recording_arg,
+    ])?;
+    traffic::exchange(&testbed.containers[0].netns, None, server, &listener)?;
+    let live = tracer.stop()?;
+    assert!(live.status.success(), "{}", live.stderr);
+
+    // The times of the compact hops, each checked against its CPU's last base before it.
+    let mut records = tracer::recording::Recording::new(std::fs::File::open(&recording)?);
+    let mut bases: std::collections::HashMap<u32, PacketEvent> = Default::default();
+    let (mut whole, mut compact) = (0, std::collections::BTreeSet::new());
+    let mut record = Vec::new();
+    while records.next_into(&mut record)? {
+        if record[0] == EventKind::Packet as u8 {
+            // SAFETY: a packet record has a `PacketEvent`'s size; every bit pattern is valid.
+            let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<PacketEvent>()) };
+            whole += 1;
+            if event.base != 0 {
+                bases.insert(u32::from(event.base) - 1, event);
+            }
+        } else if record[0] == EventKind::CompactHop as u8 {
+            // SAFETY: as above, for a `CompactHop`.
+            let hop = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<CompactHop>()) };
+            let base = bases.get(&hop.cpu).expect("its CPU's base before the hop");
+            assert_eq!(base.skb, hop.skb);
+            compact.insert(hop.ts_ns);
+        }
+    }
+    let lines = live.json()?;
+    let packets = trace::packets(&lines);
+    assert_eq!(packets.len(), 10, "the exchange's five packets each way");
+    let ctr = &testbed.containers[0];
+    let (ctr_ns, host_ns, remote_ns) = (&ctr.netns.name, &testbed.host.name, &testbed.remote.name);
+    for packet in &packets {
+        let compact_places: Vec<trace::Place> = packet
+            .hops
+            .iter()
+            .zip(packet.places())
+            .filter(|(hop, _)| {
+                hop["ts_ns"]
+                    .as_u64()
+                    .is_some_and(|ts| compact.contains(&ts))
+            })
+            .map(|(_, place)| place)
+            .collect();
+        // Out: the host's veth (past the namespace, which drops the empty entry), and the
+        // remote (after the NAT and the entry's drop); docker0 has the entry the bridge's
+        // netfilter gave it, the uplink the NAT. Back: the uplink, then the host's veth after
+        // docker0's NAT with the entry established, and the container's eth0 without it.
+        let expected = if packet.first()["netns"] == ctr_ns.as_str() {
+            vec![
+                trace::place(host_ns, &ctr.host_veth, "netif_receive_skb"),
+                trace::place(remote_ns, "eth0", "netif_receive_skb"),
+            ]
+        } else {
+            vec![
+                trace::place(host_ns, "eth0", "netif_receive_skb"),
+                trace::place(host_ns, &ctr.host_veth, "net_dev_queue"),
+                trace::place(ctr_ns, "eth0", "netif_receive_skb"),
+            ]
+        };
+        assert_eq!(compact_places, expected, "packet {}", packet.flags());
+    }
+    assert_eq!((whole, compact.len()), (25, 25));
+
+    // The recording replays to the trace tracer wrote live (but for the namespaces' names,
+    // which only a live trace reads).
+    let replay = tracer_tests::tracer::run(&["replay", recording_arg, "--output", "json"])?;
+    assert!(replay.status.success(), "{}", replay.stderr);
+    let unnamed = |lines: Vec<serde_json::Value>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|line| line["type"] != "stats")
+            .map(|line| without_netns_names(line).to_string())
+            .collect()
+    };
+    assert_eq!(unnamed(replay.json()?), unnamed(lines));
+    Ok(())
+}
+
+/// `value` without its `netns` names, at any depth.
+fn without_netns_names(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter(|(key, _)| key != "netns")
+            .map(|(key, value)| (key, without_netns_names(value)))
+            .collect(),
+        serde_json::Value::Array(items) => items.into_iter().map(without_netns_names).collect(),
+        other => other,
+    }
 }

@@ -25,6 +25,9 @@ pub enum EventKind {
     /// A [`PacketEncapWithHeaders`]: a [`PacketEncap`] and the packet's first bytes, from the
     /// outer IP header on, for `-w`.
     PacketEncapWithHeaders = 6,
+    /// A [`CompactHop`]: a later hop of the packet of the last [`PacketEvent`] that was its CPU's
+    /// base, with only what differs between hops of one packet.
+    CompactHop = 7,
 }
 
 /// Most bytes of a packet copied into a [`PacketWithHeaders`].
@@ -137,7 +140,9 @@ pub struct PacketEvent {
     pub drop_reason: u32,
     /// Length of the IP and L4 headers (where the payload starts), 0 if unknown.
     pub headers_len: u16,
-    pub _pad: u16,
+    /// 1 + the CPU this event is the base of, for the [`CompactHop`]s that follow it from that
+    /// CPU; 0 when it is none.
+    pub base: u16,
     /// Cookie of the socket the packet belongs to (`skb->sk`), 0 without one. The socket's
     /// owner comes in a [`SocketEvent`] with the same cookie, where tracer saw it created.
     pub sock_cookie: u64,
@@ -187,7 +192,7 @@ impl PacketEvent {
             location: 0,
             drop_reason: 0,
             headers_len: 0,
-            _pad: 0,
+            base: 0,
             sock_cookie: 0,
         }
     }
@@ -293,6 +298,44 @@ pub struct PacketEncapWithHeaders {
 }
 assert_size!(PacketEncapWithHeaders, 224 + 56 + 8 + SNAP_MAX);
 
+/// `CompactHop::flags`: the packet has its base's conntrack entry (without it, none).
+pub const HOP_CONNTRACK: u8 = 1 << 0;
+
+/// A later hop of a packet whose headers did not change since the last [`PacketEvent`] its CPU
+/// wrote as a base (`PacketEvent::base`): the same skb and data buffer, the same headers but
+/// for the TTL, and either no conntrack entry or the base's, established (its tuples cannot
+/// change any more). Everything a `PacketEvent` of this hop would hold is either here or equal
+/// to the base's, so the collector rebuilds it exactly. Never for TC programs (no skb), drops
+/// (a location and reason), encapsulated packets, ICMP errors or `-w`.
+///
+/// A CPU's base changes only in runs that are not nested in another run on that CPU, which
+/// write their records in the order they run: so a hop always follows its base in the ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactHop {
+    /// Always [`EventKind::CompactHop`].
+    pub kind: u8,
+    /// A [`crate::hook::Hook`] value.
+    pub hook: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// `HOP_*` bits.
+    pub flags: u8,
+    /// The CPU whose base this hop follows.
+    pub cpu: u32,
+    /// As [`PacketEvent::ts_ns`].
+    pub ts_ns: u64,
+    /// Address of the `struct sk_buff`: the base's.
+    pub skb: u64,
+    pub ifindex: u32,
+    pub netns_inode: u32,
+    pub len: u32,
+    pub mark: u32,
+    pub ifname: [u8; 16],
+    pub sock_cookie: u64,
+}
+assert_size!(CompactHop, 64);
+
 /// A socket's life, seen from the `cgroup/sock_create` and `cgroup/sock_release` programs,
 /// which run in the context of the process that creates (or last closes) the socket.
 #[repr(C)]
@@ -324,6 +367,11 @@ unsafe impl aya::Pod for PacketWithHeaders {}
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)` integers and arrays with explicit padding: every bit pattern is valid.
 unsafe impl aya::Pod for SocketEvent {}
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)` integers and arrays, no padding (size asserted): every bit pattern is
+// valid.
+unsafe impl aya::Pod for CompactHop {}
 
 #[cfg(feature = "user")]
 // SAFETY: `repr(C)` events and byte arrays with explicit padding, size asserted: every bit

@@ -30,7 +30,7 @@ use crate::{
 
 /// Default size; the collector sets the real one before load.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 /// Per-hook counters, see [`tracer_common::event::Counter`].
 #[map]
@@ -418,6 +418,12 @@ impl Record {
         Some(record)
     }
 
+    /// Whether the record is a plain event: one that can be a base of compact hops.
+    #[inline(always)]
+    pub fn is_plain(&self) -> bool {
+        matches!(self, Record::Plain(_))
+    }
+
     /// The event in the record.
     #[inline(always)]
     pub fn event(&mut self) -> *mut PacketEvent {
@@ -440,18 +446,10 @@ impl Record {
         let event = self.event();
         // SAFETY: the reserved event, filled by `reserve`.
         unsafe { (*event).ts_ns = ts_ns };
-        // Unread bytes, this record included: the record that takes them past the threshold
-        // wakes the reader, once; the reader's timer finds the others.
-        let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-        let threshold = u64::from(conf!(wakeup_bytes));
-        let wakeup = if unread >= threshold && unread < threshold + RECORD_MAX {
-            BPF_RB_FORCE_WAKEUP
-        } else {
-            BPF_RB_NO_WAKEUP
-        };
+        let wakeup = wakeup();
         match self {
-            Record::Plain(entry) => entry.submit(u64::from(wakeup)),
-            Record::Encap(entry) => entry.submit(u64::from(wakeup)),
+            Record::Plain(entry) => entry.submit(wakeup),
+            Record::Encap(entry) => entry.submit(wakeup),
             Record::WithHeaders(mut entry) => {
                 let record = entry.as_mut_ptr();
                 // SAFETY: `record` is the reserved, exclusively owned and 8-byte aligned ring
@@ -469,7 +467,7 @@ impl Record {
                         l3,
                     );
                 }
-                entry.submit(u64::from(wakeup));
+                entry.submit(wakeup);
             }
             Record::EncapWithHeaders(mut entry) => {
                 let record = entry.as_mut_ptr();
@@ -488,10 +486,25 @@ impl Record {
                         l3,
                     );
                 }
-                entry.submit(u64::from(wakeup));
+                entry.submit(wakeup);
             }
         }
     }
+}
+
+/// The flags for submitting a record: unread bytes, this record included, and the record that
+/// takes them past the threshold (`Config::wakeup_bytes`) wakes the reader, once; the reader's
+/// timer finds the others.
+#[inline(always)]
+pub fn wakeup() -> u64 {
+    let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let threshold = u64::from(conf!(wakeup_bytes));
+    let flag = if unread >= threshold && unread < threshold + RECORD_MAX {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    u64::from(flag)
 }
 
 /// The parts of a record with the packet's first bytes.

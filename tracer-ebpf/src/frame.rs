@@ -12,7 +12,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
-use crate::{conntrack::Scratch, layer::Layers, packet::Headers};
+use crate::{compact::Base, conntrack::Scratch, layer::Layers, packet::Headers};
 
 /// Runs that can be nested on one CPU; a deeper one is not traced (and counted as lost).
 const NEST: u64 = 4;
@@ -28,10 +28,11 @@ pub struct Frame {
     pub scratch: MaybeUninit<Scratch>,
 }
 
-/// A CPU's frames and how many are in use.
+/// A CPU's frames and how many are in use, and its base for compact hops.
 #[repr(C, align(8))]
 pub struct Frames {
     depth: u64,
+    base: Base,
     frames: [Frame; NEST as usize],
 }
 
@@ -68,6 +69,19 @@ impl Taken {
         // SAFETY: `frames` is this CPU's map value and `index` is within its frames; the frame
         // is this run's until it is given back.
         unsafe { &mut (*self.frames).frames[index] }
+    }
+
+    /// The frame, and the CPU's base for compact hops when this run is not nested in another
+    /// (nested runs neither use nor change it: see [`tracer_common::event::CompactHop`]).
+    #[inline(always)]
+    pub fn parts(&mut self) -> (&mut Frame, Option<&mut Base>) {
+        let outermost = self.depth == 0;
+        let frames = self.frames;
+        let frame = self.frame();
+        // SAFETY: `frames` is this CPU's map value; the base is a field apart from the frames,
+        // used only by the outermost run.
+        let base = outermost.then(|| unsafe { &mut (*frames).base });
+        (frame, base)
     }
 
     /// Gives the frame back.

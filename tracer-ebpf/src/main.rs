@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod compact;
 mod config;
 mod conntrack;
 mod drop;

@@ -12,6 +12,7 @@ use tracer_common::{config::OFFSET_UNKNOWN, event::Counter, hook::Hook};
 use core::mem::MaybeUninit;
 
 use crate::{
+    compact::{self, Base, Place},
     config::conf,
     conntrack::{Conntrack, SCRATCH, Scratch, Tuples},
     emit::{Record, Verdict, count, matches, matches_encap},
@@ -194,6 +195,25 @@ fn find_quote(window: &Window, l3: u32, packet: &Headers, layers: &mut Layers) -
     layer::quote(window, l3, packet, layers)
 }
 
+/// Where a hop of `skb` is: its device and namespace, its length and mark, its socket.
+#[inline(always)]
+fn place<A: Access>(skb: u64, len: u32) -> Place {
+    let dev: u64 = A::read(skb, conf!(offsets.skb_dev)).unwrap_or(0);
+    let net: u64 = A::read(dev, conf!(offsets.dev_net)).unwrap_or(0);
+    // The cookie of the packet's socket: set where tracer saw the socket created (the
+    // collector knows its owner), 0 for a socket without one or a packet without a socket.
+    let sk: u64 = A::read(skb, conf!(offsets.skb_sk)).unwrap_or(0);
+    Place {
+        ifindex: A::read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0),
+        netns_inode: A::read(net, conf!(offsets.net_inum)).unwrap_or(0),
+        len,
+        mark: A::read(skb, conf!(offsets.skb_mark)).unwrap_or(0),
+        // Two words: plain loads for BTF-typed programs, one helper call for the others.
+        name: A::read(dev, conf!(offsets.dev_name)).unwrap_or([0; 2]),
+        sock_cookie: A::read(sk, conf!(offsets.sk_cookie)).unwrap_or(0),
+    }
+}
+
 /// Emits an event for `skb` at `hook` if it matches the filter.
 #[inline(always)]
 pub fn trace<A: Access>(skb: u64, hook: Hook, at: L3At) {
@@ -205,7 +225,8 @@ pub fn trace<A: Access>(skb: u64, hook: Hook, at: L3At) {
 pub fn trace_with<A: Access>(skb: u64, hook: Hook, at: L3At, extra: Extra) {
     let counter = match frame::take() {
         Some(mut taken) => {
-            let counter = emit::<A>(skb, hook, at, extra, taken.frame());
+            let (frame, base) = taken.parts();
+            let counter = emit::<A>(skb, hook, at, extra, frame, base);
             taken.give_back();
             counter.unwrap_or(Counter::Filtered)
         }
@@ -223,6 +244,7 @@ fn emit<A: Access>(
     at: L3At,
     extra: Extra,
     frame: &mut Frame,
+    base: Option<&mut Base>,
 ) -> Option<Counter> {
     let head: u64 = A::read(skb, conf!(offsets.skb_head))?;
     let data: u64 = A::read(skb, conf!(offsets.skb_data))?;
@@ -292,6 +314,22 @@ fn emit<A: Access>(
             // SAFETY: `matches` read the tuples into `scratch`, untouched since.
             Verdict::MatchWithTuples => Some(unsafe { Tuples::in_scratch(scratch) }),
         };
+        if quote.is_none()
+            && hook != Hook::KfreeSkb
+            && conf!(snap_len) == 0
+            && base
+                .as_deref()
+                .is_some_and(|base| base.covers(skb, head, headers, &ct))
+        {
+            let place = place::<A>(skb, len);
+            return Some(
+                if compact::write(skb, hook as u8, headers.ttl, &ct, &place) {
+                    Counter::Emitted
+                } else {
+                    Counter::Lost
+                },
+            );
+        }
         Record::reserve(hook as u8, headers, &ct, tuples.as_ref(), quote)
     };
     let Some(record) = reserved else {
@@ -299,32 +337,29 @@ fn emit<A: Access>(
     };
     let mut record = record;
     let event = record.event();
-    let dev: u64 = A::read(skb, conf!(offsets.skb_dev)).unwrap_or(0);
-    let net: u64 = A::read(dev, conf!(offsets.dev_net)).unwrap_or(0);
-    let mark = A::read(skb, conf!(offsets.skb_mark)).unwrap_or(0);
-    let ifindex = A::read(dev, conf!(offsets.dev_ifindex)).unwrap_or(0);
-    let netns_inode = A::read(net, conf!(offsets.net_inum)).unwrap_or(0);
-    // Two words: plain loads for BTF-typed programs, one helper call for the others.
-    let name: [u64; 2] = A::read(dev, conf!(offsets.dev_name)).unwrap_or([0; 2]);
-    // The cookie of the packet's socket: set where tracer saw the socket created (the
-    // collector knows its owner), 0 for a socket without one or a packet without a socket.
-    let sk: u64 = A::read(skb, conf!(offsets.skb_sk)).unwrap_or(0);
-    let sock_cookie: u64 = A::read(sk, conf!(offsets.sk_cookie)).unwrap_or(0);
+    let place = place::<A>(skb, len);
     // SAFETY: the reserved event, zeroed and filled by `reserve`; plain stores.
     unsafe {
         let e = &mut *event;
         e.skb = skb;
         e.skb_head = head;
-        e.len = len;
+        e.len = place.len;
         e.location = extra.location;
         e.drop_reason = extra.drop_reason;
-        e.mark = mark;
-        e.ifindex = ifindex;
-        e.netns_inode = netns_inode;
-        e.sock_cookie = sock_cookie;
+        e.mark = place.mark;
+        e.ifindex = place.ifindex;
+        e.netns_inode = place.netns_inode;
+        e.sock_cookie = place.sock_cookie;
         let ifname = (&raw mut e.ifname).cast::<u64>();
-        ifname.write_unaligned(name[0]);
-        ifname.add(1).write_unaligned(name[1]);
+        ifname.write_unaligned(place.name[0]);
+        ifname.add(1).write_unaligned(place.name[1]);
+    }
+    // A plain event is the CPU's base from now on; after any other, the next hop is whole.
+    match base {
+        // SAFETY: the reserved event, with its skb and conntrack entry written.
+        Some(base) if record.is_plain() => unsafe { base.set(event, head, headers) },
+        Some(base) => base.clear(),
+        None => {}
     }
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };

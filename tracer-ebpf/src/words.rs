@@ -22,6 +22,8 @@ pub unsafe trait Words: Sized {
 unsafe impl Words for tracer_common::event::PacketEvent {}
 // SAFETY: repr(C, align(8)) integers and arrays, 64 bytes (asserted by `WORDS`).
 unsafe impl Words for crate::packet::Headers {}
+// SAFETY: repr(C) integers and arrays, 64 bytes, 8-byte aligned (asserted by `WORDS`).
+unsafe impl Words for tracer_common::event::CompactHop {}
 // SAFETY: repr(C, align(8)) integers and arrays, 56 bytes (asserted by `WORDS`).
 unsafe impl Words for tracer_common::event::Encap {}
 

@@ -14,9 +14,9 @@ use bytes::Bytes;
 pub use encap::{Encap, EncapKind, IcmpError};
 use tracer_common::{
     event::{
-        CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4, FLAG_NONLINEAR,
-        FLAG_TC, PacketEncap, PacketEncapWithHeaders, PacketEvent, PacketWithHeaders, SNAP_MAX,
-        SocketEvent,
+        CompactHop, CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4,
+        FLAG_NONLINEAR, FLAG_TC, HOP_CONNTRACK, PacketEncap, PacketEncapWithHeaders, PacketEvent,
+        PacketWithHeaders, SNAP_MAX, SocketEvent,
     },
     hook::Hook,
     wire::{conntrack, ipproto},
@@ -41,6 +41,8 @@ pub enum DecodeError {
     UnknownHook(u8),
     #[error("event kind {0} is not a packet")]
     NotPacket(u8),
+    #[error("a compact hop of CPU {cpu} without its packet's event before it")]
+    NoBase { cpu: u32 },
 }
 
 /// The process that created a packet's socket, as the kernel saw it at creation.
@@ -257,6 +259,8 @@ pub struct Decoder {
     owners: HashMap<u64, Arc<Process>>,
     /// Cookies of released sockets, oldest first, whose owners are still kept.
     released: VecDeque<u64>,
+    /// Each CPU's base event, by CPU: what its compact hops leave out (`skb` 0: none yet).
+    bases: Vec<PacketEvent>,
 }
 
 /// A conntrack entry as the kernel program wrote it.
@@ -302,6 +306,14 @@ impl Decoder {
         };
         if kind == EventKind::Packet as u8 {
             let raw: PacketEvent = read_record(bytes, kind)?;
+            if raw.base != 0 {
+                self.set_base(&raw);
+            }
+            return packet(&raw, self);
+        }
+        if kind == EventKind::CompactHop as u8 {
+            let hop: CompactHop = read_record(bytes, kind)?;
+            let raw = self.expand(&hop)?;
             return packet(&raw, self);
         }
         if kind == EventKind::PacketWithHeaders as u8 {
@@ -331,6 +343,46 @@ impl Decoder {
             return Err(DecodeError::NotPacket(kind));
         }
         Err(DecodeError::UnknownKind(kind))
+    }
+
+    /// Makes `raw` the base of the CPU it names.
+    fn set_base(&mut self, raw: &PacketEvent) {
+        let cpu = usize::from(raw.base - 1);
+        if self.bases.len() <= cpu {
+            self.bases.resize(cpu + 1, PacketEvent::zeroed());
+        }
+        self.bases[cpu] = *raw;
+    }
+
+    /// The whole event of a compact hop: its CPU's base, with what the hop has of its own.
+    fn expand(&self, hop: &CompactHop) -> Result<PacketEvent, DecodeError> {
+        let base = self
+            .bases
+            .get(hop.cpu as usize)
+            .filter(|base| base.skb == hop.skb && hop.skb != 0)
+            .ok_or(DecodeError::NoBase { cpu: hop.cpu })?;
+        let mut raw = PacketEvent {
+            hook: hop.hook,
+            ttl: hop.ttl,
+            ts_ns: hop.ts_ns,
+            ifindex: hop.ifindex,
+            netns_inode: hop.netns_inode,
+            len: hop.len,
+            mark: hop.mark,
+            ifname: hop.ifname,
+            sock_cookie: hop.sock_cookie,
+            location: 0,
+            drop_reason: 0,
+            base: 0,
+            ..*base
+        };
+        if hop.flags & HOP_CONNTRACK == 0 {
+            raw.ct = 0;
+            raw.ct_state = 0;
+            raw.ct_orig = CtTuple::default();
+            raw.ct_reply = CtTuple::default();
+        }
+        Ok(raw)
     }
 
     /// Remembers a created socket's owner; lets a released one's go after [`RELEASED_KEPT`]

@@ -392,3 +392,95 @@ fn a_truncated_encapsulated_record_is_rejected() {
         })
     );
 }
+
+/// A compact hop of `base` (which must be its CPU's base) at docker0's `net_dev_queue`.
+fn compact_of(base: &PacketEvent, cpu: u32, conntrack: bool) -> tracer_common::event::CompactHop {
+    let mut ifname = [0; 16];
+    ifname[..7].copy_from_slice(b"docker0");
+    tracer_common::event::CompactHop {
+        kind: EventKind::CompactHop as u8,
+        hook: Hook::NetDevQueue as u8,
+        ttl: base.ttl - 1,
+        flags: if conntrack {
+            tracer_common::event::HOP_CONNTRACK
+        } else {
+            0
+        },
+        cpu,
+        ts_ns: base.ts_ns + 1_500,
+        skb: base.skb,
+        ifindex: 2,
+        netns_inode: 4_026_532_178,
+        len: 60,
+        mark: 7,
+        ifname,
+        sock_cookie: 0,
+    }
+}
+
+#[test]
+fn a_compact_hop_is_its_base_with_its_own_place_and_time() {
+    let mut base = syn_event();
+    base.ct_state = tracer_common::wire::conntrack::encode_state(0);
+    base.base = 2;
+    let mut decoder = Decoder::new();
+    let first = decoder.decode(&encode(&base)).unwrap();
+    for conntrack in [true, false] {
+        let hop = compact_of(&base, 1, conntrack);
+        let decoded = decoder.decode(&encode_record(&hop)).unwrap();
+        // What a whole event of this hop would have said.
+        let mut whole = base;
+        (whole.hook, whole.ttl, whole.ts_ns) = (hop.hook, hop.ttl, hop.ts_ns);
+        (whole.ifindex, whole.netns_inode, whole.len, whole.mark) = (2, 4_026_532_178, 60, 7);
+        whole.ifname = hop.ifname;
+        if !conntrack {
+            whole.ct = 0;
+            whole.ct_state = 0;
+            whole.ct_orig = CtTuple::default();
+            whole.ct_reply = CtTuple::default();
+        }
+        assert_eq!(decoded, Decoder::new().decode(&encode(&whole)).unwrap());
+        assert_eq!(decoded.conntrack.is_some(), conntrack);
+        assert_eq!(decoded.ifname.as_str(), "docker0");
+    }
+    // The base itself decodes as any event does.
+    assert_eq!(first.ifname.as_str(), "eth0");
+}
+
+#[test]
+fn a_compact_hop_without_its_base_is_rejected() {
+    let mut base = syn_event();
+    base.base = 1;
+    // No base yet on any CPU.
+    let hop = compact_of(&base, 0, false);
+    assert_eq!(
+        Decoder::new().decode(&encode_record(&hop)),
+        Err(DecodeError::NoBase { cpu: 0 })
+    );
+    // A base on another CPU, or of another skb, is not this hop's.
+    let mut decoder = Decoder::new();
+    decoder.decode(&encode(&base)).unwrap();
+    assert_eq!(
+        decoder.decode(&encode_record(&compact_of(&base, 1, false))),
+        Err(DecodeError::NoBase { cpu: 1 })
+    );
+    let mut other = hop;
+    other.skb += 0x100;
+    assert_eq!(
+        decoder.decode(&encode_record(&other)),
+        Err(DecodeError::NoBase { cpu: 0 })
+    );
+    assert!(decoder.decode(&encode_record(&hop)).is_ok());
+    // An event that is no base (a TC program's, a nested run's, a recording from before
+    // compact hops) leaves the CPU's base as it was.
+    let mut plain = syn_event();
+    plain.skb += 0x200;
+    decoder.decode(&encode(&plain)).unwrap();
+    assert!(decoder.decode(&encode_record(&hop)).is_ok());
+    // A truncated compact hop is rejected by its size.
+    let bytes = encode_record(&hop);
+    assert!(matches!(
+        decoder.decode(&bytes[..bytes.len() - 1]),
+        Err(DecodeError::Size { .. })
+    ));
+}
