@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use tracer_common::config::{KernelOffsets, OFFSET_UNKNOWN};
 
 /// Where the kernel publishes its BTF.
@@ -47,36 +47,73 @@ pub struct Resolved {
 /// Reads the kernel's BTF (the running kernel's, or `vmlinux` when given) and resolves every
 /// offset the programs use.
 pub fn resolve_kernel(vmlinux: Option<&Path>) -> Result<Resolved, BtfError> {
-    let vmlinux = load(vmlinux.unwrap_or(Path::new(VMLINUX_BTF)), None)?;
+    let vmlinux = load_base(vmlinux.unwrap_or(Path::new(VMLINUX_BTF)))?;
     let conntrack = Path::new(CONNTRACK_BTF)
         .exists()
-        .then(|| load(Path::new(CONNTRACK_BTF), Some(&vmlinux)))
+        .then(|| load_split(Path::new(CONNTRACK_BTF), &vmlinux))
         .transpose()?;
     resolve(&vmlinux, conntrack.as_ref())
 }
 
-fn load(path: &Path, base: Option<&Btf>) -> Result<Btf, BtfError> {
+/// The kernel's BTF, mapped rather than parsed: btf-rs's mmap backend keeps an index of where
+/// each type starts and reads a type where it is looked up. Parsed whole, the 5 MiB of a
+/// kernel's BTF took 25 MiB more and were the peak of tracer's memory (bench/limits.md); the
+/// few dozen lookups here do not need that. A kernel that cannot map its BTF file (before
+/// Linux 6.16) has it copied into a memory file, which is mapped instead.
+fn load_base(path: &Path) -> Result<Btf, BtfError> {
+    let read_error = |err: &dyn std::fmt::Display| BtfError::Read {
+        path: path.display().to_string(),
+        reason: err.to_string(),
+    };
+    match Btf::from_file_with_backend(path, Backend::Mmap) {
+        Ok(btf) => Ok(btf),
+        Err(_) => load_copied(path),
+    }
+}
+
+/// [`load_base`] through a copy of the file in memory.
+fn load_copied(path: &Path) -> Result<Btf, BtfError> {
+    let read_error = |err: &dyn std::fmt::Display| BtfError::Read {
+        path: path.display().to_string(),
+        reason: err.to_string(),
+    };
+    let bytes = std::fs::read(path).map_err(|err| read_error(&err))?;
+    let copy = memory_file(&bytes).map_err(|err| read_error(&err))?;
+    let copy_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&copy));
+    Btf::from_file_with_backend(&copy_path, Backend::Mmap)
+        .map_err(|err| read_error(&innermost(&err)))
+}
+
+/// An anonymous memory file holding `bytes`.
+fn memory_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Write as _;
+    let fd = nix::sys::memfd::memfd_create("tracer-btf", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    Ok(file)
+}
+
+/// A module's split BTF on top of `base`, parsed (a module's is small).
+fn load_split(path: &Path, base: &Btf) -> Result<Btf, BtfError> {
     // Read whole first: parsing through a file costs a seek system call per type (a tenth of
     // start-up, measured with `perf record`).
     let bytes = std::fs::read(path).map_err(|err| BtfError::Read {
         path: path.display().to_string(),
         reason: err.to_string(),
     })?;
-    let result = match base {
-        None => Btf::from_bytes(&bytes),
-        Some(base) => Btf::from_split_bytes(&bytes, base),
-    };
-    result.map_err(|err| {
-        // btf-rs wraps I/O errors; the innermost message is the useful one.
-        let mut reason: &dyn std::error::Error = &err;
-        while let Some(inner) = reason.source() {
-            reason = inner;
-        }
-        BtfError::Read {
-            path: path.display().to_string(),
-            reason: reason.to_string(),
-        }
+    Btf::from_split_bytes(&bytes, base).map_err(|err| BtfError::Read {
+        path: path.display().to_string(),
+        reason: innermost(&err),
     })
+}
+
+/// btf-rs wraps I/O errors; the innermost message is the useful one.
+fn innermost(err: &btf_rs::Error) -> String {
+    let mut reason: &dyn std::error::Error = err;
+    while let Some(inner) = reason.source() {
+        reason = inner;
+    }
+    reason.to_string()
 }
 
 /// Resolves the offsets from `vmlinux` (and `conntrack`, a module's split BTF, if given).
@@ -118,7 +155,7 @@ pub fn resolve(vmlinux: &Btf, conntrack: Option<&Btf>) -> Result<Resolved, BtfEr
 /// The running kernel's drop reasons, for naming those of a recording made here; empty when
 /// its BTF cannot be read.
 pub fn running_drop_reasons() -> HashMap<u32, String> {
-    load(Path::new(VMLINUX_BTF), None)
+    load_base(Path::new(VMLINUX_BTF))
         .map(|btf| drop_reasons(&btf))
         .unwrap_or_default()
 }
@@ -299,5 +336,18 @@ mod tests {
     fn components_with_and_without_index() {
         assert_eq!(parse_component("tuplehash[1]"), ("tuplehash", Some(1)));
         assert_eq!(parse_component("head"), ("head", None));
+    }
+
+    /// The running kernel's BTF gives the same offsets and drop reasons mapped (as this kernel
+    /// allows) and copied into memory (as older kernels need).
+    #[test]
+    fn mapped_and_copied_btf_agree() {
+        let path = Path::new(VMLINUX_BTF);
+        let mapped = resolve(&load_base(path).unwrap(), None).unwrap();
+        let copied = resolve(&load_copied(path).unwrap(), None).unwrap();
+        assert_eq!(mapped.offsets, copied.offsets);
+        assert_eq!(mapped.drop_reasons, copied.drop_reasons);
+        assert_ne!(mapped.offsets.skb_len, OFFSET_UNKNOWN);
+        assert!(!mapped.drop_reasons.is_empty());
     }
 }

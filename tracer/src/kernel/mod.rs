@@ -142,12 +142,16 @@ impl Programs {
         config.sample_every = options.sample_every;
         options.tunnels.configure(&mut config);
         // Parsed once, for the loader's relocations and for loading the BTF-typed programs.
+        // `EbpfLoader::new` parses the running kernel's BTF of its own, which is let go before
+        // this one is parsed: the two at once were the peak of tracer's memory.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
         let btf = match &options.kernel_btf {
             Some(path) => aya::Btf::parse_file(path, aya::Endianness::default()),
             None => aya::Btf::from_sys_fs(),
         }
         .context("failed to read kernel BTF")?;
-        let ebpf = EbpfLoader::new()
+        let ebpf = loader
             .btf(Some(&btf))
             .override_global(CONFIG_SYMBOL, &config, true)
             .map_max_entries(map::EVENTS, options.ring_bytes)
