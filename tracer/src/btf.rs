@@ -61,10 +61,6 @@ pub fn resolve_kernel(vmlinux: Option<&Path>) -> Result<Resolved, BtfError> {
 /// few dozen lookups here do not need that. A kernel that cannot map its BTF file (before
 /// Linux 6.16) has it copied into a memory file, which is mapped instead.
 fn load_base(path: &Path) -> Result<Btf, BtfError> {
-    let read_error = |err: &dyn std::fmt::Display| BtfError::Read {
-        path: path.display().to_string(),
-        reason: err.to_string(),
-    };
     match Btf::from_file_with_backend(path, Backend::Mmap) {
         Ok(btf) => Ok(btf),
         Err(_) => load_copied(path),
