@@ -271,19 +271,40 @@ fn unchanged_hops_travel_compact() -> anyhow::Result<()> {
     let lines = live.json()?;
     assert_eq!(trace::packets(&lines).len(), 10, "five packets each way");
 
-    // The recording replays to the trace tracer wrote live (but for the namespaces' names,
-    // which only a live trace reads).
+    // The recording replays to the trace tracer wrote live, but for what only a live trace
+    // knows: the names of namespaces, containers, pods and runtimes, and of drop reasons
+    // (a replay cannot know which kernel's reasons a recording's numbers are).
     let replay = tracer_tests::tracer::run(&["replay", recording_arg, "--output", "json"])?;
     assert!(replay.status.success(), "{}", replay.stderr);
     let unnamed = |lines: Vec<serde_json::Value>| -> Vec<String> {
         lines
             .into_iter()
             .filter(|line| line["type"] != "stats")
-            .map(|line| without_netns_names(line).to_string())
+            .map(|line| without_names(line).to_string())
             .collect()
     };
-    assert_eq!(unnamed(replay.json()?), unnamed(lines));
+    let (replayed, live) = (unnamed(replay.json()?), unnamed(lines));
+    if let Some((replayed, live)) = replayed.iter().zip(&live).find(|(a, b)| a != b) {
+        panic!("replayed: {replayed}\nlive:     {live}");
+    }
+    assert_eq!(replayed.len(), live.len());
     Ok(())
+}
+
+/// `value` without the names a live trace gives from the machine's topology and kernel, at any
+/// depth.
+fn without_names(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter(|(key, _)| {
+                !["netns", "container", "pod", "runtime", "drop_reason"].contains(&key.as_str())
+            })
+            .map(|(key, value)| (key, without_names(value)))
+            .collect(),
+        serde_json::Value::Array(items) => items.into_iter().map(without_names).collect(),
+        other => other,
+    }
 }
 
 /// Whether `event` could have been written as a compact hop of `base`: the kernel's rule, on
@@ -316,17 +337,4 @@ fn covers(
         && base.skb_head == event.skb_head
         && same_entry
         && headers(base) == headers(event)
-}
-
-/// `value` without its `netns` names, at any depth.
-fn without_netns_names(value: serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(map) => map
-            .into_iter()
-            .filter(|(key, _)| key != "netns")
-            .map(|(key, value)| (key, without_netns_names(value)))
-            .collect(),
-        serde_json::Value::Array(items) => items.into_iter().map(without_netns_names).collect(),
-        other => other,
-    }
 }

@@ -220,6 +220,11 @@ fn events_from(stderr: &str) -> anyhow::Result<u64> {
 }
 
 impl Results {
+    /// Datagrams per second the senders reach with nothing attached.
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
     pub fn max_without_loss(&self) -> Option<f64> {
         self.rates
             .iter()

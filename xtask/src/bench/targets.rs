@@ -200,7 +200,15 @@ fn collector_rows(r: &Inputs, row: &mut impl FnMut(&str, String, Met)) {
     let loss_free = r.loss.max_without_loss();
     row(
         "highest rate with 0 lost events, every datagram matching >= 200k packets/s",
-        loss_free.map_or_else(|| "none".to_owned(), |pps| format!("{pps:.0} packets/s")),
+        loss_free.map_or_else(
+            || "none".to_owned(),
+            |pps| {
+                format!(
+                    "{pps:.0} packets/s (the senders reach {:.0} untraced)",
+                    r.loss.ceiling()
+                )
+            },
+        ),
         Met::from(loss_free.is_some_and(|pps| pps >= 200_000.0)),
     );
     if let Some((flows, mib)) = r.collector.first_rss_mib() {
