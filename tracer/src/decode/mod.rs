@@ -238,6 +238,8 @@ pub fn decode(bytes: &[u8]) -> Result<HopEvent, DecodeError> {
 
 /// Conntrack entries a [`Decoder`] remembers.
 const RECENT_ENTRIES: usize = 256;
+/// Most CPUs a kernel can have (`CONFIG_NR_CPUS` is at most 8192).
+const MAX_CPUS: usize = 8192;
 
 /// Sockets whose owners a [`Decoder`] keeps, at most: beyond, new sockets' packets have no
 /// process (never a wrong one).
@@ -345,9 +347,13 @@ impl Decoder {
         Err(DecodeError::UnknownKind(kind))
     }
 
-    /// Makes `raw` the base of the CPU it names.
+    /// Makes `raw` the base of the CPU it names (one the kernel can have: a record that names
+    /// another cannot make this decoder grow without bound).
     fn set_base(&mut self, raw: &PacketEvent) {
         let cpu = usize::from(raw.base - 1);
+        if cpu >= MAX_CPUS {
+            return;
+        }
         if self.bases.len() <= cpu {
             self.bases.resize(cpu + 1, PacketEvent::zeroed());
         }

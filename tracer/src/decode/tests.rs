@@ -477,6 +477,11 @@ fn a_compact_hop_without_its_base_is_rejected() {
     plain.skb += 0x200;
     decoder.decode(&encode(&plain)).unwrap();
     assert!(decoder.decode(&encode_record(&hop)).is_ok());
+    // A record naming a CPU no kernel has is no base.
+    let mut beyond = syn_event();
+    beyond.base = u16::MAX;
+    decoder.decode(&encode(&beyond)).unwrap();
+    assert!(decoder.bases.len() <= MAX_CPUS);
     // A truncated compact hop is rejected by its size.
     let bytes = encode_record(&hop);
     assert!(matches!(
