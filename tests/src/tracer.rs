@@ -24,6 +24,22 @@ pub fn binary() -> PathBuf {
     )
 }
 
+/// Whether the kernel under test reports drop reasons: `TRACER_EXPECT_DROP_REASONS` (`yes` or
+/// `no`, set by `cargo xtask vm-test` for each kernel of the matrix), yes without it.
+pub fn kernel_reports_drop_reasons() -> bool {
+    std::env::var("TRACER_EXPECT_DROP_REASONS").map_or(true, |v| v != "no")
+}
+
+/// What a drop with the kernel's reason `name` shows as its `drop_reason` on the kernel under
+/// test: the name, or that the kernel reports none.
+pub fn drop_reason(name: &'static str) -> &'static str {
+    if kernel_reports_drop_reasons() {
+        name
+    } else {
+        "reason not reported by this kernel"
+    }
+}
+
 /// A running tracer.
 pub struct Tracer {
     child: Option<Child>,

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use tracer_tests::{
     testbed::{SERVER_ADDR, Testbed},
     trace::{self, Packet, place},
-    tracer::Tracer,
+    tracer::{Tracer, drop_reason},
 };
 
 fn syn_from<'a>(packets: &'a [Packet], netns: &str) -> &'a Packet {
@@ -46,7 +46,7 @@ fn forward_drop_is_the_last_hop_with_its_reason() -> anyhow::Result<()> {
         "{:#?}",
         syn.places()
     );
-    assert_eq!(last["drop_reason"], "NETFILTER_DROP");
+    assert_eq!(last["drop_reason"], drop_reason("NETFILTER_DROP"));
     // The function depends on the iptables backend (nft_do_chain, ipt_do_table, nf_hook_slow).
     let location = trace::text(&last["drop_location"]);
     assert!(
@@ -81,7 +81,10 @@ fn closed_port_shows_the_rst_path() -> anyhow::Result<()> {
         syn.places().last(),
         Some(&place(remote, "eth0", "kfree_skb"))
     );
-    assert_eq!(syn.hops.last().expect("hops")["drop_reason"], "NO_SOCKET");
+    assert_eq!(
+        syn.hops.last().expect("hops")["drop_reason"],
+        drop_reason("NO_SOCKET")
+    );
 
     let rst = packets
         .iter()

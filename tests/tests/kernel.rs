@@ -4,6 +4,10 @@
 //!
 //! - `TRACER_EXPECT_NAT`: `fentry`, `kprobe` or `none`, the rung chosen for nf_nat_manip_pkt.
 //! - `TRACER_EXPECT_TC`: `tcx` or `clsact`, what `--tc-mode auto` uses.
+//! - `TRACER_EXPECT_DROP_REASONS`: `yes` or `no`, whether the kfree_skb hop has the kernel's
+//!   drop reason (Linux 5.17 and later).
+//! - `TRACER_EXPECT_RULES`: `owner` or `refused`, whether the kernel takes nf_tables tables
+//!   owned by their socket (Linux 5.12), without which `--rules` is refused.
 
 use std::net::SocketAddr;
 
@@ -35,7 +39,7 @@ fn hook_ladder_matches_the_kernel() -> anyhow::Result<()> {
         .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
         .unwrap_or_else(|| "none".to_owned());
     assert_eq!(chosen, nat, "{}", doctor.stdout);
-    for hook in ["net_dev_queue", "netif_receive_skb", "kfree_skb"] {
+    for hook in ["net_dev_queue", "netif_receive_skb"] {
         assert!(
             doctor
                 .stdout
@@ -45,6 +49,19 @@ fn hook_ladder_matches_the_kernel() -> anyhow::Result<()> {
             doctor.stdout
         );
     }
+    // The drop hop: with the kernel's reason, or said to be without it.
+    let drop = doctor
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("kfree_skb") && l.contains("works: chosen"))
+        .unwrap_or_else(|| panic!("no kfree_skb rung chosen: {}", doctor.stdout));
+    let degraded = drop.contains("degraded: without the kernel's drop reason");
+    assert_eq!(
+        degraded,
+        !tracer::kernel_reports_drop_reasons(),
+        "{}",
+        doctor.stdout
+    );
 
     let port = 10081;
     let testbed = Testbed::up(1)?;
@@ -137,5 +154,40 @@ fn clsact_filters_never_outlive_tracer() -> anyhow::Result<()> {
     assert_eq!(filters()?.trim(), "", "no filter is left");
     let qdiscs = host.exec("tc", &["qdisc", "show", "dev", "docker0"])?;
     assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+    Ok(())
+}
+
+/// `--rules` and this kernel's nf_tables: where tables cannot be owned by their socket, tracer
+/// refuses `--rules` with one line naming the missing flag before it loads anything, and `tracer
+/// doctor` says the same; elsewhere doctor finds an owned table and trace events working.
+#[test]
+fn rules_are_refused_without_owned_tables() -> anyhow::Result<()> {
+    let refused = expected("TRACER_EXPECT_RULES", "owner") == "refused";
+    let doctor = tracer::run(&["doctor"])?;
+    let rules = doctor
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("rules "))
+        .unwrap_or_else(|| panic!("no rules line: {}", doctor.stdout));
+    if !refused {
+        assert!(rules.contains("--rules works"), "{rules}");
+        return Ok(());
+    }
+    assert!(
+        rules.contains("--rules cannot name netfilter rules")
+            && rules.contains("NFT_TABLE_F_OWNER"),
+        "{rules}"
+    );
+    let finished = tracer::run(&["--rules", "--port", "10083"])?;
+    assert!(!finished.status.success());
+    let lines: Vec<&str> = finished.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", finished.stderr);
+    assert!(
+        lines[0].starts_with("tracer: error: --rules:")
+            && lines[0].contains("NFT_TABLE_F_OWNER, Linux 5.12")
+            && lines[0].ends_with("trace without --rules here"),
+        "{}",
+        lines[0]
+    );
     Ok(())
 }

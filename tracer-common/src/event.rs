@@ -49,6 +49,10 @@ pub const FLAG_TC: u8 = 1 << 3;
 /// `Encap` holds the packet it quotes).
 pub const FLAG_ENCAP: u8 = 1 << 4;
 
+/// `PacketEvent::drop_reason` of a drop seen on a kernel whose `kfree_skb` tracepoint has no
+/// reason (before Linux 5.17). No `enum skb_drop_reason` value comes near it.
+pub const DROP_REASON_UNREPORTED: u32 = u32::MAX - 1;
+
 /// Address family values used in [`PacketEvent::family`] and [`CtTuple::family`].
 pub const FAMILY_IPV4: u8 = 4;
 /// See [`FAMILY_IPV4`].
@@ -136,7 +140,8 @@ pub struct PacketEvent {
     pub ct_reply: CtTuple,
     /// For `kfree_skb`: the code address that dropped the packet.
     pub location: u64,
-    /// For `kfree_skb`: `enum skb_drop_reason` (include/net/dropreason-core.h).
+    /// For `kfree_skb`: `enum skb_drop_reason` (include/net/dropreason-core.h), or
+    /// [`DROP_REASON_UNREPORTED`] from a kernel whose tracepoint carries none.
     pub drop_reason: u32,
     /// Length of the IP and L4 headers (where the payload starts), 0 if unknown.
     pub headers_len: u16,

@@ -87,6 +87,9 @@ pub mod program {
     pub const NETIF_RECEIVE_SKB_RAW: &str = "netif_receive_skb_raw";
     pub const KFREE_SKB: &str = "kfree_skb";
     pub const KFREE_SKB_RAW: &str = "kfree_skb_raw";
+    /// `kfree_skb` on kernels whose tracepoint has no drop reason (before Linux 5.17).
+    pub const KFREE_SKB_BARE: &str = "kfree_skb_bare";
+    pub const KFREE_SKB_BARE_RAW: &str = "kfree_skb_bare_raw";
     pub const NF_NAT_MANIP_PKT_FENTRY: &str = "nf_nat_manip_pkt_fentry";
     pub const NF_NAT_MANIP_PKT_KPROBE: &str = "nf_nat_manip_pkt_kprobe";
     pub const TC_INGRESS: &str = "tc_ingress";

@@ -160,18 +160,21 @@ impl Report {
         }
         let _ = writeln!(out, "\n{:<20} {:<8} result", "hook", "rung");
         for outcome in &self.outcomes {
-            let chosen = outcome.chosen();
-            for (mechanism, result) in &outcome.tried {
-                let verdict = match result {
-                    Ok(()) if Some(*mechanism) == chosen => "works: chosen".to_owned(),
+            let chosen = outcome.chosen_rung();
+            for (rung, result) in &outcome.tried {
+                let mut verdict = match result {
+                    Ok(()) if Some(*rung) == chosen => "works: chosen".to_owned(),
                     Ok(()) => "works".to_owned(),
                     Err(refusal) => format!("not usable: {refusal}"),
                 };
+                if let (Ok(()), Some(lacks)) = (result, rung.lacks) {
+                    verdict = format!("{verdict}, degraded: {lacks}");
+                }
                 let _ = writeln!(
                     out,
                     "{:<20} {:<8} {}",
                     outcome.spec.target,
-                    mechanism.name(),
+                    rung.mechanism.name(),
                     verdict
                 );
             }

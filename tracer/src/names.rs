@@ -10,11 +10,15 @@ use std::{
 };
 
 use rustc_hash::FxHashMap;
+use tracer_common::event::DROP_REASON_UNREPORTED;
 
 use crate::{
     decode::Process,
     workload::{Runtime, Workload},
 };
+
+/// What a drop's reason reads on a kernel whose drop tracepoint carries none.
+pub const UNREPORTED: &str = "reason not reported by this kernel";
 
 /// Names by namespace inode, drop reason value and code address.
 #[derive(Debug, Clone, Default)]
@@ -105,8 +109,11 @@ impl NameTable {
         !self.drop_reasons.is_empty()
     }
 
-    /// The drop reason's name, or its number.
+    /// The drop reason's name, or its number; a kernel that reports none is said to.
     pub fn drop_reason(&self, reason: u32) -> String {
+        if reason == DROP_REASON_UNREPORTED {
+            return UNREPORTED.to_owned();
+        }
         self.drop_reasons
             .get(&reason)
             .cloned()
@@ -230,4 +237,23 @@ pub fn kernel_symbols(addresses: &[u64]) -> Vec<Option<String>> {
             Some(format!("{name}+{:#x}", address - start))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drop_without_the_kernels_reason_says_so_and_others_are_named_or_numbered() {
+        let mut names = NameTable::default();
+        names.set_drop_reasons(HashMap::from([(5, "NETFILTER_DROP".to_owned())]));
+        assert_eq!(names.drop_reason(5), "NETFILTER_DROP");
+        assert_eq!(names.drop_reason(6), "6");
+        assert_eq!(names.drop_reason(DROP_REASON_UNREPORTED), UNREPORTED);
+        // A recording read back knows no names, but still what the kernel did not report.
+        assert_eq!(
+            NameTable::default().drop_reason(DROP_REASON_UNREPORTED),
+            UNREPORTED
+        );
+    }
 }

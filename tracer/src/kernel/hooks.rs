@@ -49,10 +49,12 @@ impl Mechanism {
 }
 
 /// One rung: a mechanism and the program in the object that uses it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rung {
     pub mechanism: Mechanism,
     pub program: &'static str,
+    /// What the hop lacks when this rung is the one used, for a kernel that allows no better.
+    pub lacks: Option<&'static str>,
 }
 
 /// Where a hook's programs are attached.
@@ -84,7 +86,22 @@ pub struct HookSpec {
 }
 
 const fn rung(mechanism: Mechanism, program: &'static str) -> Rung {
-    Rung { mechanism, program }
+    Rung {
+        mechanism,
+        program,
+        lacks: None,
+    }
+}
+
+/// A rung for kernels without the kfree_skb tracepoint's reason argument (Linux 5.17).
+const fn reasonless(mechanism: Mechanism, program: &'static str) -> Rung {
+    Rung {
+        lacks: Some(
+            "without the kernel's drop reason (the rung for kernels whose kfree_skb \
+             tracepoint has none: before Linux 5.17)",
+        ),
+        ..rung(mechanism, program)
+    }
 }
 
 /// Every hook, in path order.
@@ -150,6 +167,9 @@ pub const HOOKS: [HookSpec; 8] = [
         rungs: &[
             rung(Mechanism::TpBtf, program::KFREE_SKB),
             rung(Mechanism::RawTp, program::KFREE_SKB_RAW),
+            // Kernels before 5.17: the same place, without the kernel's reason.
+            reasonless(Mechanism::TpBtf, program::KFREE_SKB_BARE),
+            reasonless(Mechanism::RawTp, program::KFREE_SKB_BARE_RAW),
         ],
         required: false,
         shows: "a packet dropped, with the kernel's reason and the dropping function",
@@ -334,15 +354,20 @@ impl fmt::Display for Refusal {
 pub struct Outcome {
     pub spec: HookSpec,
     /// Every rung tried, in order, with its result.
-    pub tried: Vec<(Mechanism, Result<(), Refusal>)>,
+    pub tried: Vec<(Rung, Result<(), Refusal>)>,
 }
 
 impl Outcome {
-    pub fn chosen(&self) -> Option<Mechanism> {
+    /// The rung used: the first that worked.
+    pub fn chosen_rung(&self) -> Option<Rung> {
         self.tried
             .iter()
             .find(|(_, result)| result.is_ok())
-            .map(|(mechanism, _)| *mechanism)
+            .map(|(rung, _)| *rung)
+    }
+
+    pub fn chosen(&self) -> Option<Mechanism> {
+        self.chosen_rung().map(|rung| rung.mechanism)
     }
 }
 
@@ -369,8 +394,12 @@ impl Programs {
                 let result = self.try_rung(spec.target, *rung, !chosen);
                 if result.is_ok() && !chosen {
                     self.attachments.push((spec.hook, rung.mechanism));
+                    if let Some(lacks) = rung.lacks {
+                        self.notes
+                            .push(format!("the {} hop is {lacks}", spec.target));
+                    }
                 }
-                outcome.tried.push((rung.mechanism, result));
+                outcome.tried.push((*rung, result));
             }
             outcomes.push(outcome);
         }

@@ -149,16 +149,36 @@ impl Rules {
     }
 }
 
-/// Why tracer's table could not be made, in words: the kernel's own where it gave them.
-pub(super) fn explain(err: &NetlinkError) -> String {
-    match err {
-        // The table's only flag is the owner flag: a kernel that refuses the table request
-        // itself with "not supported" (or, before 5.12's check, "invalid") does not know it.
+/// Refuses `--rules` on a kernel without tables owned by their socket (before Linux 5.12):
+/// there a table of tracer's would outlive a tracer killed with SIGKILL, and stay in the
+/// packets' path. Other failures are said per namespace as it is followed: a machine without
+/// nf_tables at all has no rules to name, and tracing goes on.
+pub fn check_kernel() -> anyhow::Result<()> {
+    match netlink::owner_flag_works() {
+        Err(err) if refuses_owner_flag(&err) => {
+            anyhow::bail!("--rules: {}; trace without --rules here", explain(&err))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The table's only flag is the owner flag: a kernel that refuses the table request itself
+/// with "not supported" (or, before 5.12's check, "invalid") does not know it.
+fn refuses_owner_flag(err: &NetlinkError) -> bool {
+    matches!(
+        err,
         NetlinkError::Refused {
             request: Some(Request::Table),
             errno: libc::EOPNOTSUPP | libc::EINVAL,
             message: None,
-        } => format!(
+        }
+    )
+}
+
+/// Why tracer's table could not be made, in words: the kernel's own where it gave them.
+pub(super) fn explain(err: &NetlinkError) -> String {
+    match err {
+        err if refuses_owner_flag(err) => format!(
             "{err}; this kernel does not take the owner flag (NFT_TABLE_F_OWNER, Linux 5.12), \
              without which tracer could leave its table behind"
         ),

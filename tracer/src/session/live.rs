@@ -119,6 +119,9 @@ impl Trace {
     pub async fn start(options: Options) -> anyhow::Result<Trace> {
         crate::privileges::check()?;
         let request = Request::check(&options)?;
+        if options.rules.is_some() {
+            crate::rules::follow::check_kernel()?;
+        }
         let follower = Follower::start(&options.selection, options.hooks).await?;
         let files = Files::create(&options)?;
         let tunnels = tunnels(&follower.topology);

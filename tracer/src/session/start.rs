@@ -159,9 +159,9 @@ pub fn report_unused(outcome: &Outcome) -> anyhow::Result<()> {
     let tried: Vec<String> = outcome
         .tried
         .iter()
-        .map(|(mechanism, result)| match result {
-            Ok(()) => format!("{}: works", mechanism.name()),
-            Err(refusal) => format!("{}: {refusal}", mechanism.name()),
+        .map(|(rung, result)| match result {
+            Ok(()) => format!("{}: works", rung.mechanism.name()),
+            Err(refusal) => format!("{}: {refusal}", rung.mechanism.name()),
         })
         .collect();
     let message = format!("no {} hop ({})", outcome.spec.target, tried.join("; "));

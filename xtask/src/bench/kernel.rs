@@ -18,7 +18,7 @@ use super::{
 };
 
 /// Every program tracer may load; which of them load depends on the kernel.
-const PROGRAMS: [&str; 16] = [
+const PROGRAMS: [&str; 18] = [
     program::NET_DEV_QUEUE,
     program::NET_DEV_QUEUE_RAW,
     program::NET_DEV_START_XMIT,
@@ -29,6 +29,8 @@ const PROGRAMS: [&str; 16] = [
     program::NETIF_RECEIVE_SKB_RAW,
     program::KFREE_SKB,
     program::KFREE_SKB_RAW,
+    program::KFREE_SKB_BARE,
+    program::KFREE_SKB_BARE_RAW,
     program::NF_NAT_MANIP_PKT_FENTRY,
     program::NF_NAT_MANIP_PKT_KPROBE,
     program::TC_INGRESS,

@@ -34,6 +34,8 @@ const MODULES: &[&str] = &[
     "xt_tcpudp",
     "sch_ingress",
     "cls_bpf",
+    // `--rules` and `tracer doctor` create an nf_tables table.
+    "nf_tables",
     // The tunnels tracer looks into (tests/tests/tunnels.rs).
     "vxlan",
     "geneve",
@@ -290,6 +292,7 @@ const BOOT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp

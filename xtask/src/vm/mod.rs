@@ -71,13 +71,44 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     let ladder = args.only.is_none_or(|part| part == Part::Ladder);
     let tests = if ladder { build_tests()? } else { Vec::new() };
+    let mut guests = Vec::new();
     for kernel in kernels.into_iter().filter(|_| ladder) {
-        eprintln!("xtask: vm-test: {}", kernel.name());
         let image = kernel.fetch()?;
         let initrd = initramfs::build(&image, &tracer, &tests, &kernel.expectations())?;
-        if !boot(&image.vmlinuz, &initrd, kernel.accel())? {
-            failed.push(kernel.name());
+        guests.push((kernel, image.vmlinuz, initrd));
+    }
+    // The guests boot at once: much of a guest's time is its tests waiting (for a timeout, a
+    // tracer's ready line), which another guest's emulation fills.
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let running: Vec<_> = guests
+            .iter()
+            .map(|(kernel, vmlinuz, initrd)| {
+                eprintln!("xtask: vm-test: {}", kernel.name());
+                (
+                    kernel.name(),
+                    scope.spawn(|| boot(kernel.name(), vmlinuz, initrd, kernel.accel())),
+                )
+            })
+            .collect();
+        for (name, guest) in running {
+            match guest.join() {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => failed.push(name),
+                Ok(Err(err)) => {
+                    eprintln!("xtask: vm-test: {name}: {err:#}");
+                    failed.push(name);
+                }
+                Err(_) => failed.push(name),
+            }
         }
+    });
+    if !guests.is_empty() {
+        eprintln!(
+            "xtask: vm-test: {} guests took {:.0} s",
+            guests.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     if args.only.is_none_or(|part| part == Part::Nodes) {
         let started = Instant::now();
@@ -131,8 +162,14 @@ fn build_tests() -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
     Ok(tests)
 }
 
-/// Boots the guest and follows its console; true if it reported success.
-fn boot(vmlinuz: &std::path::Path, initrd: &std::path::Path, accel: &str) -> anyhow::Result<bool> {
+/// Boots the guest and follows its console, each line marked with `name`; true if it reported
+/// success.
+fn boot(
+    name: &str,
+    vmlinuz: &std::path::Path,
+    initrd: &std::path::Path,
+    accel: &str,
+) -> anyhow::Result<bool> {
     let mut qemu = Command::new("qemu-system-x86_64")
         .args([
             "-machine", "q35", "-accel", accel, "-cpu", "max", "-smp", "2", "-m", "3072",
@@ -150,9 +187,10 @@ fn boot(vmlinuz: &std::path::Path, initrd: &std::path::Path, accel: &str) -> any
         .context("failed to start qemu-system-x86_64 (cargo xtask setup installs it)")?;
     let stdout = qemu.stdout.take().context("qemu output")?;
     let (verdict_tx, verdict_rx) = mpsc::channel();
+    let mark = name.to_owned();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("guest: {line}");
+            println!("guest {mark}: {line}");
             if let Some(status) = line.trim().strip_prefix("TRACER-VM-RESULT: ") {
                 let _ = verdict_tx.send(status.trim() == "0");
             }
@@ -165,14 +203,14 @@ fn boot(vmlinuz: &std::path::Path, initrd: &std::path::Path, accel: &str) -> any
     match verdict {
         Ok(passed) => {
             eprintln!(
-                "xtask: vm-test: guest {} after {:.0} s",
+                "xtask: vm-test: guest {name} {} after {:.0} s",
                 if passed { "passed" } else { "failed" },
                 start.elapsed().as_secs_f64()
             );
             Ok(passed)
         }
         Err(_) => {
-            eprintln!("xtask: vm-test: no verdict from the guest within {GUEST_TIMEOUT:?}");
+            eprintln!("xtask: vm-test: no verdict from guest {name} within {GUEST_TIMEOUT:?}");
             Ok(false)
         }
     }

@@ -101,31 +101,50 @@ impl OwnedTable {
     /// packets of `matches` (every packet when it holds one empty match).
     pub fn create(matches: &[Match]) -> Result<OwnedTable, NetlinkError> {
         let socket = socket()?;
-        let (batch, requests) = table::batch(&table_name(), matches);
-        socket.send(&batch, 0)?;
-        // An acknowledgement (error 0) or an error for every request of the batch but its two
-        // ends; the first error is the answer.
-        let mut acked = 0;
-        let mut buf = vec![0u8; 1 << 16];
-        while acked < requests.len() {
-            let n = socket.recv(&mut &mut buf[..], 0)?;
-            for ack in messages(&buf[..n]).filter_map(|m| m.ack()) {
-                if ack.code != 0 {
-                    let request = requests
-                        .iter()
-                        .find(|(seq, _)| *seq == ack.seq)
-                        .map(|&(_, request)| request);
-                    return Err(NetlinkError::Refused {
-                        request,
-                        errno: -ack.code,
-                        message: ack.message,
-                    });
-                }
-                acked += 1;
-            }
-        }
+        send_batch(&socket, table::batch(&table_name(), matches))?;
         Ok(OwnedTable { _socket: socket })
     }
+}
+
+/// Whether the kernel takes tables owned by their socket (Linux 5.12): creates one, alone,
+/// under a name of its own, which the kernel deletes again as the socket closes on return.
+pub fn owner_flag_works() -> Result<(), NetlinkError> {
+    let socket = socket()?;
+    send_batch(
+        &socket,
+        table::bare_table(&format!("{}-check", table_name())),
+    )
+}
+
+/// Sends a batch and waits for the kernel's answer to each of its `requests`: the first error
+/// is the answer.
+fn send_batch(
+    socket: &Socket,
+    (batch, requests): (Vec<u8>, Vec<(u32, Request)>),
+) -> Result<(), NetlinkError> {
+    socket.send(&batch, 0)?;
+    // An acknowledgement (error 0) or an error for every request of the batch but its two
+    // ends.
+    let mut acked = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while acked < requests.len() {
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        for ack in messages(&buf[..n]).filter_map(|m| m.ack()) {
+            if ack.code != 0 {
+                let request = requests
+                    .iter()
+                    .find(|(seq, _)| *seq == ack.seq)
+                    .map(|&(_, request)| request);
+                return Err(NetlinkError::Refused {
+                    request,
+                    errno: -ack.code,
+                    message: ack.message,
+                });
+            }
+            acked += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the current network namespace has nf_tables tables (tracer's own aside): a dump of

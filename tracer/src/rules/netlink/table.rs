@@ -119,6 +119,16 @@ fn chains(matches: &[Match]) -> Vec<Chain> {
 /// The batch that creates the owned table `name`, its chains and their rules, and what each of
 /// its requests is, by sequence number (the batch's two ends are not acknowledged).
 pub fn batch(name: &str, matches: &[Match]) -> (Vec<u8>, Vec<(u32, Request)>) {
+    build(name, chains(matches), matches)
+}
+
+/// The batch that creates the owned table `name` alone: whether the kernel takes the owner
+/// flag.
+pub fn bare_table(name: &str) -> (Vec<u8>, Vec<(u32, Request)>) {
+    build(name, Vec::new(), &[])
+}
+
+fn build(name: &str, chains: Vec<Chain>, matches: &[Match]) -> (Vec<u8>, Vec<(u32, Request)>) {
     let mut seq = 0;
     let mut next = || {
         seq += 1;
@@ -146,7 +156,7 @@ pub fn batch(name: &str, matches: &[Match]) -> (Vec<u8>, Vec<(u32, Request)>) {
         .be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
     bytes.extend(table.finish());
     requests.push((table_seq, Request::Table));
-    for chain in chains(matches) {
+    for chain in chains {
         let chain_seq = next();
         let mut msg = Message::nft(
             libc::NFT_MSG_NEWCHAIN,
@@ -364,5 +374,12 @@ mod tests {
     fn a_filter_that_matches_everything_needs_no_conntrack_chains() {
         let names: Vec<&str> = chains(&[Match::default()]).iter().map(|c| c.name).collect();
         assert_eq!(names, ["prerouting", "output"]);
+    }
+
+    #[test]
+    fn the_owner_check_makes_the_table_alone() {
+        let (bytes, requests) = bare_table("tracer-1-check");
+        assert_eq!(requests, [(2, Request::Table)]);
+        assert_eq!(super::super::message::messages(&bytes).count(), 3);
     }
 }
