@@ -50,7 +50,8 @@ pub struct KernelOffsets {
     pub skb_sk: u32,
     /// `sk->__sk_common.skc_cookie`
     pub sk_cookie: u32,
-    pub _pad: u32,
+    /// `skb->ipvs_property`, a one-bit field: its offset in bits.
+    pub skb_ipvs_property: u32,
 }
 assert_size!(KernelOffsets, 96);
 
@@ -82,7 +83,7 @@ impl KernelOffsets {
             tuple_protonum: U,
             skb_sk: U,
             sk_cookie: U,
-            _pad: 0,
+            skb_ipvs_property: U,
         }
     }
 }

@@ -49,6 +49,10 @@ pub const FLAG_TC: u8 = 1 << 3;
 /// `Encap` holds the packet it quotes).
 pub const FLAG_ENCAP: u8 = 1 << 4;
 
+/// `PacketEvent::flags`: IPVS has handled the packet (`skb->ipvs_property`): a packet IPVS
+/// translated, on its way from the virtual service to a real server or back.
+pub const FLAG_IPVS: u8 = 1 << 5;
+
 /// `PacketEvent::drop_reason` of a drop seen on a kernel whose `kfree_skb` tracepoint has no
 /// reason (before Linux 5.17). No `enum skb_drop_reason` value comes near it.
 pub const DROP_REASON_UNREPORTED: u32 = u32::MAX - 1;

@@ -7,7 +7,11 @@
 use aya_ebpf::helpers::{
     bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated,
 };
-use tracer_common::{config::OFFSET_UNKNOWN, event::Counter, hook::Hook};
+use tracer_common::{
+    config::OFFSET_UNKNOWN,
+    event::{Counter, FLAG_IPVS},
+    hook::Hook,
+};
 
 use core::mem::MaybeUninit;
 
@@ -214,6 +218,17 @@ fn place<A: Access>(skb: u64, len: u32) -> Place {
     }
 }
 
+/// Whether IPVS has handled `skb` (the one-bit `skb->ipvs_property`); false on a kernel
+/// without IPVS.
+#[inline(always)]
+fn ipvs_property<A: Access>(skb: u64) -> bool {
+    let bit = conf!(offsets.skb_ipvs_property);
+    if bit == OFFSET_UNKNOWN {
+        return false;
+    }
+    A::read::<u8>(skb, bit / 8).is_some_and(|byte| byte & (1 << (bit % 8)) != 0)
+}
+
 /// Emits an event for `skb` at `hook` if it matches the filter.
 #[inline(always)]
 pub fn trace<A: Access>(skb: u64, hook: Hook, at: L3At) {
@@ -350,6 +365,9 @@ fn emit<A: Access>(
         e.ifindex = place.ifindex;
         e.netns_inode = place.netns_inode;
         e.sock_cookie = place.sock_cookie;
+        if ipvs_property::<A>(skb) {
+            e.flags |= FLAG_IPVS;
+        }
         let ifname = (&raw mut e.ifname).cast::<u64>();
         ifname.write_unaligned(place.name[0]);
         ifname.add(1).write_unaligned(place.name[1]);

@@ -133,6 +133,8 @@ pub fn resolve(vmlinux: &Btf, conntrack: Option<&Btf>) -> Result<Resolved, BtfEr
     o.sk_cookie = k
         .member("sock", "__sk_common.skc_cookie", 8)
         .unwrap_or(OFFSET_UNKNOWN);
+    // Only in kernels built with IPVS (CONFIG_IP_VS): without it no packet is IPVS's.
+    o.skb_ipvs_property = k.flag("sk_buff", "ipvs_property").unwrap_or(OFFSET_UNKNOWN);
 
     let conntrack_unavailable = match resolve_conntrack(vmlinux, conntrack, &mut o) {
         Ok(()) => None,
@@ -262,23 +264,49 @@ impl Kernel<'_> {
     /// Finds `field` among the members of a struct or union, descending into anonymous members.
     /// Returns its byte offset and type.
     fn find_member(&self, ty: &Type, field: &str) -> Result<Option<(u32, Type)>, BtfError> {
+        Ok(self
+            .find_member_bits(ty, field)?
+            .map(|(bits, _, member_ty)| (bits / 8, member_ty)))
+    }
+
+    /// [`Self::find_member`] in bits, with the member's bitfield size (None when it is not a
+    /// bitfield), looking into anonymous structures and unions.
+    fn find_member_bits(
+        &self,
+        ty: &Type,
+        field: &str,
+    ) -> Result<Option<(u32, Option<u32>, Type)>, BtfError> {
         let (Type::Struct(s) | Type::Union(s)) = ty else {
             return Ok(None);
         };
         for member in &s.members {
-            let offset = member.bit_offset() / 8;
+            let offset = member.bit_offset();
             let name = self.0.resolve_name(member).unwrap_or_default();
             let member_ty = self.0.resolve_chained_type(member)?;
             if name == field {
-                return Ok(Some((offset, member_ty)));
+                let bits = member.bitfield_size().filter(|&bits| bits != 0);
+                return Ok(Some((offset, bits, member_ty)));
             }
             if name.is_empty()
-                && let Some((inner, found)) = self.find_member(&self.strip(member_ty)?, field)?
+                && let Some((inner, bits, found)) =
+                    self.find_member_bits(&self.strip(member_ty)?, field)?
             {
-                return Ok(Some((offset + inner, found)));
+                return Ok(Some((offset + inner, bits, found)));
             }
         }
         Ok(None)
+    }
+
+    /// Bit offset of the one-bit flag `field` of `struct name`.
+    fn flag(&self, name: &str, field: &str) -> Result<u32, BtfError> {
+        let ty = Type::Struct(self.find_struct(name)?);
+        match self.find_member_bits(&ty, field)? {
+            Some((offset, Some(1), _)) => Ok(offset),
+            Some(_) => Err(BtfError::Missing(format!(
+                "struct {name} member {field} as a one-bit field"
+            ))),
+            None => Err(BtfError::Missing(format!("struct {name} member {field}"))),
+        }
     }
 
     /// Follows typedefs and qualifiers down to the underlying type.

@@ -43,6 +43,8 @@ const PACKAGES: &[&str] = &[
     "curl",
     "chromium",
     "qemu-system-x86",
+    // IPVS virtual services, as kube-proxy's IPVS mode makes them, in the guests' tests.
+    "ipvsadm",
     "cpio",
     "kmod",
 ];

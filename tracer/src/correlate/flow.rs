@@ -50,7 +50,8 @@ pub struct Flow {
     pub last_ts: u64,
     /// Latency per segment (an id in the table's [`Segments`]), in first-seen order.
     hops: Box<[SegmentLatency]>,
-    pub(super) nat_reported: [bool; 2],
+    /// Translations reported, a bit per direction and kind (see `nat::reported_bit`).
+    pub(super) nat_reported: u8,
     fin: [bool; 2],
     /// When the flow closed (last activity then), if `closed`.
     closed_at: u64,
@@ -368,7 +369,7 @@ impl FlowTable {
             first_ts: ts,
             last_ts: ts,
             hops: Box::default(),
-            nat_reported: [false, false],
+            nat_reported: 0,
             fin: [false, false],
             closed_at: 0,
             closed: false,

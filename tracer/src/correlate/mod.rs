@@ -191,6 +191,9 @@ pub struct NatRecord {
     pub packet: Option<PacketKey>,
     /// The rule that made the translation, when `--rules` named it.
     pub rule: Option<Arc<Rule>>,
+    /// IPVS made the translation: a virtual service's address, rewritten to a real server's
+    /// (or back), seen on a packet IPVS handled.
+    pub ipvs: bool,
 }
 
 /// Latency between two consecutive hops of a flow, in one direction.

@@ -5,25 +5,34 @@ use super::{Direction, Hop, HopLabel, NatKind, NatRecord, NatSource, flow::Flow}
 use crate::{attribution::PacketKey, decode::Tuple};
 
 impl Flow {
-    /// NAT records for a rewrite between two hops, once per flow and direction.
+    /// NAT records for a rewrite between two hops, once per flow, direction and kind: a
+    /// packet can be rewritten in two steps (IPVS, then MASQUERADE), each seen on a hop.
     pub(super) fn observed_nat(
         &mut self,
         direction: Direction,
         before: &Hop,
         after: &Hop,
     ) -> Vec<NatRecord> {
-        if self.nat_reported[direction as usize] {
+        let (b, a) = (before.event.tuple, after.event.tuple);
+        let mut kinds = nat_kinds(direction, &b, &a);
+        kinds.retain(|&kind| self.nat_reported & reported_bit(direction, kind) == 0);
+        if kinds.is_empty() {
             return Vec::new();
         }
-        self.nat_reported[direction as usize] = true;
+        for &kind in &kinds {
+            self.nat_reported |= reported_bit(direction, kind);
+        }
         if direction == Direction::Original && !self.reply_from_conntrack {
             self.rename(self.orig, after.event.tuple.reversed());
         }
         let flow_id = self.id;
-        let (b, a) = (before.event.tuple, after.event.tuple);
-        nat_kinds(direction, &b, &a)
+        // IPVS in NAT mode rewrites the virtual service's address (the destination of the
+        // original direction, the source of the reply), and marks the packets it handled.
+        let ipvs = after.event.ipvs;
+        kinds
             .into_iter()
             .map(|kind| NatRecord {
+                ipvs: ipvs && kind == NatKind::Dnat,
                 flow_id,
                 direction,
                 kind,
@@ -45,7 +54,9 @@ impl Flow {
         }
         let mut records = Vec::new();
         for direction in [Direction::Original, Direction::Reply] {
-            if self.nat_reported[direction as usize] || self.packets[direction as usize] == 0 {
+            let observed =
+                reported_bit(direction, NatKind::Snat) | reported_bit(direction, NatKind::Dnat);
+            if self.nat_reported & observed != 0 || self.packets[direction as usize] == 0 {
                 continue;
             }
             let (before, after) = match direction {
@@ -65,11 +76,19 @@ impl Flow {
                         source: NatSource::Conntrack,
                         packet: None,
                         rule: None,
+                        // No packet of this direction was seen on both sides of it.
+                        ipvs: false,
                     }),
             );
         }
         records
     }
+}
+
+/// The bit of [`Flow::nat_reported`] that says a `kind` translation in `direction` was
+/// reported.
+fn reported_bit(direction: Direction, kind: NatKind) -> u8 {
+    1 << (direction as u8 * 2 + kind as u8)
 }
 
 /// Which translations turn `before` into `after` in `direction`. In the reply direction the

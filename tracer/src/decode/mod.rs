@@ -14,9 +14,9 @@ use bytes::Bytes;
 pub use encap::{Encap, EncapKind, IcmpError};
 use tracer_common::{
     event::{
-        CompactHop, CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_L4,
-        FLAG_NONLINEAR, FLAG_TC, HOP_CONNTRACK, PacketEncap, PacketEncapWithHeaders, PacketEvent,
-        PacketWithHeaders, SNAP_MAX, SocketEvent,
+        CompactHop, CtTuple, EventKind, FAMILY_IPV4, FAMILY_IPV6, FLAG_FRAGMENT, FLAG_IPVS,
+        FLAG_L4, FLAG_NONLINEAR, FLAG_TC, HOP_CONNTRACK, PacketEncap, PacketEncapWithHeaders,
+        PacketEvent, PacketWithHeaders, SNAP_MAX, SocketEvent,
     },
     hook::Hook,
     wire::{conntrack, ipproto},
@@ -138,6 +138,8 @@ pub struct HopEvent {
     pub fragment: bool,
     /// Some headers were outside the linear data and were not read.
     pub nonlinear: bool,
+    /// IPVS has handled the packet (see [`tracer_common::event::FLAG_IPVS`]).
+    pub ipvs: bool,
     pub tcp_flags: u8,
     pub tcp_seq: u32,
     pub tcp_ack: u32,
@@ -517,6 +519,7 @@ fn packet(raw: &PacketEvent, decoder: &mut Decoder) -> Result<HopEvent, DecodeEr
         has_l4: raw.flags & FLAG_L4 != 0,
         fragment: raw.flags & FLAG_FRAGMENT != 0,
         nonlinear: raw.flags & FLAG_NONLINEAR != 0,
+        ipvs: raw.flags & FLAG_IPVS != 0,
         tcp_flags: raw.tcp_flags,
         tcp_seq: raw.tcp_seq,
         tcp_ack: raw.tcp_ack,

@@ -169,6 +169,7 @@ fn drops_nat_and_flows_are_counted() {
                 source: NatSource::Conntrack,
                 packet: None,
                 rule: None,
+                ipvs: false,
             }),
             &names,
         )
@@ -330,6 +331,7 @@ fn the_exported_names_are_those_of_the_exposition() {
                 source: NatSource::Conntrack,
                 packet: None,
                 rule: None,
+                ipvs: false,
             }),
             &names,
         )
@@ -453,6 +455,7 @@ fn snat(flow_id: u64) -> Record {
         source: NatSource::Conntrack,
         packet: None,
         rule: None,
+        ipvs: false,
     })
 }
 

@@ -36,6 +36,11 @@ const MODULES: &[&str] = &[
     "cls_bpf",
     // `--rules` and `tracer doctor` create an nf_tables table.
     "nf_tables",
+    // kube-proxy's IPVS mode (tests/tests/ipvs.rs): a virtual service, its scheduler, and
+    // the dummy interface that holds the virtual address.
+    "ip_vs",
+    "ip_vs_rr",
+    "dummy",
     // The tunnels tracer looks into (tests/tests/tunnels.rs).
     "vxlan",
     "geneve",
@@ -53,6 +58,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("/bin/busybox", "bin/busybox"),
     ("/bin/ip", "usr/sbin/ip"),
     ("/usr/sbin/tc", "usr/sbin/tc"),
+    ("/usr/sbin/ipvsadm", "usr/sbin/ipvsadm"),
     (
         "/usr/sbin/xtables-legacy-multi",
         "usr/sbin/xtables-legacy-multi",

@@ -71,6 +71,7 @@ impl Kernel {
                 ("TRACER_EXPECT_TUNNELS", TUNNELS),
                 ("TRACER_EXPECT_DROP_REASONS", "no"),
                 ("TRACER_EXPECT_RULES", "refused"),
+                ("TRACER_EXPECT_IPVS", "yes"),
             ],
             // nf_nat is a module there, and aya 0.14 attaches fentry to vmlinux functions only,
             // so the ladder must come down to the kprobe.
@@ -80,6 +81,7 @@ impl Kernel {
                 ("TRACER_EXPECT_TUNNELS", TUNNELS),
                 ("TRACER_EXPECT_DROP_REASONS", "yes"),
                 ("TRACER_EXPECT_RULES", "owner"),
+                ("TRACER_EXPECT_IPVS", "yes"),
             ],
             // The same for the NAT function; TCX exists from 6.6 on.
             Kernel::Debian612 => vec![
@@ -88,6 +90,7 @@ impl Kernel {
                 ("TRACER_EXPECT_TUNNELS", TUNNELS),
                 ("TRACER_EXPECT_DROP_REASONS", "yes"),
                 ("TRACER_EXPECT_RULES", "owner"),
+                ("TRACER_EXPECT_IPVS", "yes"),
             ],
         }
     }

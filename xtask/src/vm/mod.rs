@@ -30,7 +30,7 @@ use anyhow::{Context as _, bail};
 use crate::util::{build_tracer, require_root, workspace};
 
 /// Integration tests run in every guest.
-const TESTS: [&str; 5] = ["kernel", "stack", "nat", "drop", "tunnels"];
+const TESTS: [&str; 6] = ["kernel", "stack", "nat", "drop", "tunnels", "ipvs"];
 /// How long one guest may take, boot to power-off.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -46,6 +46,9 @@ pub struct Args {
     /// Run only one part (default: both).
     #[arg(long, value_enum)]
     only: Option<Part>,
+    /// Integration tests the guests run, by name (default: every one of the ladder's).
+    #[arg(long = "test", value_parser = clap::builder::PossibleValuesParser::new(TESTS))]
+    tests: Vec<String>,
 }
 
 /// The parts of the VM tests.
@@ -70,7 +73,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let tracer = build_tracer(args.release)?;
     let mut failed = Vec::new();
     let ladder = args.only.is_none_or(|part| part == Part::Ladder);
-    let tests = if ladder { build_tests()? } else { Vec::new() };
+    let tests = if ladder {
+        build_tests(&args.tests)?
+    } else {
+        Vec::new()
+    };
     let mut guests = Vec::new();
     for kernel in kernels.into_iter().filter(|_| ladder) {
         let image = kernel.fetch()?;
@@ -127,8 +134,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the integration test binaries and returns (name, path) of those the guests run.
-fn build_tests() -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+/// Builds the integration test binaries and returns (name, path) of those the guests run:
+/// `only`, or all of [`TESTS`].
+fn build_tests(only: &[String]) -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
+    let wanted: Vec<&str> = TESTS
+        .into_iter()
+        .filter(|test| only.is_empty() || only.iter().any(|o| o == test))
+        .collect();
     let mut command = Command::new(env!("CARGO"));
     command.current_dir(workspace()).args([
         "test",
@@ -137,7 +149,7 @@ fn build_tests() -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
         "tracer-tests",
         "--message-format=json",
     ]);
-    for test in TESTS {
+    for test in &wanted {
         command.args(["--test", test]);
     }
     let output = command.stderr(Stdio::inherit()).output()?;
@@ -151,13 +163,13 @@ fn build_tests() -> anyhow::Result<Vec<(String, std::path::PathBuf)>> {
         };
         let name = message["target"]["name"].as_str().unwrap_or_default();
         if let Some(path) = message["executable"].as_str()
-            && TESTS.contains(&name)
+            && wanted.contains(&name)
         {
             tests.push((name.to_owned(), path.into()));
         }
     }
-    if tests.len() != TESTS.len() {
-        bail!("expected {} test binaries, found {tests:?}", TESTS.len());
+    if tests.len() != wanted.len() {
+        bail!("expected {} test binaries, found {tests:?}", wanted.len());
     }
     Ok(tests)
 }

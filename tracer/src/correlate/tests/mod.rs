@@ -62,6 +62,7 @@ pub(crate) fn event(
         has_l4: true,
         fragment: false,
         nonlinear: false,
+        ipvs: false,
         tcp_flags: 0x02,
         tcp_seq: 1000,
         tcp_ack: 0,
@@ -253,6 +254,45 @@ fn observed_rewrites_stitch_flows_without_conntrack() {
     };
     assert_eq!(flow.orig, inner());
     assert_eq!(flow.reply, outer().reversed());
+}
+
+/// A SYN to a virtual service: IPVS rewrites the destination to a real server (the packet
+/// is marked IPVS's from then on), and MASQUERADE the source one hop later. Each step is a
+/// record of its own, only the first said to be IPVS's.
+#[test]
+fn two_rewrites_of_one_packet_are_two_records_and_ipvs_is_named() {
+    let service = tuple(
+        addr(2, [172, 17, 0]),
+        40000,
+        addr(10, [198, 18, 100]),
+        10001,
+    );
+    let mut hops = syn_path(1_000_000, 0xa000, None);
+    for hop in &mut hops[..3] {
+        hop.tuple = service;
+    }
+    let mut rewritten = hops[2].clone();
+    rewritten.ts_ns += 1_000;
+    rewritten.hook = Hook::NfNatManipPkt;
+    rewritten.ifname = IfName::new("eth0");
+    rewritten.tuple = inner();
+    for hop in [&mut rewritten].into_iter().chain(&mut hops[3..4]) {
+        hop.ipvs = true;
+    }
+    hops.insert(3, rewritten);
+    let records = run(hops);
+    let nats = nats(&records);
+    let found: Vec<_> = nats
+        .iter()
+        .map(|n| (n.direction, n.kind, n.before, n.after, n.ipvs))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Direction::Original, NatKind::Dnat, service, inner(), true),
+            (Direction::Original, NatKind::Snat, inner(), outer(), false),
+        ]
+    );
 }
 
 #[test]

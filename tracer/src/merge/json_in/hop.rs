@@ -188,6 +188,7 @@ pub(super) fn hop_event(
         has_l4,
         fragment: false,
         nonlinear: false,
+        ipvs: false,
         tcp_flags,
         tcp_seq: hop.tcp_seq.unwrap_or(0),
         tcp_ack: hop.tcp_ack.unwrap_or(0),

@@ -252,7 +252,12 @@ impl Collector {
                 before: tuple(&nat.before),
                 after: tuple(&nat.after),
                 at,
-                rule: nat.rule.as_ref().map(|rule| rule.describe()),
+                // What made it: the rule `--rules` named, or IPVS.
+                rule: nat
+                    .rule
+                    .as_ref()
+                    .map(|rule| rule.describe())
+                    .or_else(|| nat.ipvs.then(|| "IPVS".to_owned())),
             });
     }
 

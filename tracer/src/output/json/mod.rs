@@ -210,6 +210,10 @@ impl<W: Write> JsonWriter<W> {
             b.raw(key!("rule"));
             rule_object(b, rule);
         }
+        if nat.ipvs {
+            b.raw(key!("translator"));
+            b.str("ipvs");
+        }
         b.raw(b"}\n");
     }
 

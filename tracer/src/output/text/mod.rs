@@ -92,8 +92,16 @@ impl<W: Write> TextWriter<W> {
             let changed = event.has_l4 && shown.is_some_and(|t| t != event.tuple);
             if changed && let Some(before) = shown {
                 let mut line = rewrite(&before, &event.tuple);
+                let mut by = Vec::new();
+                // IPVS rewrote the virtual service's address; a rule may have done the rest.
+                if event.ipvs {
+                    by.push("IPVS".to_owned());
+                }
                 if let Some((_, rule)) = packet.nat_rules.iter().find(|(hop, _)| *hop == at) {
-                    line += &format!("  by {}", rule.describe());
+                    by.push(rule.describe());
+                }
+                if !by.is_empty() {
+                    line += &format!("  by {}", by.join("; "));
                 }
                 writeln!(self.out, "{:INDENT$}{line}", "")?;
             }

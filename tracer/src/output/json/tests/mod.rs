@@ -68,6 +68,7 @@ fn event(netns_inode: u64, ifname: &str, tuple: Tuple) -> HopEvent {
         has_l4: true,
         fragment: false,
         nonlinear: false,
+        ipvs: false,
         tcp_flags: 0x12,
         tcp_seq: 2_849_804_705,
         tcp_ack: 17,
@@ -236,6 +237,7 @@ fn records() -> Vec<Record> {
             source,
             packet: None,
             rule: (source == NatSource::Observed).then(|| Arc::clone(&masquerade)),
+            ipvs: false,
         })
     };
     let summary = Summary {
