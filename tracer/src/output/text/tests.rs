@@ -199,3 +199,41 @@ fn flow_table_aligns_past_a_long_pod_name() {
     );
     assert!(table[1].contains(&format!("{widest} host veth3a1b2c4")));
 }
+
+#[test]
+fn a_rewrite_ipvs_made_says_so() {
+    let service = tuple([172, 17, 0, 2], [198, 18, 100, 10]);
+    let server = tuple([172, 17, 0, 2], [198, 19, 0, 252]);
+    let mut rewritten = event(2_000, Hook::NetDevQueue, HOST, "eth0", 7, server);
+    rewritten.ipvs = true;
+    let hops = [
+        event(0, Hook::NetifReceiveSkb, HOST, "docker0", 7, service),
+        rewritten,
+    ]
+    .into_iter()
+    .map(|event| Hop {
+        since_prev_ns: event.ts_ns,
+        since_first_ns: event.ts_ns,
+        event,
+    })
+    .collect();
+    let packet = Record::Packet(PacketTrace {
+        packet_id: 1,
+        flow_id: 1,
+        direction: Direction::Original,
+        hops,
+        nat_rules: Vec::new(),
+        drop_rule: None,
+        walks: Vec::new(),
+        process: None,
+    });
+    let text = written(&packet, &names());
+    let nat = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("NAT"))
+        .unwrap_or_else(|| panic!("no NAT line: {text}"));
+    assert_eq!(
+        nat.trim(),
+        "NAT dst 198.18.100.10:10001 -> 198.19.0.252:10001  by IPVS"
+    );
+}
