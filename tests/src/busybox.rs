@@ -94,7 +94,12 @@ pub fn http_get(from: Option<&Netns>, server: SocketAddr, path: &str) -> anyhow:
             stream
         }
     };
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {server}\r\n\r\n")
+    // One write: `write!` on the stream would send each piece of the format on its own, and
+    // a server that answers the first bytes and closes (an HTTPS server refusing plain HTTP)
+    // would then reset the connection under the rest.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {server}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
         .with_context(|| format!("failed to send a request to {server}"))?;
     let mut response = String::new();
     stream
