@@ -6,13 +6,13 @@
 //! The kernel of the development machine has no IPVS, so this runs in the guests of `cargo
 //! xtask vm-test`, which set `TRACER_EXPECT_IPVS`; elsewhere it does not apply.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde_json::Value;
 use tracer_tests::{
     netns::Netns,
     skip,
-    testbed::{SERVER_ADDR, Testbed, UPLINK_ADDR},
+    testbed::{SERVER_ADDR, SERVER_ADDR6, Testbed, UPLINK_ADDR, UPLINK_ADDR6},
     trace::{self, Packet, place},
     tracer::Tracer,
     traffic,
@@ -20,6 +20,43 @@ use tracer_tests::{
 
 /// The Service's virtual address (a ClusterIP).
 const VIRTUAL_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
+/// The same for IPv6, in the testbed's IPv6 plan.
+const VIRTUAL_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x10);
+
+/// The addresses of one family: the virtual service's, the real server's, the uplink's (what
+/// MASQUERADE rewrites to) and the client container's.
+struct Plan {
+    virtual_addr: IpAddr,
+    server: IpAddr,
+    uplink: IpAddr,
+    client: IpAddr,
+}
+
+impl Plan {
+    fn of(testbed: &Testbed, v6: bool) -> Plan {
+        let ctr = &testbed.containers[0];
+        if v6 {
+            Plan {
+                virtual_addr: VIRTUAL_ADDR6.into(),
+                server: SERVER_ADDR6.into(),
+                uplink: UPLINK_ADDR6.into(),
+                client: ctr.addr6.into(),
+            }
+        } else {
+            Plan {
+                virtual_addr: VIRTUAL_ADDR.into(),
+                server: SERVER_ADDR.into(),
+                uplink: UPLINK_ADDR.into(),
+                client: ctr.addr.into(),
+            }
+        }
+    }
+}
+
+/// `address:port` as ipvsadm takes it (IPv6 in brackets).
+fn service_text(addr: IpAddr, port: u16) -> String {
+    SocketAddr::from((addr, port)).to_string()
+}
 
 fn endpoint(tuple: &Value, side: &str) -> (String, u64) {
     (
@@ -30,9 +67,9 @@ fn endpoint(tuple: &Value, side: &str) -> (String, u64) {
 
 /// The virtual service on `port`, as kube-proxy makes it in the host namespace; false when
 /// this kernel has no IPVS.
-fn virtual_service(host: &Netns, port: u16) -> anyhow::Result<bool> {
-    let service = format!("{VIRTUAL_ADDR}:{port}");
-    let real = format!("{SERVER_ADDR}:{port}");
+fn virtual_service(host: &Netns, plan: &Plan, port: u16) -> anyhow::Result<bool> {
+    let service = service_text(plan.virtual_addr, port);
+    let real = service_text(plan.server, port);
     if let Err(err) = host.exec("ipvsadm", &["-A", "-t", &service, "-s", "rr"]) {
         let expected = std::env::var("TRACER_EXPECT_IPVS").is_ok_and(|v| v == "yes");
         if !expected && !std::path::Path::new("/proc/net/ip_vs").exists() {
@@ -42,13 +79,16 @@ fn virtual_service(host: &Netns, port: u16) -> anyhow::Result<bool> {
     }
     host.exec("ipvsadm", &["-a", "-t", &service, "-r", &real, "-m"])?;
     host.ip(&["link", "add", "kube-ipvs0", "type", "dummy"])?;
-    host.ip(&[
-        "addr",
-        "add",
-        &format!("{VIRTUAL_ADDR}/32"),
-        "dev",
-        "kube-ipvs0",
-    ])?;
+    let (prefix, extra): (u8, &[&str]) = match plan.virtual_addr {
+        IpAddr::V4(_) => (32, &[]),
+        // Usable at once: no duplicate address detection.
+        IpAddr::V6(_) => (128, &["nodad"]),
+    };
+    let address = format!("{}/{prefix}", plan.virtual_addr);
+    let mut add = vec!["addr", "add", &address, "dev", "kube-ipvs0"];
+    add.extend(extra);
+    host.ip(&add)?;
+    host.ip(&["link", "set", "kube-ipvs0", "up"])?;
     host.sysctl("net.ipv4.vs.conntrack", "1")?;
     Ok(true)
 }
@@ -59,17 +99,27 @@ fn virtual_service(host: &Netns, port: u16) -> anyhow::Result<bool> {
 /// address's rewrite said to be IPVS's, MASQUERADE's not.
 #[test]
 fn ipvs_service_is_stitched_through_the_real_server() -> anyhow::Result<()> {
-    let port = 10091;
+    stitched_through_the_real_server(10091, false)
+}
+
+/// The same over IPv6 (NAT66 MASQUERADE behind the virtual service).
+#[test]
+fn ipvs_service_over_ipv6_is_stitched_through_the_real_server() -> anyhow::Result<()> {
+    stitched_through_the_real_server(10092, true)
+}
+
+fn stitched_through_the_real_server(port: u16, v6: bool) -> anyhow::Result<()> {
     let testbed = Testbed::up(1)?;
     let host = &testbed.host;
-    if !virtual_service(host, port)? {
+    let plan = Plan::of(&testbed, v6);
+    if !virtual_service(host, &plan, port)? {
         return skip::not_applicable("this kernel has no IPVS");
     }
-    let server = SocketAddr::from((SERVER_ADDR, port));
+    let server = SocketAddr::from((plan.server, port));
     let listener = traffic::listen(&testbed.remote, server)?;
     let tracer = Tracer::start(&["--port", &port.to_string(), "--output", "json"])?;
     let ctr = &testbed.containers[0];
-    let service = SocketAddr::from((VIRTUAL_ADDR, port));
+    let service = SocketAddr::from((plan.virtual_addr, port));
     traffic::exchange(&ctr.netns, Some(43000), service, &listener)?;
     let lines = tracer.stop()?.json()?;
     let packets = trace::packets(&lines);
@@ -107,16 +157,16 @@ fn ipvs_service_is_stitched_through_the_real_server() -> anyhow::Result<()> {
         .expect("docker0");
     assert_eq!(
         endpoint(to_service, "dst"),
-        (VIRTUAL_ADDR.to_string(), port.into())
+        (plan.virtual_addr.to_string(), port.into())
     );
     let to_server = syn
         .hop_at(hostname, "eth0", "net_dev_queue")
         .expect("uplink");
     assert_eq!(
         endpoint(to_server, "dst"),
-        (SERVER_ADDR.to_string(), port.into())
+        (plan.server.to_string(), port.into())
     );
-    assert_eq!(endpoint(to_server, "src"), (UPLINK_ADDR.to_string(), 43000));
+    assert_eq!(endpoint(to_server, "src"), (plan.uplink.to_string(), 43000));
 
     let back_places = syn_ack.places();
     let expected: Vec<_> = [
@@ -134,9 +184,9 @@ fn ipvs_service_is_stitched_through_the_real_server() -> anyhow::Result<()> {
     let delivered = syn_ack.hops.last().expect("hops");
     assert_eq!(
         endpoint(delivered, "src"),
-        (VIRTUAL_ADDR.to_string(), port.into())
+        (plan.virtual_addr.to_string(), port.into())
     );
-    assert_eq!(endpoint(delivered, "dst"), (ctr.addr.to_string(), 43000));
+    assert_eq!(endpoint(delivered, "dst"), (plan.client.to_string(), 43000));
 
     // Both directions: the virtual address by IPVS, the container's address by MASQUERADE.
     let nat: Vec<&Value> = trace::of_type(&lines, "nat")
@@ -161,21 +211,21 @@ fn ipvs_service_is_stitched_through_the_real_server() -> anyhow::Result<()> {
     assert_eq!(out["ifname"], "eth0");
     assert_eq!(
         endpoint(&out["before"], "dst"),
-        (VIRTUAL_ADDR.to_string(), port.into())
+        (plan.virtual_addr.to_string(), port.into())
     );
     assert_eq!(
         endpoint(&out["after"], "dst"),
-        (SERVER_ADDR.to_string(), port.into())
+        (plan.server.to_string(), port.into())
     );
     let back = record("reply", "dnat");
     assert_eq!(back["ifname"], "docker0");
     assert_eq!(
         endpoint(&back["before"], "src"),
-        (SERVER_ADDR.to_string(), port.into())
+        (plan.server.to_string(), port.into())
     );
     assert_eq!(
         endpoint(&back["after"], "src"),
-        (VIRTUAL_ADDR.to_string(), port.into())
+        (plan.virtual_addr.to_string(), port.into())
     );
     Ok(())
 }
