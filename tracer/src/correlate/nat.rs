@@ -14,11 +14,15 @@ impl Flow {
         after: &Hop,
     ) -> Vec<NatRecord> {
         let (b, a) = (before.event.tuple, after.event.tuple);
-        let mut kinds = nat_kinds(direction, &b, &a);
-        kinds.retain(|&kind| self.nat_reported & reported_bit(direction, kind) == 0);
-        if kinds.is_empty() {
+        // Every packet of a NATed flow gets here: nothing is allocated unless a record is new.
+        let reported = self.nat_reported;
+        let mut fresh = nat_kinds(direction, &b, &a)
+            .filter(|&kind| reported & reported_bit(direction, kind) == 0)
+            .peekable();
+        if fresh.peek().is_none() {
             return Vec::new();
         }
+        let kinds: Vec<NatKind> = fresh.collect();
         for &kind in &kinds {
             self.nat_reported |= reported_bit(direction, kind);
         }
@@ -63,23 +67,19 @@ impl Flow {
                 Direction::Original => (self.orig, self.reply.reversed()),
                 Direction::Reply => (self.reply, self.orig.reversed()),
             };
-            records.extend(
-                nat_kinds(direction, &before, &after)
-                    .into_iter()
-                    .map(|kind| NatRecord {
-                        flow_id: self.id,
-                        direction,
-                        kind,
-                        before,
-                        after,
-                        at: None,
-                        source: NatSource::Conntrack,
-                        packet: None,
-                        rule: None,
-                        // No packet of this direction was seen on both sides of it.
-                        ipvs: false,
-                    }),
-            );
+            records.extend(nat_kinds(direction, &before, &after).map(|kind| NatRecord {
+                flow_id: self.id,
+                direction,
+                kind,
+                before,
+                after,
+                at: None,
+                source: NatSource::Conntrack,
+                packet: None,
+                rule: None,
+                // No packet of this direction was seen on both sides of it.
+                ipvs: false,
+            }));
         }
         records
     }
@@ -93,19 +93,18 @@ fn reported_bit(direction: Direction, kind: NatKind) -> u8 {
 
 /// Which translations turn `before` into `after` in `direction`. In the reply direction the
 /// translation is the inverse of the flow's: a rewritten destination undoes a source NAT.
-pub fn nat_kinds(direction: Direction, before: &Tuple, after: &Tuple) -> Vec<NatKind> {
+pub fn nat_kinds(
+    direction: Direction,
+    before: &Tuple,
+    after: &Tuple,
+) -> impl Iterator<Item = NatKind> + use<> {
     let src = (before.src, before.src_port) != (after.src, after.src_port);
     let dst = (before.dst, before.dst_port) != (after.dst, after.dst_port);
     let (snat, dnat) = match direction {
         Direction::Original => (src, dst),
         Direction::Reply => (dst, src),
     };
-    let mut kinds = Vec::new();
-    if snat {
-        kinds.push(NatKind::Snat);
-    }
-    if dnat {
-        kinds.push(NatKind::Dnat);
-    }
-    kinds
+    [snat.then_some(NatKind::Snat), dnat.then_some(NatKind::Dnat)]
+        .into_iter()
+        .flatten()
 }

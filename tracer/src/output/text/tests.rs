@@ -49,6 +49,32 @@ fn tuple(src: [u8; 4], dst: [u8; 4]) -> Tuple {
     }
 }
 
+/// Packet 1 of flow 1, original direction, with a hop per event (times from the first).
+fn packet(events: &[HopEvent]) -> Record {
+    let hops = events
+        .iter()
+        .scan(0, |prev, event| {
+            let hop = Hop {
+                event: event.clone(),
+                since_prev_ns: event.ts_ns - *prev,
+                since_first_ns: event.ts_ns,
+            };
+            *prev = event.ts_ns;
+            Some(hop)
+        })
+        .collect();
+    Record::Packet(PacketTrace {
+        packet_id: 1,
+        flow_id: 1,
+        direction: Direction::Original,
+        hops,
+        nat_rules: Vec::new(),
+        drop_rule: None,
+        walks: Vec::new(),
+        process: None,
+    })
+}
+
 /// The character offsets where the words of `line` start.
 fn word_starts(line: &str) -> Vec<usize> {
     let chars: Vec<char> = line.chars().collect();
@@ -81,29 +107,7 @@ fn hop_lines_align_past_a_long_container_name() {
         event(6_000, Hook::NetDevQueue, HOST, "eth0", 7, outer),
         dropped,
     ];
-    let hops = events
-        .iter()
-        .scan(0, |prev, event| {
-            let hop = Hop {
-                event: event.clone(),
-                since_prev_ns: event.ts_ns - *prev,
-                since_first_ns: event.ts_ns,
-            };
-            *prev = event.ts_ns;
-            Some(hop)
-        })
-        .collect();
-    let packet = Record::Packet(PacketTrace {
-        packet_id: 1,
-        flow_id: 1,
-        direction: Direction::Original,
-        hops,
-        nat_rules: Vec::new(),
-        drop_rule: None,
-        walks: Vec::new(),
-        process: None,
-    });
-    let text = written(&packet, &names());
+    let text = written(&packet(&events), &names());
     let lines: Vec<&str> = text.lines().skip(1).collect();
     let (hop_lines, notes): (Vec<&str>, Vec<&str>) =
         lines.iter().partition(|l| l.trim_start().starts_with('+'));
@@ -206,28 +210,11 @@ fn a_rewrite_ipvs_made_says_so() {
     let server = tuple([172, 17, 0, 2], [198, 19, 0, 252]);
     let mut rewritten = event(2_000, Hook::NetDevQueue, HOST, "eth0", 7, server);
     rewritten.ipvs = true;
-    let hops = [
+    let events = [
         event(0, Hook::NetifReceiveSkb, HOST, "docker0", 7, service),
         rewritten,
-    ]
-    .into_iter()
-    .map(|event| Hop {
-        since_prev_ns: event.ts_ns,
-        since_first_ns: event.ts_ns,
-        event,
-    })
-    .collect();
-    let packet = Record::Packet(PacketTrace {
-        packet_id: 1,
-        flow_id: 1,
-        direction: Direction::Original,
-        hops,
-        nat_rules: Vec::new(),
-        drop_rule: None,
-        walks: Vec::new(),
-        process: None,
-    });
-    let text = written(&packet, &names());
+    ];
+    let text = written(&packet(&events), &names());
     let nat = text
         .lines()
         .find(|l| l.trim_start().starts_with("NAT"))
