@@ -144,6 +144,22 @@ pub struct PacketTrace {
     pub process: Option<PacketProcess>,
 }
 
+impl PacketTrace {
+    /// A packet's path with nothing attributed to it yet: no rules, walks or process.
+    pub fn new(packet_id: u64, flow_id: u64, direction: Direction, hops: Vec<Hop>) -> Self {
+        PacketTrace {
+            packet_id,
+            flow_id,
+            direction,
+            hops,
+            nat_rules: Vec::new(),
+            drop_rule: None,
+            walks: Vec::new(),
+            process: None,
+        }
+    }
+}
+
 /// The process behind a packet, and the namespace where its socket was seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketProcess {

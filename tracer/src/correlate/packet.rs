@@ -17,13 +17,20 @@
 //! an entry is stale once its packet has a later hop (or is gone). Events arrive about in time
 //! order, so the front is the least recently active packet, and packets complete in the
 //! order they went idle (a SYN before the packets that follow it).
+//!
+//! Most hops of a packet show it as the hop before them did: only the place, the time, the skb
+//! and a few header fields move. Such a hop is kept as a [`Later`] (72 bytes, not a whole
+//! event) that refers to the packet's last whole hop, and made whole again when the packet
+//! completes; a hop whose tuple, layers or process differ, or that carries a drop or headers,
+//! is kept whole.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use rustc_hash::FxHashMap as HashMap;
+use tracer_common::hook::Hook;
 
 use super::{Hop, Limits};
-use crate::decode::{HopEvent, Proto};
+use crate::decode::{Conntrack, HopEvent, IfName, Proto};
 
 /// The fields that identify a packet across hops and survive NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,19 +56,26 @@ impl ContentKey {
     }
 }
 
-/// A packet still collecting hops; its hops are in the table's arena.
+/// A packet still collecting hops; its hops are in the table's arenas.
 #[derive(Debug)]
 struct ActivePacket {
+    id: u64,
     content: ContentKey,
     /// The skbs it was seen with; more than [`SKBS`] is rare (clones, copies).
     skbs: [u64; SKBS],
     more_skbs: Vec<u64>,
     last_ts: u64,
-    /// First and last hop in the arena, and how many.
+    /// First and last hop in the arenas (links, see [`LATER`]), and how many.
     head: u32,
     tail: u32,
     len: u32,
+    /// The packet's last whole hop (an index in the whole hops' arena), which a [`Later`] hop
+    /// repeats; [`NONE`] before the first.
+    whole: u32,
 }
+
+/// An active packet's place in the table's slots.
+type PacketSlot = u32;
 
 /// Skbs a packet keeps without allocating.
 const SKBS: usize = 3;
@@ -103,27 +117,168 @@ impl CompletedPacket {
 /// The end of an arena chain.
 const NONE: u32 = u32::MAX;
 
-/// One hop in the arena, and the next hop of its packet.
+/// A link in a packet's chain of hops: an index in the whole hops' arena, or with this bit, in
+/// the later hops' arena.
+const LATER: u32 = 1 << 31;
+
+/// One hop in an arena, and the link to the next hop of its packet.
 #[derive(Debug)]
-struct Slot {
-    event: Option<HopEvent>,
+struct Slot<T> {
+    hop: Option<T>,
     next: u32,
 }
 
-/// Active packets and their indexes. The hops of every active packet live in one arena (a
-/// free slot is reused first), so that a packet costs no allocation of its own and the arena
-/// never holds more than the hops of the packets in the table.
+/// A hop that shows its packet as the packet's last whole hop did (tuple, TCP and IP fields,
+/// layers, process), with only what moves along a path of its own: place, time, skb, length,
+/// TTL, mark and conntrack entry. No drop, headers, tunnel or ICMP error.
+#[derive(Debug)]
+struct Later {
+    ts_ns: u64,
+    skb: u64,
+    skb_head: u64,
+    netns_inode: u64,
+    conntrack: Option<Arc<Conntrack>>,
+    ifindex: u32,
+    len: u32,
+    mark: u32,
+    ifname: IfName,
+    hook: Hook,
+    tc: bool,
+    ttl: u8,
+}
+
+impl Later {
+    /// `event` as a later hop of a packet whose last whole hop is `whole`, if it is one.
+    fn of(event: &HopEvent, whole: &HopEvent) -> Option<Later> {
+        // Every field named, so that a field added to `HopEvent` has to be placed here (and in
+        // `event` below): a hop's own, the packet's, or never in a short hop.
+        let HopEvent {
+            // The hop's own, kept.
+            ts_ns,
+            hook,
+            skb,
+            skb_head,
+            netns_inode,
+            tc,
+            ifindex,
+            ifname,
+            ttl,
+            len,
+            mark,
+            conntrack,
+            // The packet's: as the whole hop showed it, or this hop is kept whole.
+            tuple,
+            has_l4,
+            fragment,
+            nonlinear,
+            ipvs,
+            payload_len,
+            process: _,
+            // The same in every hop of one packet (its content key).
+            tcp_flags: _,
+            tcp_seq: _,
+            tcp_ack: _,
+            ip_id: _,
+            ip_len: _,
+            // Never in a short hop.
+            drop,
+            headers,
+            encap,
+            icmp,
+        } = event;
+        let repeats = drop.is_none()
+            && headers.is_none()
+            && encap.is_none()
+            && icmp.is_none()
+            && *tuple == whole.tuple
+            && *has_l4 == whole.has_l4
+            && *fragment == whole.fragment
+            && *nonlinear == whole.nonlinear
+            && *ipvs == whole.ipvs
+            && *payload_len == whole.payload_len
+            && same_process(event, whole);
+        repeats.then(|| Later {
+            ts_ns: *ts_ns,
+            skb: *skb,
+            skb_head: *skb_head,
+            netns_inode: *netns_inode,
+            conntrack: conntrack.clone(),
+            ifindex: *ifindex,
+            len: *len,
+            mark: *mark,
+            ifname: *ifname,
+            hook: *hook,
+            tc: *tc,
+            ttl: *ttl,
+        })
+    }
+
+    /// The whole event again, from the whole hop it repeats.
+    fn event(self, whole: &HopEvent) -> HopEvent {
+        HopEvent {
+            ts_ns: self.ts_ns,
+            hook: self.hook,
+            skb: self.skb,
+            skb_head: self.skb_head,
+            netns_inode: self.netns_inode,
+            tc: self.tc,
+            ifindex: self.ifindex,
+            ifname: self.ifname,
+            ttl: self.ttl,
+            len: self.len,
+            mark: self.mark,
+            conntrack: self.conntrack,
+            process: whole.process.clone(),
+            drop: None,
+            headers: None,
+            encap: None,
+            icmp: None,
+            ..*whole
+        }
+    }
+}
+
+/// Puts `hop` in a free slot of `arena` (one from `free`, else a new one); returns its index.
+fn store<T>(arena: &mut Vec<Slot<T>>, free: &mut Vec<u32>, hop: T) -> u32 {
+    let slot = Slot {
+        hop: Some(hop),
+        next: NONE,
+    };
+    let index = super::reuse_or_push(arena, free, slot, "hops in flight");
+    assert!(index < LATER, "fewer than 2^31 hops in flight");
+    index
+}
+
+/// Whether two events name the same process (the same shared one, or none).
+fn same_process(a: &HopEvent, b: &HopEvent) -> bool {
+    match (&a.process, &b.process) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+/// Active packets and their indexes. The hops of every active packet live in two arenas, one
+/// for whole hops and one for [`Later`] ones (a free slot is reused first), so that a packet
+/// costs no allocation of its own and the arenas never hold more than the hops of the packets
+/// in the table.
 #[derive(Debug, Default)]
 pub struct PacketTable {
-    active: HashMap<u64, ActivePacket>,
-    by_skb: HashMap<u64, u64>,
-    by_content: HashMap<ContentKey, u64>,
-    /// (hop time, id) for every hop of the active packets; stale when the packet's last hop
-    /// is later.
-    idle: VecDeque<(u64, u64)>,
-    arena: Vec<Slot>,
-    /// Free slots of the arena.
-    free: Vec<u32>,
+    /// Active packets in slots of their own (a free one is reused first): the indexes lead
+    /// straight to a packet's slot, without a lookup by id.
+    active: Vec<Option<ActivePacket>>,
+    free_active: Vec<u32>,
+    live: usize,
+    by_skb: HashMap<u64, PacketSlot>,
+    by_content: HashMap<ContentKey, PacketSlot>,
+    /// (hop time, slot, the packet's id cut to 32 bits) for every hop of the active packets;
+    /// stale when the slot's packet is another one or its last hop is later.
+    idle: VecDeque<(u64, PacketSlot, u32)>,
+    wholes: Vec<Slot<HopEvent>>,
+    laters: Vec<Slot<Later>>,
+    /// Free slots of the two arenas.
+    free_wholes: Vec<u32>,
+    free_laters: Vec<u32>,
     next_id: u64,
 }
 
@@ -135,85 +290,85 @@ impl PacketTable {
         let by_skb = (event.skb != 0)
             .then(|| self.by_skb.get(&skb))
             .flatten()
-            .filter(|id| self.active[id].content == content);
+            .filter(|&&slot| self.packet(slot).content == content);
         let by_content = || {
-            self.by_content.get(&content).filter(|id| {
-                event.ts_ns.saturating_sub(self.active[id].last_ts) <= limits.content_window_ns
+            self.by_content.get(&content).filter(|&&slot| {
+                event.ts_ns.saturating_sub(self.packet(slot).last_ts) <= limits.content_window_ns
             })
         };
         let mut completed = Vec::new();
-        let id = match by_skb.or_else(by_content).copied() {
-            Some(id) => id,
+        let slot = match by_skb.or_else(by_content).copied() {
+            Some(slot) => slot,
             None => {
-                if self.active.len() >= limits.max_packets {
+                if self.live >= limits.max_packets {
                     completed.extend(self.complete_oldest());
                 }
                 self.next_id += 1;
-                let id = self.next_id;
-                self.active.insert(
-                    id,
-                    ActivePacket {
-                        content,
-                        skbs: [0; SKBS],
-                        more_skbs: Vec::new(),
-                        last_ts: event.ts_ns,
-                        head: NONE,
-                        tail: NONE,
-                        len: 0,
-                    },
-                );
-                id
+                let packet = ActivePacket {
+                    id: self.next_id,
+                    content,
+                    skbs: [0; SKBS],
+                    more_skbs: Vec::new(),
+                    last_ts: event.ts_ns,
+                    head: NONE,
+                    tail: NONE,
+                    len: 0,
+                    whole: NONE,
+                };
+                self.live += 1;
+                super::reuse_or_push(
+                    &mut self.active,
+                    &mut self.free_active,
+                    Some(packet),
+                    "packets in flight",
+                )
             }
         };
-        self.by_content.insert(content, id);
+        self.by_content.insert(content, slot);
         let ts = event.ts_ns;
-        let slot = self.store(event);
-        let packet = self.active.get_mut(&id).expect("indexed packet is active");
+        let whole = self.packet(slot).whole;
+        // The packet's first hop is always whole.
+        let later = (whole != NONE)
+            .then(|| self.wholes[whole as usize].hop.as_ref())
+            .flatten()
+            .and_then(|whole| Later::of(&event, whole));
+        let link = match later {
+            Some(later) => LATER | store(&mut self.laters, &mut self.free_laters, later),
+            None => store(&mut self.wholes, &mut self.free_wholes, event),
+        };
+        let packet = self.active[slot as usize]
+            .as_mut()
+            .expect("an indexed slot holds a packet");
+        if link & LATER == 0 {
+            packet.whole = link;
+        }
         if skb != 0 && packet.add_skb(skb) {
-            self.by_skb.insert(skb, id);
+            self.by_skb.insert(skb, slot);
         }
         if ts >= packet.last_ts {
             packet.last_ts = ts;
-            self.idle.push_back((ts, id));
+            self.idle.push_back((ts, slot, packet.id as u32));
         }
         match packet.tail {
-            NONE => packet.head = slot,
-            tail => self.arena[tail as usize].next = slot,
+            NONE => packet.head = link,
+            tail if tail & LATER != 0 => self.laters[(tail & !LATER) as usize].next = link,
+            tail => self.wholes[tail as usize].next = link,
         }
-        packet.tail = slot;
+        packet.tail = link;
         packet.len += 1;
         completed
-    }
-
-    /// Puts `event` in a free slot of the arena.
-    fn store(&mut self, event: HopEvent) -> u32 {
-        let slot = Slot {
-            event: Some(event),
-            next: NONE,
-        };
-        // Written out rather than through `reuse_or_push`: this runs once per event.
-        match self.free.pop() {
-            Some(index) => {
-                self.arena[index as usize] = slot;
-                index
-            }
-            None => {
-                self.arena.push(slot);
-                u32::try_from(self.arena.len() - 1).expect("fewer than 2^32 hops in flight")
-            }
-        }
     }
 
     /// Completes every packet idle since before `now_ns - packet_idle_ns`.
     pub fn expire(&mut self, now_ns: u64, limits: &Limits) -> Vec<CompletedPacket> {
         let mut done = Vec::new();
-        while let Some(&(ts, id)) = self.idle.front() {
+        while let Some(&(ts, slot, tag)) = self.idle.front() {
             if now_ns.saturating_sub(ts) < limits.packet_idle_ns {
                 break;
             }
             self.idle.pop_front();
-            if self.is_last_hop(ts, id) {
-                done.extend(self.remove(id));
+            if self.is_last_hop(ts, slot, tag) {
+                done.push(self.remove(slot));
             }
         }
         done.sort_by_key(|p| (p.first_ts(), p.id));
@@ -233,28 +388,45 @@ impl PacketTable {
     }
 
     pub fn len(&self) -> usize {
-        self.active.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.active.is_empty()
+        self.live == 0
     }
 
-    /// Slots in the arena, used or free, for memory tests.
+    /// Hops held whole and short, for tests.
+    pub fn held(&self) -> (usize, usize) {
+        (
+            self.wholes.len() - self.free_wholes.len(),
+            self.laters.len() - self.free_laters.len(),
+        )
+    }
+
+    /// Slots in the arenas, used or free, for memory tests.
     pub fn arena_len(&self) -> usize {
-        self.arena.len()
+        self.wholes.len() + self.laters.len()
     }
 
-    /// Whether the queue entry (`ts`, `id`) is its packet's last hop (not stale).
-    fn is_last_hop(&self, ts: u64, id: u64) -> bool {
-        self.active.get(&id).is_some_and(|p| p.last_ts == ts)
+    /// Whether the queue entry (`ts`, `slot`, `tag`) is its packet's last hop (not stale).
+    fn is_last_hop(&self, ts: u64, slot: PacketSlot, tag: u32) -> bool {
+        self.active[slot as usize]
+            .as_ref()
+            .is_some_and(|p| p.id as u32 == tag && p.last_ts == ts)
+    }
+
+    /// The packet in `slot`, which an index or the queue led to.
+    fn packet(&self, slot: PacketSlot) -> &ActivePacket {
+        self.active[slot as usize]
+            .as_ref()
+            .expect("an indexed slot holds a packet")
     }
 
     /// Completes the least recently active packet.
     fn complete_oldest(&mut self) -> Option<CompletedPacket> {
-        while let Some((ts, id)) = self.idle.pop_front() {
-            if self.is_last_hop(ts, id) {
-                return self.remove(id);
+        while let Some((ts, slot, tag)) = self.idle.pop_front() {
+            if self.is_last_hop(ts, slot, tag) {
+                return Some(self.remove(slot));
             }
         }
         None
@@ -262,30 +434,49 @@ impl PacketTable {
 
     /// Takes a packet out of the table and its hops out of the arena; what the queue still
     /// holds for it is stale from now on.
-    fn remove(&mut self, id: u64) -> Option<CompletedPacket> {
-        let packet = self.active.remove(&id)?;
+    fn remove(&mut self, slot: PacketSlot) -> CompletedPacket {
+        let packet = self.active[slot as usize]
+            .take()
+            .expect("a packet's slot holds it until it completes");
+        self.free_active.push(slot);
+        self.live -= 1;
         for skb in packet.skbs() {
-            if self.by_skb.get(&skb) == Some(&id) {
+            if self.by_skb.get(&skb) == Some(&slot) {
                 self.by_skb.remove(&skb);
             }
         }
-        if self.by_content.get(&packet.content) == Some(&id) {
+        if self.by_content.get(&packet.content) == Some(&slot) {
             self.by_content.remove(&packet.content);
         }
-        let mut hops = Vec::with_capacity(packet.len as usize);
+        let mut hops: Vec<Hop> = Vec::with_capacity(packet.len as usize);
+        // The whole hop that later ones repeat: the last one taken out so far.
+        let mut whole = None;
         let mut at = packet.head;
         while at != NONE {
-            let slot = &mut self.arena[at as usize];
-            if let Some(event) = slot.event.take() {
-                hops.push(Hop {
-                    event,
-                    since_prev_ns: 0,
-                    since_first_ns: 0,
-                });
-            }
-            self.free.push(at);
-            at = slot.next;
+            let event = if at & LATER != 0 {
+                let index = at & !LATER;
+                self.free_laters.push(index);
+                let slot = &mut self.laters[index as usize];
+                at = slot.next;
+                let later = slot.hop.take().expect("a linked slot holds a hop");
+                let whole: &Hop = &hops[whole.expect("a later hop follows a whole one")];
+                later.event(&whole.event)
+            } else {
+                self.free_wholes.push(at);
+                let slot = &mut self.wholes[at as usize];
+                at = slot.next;
+                whole = Some(hops.len());
+                slot.hop.take().expect("a linked slot holds a hop")
+            };
+            hops.push(Hop {
+                event,
+                since_prev_ns: 0,
+                since_first_ns: 0,
+            });
         }
-        Some(CompletedPacket { id, hops })
+        CompletedPacket {
+            id: packet.id,
+            hops,
+        }
     }
 }

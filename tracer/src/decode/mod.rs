@@ -10,7 +10,6 @@ use std::{
     sync::Arc,
 };
 
-use bytes::Bytes;
 pub use encap::{Encap, EncapKind, IcmpError};
 use tracer_common::{
     event::{
@@ -157,7 +156,7 @@ pub struct HopEvent {
     /// Set at `kfree_skb`: why and where the packet was dropped.
     pub drop: Option<DropInfo>,
     /// The packet's first bytes from the IP header on, when they were asked for (`-w`).
-    pub headers: Option<Bytes>,
+    pub headers: Option<Box<[u8]>>,
     /// The process that created the packet's socket, where the packet has a socket here and
     /// tracer saw it created; `None` everywhere else (never guessed).
     pub process: Option<Arc<Process>>,
@@ -324,7 +323,7 @@ impl Decoder {
             let raw: PacketWithHeaders = read_record(bytes, kind)?;
             let mut event = packet(&raw.event, self)?;
             let len = usize::from(raw.snap_len).min(SNAP_MAX);
-            event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
+            event.headers = Some(raw.headers[..len].into());
             return Ok(event);
         }
         if kind == EventKind::PacketEncap as u8 {
@@ -340,7 +339,7 @@ impl Decoder {
             let layer = encap::decode(&raw.encap, raw.event.family);
             event.set_layer(layer, raw.encap.inner_offset, raw.event.headers_len);
             let len = usize::from(raw.snap_len).min(SNAP_MAX);
-            event.headers = Some(Bytes::copy_from_slice(&raw.headers[..len]));
+            event.headers = Some(raw.headers[..len].into());
             return Ok(event);
         }
         if kind == EventKind::SocketCreated as u8 || kind == EventKind::SocketReleased as u8 {

@@ -140,16 +140,7 @@ fn concatenate(
     names: &mut NameTable,
     cgroups: &mut HashMap<(usize, u64), u64>,
 ) -> (PacketTrace, Vec<Origin>) {
-    let mut trace = PacketTrace {
-        packet_id: 0,
-        flow_id: 0,
-        direction: crate::correlate::Direction::Original,
-        hops: Vec::new(),
-        nat_rules: Vec::new(),
-        drop_rule: None,
-        walks: Vec::new(),
-        process: None,
-    };
+    let mut trace = PacketTrace::new(0, 0, crate::correlate::Direction::Original, Vec::new());
     let mut origin = Vec::new();
     for &(node, index) in parts {
         let packet = &nodes[node].packets[index];

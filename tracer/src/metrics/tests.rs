@@ -53,16 +53,7 @@ fn egress(flow_id: u64) -> PacketTrace {
     for i in 1..hops.len() {
         hops[i].since_prev_ns = hops[i].event.ts_ns - hops[i - 1].event.ts_ns;
     }
-    PacketTrace {
-        packet_id: flow_id,
-        flow_id,
-        direction: Direction::Original,
-        hops,
-        nat_rules: Vec::new(),
-        drop_rule: None,
-        walks: Vec::new(),
-        process: None,
-    }
+    PacketTrace::new(flow_id, flow_id, Direction::Original, hops)
 }
 
 fn names() -> NameTable {

@@ -7,8 +7,8 @@ use std::{
 
 use tracer_common::hook::Hook;
 
-use super::*;
-use crate::decode::{Conntrack, HopEvent, IfName, Proto, Tuple};
+use super::{packet::PacketTable, *};
+use crate::decode::{Conntrack, DropInfo, HopEvent, IfName, Process, Proto, Tuple};
 
 mod layers;
 
@@ -628,4 +628,57 @@ fn a_new_head_for_the_same_skb_is_the_same_packet() {
         event.ts_ns += 20_000_000 + i as u64;
     }
     assert_eq!(packets(&run(events)).len(), 1);
+}
+
+/// A hop that repeats its packet's last whole hop is kept short and comes out whole again,
+/// exactly as it went in: its own place, time, skb, TTL, length, mark and conntrack entry, the
+/// rest from the whole hop (the process too). A hop whose tuple, process or drop differs is
+/// kept whole.
+#[test]
+fn hops_kept_short_come_out_as_they_went_in() {
+    let ct = Conntrack {
+        id: 0xc7,
+        info: 2,
+        orig: inner(),
+        reply: outer().reversed(),
+    };
+    let owner = Arc::new(Process {
+        pid: 42,
+        comm: "curl".into(),
+        cgroup_id: 7,
+    });
+    let mut events = syn_path(1_000_000, 0xa000, Some(ct));
+    for event in &mut events {
+        event.process = Some(Arc::clone(&owner));
+    }
+    // On the bridge: another TTL, length and mark, still the packet the first hop showed.
+    (events[2].ttl, events[2].len, events[2].mark) = (63, 74, 0x10);
+    // The same process, but not the same shared one: kept whole.
+    events[3].tuple = inner();
+    events[3].process = Some(Arc::new(Process::clone(&owner)));
+    // A drop is always whole.
+    events[4].tuple = inner();
+    events[4].drop = Some(DropInfo {
+        reason: 2,
+        location: 0xffff_0003,
+    });
+    let mut extra = events[1].clone();
+    extra.ts_ns += 100;
+    extra.hook = Hook::NetDevQueue;
+    extra.tuple = outer();
+    events.push(extra);
+    let limits = Limits::default();
+    let mut table = PacketTable::default();
+    for event in events.clone() {
+        assert!(table.push(event, &limits).is_empty());
+    }
+    // Whole: the first hop, the other process, the drop, the rewritten tuple; short: the
+    // veth and the bridge hop.
+    assert_eq!(table.held(), (4, 2));
+    let done = table.drain_some(usize::MAX);
+    assert_eq!(done.len(), 1);
+    let out: Vec<HopEvent> = done[0].hops.iter().map(|hop| hop.event.clone()).collect();
+    assert_eq!(out, events);
+    assert!(Arc::ptr_eq(out[2].process.as_ref().unwrap(), &owner));
+    assert_eq!(table.held(), (0, 0));
 }

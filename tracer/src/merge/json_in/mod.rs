@@ -185,19 +185,11 @@ pub fn read(file: &Path, bytes: &[u8], symbols: &mut Symbols) -> Result<Read, Me
 }
 
 fn packet(packet_id: u64, flow_id: u64, direction: Option<&str>) -> PacketTrace {
-    PacketTrace {
-        packet_id,
-        flow_id,
-        direction: match direction {
-            Some("reply") => Direction::Reply,
-            _ => Direction::Original,
-        },
-        hops: Vec::new(),
-        nat_rules: Vec::new(),
-        drop_rule: None,
-        walks: Vec::new(),
-        process: None,
-    }
+    let direction = match direction {
+        Some("reply") => Direction::Reply,
+        _ => Direction::Original,
+    };
+    PacketTrace::new(packet_id, flow_id, direction, Vec::new())
 }
 
 /// Adds a hop to its packet, with the rule shown on it and the walk that followed it.

@@ -141,16 +141,7 @@ fn trace(packet_id: u64, events: Vec<HopEvent>) -> PacketTrace {
             hop
         })
         .collect();
-    PacketTrace {
-        packet_id,
-        flow_id: 1,
-        direction: crate::correlate::Direction::Original,
-        hops,
-        nat_rules: Vec::new(),
-        drop_rule: None,
-        walks: Vec::new(),
-        process: None,
-    }
+    PacketTrace::new(packet_id, 1, crate::correlate::Direction::Original, hops)
 }
 
 fn node(name: &str, packets: Vec<PacketTrace>) -> NodeTrace {

@@ -6,13 +6,17 @@
 //!
 //! A hop line is written once per event, so the writer builds lines itself into one large
 //! buffer (keys pre-escaped, numbers and addresses without `fmt`, each place's names rendered
-//! once) and hands the buffer to the destination when it is full or flushed. The field order
+//! once, and the last conntrack entry kept rendered: the hops of one connection share one
+//! entry) and hands the buffer to the destination when it is full or flushed. The field order
 //! and every byte match what serde wrote before; the golden files and the reference test in
 //! `tests.rs` hold it to that.
 
 mod line;
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    sync::Arc,
+};
 
 use rustc_hash::FxHashMap;
 
@@ -39,6 +43,7 @@ pub struct JsonWriter<W: Write> {
     out: W,
     buf: Vec<u8>,
     places: PlaceNames,
+    conntrack: RenderedConntrack,
 }
 
 impl<W: Write> JsonWriter<W> {
@@ -47,6 +52,7 @@ impl<W: Write> JsonWriter<W> {
             out,
             buf: Vec::with_capacity(BUFFER),
             places: PlaceNames::default(),
+            conntrack: RenderedConntrack::default(),
         }
     }
 
@@ -128,7 +134,7 @@ impl<W: Write> JsonWriter<W> {
         b.hex(e.skb);
         b.raw(key!("conntrack"));
         match &e.conntrack {
-            Some(ct) => conntrack(b, ct),
+            Some(ct) => self.conntrack.write(b, ct),
             None => b.null(),
         }
         b.raw(key!("drop_reason"));
@@ -478,6 +484,31 @@ fn conntrack(b: &mut Vec<u8>, ct: &Conntrack) {
     b.raw(key!("reply"));
     tuple(b, &ct.reply);
     b.push(b'}');
+}
+
+/// The last conntrack entry written, rendered. The decoder gives the events of one connection
+/// one shared entry (the same `Arc`) while its tuples and state stay the same, so most hop lines
+/// copy these bytes instead of writing four addresses and ports again.
+#[derive(Default)]
+struct RenderedConntrack {
+    /// Held, so that its address is not another entry's while it is compared.
+    entry: Option<Arc<Conntrack>>,
+    bytes: Vec<u8>,
+}
+
+impl RenderedConntrack {
+    fn write(&mut self, b: &mut Vec<u8>, ct: &Arc<Conntrack>) {
+        if !self
+            .entry
+            .as_ref()
+            .is_some_and(|known| Arc::ptr_eq(known, ct))
+        {
+            self.bytes.clear();
+            conntrack(&mut self.bytes, ct);
+            self.entry = Some(Arc::clone(ct));
+        }
+        b.raw(&self.bytes);
+    }
 }
 
 /// The `,"netns":...,"container":...,"pod":...,"runtime":...` of every place seen, rendered

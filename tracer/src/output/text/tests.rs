@@ -63,16 +63,7 @@ fn packet(events: &[HopEvent]) -> Record {
             Some(hop)
         })
         .collect();
-    Record::Packet(PacketTrace {
-        packet_id: 1,
-        flow_id: 1,
-        direction: Direction::Original,
-        hops,
-        nat_rules: Vec::new(),
-        drop_rule: None,
-        walks: Vec::new(),
-        process: None,
-    })
+    Record::Packet(PacketTrace::new(1, 1, Direction::Original, hops))
 }
 
 /// The character offsets where the words of `line` start.

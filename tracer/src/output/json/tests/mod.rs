@@ -144,6 +144,16 @@ fn records() -> Vec<Record> {
         orig: outer,
         reply: outer.reversed(),
     }));
+    // The writer keeps the last entry rendered: another entry between two hops of the first
+    // must come out as its own, and the first again as the first.
+    let mut other_entry = event(2, "eth1", outer);
+    other_entry.conntrack = Some(Arc::new(Conntrack {
+        id: 0xffff_8880_0abc_e000,
+        info: 2,
+        orig: six,
+        reply: six.reversed(),
+    }));
+    let tracked_again = tracked.clone();
     let mut dropped = event(1, "docker0", outer);
     dropped.skb = 0;
     dropped.drop = Some(DropInfo {
@@ -204,6 +214,8 @@ fn records() -> Vec<Record> {
         udp,
         fragment,
         tracked,
+        other_entry,
+        tracked_again,
         vxlan,
         gre,
         frag_needed,
