@@ -339,4 +339,30 @@ mod tests {
             );
         }
     }
+
+    /// The build script took the DWARF out of the object and left the BTF the loader reads.
+    #[test]
+    fn the_embedded_object_keeps_its_btf_and_not_its_dwarf() {
+        use object::{Object as _, ObjectSection as _};
+
+        let file = object::File::parse(OBJECT).expect("the built object parses as ELF");
+        let names: Vec<&str> = file
+            .sections()
+            .map(|section| section.name().expect("section names are strings"))
+            .collect();
+        let dwarf: Vec<&&str> = names
+            .iter()
+            .filter(|name| name.contains(".debug_"))
+            .collect();
+        assert!(dwarf.is_empty(), "DWARF left in the object: {dwarf:?}");
+        for wanted in [".BTF", ".BTF.ext", ".symtab"] {
+            assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+        }
+        let parsed = aya_obj::Object::parse(OBJECT).expect("the built object parses");
+        assert!(parsed.btf.is_some(), "aya found no BTF in the object");
+        assert!(
+            parsed.btf_ext.is_some(),
+            "aya found no BTF.ext in the object"
+        );
+    }
 }
