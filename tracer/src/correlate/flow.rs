@@ -10,6 +10,7 @@
 use std::{
     collections::BTreeSet,
     hash::{Hash, Hasher},
+    net::IpAddr,
 };
 
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
@@ -39,10 +40,10 @@ fn opening_seq(hops: &[Hop]) -> Option<u32> {
 #[derive(Debug)]
 pub struct Flow {
     pub id: u64,
-    /// Original-direction tuple, as the initiator sent it (before any NAT).
-    pub orig: Tuple,
-    /// Tuple the replies carry before they are translated back (after NAT, reversed).
-    pub reply: Tuple,
+    /// The original-direction tuple, as the initiator sent it (before any NAT), and the tuple
+    /// the replies carry before they are translated back (after NAT, reversed):
+    /// [`Flow::orig`] and [`Flow::reply`].
+    tuples: FlowTuples,
     /// Whether `reply` comes from conntrack rather than from observed rewrites.
     pub reply_from_conntrack: bool,
     pub packets: [u64; 2],
@@ -64,6 +65,65 @@ pub struct Flow {
     extra: Box<[Tuple]>,
     /// What its packets showed, for its verdict.
     pub evidence: Evidence,
+}
+
+/// A flow's original and reply tuples: 32 bytes in the flow where both are IPv4, as most
+/// flows' are, and behind a pointer otherwise (two `Tuple`s, which hold any address, are 80).
+#[derive(Debug)]
+enum FlowTuples {
+    V4([TupleV4; 2]),
+    Other(Box<[Tuple; 2]>),
+}
+
+impl FlowTuples {
+    fn new(orig: Tuple, reply: Tuple) -> FlowTuples {
+        match (TupleV4::of(&orig), TupleV4::of(&reply)) {
+            (Some(orig), Some(reply)) => FlowTuples::V4([orig, reply]),
+            _ => FlowTuples::Other(Box::new([orig, reply])),
+        }
+    }
+
+    fn get(&self) -> [Tuple; 2] {
+        match self {
+            FlowTuples::V4([orig, reply]) => [orig.tuple(), reply.tuple()],
+            FlowTuples::Other(tuples) => **tuples,
+        }
+    }
+}
+
+/// An IPv4 tuple in 14 bytes.
+#[derive(Debug, Clone, Copy)]
+struct TupleV4 {
+    src: [u8; 4],
+    dst: [u8; 4],
+    src_port: u16,
+    dst_port: u16,
+    proto: Proto,
+}
+
+impl TupleV4 {
+    fn of(tuple: &Tuple) -> Option<TupleV4> {
+        match (tuple.src, tuple.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => Some(TupleV4 {
+                src: src.octets(),
+                dst: dst.octets(),
+                src_port: tuple.src_port,
+                dst_port: tuple.dst_port,
+                proto: tuple.proto,
+            }),
+            _ => None,
+        }
+    }
+
+    fn tuple(&self) -> Tuple {
+        Tuple {
+            proto: self.proto,
+            src: IpAddr::from(self.src),
+            src_port: self.src_port,
+            dst: IpAddr::from(self.dst),
+            dst_port: self.dst_port,
+        }
+    }
 }
 
 /// The latencies of one segment of a flow: 20 bytes.
@@ -187,7 +247,7 @@ impl FlowTable {
             .map_or(Direction::Original, |(_, dir)| dir);
         let nat = self.learn_rewrites(slot, direction, &sighting.with_l4);
         let flow = self.flow_mut(slot);
-        let proto = flow.orig.proto;
+        let proto = flow.orig().proto;
         flow.evidence.observe(direction, hops, proto);
         self.count_packet(slot, direction, &sighting);
         self.record_latencies(slot, direction, hops);
@@ -211,7 +271,7 @@ impl FlowTable {
         let sighting = Sighting::of(hops);
         let direction = quoted.other();
         let flow = self.flow_mut(slot);
-        let proto = flow.orig.proto;
+        let proto = flow.orig().proto;
         flow.evidence.observe(direction, hops, proto);
         self.count_packet(slot, direction, &sighting);
         self.record_latencies(slot, direction, hops);
@@ -362,8 +422,7 @@ impl FlowTable {
         let ts = hops.first().map_or(0, |h| h.event.ts_ns);
         let flow = Flow {
             id: self.next_id,
-            orig,
-            reply: orig.reversed(),
+            tuples: FlowTuples::new(orig, orig.reversed()),
             reply_from_conntrack: false,
             packets: [0, 0],
             first_ts: ts,
@@ -521,7 +580,7 @@ impl FlowTable {
         if flow.closed {
             self.closing.remove(&(flow.closed_at, slot));
         }
-        for tuple in flow.tuples() {
+        for tuple in flow.tuples.get().iter().chain(&flow.extra) {
             let (key, _) = tuple_key(tuple);
             if self
                 .index
@@ -546,20 +605,29 @@ impl FlowTable {
 }
 
 impl Flow {
-    /// Every tuple of the flow in the index, one of each reversed pair.
-    fn tuples(&self) -> impl Iterator<Item = &Tuple> {
-        [&self.orig, &self.reply].into_iter().chain(&self.extra)
+    /// The original-direction tuple, as the initiator sent it (before any NAT).
+    pub fn orig(&self) -> Tuple {
+        self.tuples.get()[0]
+    }
+
+    /// The tuple the replies carry before they are translated back (after NAT, reversed).
+    pub fn reply(&self) -> Tuple {
+        self.tuples.get()[1]
     }
 
     /// Whether `tuple` is one of the flow's, either way round.
     fn knows(&self, tuple: &Tuple) -> bool {
         let reversed = tuple.reversed();
-        self.tuples().any(|t| t == tuple || *t == reversed)
+        self.tuples
+            .get()
+            .iter()
+            .chain(&self.extra)
+            .any(|t| t == tuple || *t == reversed)
     }
 
     /// Names the flow's tuples anew, keeping the old ones it is indexed by.
     pub(super) fn rename(&mut self, orig: Tuple, reply: Tuple) {
-        for old in [self.orig, self.reply] {
+        for old in self.tuples.get() {
             let reversed = old.reversed();
             let kept = [orig, reply]
                 .iter()
@@ -569,7 +637,7 @@ impl Flow {
                 push_exact(&mut self.extra, old);
             }
         }
-        (self.orig, self.reply) = (orig, reply);
+        self.tuples = FlowTuples::new(orig, reply);
     }
 }
 

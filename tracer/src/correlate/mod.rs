@@ -413,8 +413,8 @@ impl Correlator {
                 .collect();
             self.out.push_back(Record::Flow(FlowSummary {
                 flow_id: flow.id,
-                orig: flow.orig,
-                reply: flow.reply,
+                orig: flow.orig(),
+                reply: flow.reply(),
                 packets: flow.packets,
                 first_ts: flow.first_ts,
                 last_ts: flow.last_ts,

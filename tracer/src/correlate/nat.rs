@@ -27,7 +27,7 @@ impl Flow {
             self.nat_reported |= reported_bit(direction, kind);
         }
         if direction == Direction::Original && !self.reply_from_conntrack {
-            self.rename(self.orig, after.event.tuple.reversed());
+            self.rename(self.orig(), after.event.tuple.reversed());
         }
         let flow_id = self.id;
         // IPVS in NAT mode rewrites the virtual service's address (the destination of the
@@ -64,8 +64,8 @@ impl Flow {
                 continue;
             }
             let (before, after) = match direction {
-                Direction::Original => (self.orig, self.reply.reversed()),
-                Direction::Reply => (self.reply, self.orig.reversed()),
+                Direction::Original => (self.orig(), self.reply().reversed()),
+                Direction::Reply => (self.reply(), self.orig().reversed()),
             };
             records.extend(nat_kinds(direction, &before, &after).map(|kind| NatRecord {
                 flow_id: self.id,

@@ -16,27 +16,34 @@ use crate::{
     decode::{IcmpError, Proto},
 };
 
-/// What a flow's packets showed, kept while the flow lives.
+/// What a flow's packets showed, kept while the flow lives: 64 bytes in every flow.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Evidence {
-    /// TCP: SYNs (without ACK) sent, SYN-ACKs that came back, whether the initiator then
-    /// acknowledged one (the handshake completed).
+    /// TCP: SYNs (without ACK) sent, SYN-ACKs that came back.
     pub syns: u16,
     pub syn_acks: u16,
-    pub handshake: bool,
-    /// A reset came back from the far end.
-    pub reset: bool,
     /// Packets sent again: a TCP segment (or SYN, FIN) whose sequence range was sent before.
     pub retransmitted: u16,
+    /// What is true of the flow, a bit each: [`HANDSHAKE`], [`RESET`], and a sequence end in
+    /// `seq_end`, per direction ([`SEQ_SENT`]).
+    flags: u8,
     /// Replies that are not ICMP errors.
     pub replies: u64,
-    /// The end of the highest sequence range sent, per direction (TCP).
-    seq_end: [Option<u32>; 2],
+    /// The end of the highest sequence range sent, per direction (TCP), where its
+    /// [`SEQ_SENT`] bit is set.
+    seq_end: [u32; 2],
     /// Where the last packet of the original direction was last seen.
     pub last_seen: Option<HopLabel>,
     /// Drops and ICMP errors, rare: kept out of line.
     pub incidents: Option<Box<Incidents>>,
 }
+
+/// The initiator acknowledged a SYN-ACK: the handshake completed.
+const HANDSHAKE: u8 = 1;
+/// A reset came back from the far end.
+const RESET: u8 = 1 << 1;
+/// A sequence range was sent in the direction (by index): `seq_end` holds its end.
+const SEQ_SENT: [u8; 2] = [1 << 2, 1 << 3];
 
 /// Drops and ICMP errors a flow met.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +70,16 @@ pub struct Drop {
 }
 
 impl Evidence {
+    /// The initiator acknowledged a SYN-ACK: the TCP handshake completed.
+    pub fn handshake(&self) -> bool {
+        self.flags & HANDSHAKE != 0
+    }
+
+    /// A reset came back from the far end.
+    pub fn reset(&self) -> bool {
+        self.flags & RESET != 0
+    }
+
     /// Takes in a completed packet of the flow, travelling in `direction`.
     pub fn observe(&mut self, direction: Direction, hops: &[Hop], proto: Proto) {
         let Some(first) = hops.iter().find(|h| h.event.has_l4).or(hops.first()) else {
@@ -93,13 +110,13 @@ impl Evidence {
         let (syn, ack) = (flags & tcp::SYN != 0, flags & tcp::ACK != 0);
         match direction {
             Direction::Original if syn && !ack => self.syns = self.syns.saturating_add(1),
-            Direction::Original if ack && self.syn_acks > 0 => self.handshake = true,
+            Direction::Original if ack && self.syn_acks > 0 => self.flags |= HANDSHAKE,
             Direction::Reply if syn && ack => self.syn_acks = self.syn_acks.saturating_add(1),
             _ => {}
         }
         if direction == Direction::Reply {
             if flags & tcp::RST != 0 {
-                self.reset = true;
+                self.flags |= RESET;
             } else {
                 self.replies += 1;
             }
@@ -111,13 +128,16 @@ impl Evidence {
             return;
         }
         let end = seq.wrapping_add(length);
-        let sent = &mut self.seq_end[direction as usize];
-        match *sent {
-            // Sequence numbers wrap: "not after" is a difference below 2^31.
-            Some(known) if known.wrapping_sub(end) < 1 << 31 => {
-                self.retransmitted = self.retransmitted.saturating_add(1);
-            }
-            _ => *sent = Some(end),
+        let (sent, known) = (
+            SEQ_SENT[direction as usize],
+            &mut self.seq_end[direction as usize],
+        );
+        // Sequence numbers wrap: "not after" is a difference below 2^31.
+        if self.flags & sent != 0 && known.wrapping_sub(end) < 1 << 31 {
+            self.retransmitted = self.retransmitted.saturating_add(1);
+        } else {
+            *known = end;
+            self.flags |= sent;
         }
     }
 
@@ -332,7 +352,7 @@ pub const RULES: [Rule; 11] = [
         kind: Kind::Refused,
         needs: "a reset from the far end, an ICMP port unreachable, or a NO_SOCKET drop",
         holds: |f| {
-            f.evidence.reset
+            f.evidence.reset()
                 || f.drop_of(&NO_LISTENER).is_some()
                 || f.icmp_is(|e| e.describe() == "port unreachable")
         },
@@ -348,7 +368,7 @@ pub const RULES: [Rule; 11] = [
         kind: Kind::Delivered,
         needs: "the TCP handshake completed, or a reply that is not an ICMP error came back",
         holds: |f| {
-            f.evidence.handshake
+            f.evidence.handshake()
                 || (f.proto == Proto::TCP && f.evidence.syn_acks > 0)
                 || (f.proto != Proto::TCP && f.evidence.replies > 0)
         },

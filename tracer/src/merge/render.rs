@@ -245,8 +245,8 @@ fn end(ended: Vec<crate::correlate::flow::EndedFlow>, records: &mut Vec<(Record,
             .collect();
         let summary = FlowSummary {
             flow_id: flow.id,
-            orig: flow.orig,
-            reply: flow.reply,
+            orig: flow.orig(),
+            reply: flow.reply(),
             packets: flow.packets,
             first_ts: flow.first_ts,
             last_ts: flow.last_ts,
