@@ -92,7 +92,7 @@ impl FlowTuples {
 }
 
 /// An IPv4 tuple in 14 bytes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TupleV4 {
     src: [u8; 4],
     dst: [u8; 4],
@@ -112,6 +112,16 @@ impl TupleV4 {
                 proto: tuple.proto,
             }),
             _ => None,
+        }
+    }
+
+    fn reversed(&self) -> TupleV4 {
+        TupleV4 {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            proto: self.proto,
         }
     }
 
@@ -247,7 +257,7 @@ impl FlowTable {
             .map_or(Direction::Original, |(_, dir)| dir);
         let nat = self.learn_rewrites(slot, direction, &sighting.with_l4);
         let flow = self.flow_mut(slot);
-        let proto = flow.orig().proto;
+        let proto = flow.proto();
         flow.evidence.observe(direction, hops, proto);
         self.count_packet(slot, direction, &sighting);
         self.record_latencies(slot, direction, hops);
@@ -271,7 +281,7 @@ impl FlowTable {
         let sighting = Sighting::of(hops);
         let direction = quoted.other();
         let flow = self.flow_mut(slot);
-        let proto = flow.orig().proto;
+        let proto = flow.proto();
         flow.evidence.observe(direction, hops, proto);
         self.count_packet(slot, direction, &sighting);
         self.record_latencies(slot, direction, hops);
@@ -615,14 +625,32 @@ impl Flow {
         self.tuples.get()[1]
     }
 
-    /// Whether `tuple` is one of the flow's, either way round.
+    /// The protocol of the flow's tuples.
+    pub fn proto(&self) -> Proto {
+        match &self.tuples {
+            FlowTuples::V4([orig, _]) => orig.proto,
+            FlowTuples::Other(tuples) => tuples[0].proto,
+        }
+    }
+
+    /// Whether `tuple` is one of the flow's, either way round. Every lookup of a packet's flow
+    /// asks this: IPv4 tuples are compared as they are kept.
     fn knows(&self, tuple: &Tuple) -> bool {
-        let reversed = tuple.reversed();
-        self.tuples
-            .get()
-            .iter()
-            .chain(&self.extra)
-            .any(|t| t == tuple || *t == reversed)
+        let ours = match (&self.tuples, TupleV4::of(tuple)) {
+            (FlowTuples::V4(ours), Some(theirs)) => {
+                let reversed = theirs.reversed();
+                ours.iter().any(|t| *t == theirs || *t == reversed)
+            }
+            (FlowTuples::V4(_), None) => false,
+            (FlowTuples::Other(ours), _) => {
+                let reversed = tuple.reversed();
+                ours.iter().any(|t| t == tuple || *t == reversed)
+            }
+        };
+        ours || {
+            let reversed = tuple.reversed();
+            self.extra.iter().any(|t| t == tuple || *t == reversed)
+        }
     }
 
     /// Names the flow's tuples anew, keeping the old ones it is indexed by.
