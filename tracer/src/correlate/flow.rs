@@ -44,8 +44,6 @@ pub struct Flow {
     /// the replies carry before they are translated back (after NAT, reversed):
     /// [`Flow::orig`] and [`Flow::reply`].
     tuples: FlowTuples,
-    /// Whether `reply` comes from conntrack rather than from observed rewrites.
-    pub reply_from_conntrack: bool,
     pub packets: [u64; 2],
     pub first_ts: u64,
     pub last_ts: u64,
@@ -53,19 +51,33 @@ pub struct Flow {
     hops: Box<[SegmentLatency]>,
     /// Translations reported, a bit per direction and kind (see `nat::reported_bit`).
     pub(super) nat_reported: u8,
-    fin: [bool; 2],
-    /// When the flow closed (last activity then), if `closed`.
+    /// What is true of the flow, a bit each: [`FIN_SENT`] per direction, [`CLOSED`],
+    /// [`REPLY_FROM_CONNTRACK`], [`SYN_SEEN`].
+    state: u8,
+    /// When the flow closed (last activity then), if [`CLOSED`].
     closed_at: u64,
-    closed: bool,
-    /// Initial sequence number of the SYN that opened the flow, if it was seen.
-    syn_seq: Option<u32>,
+    /// Initial sequence number of the SYN that opened the flow, if [`SYN_SEEN`].
+    syn_seq: u32,
     /// Tuples in the index besides `orig` and `reply` (and their reverses): tuples seen on one
     /// side of a NAT that conntrack did not show, or what `orig` and `reply` were before
-    /// conntrack named them.
-    extra: Box<[Tuple]>,
+    /// conntrack named them. Most flows have none.
+    #[expect(
+        clippy::box_collection,
+        reason = "one pointer in every flow, where a Vec would be three for the few that have any"
+    )]
+    extra: Option<Box<Vec<Tuple>>>,
     /// What its packets showed, for its verdict.
     pub evidence: Evidence,
 }
+
+/// A FIN was sent in the direction (by index).
+const FIN_SENT: [u8; 2] = [1, 1 << 1];
+/// Both sides sent FIN, or either reset the connection.
+const CLOSED: u8 = 1 << 2;
+/// `reply` comes from conntrack rather than from observed rewrites.
+const REPLY_FROM_CONNTRACK: u8 = 1 << 3;
+/// The SYN that opened the flow was seen: `syn_seq` holds its sequence number.
+const SYN_SEEN: u8 = 1 << 4;
 
 /// A flow's original and reply tuples: 32 bytes in the flow where both are IPv4, as most
 /// flows' are, and behind a pointer otherwise (two `Tuple`s, which hold any address, are 80).
@@ -320,8 +332,8 @@ impl FlowTable {
             })
             .map(|(slot, _)| slot);
         match (found, sighting.syn_seq) {
-            (Some(slot), Some(seq)) if self.flow(slot).closed => {
-                if self.flow(slot).syn_seq == Some(seq) {
+            (Some(slot), Some(seq)) if self.flow(slot).closed() => {
+                if self.flow(slot).syn_seq() == Some(seq) {
                     self.reopen(slot);
                     (Some(slot), None)
                 } else {
@@ -358,8 +370,9 @@ impl FlowTable {
     fn count_packet(&mut self, slot: Slot, direction: Direction, sighting: &Sighting) {
         let flow = in_use(&mut self.slots, slot);
         flow.packets[direction as usize] += 1;
-        if flow.syn_seq.is_none() {
-            flow.syn_seq = sighting.syn_seq;
+        if let (None, Some(seq)) = (flow.syn_seq(), sighting.syn_seq) {
+            flow.syn_seq = seq;
+            flow.state |= SYN_SEEN;
         }
         let last = sighting.hops.last().map_or(0, |h| h.event.ts_ns);
         if last > flow.last_ts {
@@ -409,10 +422,12 @@ impl FlowTable {
             .iter()
             .fold(0, |acc, h| acc | h.event.tcp_flags);
         if flags & tcp::FIN != 0 {
-            flow.fin[direction as usize] = true;
+            flow.state |= FIN_SENT[direction as usize];
         }
-        if (flags & tcp::RST != 0 || flow.fin == [true, true]) && !flow.closed {
-            (flow.closed, flow.closed_at) = (true, flow.last_ts);
+        let both_fin = FIN_SENT[0] | FIN_SENT[1];
+        if (flags & tcp::RST != 0 || flow.state & both_fin == both_fin) && !flow.closed() {
+            flow.state |= CLOSED;
+            flow.closed_at = flow.last_ts;
             self.closing.insert((flow.last_ts, slot));
         }
     }
@@ -420,11 +435,10 @@ impl FlowTable {
     /// Takes a closed flow back to open: its connection goes on.
     fn reopen(&mut self, slot: Slot) {
         let flow = in_use(&mut self.slots, slot);
-        if flow.closed {
-            flow.closed = false;
+        if flow.closed() {
             self.closing.remove(&(flow.closed_at, slot));
         }
-        flow.fin = [false, false];
+        flow.state &= !(CLOSED | FIN_SENT[0] | FIN_SENT[1]);
     }
 
     fn create(&mut self, orig: Tuple, hops: &[Hop]) -> Slot {
@@ -433,17 +447,15 @@ impl FlowTable {
         let flow = Flow {
             id: self.next_id,
             tuples: FlowTuples::new(orig, orig.reversed()),
-            reply_from_conntrack: false,
             packets: [0, 0],
             first_ts: ts,
             last_ts: ts,
             hops: Box::default(),
             nat_reported: 0,
-            fin: [false, false],
+            state: 0,
             closed_at: 0,
-            closed: false,
-            syn_seq: None,
-            extra: Box::default(),
+            syn_seq: 0,
+            extra: None,
             evidence: Evidence::default(),
         };
         let slot = super::reuse_or_push(&mut self.slots, &mut self.free, Some(flow), "flows");
@@ -485,14 +497,14 @@ impl FlowTable {
         }
         let flow = self.flow_mut(slot);
         if added && !flow.knows(&tuple) {
-            push_exact(&mut flow.extra, tuple);
+            flow.extra.get_or_insert_default().push(tuple);
         }
     }
 
     fn learn_conntrack(&mut self, slot: Slot, ct: &Conntrack) {
         let flow = self.flow_mut(slot);
         flow.rename(ct.orig, ct.reply);
-        flow.reply_from_conntrack = true;
+        flow.state |= REPLY_FROM_CONNTRACK;
         self.learn(slot, ct.orig, Direction::Original);
         self.learn(slot, ct.reply, Direction::Reply);
     }
@@ -587,10 +599,10 @@ impl FlowTable {
         self.free.push(slot);
         self.live -= 1;
         self.activity.remove(&(flow.last_ts, slot));
-        if flow.closed {
+        if flow.closed() {
             self.closing.remove(&(flow.closed_at, slot));
         }
-        for tuple in flow.tuples.get().iter().chain(&flow.extra) {
+        for tuple in flow.tuples.get().iter().chain(flow.extra()) {
             let (key, _) = tuple_key(tuple);
             if self
                 .index
@@ -625,6 +637,26 @@ impl Flow {
         self.tuples.get()[1]
     }
 
+    /// Whether `reply` comes from conntrack rather than from observed rewrites.
+    pub fn reply_from_conntrack(&self) -> bool {
+        self.state & REPLY_FROM_CONNTRACK != 0
+    }
+
+    /// Both sides sent FIN, or either reset the connection.
+    fn closed(&self) -> bool {
+        self.state & CLOSED != 0
+    }
+
+    /// The initial sequence number of the SYN that opened the flow, if it was seen.
+    fn syn_seq(&self) -> Option<u32> {
+        (self.state & SYN_SEEN != 0).then_some(self.syn_seq)
+    }
+
+    /// The tuples in the index besides `orig` and `reply`.
+    fn extra(&self) -> &[Tuple] {
+        self.extra.as_deref().map_or(&[], Vec::as_slice)
+    }
+
     /// The protocol of the flow's tuples.
     pub fn proto(&self) -> Proto {
         match &self.tuples {
@@ -649,7 +681,7 @@ impl Flow {
         };
         ours || {
             let reversed = tuple.reversed();
-            self.extra.iter().any(|t| t == tuple || *t == reversed)
+            self.extra().iter().any(|t| t == tuple || *t == reversed)
         }
     }
 
@@ -659,10 +691,10 @@ impl Flow {
             let reversed = old.reversed();
             let kept = [orig, reply]
                 .iter()
-                .chain(&self.extra)
+                .chain(self.extra())
                 .any(|t| *t == old || *t == reversed);
             if !kept {
-                push_exact(&mut self.extra, old);
+                self.extra.get_or_insert_default().push(old);
             }
         }
         self.tuples = FlowTuples::new(orig, reply);

@@ -26,7 +26,7 @@ impl Flow {
         for &kind in &kinds {
             self.nat_reported |= reported_bit(direction, kind);
         }
-        if direction == Direction::Original && !self.reply_from_conntrack {
+        if direction == Direction::Original && !self.reply_from_conntrack() {
             self.rename(self.orig(), after.event.tuple.reversed());
         }
         let flow_id = self.id;
@@ -53,7 +53,7 @@ impl Flow {
     /// NAT that conntrack shows for a direction in which no rewrite was observed (for example
     /// when only one side of the NAT was traced).
     pub fn unobserved_nat(&self) -> Vec<NatRecord> {
-        if !self.reply_from_conntrack {
+        if !self.reply_from_conntrack() {
             return Vec::new();
         }
         let mut records = Vec::new();

@@ -688,7 +688,7 @@ fn hops_kept_short_come_out_as_they_went_in() {
 #[test]
 fn a_flow_and_its_evidence_stay_small() {
     assert_eq!(std::mem::size_of::<verdict::Evidence>(), 64);
-    assert_eq!(std::mem::size_of::<flow::Flow>(), 192);
+    assert_eq!(std::mem::size_of::<flow::Flow>(), 176);
 }
 
 /// A masqueraded IPv6 connection: its tuples are kept as they are (not in the IPv4 form), the
