@@ -148,7 +148,7 @@ impl TupleV4 {
     }
 }
 
-/// The latencies of one segment of a flow: 20 bytes.
+/// The latencies of one segment of a flow: 16 bytes.
 #[derive(Debug, Clone, Copy)]
 struct SegmentLatency {
     segment: u32,

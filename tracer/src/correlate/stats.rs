@@ -28,15 +28,25 @@ pub struct Summary {
     pub max_ns: u64,
 }
 
-/// Collects durations: 16 bytes, the samples beyond the second in a [`SampleStore`] that many
-/// series share.
+/// Collects durations: 12 bytes, the samples beyond the second, and their count, in a
+/// [`SampleStore`] that many series share.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Latency {
-    count: u32,
     min: u32,
     max: u32,
-    /// From the third sample on: one more than the samples' index in the store.
-    samples: u32,
+    /// 0, 1 or 2: that many samples, in `min` and `max`. From the third sample on,
+    /// [`IN_STORE`] more than the index of the series in the store, which counts them.
+    state: u32,
+}
+
+/// The first `Latency::state` that names a series in the store.
+const IN_STORE: u32 = 3;
+
+/// The samples of a series that has more than two, and how many it has.
+#[derive(Debug, Clone)]
+struct Series {
+    count: u32,
+    samples: Samples,
 }
 
 #[derive(Debug, Clone)]
@@ -51,18 +61,28 @@ enum Samples {
 /// is released.
 #[derive(Debug, Default)]
 pub struct SampleStore {
-    slots: Vec<Samples>,
+    slots: Vec<Series>,
     free: Vec<u32>,
 }
 
 impl SampleStore {
-    fn insert(&mut self, samples: Samples) -> u32 {
-        super::reuse_or_push(&mut self.slots, &mut self.free, samples, "sample series") + 1
+    /// The `Latency::state` of a new series.
+    fn insert(&mut self, series: Series) -> u32 {
+        super::reuse_or_push(&mut self.slots, &mut self.free, series, "sample series")
+            .checked_add(IN_STORE)
+            .expect("fewer than 2^32 - 3 sample series")
     }
 
-    fn release(&mut self, handle: u32) {
-        let index = handle - 1;
-        self.slots[index as usize] = Samples::Exact(Vec::new());
+    fn get(&self, state: u32) -> &Series {
+        &self.slots[(state - IN_STORE) as usize]
+    }
+
+    fn release(&mut self, state: u32) {
+        let index = state - IN_STORE;
+        self.slots[index as usize] = Series {
+            count: 0,
+            samples: Samples::Exact(Vec::new()),
+        };
         self.free.push(index);
     }
 
@@ -75,38 +95,49 @@ impl SampleStore {
 impl Latency {
     pub fn record(&mut self, ns: u64, store: &mut SampleStore) {
         let ns = u32::try_from(ns).unwrap_or(u32::MAX);
-        self.count = self.count.saturating_add(1);
-        match self.count {
-            1 => (self.min, self.max) = (ns, ns),
-            2 => (self.min, self.max) = (self.min.min(ns), self.max.max(ns)),
-            _ => {
-                if self.samples == 0 {
-                    // The first two samples are the min and the max.
-                    let mut first = Vec::with_capacity(4);
-                    first.extend([self.min, self.max]);
-                    self.samples = store.insert(Samples::Exact(first));
-                }
-                store.slots[self.samples as usize - 1].add(ns);
-                self.min = self.min.min(ns);
-                self.max = self.max.max(ns);
+        match self.state {
+            0 => (self.min, self.max) = (ns, ns),
+            1 => (self.min, self.max) = (self.min.min(ns), self.max.max(ns)),
+            2 => {
+                // The first two samples are the min and the max.
+                let mut first = Vec::with_capacity(4);
+                first.extend([self.min, self.max, ns]);
+                self.state = store.insert(Series {
+                    count: 3,
+                    samples: Samples::Exact(first),
+                });
+                (self.min, self.max) = (self.min.min(ns), self.max.max(ns));
+                return;
+            }
+            state => {
+                let series = &mut store.slots[(state - IN_STORE) as usize];
+                series.count = series.count.saturating_add(1);
+                series.samples.add(ns);
+                (self.min, self.max) = (self.min.min(ns), self.max.max(ns));
+                return;
             }
         }
+        self.state += 1;
     }
 
     pub fn summary(&self, store: &SampleStore) -> Option<Summary> {
         let (min, max) = (u64::from(self.min), u64::from(self.max));
-        let (p50, p99) = match (self.count, self.samples) {
-            (0, _) => return None,
-            (1, _) => (min, min),
+        let (count, p50, p99) = match self.state {
+            0 => return None,
+            1 => (1, min, min),
             // Nearest rank of two: the smaller is the median, the larger the 99th.
-            (2, _) | (_, 0) => (min, max),
-            (_, handle) => {
-                let samples = &store.slots[handle as usize - 1];
-                (samples.percentile(50), samples.percentile(99))
+            2 => (2, min, max),
+            state => {
+                let series = store.get(state);
+                (
+                    series.count,
+                    series.samples.percentile(50),
+                    series.samples.percentile(99),
+                )
             }
         };
         Some(Summary {
-            count: u64::from(self.count),
+            count: u64::from(count),
             min_ns: min,
             // A bucket's middle may lie outside what was seen.
             p50_ns: p50.clamp(min, max),
@@ -117,8 +148,8 @@ impl Latency {
 
     /// Gives the series' samples back to the store.
     pub fn release(self, store: &mut SampleStore) {
-        if self.samples != 0 {
-            store.release(self.samples);
+        if self.state >= IN_STORE {
+            store.release(self.state);
         }
     }
 }
@@ -346,7 +377,7 @@ mod tests {
     }
 
     #[test]
-    fn a_series_is_16_bytes() {
-        assert_eq!(std::mem::size_of::<Latency>(), 16);
+    fn a_series_is_12_bytes() {
+        assert_eq!(std::mem::size_of::<Latency>(), 12);
     }
 }
