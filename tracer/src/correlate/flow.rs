@@ -16,10 +16,10 @@ use std::{
 use rustc_hash::{FxHashMap as HashMap, FxHasher};
 use tracer_common::wire::tcp;
 
-pub use super::segments::Segment;
+pub use super::intern::Segment;
 use super::{
     Direction, Hop, HopLabel, Limits, NatRecord,
-    segments::Segments,
+    intern::{Places, Segments},
     stats::{Latency, SampleStore, Summary},
     verdict::Evidence,
 };
@@ -66,8 +66,9 @@ pub struct Flow {
         reason = "one pointer in every flow, where a Vec would be three for the few that have any"
     )]
     extra: Option<Box<Vec<Tuple>>>,
-    /// What its packets showed, for its verdict.
-    pub evidence: Evidence,
+    /// What its packets showed, for its verdict; its last place as an id in the table's
+    /// [`Places`].
+    pub evidence: Evidence<u32>,
 }
 
 /// A FIN was sent in the direction (by index).
@@ -160,6 +161,8 @@ struct SegmentLatency {
 pub struct EndedFlow {
     pub flow: Flow,
     pub path: Vec<(Segment, Summary)>,
+    /// What its packets showed, with the place it was last seen.
+    pub evidence: Evidence,
 }
 
 /// The index key of a tuple and of its reverse: a 64-bit hash of the smaller of the two,
@@ -193,6 +196,8 @@ pub struct FlowTable {
     /// to the flow and the direction of the smaller of the two.
     index: HashMap<u64, (Slot, Direction)>,
     segments: Segments,
+    /// The places flows were last seen, by id.
+    places: Places,
     samples: SampleStore,
     /// (last packet time, slot) of every flow, so that expiry looks only at flows that are due.
     activity: BTreeSet<(u64, Slot)>,
@@ -270,7 +275,8 @@ impl FlowTable {
         let nat = self.learn_rewrites(slot, direction, &sighting.with_l4);
         let flow = self.flow_mut(slot);
         let proto = flow.proto();
-        flow.evidence.observe(direction, hops, proto);
+        let last = flow.evidence.observe(direction, hops, proto);
+        self.note_last_seen(slot, last);
         self.count_packet(slot, direction, &sighting);
         self.record_latencies(slot, direction, hops);
         self.track_close(slot, direction, &sighting);
@@ -294,7 +300,8 @@ impl FlowTable {
         let direction = quoted.other();
         let flow = self.flow_mut(slot);
         let proto = flow.proto();
-        flow.evidence.observe(direction, hops, proto);
+        let last = flow.evidence.observe(direction, hops, proto);
+        self.note_last_seen(slot, last);
         self.count_packet(slot, direction, &sighting);
         self.record_latencies(slot, direction, hops);
         Some(Assignment {
@@ -364,6 +371,25 @@ impl FlowTable {
             self.learn(slot, hop.event.tuple, direction);
         }
         nat
+    }
+
+    /// Keeps where the flow's last packet of the original direction was last seen, as the id
+    /// of its place: most packets of a flow end where the one before ended.
+    fn note_last_seen(&mut self, slot: Slot, last: Option<&Hop>) {
+        let Some(last) = last else {
+            return;
+        };
+        let place = HopLabel::of(last);
+        let flow = in_use(&mut self.slots, slot);
+        match flow.evidence.last_seen {
+            Some(id) if *self.places.get(id) == place => {}
+            old => {
+                flow.evidence.last_seen = Some(self.places.intern(place));
+                if let Some(old) = old {
+                    self.places.release(old);
+                }
+            }
+        }
     }
 
     /// Counts the packet and moves the flow's last activity to its last hop.
@@ -569,6 +595,10 @@ impl FlowTable {
         self.segments.len()
     }
 
+    pub fn places(&self) -> usize {
+        self.places.len()
+    }
+
     /// Segment series whose samples are kept beyond min and max, for memory tests.
     pub fn sampled(&self) -> usize {
         self.samples.in_use()
@@ -622,7 +652,17 @@ impl FlowTable {
                 Some((segment, summary?))
             })
             .collect();
-        EndedFlow { flow, path }
+        let last_seen = flow.evidence.last_seen.take().map(|id| {
+            let place = *self.places.get(id);
+            self.places.release(id);
+            place
+        });
+        let evidence = std::mem::take(&mut flow.evidence).seen_last_at(last_seen);
+        EndedFlow {
+            flow,
+            path,
+            evidence,
+        }
     }
 }
 

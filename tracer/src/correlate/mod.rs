@@ -6,9 +6,9 @@
 //! flows end after an idle time, after they close, or when the table is full.
 
 pub mod flow;
+mod intern;
 mod nat;
 pub mod packet;
-mod segments;
 pub mod stats;
 pub mod verdict;
 
@@ -356,6 +356,11 @@ impl Correlator {
         self.flows.segments()
     }
 
+    /// Distinct places where the tracked flows were last seen, for memory tests.
+    pub fn places(&self) -> usize {
+        self.flows.places()
+    }
+
     /// Segment series of tracked flows that keep samples beyond their min and max, for memory
     /// tests.
     pub fn sampled(&self) -> usize {
@@ -399,7 +404,12 @@ impl Correlator {
     }
 
     fn end(&mut self, flows: Vec<EndedFlow>) {
-        for EndedFlow { flow, path } in flows {
+        for EndedFlow {
+            flow,
+            path,
+            evidence,
+        } in flows
+        {
             self.out
                 .extend(flow.unobserved_nat().into_iter().map(Record::Nat));
             let hops = path
@@ -419,7 +429,7 @@ impl Correlator {
                 first_ts: flow.first_ts,
                 last_ts: flow.last_ts,
                 hops,
-                evidence: flow.evidence,
+                evidence,
                 verdict: None,
             }));
         }

@@ -16,9 +16,10 @@ use crate::{
     decode::{IcmpError, Proto},
 };
 
-/// What a flow's packets showed, kept while the flow lives: 64 bytes in every flow.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Evidence {
+/// What a flow's packets showed, kept while the flow lives (40 bytes in every flow, whose
+/// last place is an id among the flow table's places); when it ends, with the place itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence<Place = HopLabel> {
     /// TCP: SYNs (without ACK) sent, SYN-ACKs that came back.
     pub syns: u16,
     pub syn_acks: u16,
@@ -33,7 +34,7 @@ pub struct Evidence {
     /// [`SEQ_SENT`] bit is set.
     seq_end: [u32; 2],
     /// Where the last packet of the original direction was last seen.
-    pub last_seen: Option<HopLabel>,
+    pub last_seen: Option<Place>,
     /// Drops and ICMP errors, rare: kept out of line.
     pub incidents: Option<Box<Incidents>>,
 }
@@ -69,7 +70,36 @@ pub struct Drop {
     pub packets: u64,
 }
 
-impl Evidence {
+impl<Place> Default for Evidence<Place> {
+    fn default() -> Self {
+        Evidence {
+            syns: 0,
+            syn_acks: 0,
+            retransmitted: 0,
+            flags: 0,
+            replies: 0,
+            seq_end: [0, 0],
+            last_seen: None,
+            incidents: None,
+        }
+    }
+}
+
+impl<Place> Evidence<Place> {
+    /// The same evidence, with `last_seen` as the place it was last seen.
+    pub fn seen_last_at<Other>(self, last_seen: Option<Other>) -> Evidence<Other> {
+        Evidence {
+            syns: self.syns,
+            syn_acks: self.syn_acks,
+            retransmitted: self.retransmitted,
+            flags: self.flags,
+            replies: self.replies,
+            seq_end: self.seq_end,
+            last_seen,
+            incidents: self.incidents,
+        }
+    }
+
     /// The initiator acknowledged a SYN-ACK: the TCP handshake completed.
     pub fn handshake(&self) -> bool {
         self.flags & HANDSHAKE != 0
@@ -80,11 +110,16 @@ impl Evidence {
         self.flags & RESET != 0
     }
 
-    /// Takes in a completed packet of the flow, travelling in `direction`.
-    pub fn observe(&mut self, direction: Direction, hops: &[Hop], proto: Proto) {
-        let Some(first) = hops.iter().find(|h| h.event.has_l4).or(hops.first()) else {
-            return;
-        };
+    /// Takes in a completed packet of the flow, travelling in `direction`. A packet of the
+    /// original direction gives back the hop where it was last seen, which the caller keeps as
+    /// `last_seen` (a flow keeps it as an id).
+    pub fn observe<'h>(
+        &mut self,
+        direction: Direction,
+        hops: &'h [Hop],
+        proto: Proto,
+    ) -> Option<&'h Hop> {
+        let first = hops.iter().find(|h| h.event.has_l4).or(hops.first())?;
         let e = &first.event;
         if let Some(error) = &e.icmp {
             let incidents = self.incidents.get_or_insert_with(Box::default);
@@ -96,13 +131,13 @@ impl Evidence {
         } else if direction == Direction::Reply {
             self.replies += 1;
         }
-        if direction == Direction::Original
-            && let Some(last) = hops.iter().rev().find(|h| h.event.drop.is_none())
-        {
-            self.last_seen = Some(HopLabel::of(last));
-        }
         if let Some(hop) = hops.iter().rev().find(|h| h.event.drop.is_some()) {
             self.dropped(direction, hop);
+        }
+        if direction == Direction::Original {
+            hops.iter().rev().find(|h| h.event.drop.is_none())
+        } else {
+            None
         }
     }
 

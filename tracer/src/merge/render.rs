@@ -228,7 +228,12 @@ fn process(
 /// Flow summaries (and the NAT only conntrack showed) of flows that ended, as the correlator
 /// writes them.
 fn end(ended: Vec<crate::correlate::flow::EndedFlow>, records: &mut Vec<(Record, Vec<Origin>)>) {
-    for crate::correlate::flow::EndedFlow { flow, path } in ended {
+    for crate::correlate::flow::EndedFlow {
+        flow,
+        path,
+        evidence,
+    } in ended
+    {
         records.extend(
             flow.unobserved_nat()
                 .into_iter()
@@ -251,7 +256,7 @@ fn end(ended: Vec<crate::correlate::flow::EndedFlow>, records: &mut Vec<(Record,
             first_ts: flow.first_ts,
             last_ts: flow.last_ts,
             hops,
-            evidence: flow.evidence,
+            evidence,
             // The nodes' own traces have theirs.
             verdict: None,
         };

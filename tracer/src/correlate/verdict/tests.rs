@@ -88,7 +88,9 @@ fn verdict(evidence: &Evidence, proto: Proto, rule_text: Option<&str>) -> Verdic
 fn seen(packets: &[(Direction, Vec<Hop>)], proto: Proto) -> Evidence {
     let mut evidence = Evidence::default();
     for (direction, hops) in packets {
-        evidence.observe(*direction, hops, proto);
+        if let Some(last) = evidence.observe(*direction, hops, proto) {
+            evidence.last_seen = Some(HopLabel::of(last));
+        }
     }
     evidence
 }
