@@ -77,6 +77,10 @@ impl SampleStore {
         &self.slots[(state - IN_STORE) as usize]
     }
 
+    fn get_mut(&mut self, state: u32) -> &mut Series {
+        &mut self.slots[(state - IN_STORE) as usize]
+    }
+
     fn release(&mut self, state: u32) {
         let index = state - IN_STORE;
         self.slots[index as usize] = Series {
@@ -96,8 +100,11 @@ impl Latency {
     pub fn record(&mut self, ns: u64, store: &mut SampleStore) {
         let ns = u32::try_from(ns).unwrap_or(u32::MAX);
         match self.state {
-            0 => (self.min, self.max) = (ns, ns),
-            1 => (self.min, self.max) = (self.min.min(ns), self.max.max(ns)),
+            0 => {
+                (self.min, self.max, self.state) = (ns, ns, 1);
+                return;
+            }
+            1 => self.state = 2,
             2 => {
                 // The first two samples are the min and the max.
                 let mut first = Vec::with_capacity(4);
@@ -106,18 +113,14 @@ impl Latency {
                     count: 3,
                     samples: Samples::Exact(first),
                 });
-                (self.min, self.max) = (self.min.min(ns), self.max.max(ns));
-                return;
             }
             state => {
-                let series = &mut store.slots[(state - IN_STORE) as usize];
+                let series = store.get_mut(state);
                 series.count = series.count.saturating_add(1);
                 series.samples.add(ns);
-                (self.min, self.max) = (self.min.min(ns), self.max.max(ns));
-                return;
             }
         }
-        self.state += 1;
+        (self.min, self.max) = (self.min.min(ns), self.max.max(ns));
     }
 
     pub fn summary(&self, store: &SampleStore) -> Option<Summary> {

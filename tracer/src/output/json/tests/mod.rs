@@ -138,21 +138,19 @@ fn records() -> Vec<Record> {
     fragment.has_l4 = false;
     fragment.tuple.proto = Proto(200);
     let mut tracked = event(2, "eth0", six);
-    tracked.conntrack = Some(Arc::new(Conntrack {
-        id: 0xffff_8880_0abc_d000,
-        info: 3,
-        orig: outer,
-        reply: outer.reversed(),
-    }));
+    let entry = |id, info, orig: Tuple| {
+        Some(Arc::new(Conntrack {
+            id,
+            info,
+            orig,
+            reply: orig.reversed(),
+        }))
+    };
+    tracked.conntrack = entry(0xffff_8880_0abc_d000, 3, outer);
     // The writer keeps the last entry rendered: another entry between two hops of the first
     // must come out as its own, and the first again as the first.
     let mut other_entry = event(2, "eth1", outer);
-    other_entry.conntrack = Some(Arc::new(Conntrack {
-        id: 0xffff_8880_0abc_e000,
-        info: 2,
-        orig: six,
-        reply: six.reversed(),
-    }));
+    other_entry.conntrack = entry(0xffff_8880_0abc_e000, 2, six);
     let tracked_again = tracked.clone();
     let mut dropped = event(1, "docker0", outer);
     dropped.skb = 0;
