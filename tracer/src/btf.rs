@@ -44,15 +44,111 @@ pub struct Resolved {
     pub drop_reasons: HashMap<u32, String>,
 }
 
-/// Reads the kernel's BTF (the running kernel's, or `vmlinux` when given) and resolves every
-/// offset the programs use.
-pub fn resolve_kernel(vmlinux: Option<&Path>) -> Result<Resolved, BtfError> {
+/// Reads the kernel's BTF (the running kernel's, or `vmlinux` when given), resolves every
+/// offset the programs use, and finds the type ids of `targets` (see [`attach_btf`]).
+pub fn resolve_kernel(
+    vmlinux: Option<&Path>,
+    targets: &[Attach],
+) -> Result<(Resolved, aya::Btf), BtfError> {
     let vmlinux = load_base(vmlinux.unwrap_or(Path::new(VMLINUX_BTF)))?;
     let conntrack = Path::new(CONNTRACK_BTF)
         .exists()
         .then(|| load_split(Path::new(CONNTRACK_BTF), &vmlinux))
         .transpose()?;
-    resolve(&vmlinux, conntrack.as_ref())
+    Ok((
+        resolve(&vmlinux, conntrack.as_ref())?,
+        attach_btf(&vmlinux, targets)?,
+    ))
+}
+
+/// What a BTF-typed program is loaded against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// A `tp_btf` program on this tracepoint: the kernel's `btf_trace_<name>` typedef.
+    Tracepoint(&'static str),
+    /// An `fentry` program on this function of the kernel image.
+    Function(&'static str),
+}
+
+impl Attach {
+    /// The type's name in the kernel's BTF, and its kind there (`BTF_KIND_*`).
+    fn btf_type(self) -> (String, u32) {
+        match self {
+            Attach::Tracepoint(name) => (format!("btf_trace_{name}"), KIND_TYPEDEF),
+            Attach::Function(name) => (name.to_owned(), KIND_FUNC),
+        }
+    }
+}
+
+/// `BTF_KIND_*` values (include/uapi/linux/btf.h).
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
+
+/// A BTF that gives aya the kernel's type ids of `targets`, and nothing else.
+///
+/// aya 0.14 loads a `tp_btf` or `fentry` program against a parsed `aya::Btf`, from which it
+/// takes one thing: the id of the target's type, found by name and kind, a type's id being its
+/// position. Parsed by aya, the whole kernel BTF held about 19 MiB for those few ids, and was
+/// the peak of a small trace's memory (bench/limits.md). This one has each target at the id the
+/// kernel gave it, found through the mapped BTF, and an empty forward declaration at every id
+/// before it: 12 bytes each here, one `BtfType` each once aya has parsed it. A target the
+/// kernel image does not have (a module's function) is left out, so aya refuses to load its
+/// program as it would with the whole BTF.
+pub fn attach_btf(vmlinux: &Btf, targets: &[Attach]) -> Result<aya::Btf, BtfError> {
+    let mut named = std::collections::BTreeMap::new();
+    for &target in targets {
+        let (name, kind) = target.btf_type();
+        for id in vmlinux.resolve_ids_by_name(&name).unwrap_or_default() {
+            let found = match vmlinux.resolve_type_by_id(id)? {
+                Type::Typedef(_) => KIND_TYPEDEF,
+                Type::Func(_) => KIND_FUNC,
+                _ => continue,
+            };
+            if found == kind {
+                named.insert(id, (kind, name));
+                break;
+            }
+        }
+    }
+    let last = named.keys().next_back().copied().unwrap_or(0);
+    let mut types = Vec::with_capacity(last as usize * 12);
+    let mut strings = vec![0u8];
+    for id in 1..=last {
+        // name offset, kind (bits 24-28), and the type the entry refers to (void).
+        let (name_offset, kind) = match named.get(&id) {
+            Some((kind, name)) => {
+                let offset = strings.len() as u32;
+                strings.extend_from_slice(name.as_bytes());
+                strings.push(0);
+                (offset, *kind)
+            }
+            None => (0, KIND_FWD),
+        };
+        for word in [name_offset, kind << 24, 0] {
+            types.extend_from_slice(&word.to_ne_bytes());
+        }
+    }
+    const HEADER_LEN: u32 = 24;
+    let mut blob = Vec::with_capacity(HEADER_LEN as usize + types.len() + strings.len());
+    blob.extend_from_slice(&0xeb9f_u16.to_ne_bytes());
+    blob.extend_from_slice(&[1, 0]); // version, flags
+    for word in [
+        HEADER_LEN,
+        0, // types' offset
+        types.len() as u32,
+        types.len() as u32, // strings' offset
+        strings.len() as u32,
+    ] {
+        blob.extend_from_slice(&word.to_ne_bytes());
+    }
+    blob.extend_from_slice(&types);
+    drop(types);
+    blob.extend_from_slice(&strings);
+    aya::Btf::parse(&blob, aya::Endianness::default()).map_err(|err| BtfError::Read {
+        path: "the BTF built for loading the programs".to_owned(),
+        reason: err.to_string(),
+    })
 }
 
 /// The kernel's BTF, mapped rather than parsed: btf-rs's mmap backend keeps an index of where
@@ -373,5 +469,40 @@ mod tests {
         assert_eq!(mapped.drop_reasons, copied.drop_reasons);
         assert_ne!(mapped.offsets.skb_len, OFFSET_UNKNOWN);
         assert!(!mapped.drop_reasons.is_empty());
+    }
+
+    /// aya finds every target in the built BTF at the id it has in the whole kernel BTF, and a
+    /// name of the wrong kind, or one the kernel does not have, not at all.
+    #[test]
+    fn the_attach_btf_gives_the_kernels_ids() {
+        use aya_obj::btf::BtfKind;
+        let targets = [
+            Attach::Tracepoint("net_dev_queue"),
+            Attach::Tracepoint("kfree_skb"),
+            Attach::Tracepoint("netif_receive_skb"),
+            Attach::Function("ip_rcv"),
+            Attach::Function("no_such_function_in_any_kernel"),
+        ];
+        let mapped = load_base(Path::new(VMLINUX_BTF)).unwrap();
+        let small = attach_btf(&mapped, &targets).unwrap();
+        let whole = aya::Btf::from_sys_fs().unwrap();
+        let id = |btf: &aya::Btf, name: &str, kind| btf.id_by_type_name_kind(name, kind).ok();
+        for (name, kind) in [
+            ("btf_trace_net_dev_queue", BtfKind::Typedef),
+            ("btf_trace_kfree_skb", BtfKind::Typedef),
+            ("btf_trace_netif_receive_skb", BtfKind::Typedef),
+            ("ip_rcv", BtfKind::Func),
+        ] {
+            let expected = id(&whole, name, kind);
+            assert!(expected.is_some_and(|id| id > 1000), "{name}: {expected:?}");
+            assert_eq!(id(&small, name, kind), expected, "{name}");
+        }
+        assert_eq!(
+            id(&small, "no_such_function_in_any_kernel", BtfKind::Func),
+            None
+        );
+        // A function asked for as a tracepoint's typedef is not one.
+        assert_eq!(id(&small, "ip_rcv", BtfKind::Typedef), None);
+        assert_eq!(id(&small, "btf_trace_netif_rx", BtfKind::Typedef), None);
     }
 }

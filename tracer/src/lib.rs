@@ -23,6 +23,7 @@ pub mod doctor;
 pub mod error;
 pub mod filter;
 pub mod kernel;
+pub mod memory;
 pub mod merge;
 pub mod metrics;
 pub mod names;

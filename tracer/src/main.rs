@@ -9,6 +9,11 @@ use tracer::{
 };
 
 fn main() -> ExitCode {
+    tracer::memory::map_large_allocations();
+    if tracer::cli::may_load_programs(std::env::args_os()) {
+        // Before anything else, while the process is smallest: see the function.
+        tracer::kernel::prepare_loader();
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -9,7 +9,10 @@
 //! This layer knows nothing of the command line or of what the user selected: it takes plain
 //! options ([`LoadOptions`], [`tc::TcTarget`]) and reports plain results.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -98,11 +101,58 @@ impl Tunnels {
     }
 }
 
+/// The loader [`prepare_loader`] made, until [`Programs::load`] takes it.
+static LOADER: Mutex<Option<EbpfLoader<'static>>> = Mutex::new(None);
+
+/// Makes the eBPF loader now, while the process is at its smallest.
+///
+/// aya's `EbpfLoader::new` parses the running kernel's whole BTF, for CO-RE relocations that
+/// tracer's object does not have (a unit test checks that it has none), and lets it go only
+/// when told to: about 19 MiB on Linux 6.18, held for a moment. Made first thing, before the
+/// runtime, the topology and the offsets, that moment is small and the rest of start-up stays
+/// below it; made later, it was the peak a container's memory limit must allow
+/// (bench/limits.md). `main` calls this first for the commands that load programs
+/// ([`crate::cli::may_load_programs`]).
+pub fn prepare_loader() {
+    let loader = new_loader();
+    *LOADER.lock().unwrap_or_else(PoisonError::into_inner) = Some(loader);
+    crate::memory::release_free_memory();
+}
+
+/// The prepared loader, or a new one.
+fn take_loader() -> EbpfLoader<'static> {
+    LOADER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .unwrap_or_else(new_loader)
+}
+
+fn new_loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    loader.btf(None);
+    loader
+}
+
+/// The types the hook table's BTF-typed rungs are loaded against.
+fn attach_targets() -> Vec<btf::Attach> {
+    hooks::HOOKS
+        .iter()
+        .flat_map(|spec| {
+            spec.rungs.iter().filter_map(|rung| match rung.mechanism {
+                Mechanism::TpBtf => Some(btf::Attach::Tracepoint(spec.target)),
+                Mechanism::Fentry => Some(btf::Attach::Function(spec.target)),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
 /// Loaded programs and their attachments.
 pub struct Programs {
     ebpf: Ebpf,
-    /// The kernel's BTF, for loading the BTF-typed programs; released by [`Programs::climb`]
-    /// once they are loaded (it is tens of MiB).
+    /// The kernel's ids of the BTF-typed programs' targets ([`btf::attach_btf`]), for loading
+    /// them; released by [`Programs::climb`] once they are loaded.
     btf: Option<aya::Btf>,
     hooks: HookSet,
     /// Global hooks attached, with the mechanism the ladder chose.
@@ -118,10 +168,11 @@ pub struct Programs {
 impl Programs {
     /// Loads the object with `options` and the running kernel's offsets. Nothing is attached.
     pub fn load(options: &LoadOptions) -> anyhow::Result<Programs> {
-        let resolved = btf::resolve_kernel(options.kernel_btf.as_deref()).context(
-            "tracer needs the kernel's BTF (a kernel built with CONFIG_DEBUG_INFO_BTF, or \
+        let (resolved, btf) = btf::resolve_kernel(options.kernel_btf.as_deref(), &attach_targets())
+            .context(
+                "tracer needs the kernel's BTF (a kernel built with CONFIG_DEBUG_INFO_BTF, or \
              --kernel-btf FILE)",
-        )?;
+            )?;
         let mut notes = Vec::new();
         if let Some(why) = &resolved.conntrack_unavailable {
             notes.push(format!("conntrack tuples unavailable: {why}"));
@@ -141,18 +192,7 @@ impl Programs {
         config.wakeup_bytes = options.ring_bytes / WAKEUP_FRACTION;
         config.sample_every = options.sample_every;
         options.tunnels.configure(&mut config);
-        // Parsed once, for the loader's relocations and for loading the BTF-typed programs.
-        // `EbpfLoader::new` parses the running kernel's BTF of its own, which is let go before
-        // this one is parsed: the two at once were the peak of tracer's memory.
-        let mut loader = EbpfLoader::new();
-        loader.btf(None);
-        let btf = match &options.kernel_btf {
-            Some(path) => aya::Btf::parse_file(path, aya::Endianness::default()),
-            None => aya::Btf::from_sys_fs(),
-        }
-        .context("failed to read kernel BTF")?;
-        let ebpf = loader
-            .btf(Some(&btf))
+        let ebpf = take_loader()
             .override_global(CONFIG_SYMBOL, &config, true)
             .map_max_entries(map::EVENTS, options.ring_bytes)
             .load(OBJECT)
@@ -363,6 +403,17 @@ mod tests {
         assert!(
             parsed.btf_ext.is_some(),
             "aya found no BTF.ext in the object"
+        );
+    }
+
+    /// The object is loaded without the kernel's BTF (`prepare_loader`), which only CO-RE
+    /// relocations would need: it must have none.
+    #[test]
+    fn the_object_has_no_core_relocations() {
+        let parsed = aya_obj::Object::parse(OBJECT).expect("the built object parses");
+        assert!(
+            !parsed.has_btf_relocations(),
+            "the object has CO-RE relocations: load it with the kernel's BTF"
         );
     }
 }

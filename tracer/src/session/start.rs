@@ -138,10 +138,9 @@ pub fn load_programs(
         }
         eprintln!("tracer: note: packets are not tied to processes: {err:#}");
     }
-    // Parsing the kernel's BTF took tens of MiB, all freed by now: give it back to the
-    // system rather than keep it for the whole trace.
-    // SAFETY: malloc_trim only releases free heap memory; no pointer is affected.
-    unsafe { libc::malloc_trim(0) };
+    // What loading took (the types the BTF-typed programs were loaded against, the object's
+    // relocation tables) is freed by now: give it back rather than keep it for the whole trace.
+    crate::memory::release_free_memory();
     for note in programs.notes() {
         eprintln!("tracer: note: {note}");
     }

@@ -65,6 +65,9 @@ pub enum Only {
     Monitor,
     /// Events lost at rising rates of UDP datagrams, and the collector's CPU at each.
     Loss,
+    /// Time to the ready line with 1, 10 and 100 container namespaces, and the peak memory of
+    /// a small trace.
+    Startup,
 }
 
 /// Seed of the random order of the pairs and of the runs within a pair: fixed, so that a run
@@ -100,6 +103,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(Only::Loss) = args.only {
         tracer_binary(args)?;
         print!("{}", loss::run(args.quick)?.markdown());
+        return Ok(());
+    }
+    if let Some(Only::Startup) = args.only {
+        tracer_binary(args)?;
+        print!("{}", startup::run(args.quick)?.markdown());
         return Ok(());
     }
     if let Some(only @ (Only::Kernel | Only::Monitor | Only::Rules)) = args.only {

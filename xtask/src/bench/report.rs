@@ -110,7 +110,7 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<Results> {
 }
 
 /// The peak memory in tracer's closing line.
-fn peak_mib(stderr: &str) -> Option<f64> {
+pub(super) fn peak_mib(stderr: &str) -> Option<f64> {
     stderr.lines().find_map(|line| {
         line.split_once("; peak memory ")?
             .1

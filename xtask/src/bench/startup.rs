@@ -1,15 +1,22 @@
 //! Start-up: from starting tracer to its ready line, with 1, 10 and 100 container namespaces
 //! on the bridge (topology discovery, program load and attachment), with the default hooks
 //! and with `--hooks all`, whose TC programs attach after the ready line (until they are all
-//! attached is reported too).
+//! attached is reported too). And the peak memory of a small trace (a TCP handshake, three
+//! packets): start-up is where it is reached, and it is what a memory limit must allow.
 
 use std::{
     fmt::Write as _,
+    net::SocketAddr,
     process::{Command, Stdio},
 };
 
+use anyhow::Context as _;
 use serde_json::{Value, json};
-use tracer_tests::{testbed::Testbed, tracer::Tracer};
+use tracer_tests::{
+    testbed::{SERVER_ADDR, Testbed},
+    tracer::Tracer,
+    traffic,
+};
 
 use super::stats::Stat;
 
@@ -24,7 +31,19 @@ struct Row {
 
 pub struct Results {
     rows: Vec<Row>,
+    small: SmallTrace,
 }
+
+/// Peak memory (VmHWM, from tracer's closing line) of traces of one TCP handshake.
+struct SmallTrace {
+    peak_mib: Stat,
+    /// Packets each run traced, as its closing line says (the handshake's three when nothing
+    /// else crossed).
+    packets: Vec<u64>,
+}
+
+/// Port of the small trace's server in the remote namespace.
+const SMALL_TRACE_PORT: u16 = 10_931;
 
 pub fn run(quick: bool) -> anyhow::Result<Results> {
     let (sizes, repeats): (&[usize], usize) = if quick {
@@ -36,8 +55,12 @@ pub fn run(quick: bool) -> anyhow::Result<Results> {
     let largest = sizes.last().copied().unwrap_or(1);
     let all_hooks = accepts_hooks_all();
     let mut rows = Vec::new();
+    let mut small = None;
     for &containers in sizes {
-        let _testbed = Testbed::up(containers)?;
+        let testbed = Testbed::up(containers)?;
+        if containers == 1 {
+            small = Some(small_trace(&testbed, if quick { 1 } else { 5 })?);
+        }
         let mut variants = vec![("default", &[][..])];
         if all_hooks && containers == largest {
             variants.push(("--hooks all", &["--hooks", "all"][..]));
@@ -60,7 +83,46 @@ pub fn run(quick: bool) -> anyhow::Result<Results> {
             });
         }
     }
-    Ok(Results { rows })
+    let small = small.ok_or_else(|| anyhow::anyhow!("no testbed of one container was measured"))?;
+    Ok(Results { rows, small })
+}
+
+/// `runs` traces of one TCP handshake from the container to the remote namespace, each read
+/// for its peak memory and its packet count when it has ended.
+fn small_trace(testbed: &Testbed, runs: usize) -> anyhow::Result<SmallTrace> {
+    let server = SocketAddr::from((SERVER_ADDR, SMALL_TRACE_PORT));
+    let listener = traffic::listen(&testbed.remote, server)?;
+    let port = SMALL_TRACE_PORT.to_string();
+    let (mut peaks, mut packets) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let tracer = Tracer::start_with_stdout(&["--port", &port], Stdio::null())?;
+        // accept returns once the handshake's last packet has reached the server.
+        let client = traffic::connect_from(&testbed.containers[0].netns, None, server)?;
+        let accepted = traffic::accept(&listener)?;
+        let finished = tracer.stop()?;
+        drop((client, accepted));
+        let closing = &finished.stderr;
+        peaks.push(
+            super::report::peak_mib(closing)
+                .with_context(|| format!("tracer did not report its peak memory: {closing}"))?,
+        );
+        packets.push(
+            packets_traced(closing)
+                .with_context(|| format!("tracer did not report its packets: {closing}"))?,
+        );
+    }
+    Ok(SmallTrace {
+        peak_mib: Stat::of(&peaks),
+        packets,
+    })
+}
+
+/// The packets in tracer's closing line (`...; 3 packets in 1 flows; ...`).
+fn packets_traced(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|line| {
+        let (before, _) = line.split_once(" packets in ")?;
+        before.rsplit(' ').next()?.parse().ok()
+    })
 }
 
 /// Whether the tracer binary takes `--hooks all` (clap checks the value before `--version`
@@ -83,6 +145,11 @@ impl Results {
             .map(|r| r.seconds.median)
     }
 
+    /// Median peak memory of a small trace, MiB, and the packets its runs traced.
+    pub fn small_trace(&self) -> (f64, &[u64]) {
+        (self.small.peak_mib.median, &self.small.packets)
+    }
+
     pub fn markdown(&self) -> String {
         let mut md = String::from(
             "## Start-up\n\nFrom starting tracer (`--port 1`) to `tracer: ready`, on a machine with that many container namespaces; with `--hooks all`, also until `tracer: TC programs attached` (they attach after the ready line).\n\n| Hooks | Container namespaces | Seconds to ready | Seconds until TC attached |\n|---|---|---|---|\n",
@@ -99,19 +166,31 @@ impl Results {
                 row.hooks, row.containers, s.median, s.min, s.max
             );
         }
-        md.push('\n');
+        let (peak, packets) = (self.small.peak_mib, &self.small.packets);
+        let _ = writeln!(
+            md,
+            "\nPeak memory of a small trace: `tracer --port {SMALL_TRACE_PORT}` while the container opens one TCP connection to the remote namespace (SYN, SYN-ACK, ACK), stopped once the server has accepted it; VmHWM from the closing line, start-up included, {} runs.\n\n| Peak memory (median) | Range | Packets traced per run |\n|---|---|---|\n| {:.1} MiB | {:.1}-{:.1} MiB | {packets:?} |\n",
+            packets.len(),
+            peak.median,
+            peak.min,
+            peak.max,
+        );
         md
     }
 
     pub fn json(&self) -> Value {
-        json!(
-            self.rows
+        json!({
+            "rows": self
+                .rows
                 .iter()
                 .map(|r| json!({
                     "hooks": r.hooks, "containers": r.containers, "seconds": r.seconds.json(),
                     "tc_attached_seconds": r.tc_seconds.map(|t| t.json()),
                 }))
-                .collect::<Vec<_>>()
-        )
+                .collect::<Vec<_>>(),
+            "small_trace": {
+                "peak_mib": self.small.peak_mib.json(), "packets": self.small.packets,
+            },
+        })
     }
 }

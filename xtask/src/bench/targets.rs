@@ -167,6 +167,12 @@ pub fn markdown(r: &Inputs) -> String {
             Met::Undecided("not measured by --quick"),
         ),
     }
+    let (peak, packets) = r.startup.small_trace();
+    row(
+        "peak RSS, small trace (a TCP handshake) <= 24 MiB",
+        format!("{peak:.1} MiB, packets per run {packets:?}"),
+        Met::from(peak <= 24.0),
+    );
     collector_rows(r, &mut row);
     row(
         "HTML report of 100,000 flows: <= 16 MiB, drawn in Chromium within 5 s (median)",
