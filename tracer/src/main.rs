@@ -9,7 +9,6 @@ use tracer::{
 };
 
 fn main() -> ExitCode {
-    tracer::memory::map_large_allocations();
     if tracer::cli::may_load_programs(std::env::args_os()) {
         // Before anything else, while the process is smallest: see the function.
         tracer::kernel::prepare_loader();

@@ -68,6 +68,8 @@ pub enum Only {
     /// Time to the ready line with 1, 10 and 100 container namespaces, and the peak memory of
     /// a small trace.
     Startup,
+    /// How much tracer slows the packets it watches, by tcpdump's clocks.
+    Observer,
 }
 
 /// Seed of the random order of the pairs and of the runs within a pair: fixed, so that a run
@@ -103,6 +105,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(Only::Loss) = args.only {
         tracer_binary(args)?;
         print!("{}", loss::run(args.quick)?.markdown());
+        return Ok(());
+    }
+    if let Some(Only::Observer) = args.only {
+        tracer_binary(args)?;
+        let testbed = Testbed::up(1)?;
+        let mut rng = stats::Rng::new(SEED);
+        print!(
+            "{}",
+            observer::run(&testbed, args.quick, &mut rng)?.markdown()
+        );
         return Ok(());
     }
     if let Some(Only::Startup) = args.only {
@@ -157,7 +169,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let programs = kernel::run(&testbed, if args.quick { 2 } else { 5 })?;
     drop(server);
     eprintln!("xtask: bench: observer effect");
-    let observer = observer::run(&testbed, args.quick)?;
+    let observer = observer::run(&testbed, args.quick, &mut rng)?;
     drop(testbed);
     eprintln!("xtask: bench: collector throughput and memory");
     let collector = collector::run(&binary, args.quick)?;

@@ -2,8 +2,11 @@
 //! its own. tcpdump captures a container's `eth0` and the host's uplink; a packet's time
 //! between the two is the uplink timestamp less the container one, matched across the NAT by
 //! what MASQUERADE leaves alone (raw sequence and acknowledgement numbers, flags, payload
-//! length). Rounds with tracer off and on alternate. With tracer on, its own JSON hops give its
-//! view of the same stretch (container `eth0` to uplink, both at `net_dev_queue`).
+//! length). Rounds come in pairs, one with tracer off and one with it on, in a random order
+//! within each pair; the effect is the median over pairs of the on round's median over the off
+//! round's, with a distribution-free confidence interval: this machine's latency drifts between
+//! rounds by as much as the effect. With tracer on, its own JSON hops give its view of the
+//! same stretch (container `eth0` to uplink, both at `net_dev_queue`).
 
 use std::{
     collections::HashMap,
@@ -25,8 +28,9 @@ use tracer_tests::{
 };
 
 use super::{
+    pairs::ci_text,
     pcap::{Segment, tcp_segments},
-    stats::{Stat, percentile},
+    stats::{Interval, Rng, Stat, median_ci, percentile},
     tools::{Tcpdump, lost_from},
 };
 
@@ -50,15 +54,22 @@ pub struct Results {
     connections: usize,
 }
 
-pub fn run(testbed: &Testbed, quick: bool) -> anyhow::Result<Results> {
-    let (rounds, connections) = if quick { (1, 20) } else { (3, 100) };
+pub fn run(testbed: &Testbed, quick: bool, rng: &mut Rng) -> anyhow::Result<Results> {
+    // A round takes about two seconds. Eight pairs gave an interval as wide as the effect
+    // (+28%, 95% CI -14% to +41%), sixteen leave it between the 4th and the 13th ratio.
+    let (pairs, connections) = if quick { (1, 20) } else { (16, 100) };
     let dir = TempDir::new()?;
     let mut results = Vec::new();
-    for round in 0..rounds {
-        for tracer_on in [false, true] {
+    for pair in 0..pairs {
+        let order = if rng.coin() {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for tracer_on in order {
             eprintln!(
-                "xtask: bench: observer effect: round {}/{rounds}, tracer {}",
-                round + 1,
+                "xtask: bench: observer effect: pair {}/{pairs}, tracer {}",
+                pair + 1,
                 if tracer_on { "on" } else { "off" }
             );
             results.push(measure(testbed, tracer_on, connections, &dir.0)?);
@@ -291,9 +302,35 @@ impl Results {
             })
     }
 
-    /// Median latency with tracer on over the median with it off (tcpdump's clock).
-    pub fn ratio(&self) -> f64 {
+    /// Median latency with tracer on over the median with it off (tcpdump's clock), all
+    /// rounds of each pooled.
+    fn pooled_ratio(&self) -> f64 {
         Stat::of(&self.pooled(true, false)).median / Stat::of(&self.pooled(false, false)).median
+    }
+
+    /// Per pair of rounds, the on round's median latency over the off round's (tcpdump's
+    /// clock).
+    fn pair_ratios(&self) -> Vec<f64> {
+        self.rounds
+            .chunks_exact(2)
+            .map(|pair| {
+                let median = |on: bool| {
+                    let round = pair.iter().find(|r| r.tracer_on == on);
+                    round.map_or(f64::NAN, |r| Stat::of(&r.tcpdump_ns).median)
+                };
+                median(true) / median(false)
+            })
+            .collect()
+    }
+
+    /// The effect: the median of the pairs' ratios.
+    pub fn ratio(&self) -> f64 {
+        Stat::of(&self.pair_ratios()).median
+    }
+
+    /// The 95% interval of [`Results::ratio`], when there are pairs enough for one.
+    pub fn ratio_ci(&self) -> Option<Interval> {
+        median_ci(&self.pair_ratios(), 0.95)
     }
 
     /// Events tracer lost over all rounds.
@@ -304,7 +341,7 @@ impl Results {
     pub fn markdown(&self) -> String {
         let rounds = self.rounds.len() / 2;
         let mut md = format!(
-            "## Observer effect\n\nContainer `eth0` -> uplink time of the packets a container sends, from tcpdump timestamps at both ends (`tcpdump -s 128 --time-stamp-precision nano`, filter `tcp port {PORT}`), packets matched across MASQUERADE by raw sequence and acknowledgement numbers, flags and payload length (retransmissions left out). Each round is {} connections from the container, each with {EXCHANGES} request/response exchanges of {CHUNK} bytes; {rounds} rounds with tracer off and {rounds} with tracer on (`--port {PORT} --output json`, default hooks), alternating, pooled; the rounds' own medians give the spread between rounds.\n\n| tracer | packets | median | rounds' medians | p90 |\n|---|---|---|---|---|\n",
+            "## Observer effect\n\nContainer `eth0` -> uplink time of the packets a container sends, from tcpdump timestamps at both ends (`tcpdump -s 128 --time-stamp-precision nano`, filter `tcp port {PORT}`), packets matched across MASQUERADE by raw sequence and acknowledgement numbers, flags and payload length (retransmissions left out). Each round is {} connections from the container, each with {EXCHANGES} request/response exchanges of {CHUNK} bytes; {rounds} pairs of rounds, one with tracer off and one with it on (`--port {PORT} --output json`, default hooks), in a random order within each pair; the table pools the rounds of each kind, and the rounds' own medians give the spread between rounds.\n\n| tracer | packets | median | rounds' medians | p90 |\n|---|---|---|---|---|\n",
             self.connections
         );
         for (label, on, view) in [
@@ -328,11 +365,19 @@ impl Results {
                 percentile(&values, 90.0) / 1e3
             );
         }
+        let ratios: Vec<String> = self
+            .pair_ratios()
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect();
         let _ = writeln!(
             md,
-            "\nMedian with tracer on over median with it off: {:.3} ({:+.1}%). Events tracer lost in these rounds: {}.\n",
+            "\nPer pair, the on round's median over the off round's: {} (in the order run). Their median: {:.3} ({:+.1}%), 95% CI {}; the pooled medians' ratio {:.3}. Events tracer lost in these rounds: {}.\n",
+            ratios.join(", "),
             self.ratio(),
             (self.ratio() - 1.0) * 100.0,
+            ci_text(self.ratio_ci()),
+            self.pooled_ratio(),
             self.lost()
         );
         md
@@ -355,7 +400,9 @@ impl Results {
         json!({
             "connections_per_round": self.connections, "off": summary(false, false),
             "on": summary(true, false), "on_tracer_view": summary(true, true),
-            "ratio_of_medians": self.ratio(), "lost": self.lost(), "rounds": rounds,
+            "ratio_of_medians": self.pooled_ratio(), "pair_ratios": self.pair_ratios(),
+            "ratio": self.ratio(), "ratio_ci": self.ratio_ci().map(|ci| ci.json()),
+            "lost": self.lost(), "rounds": rounds,
         })
     }
 }

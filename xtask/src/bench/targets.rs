@@ -50,7 +50,7 @@ pub fn markdown(r: &Inputs) -> String {
     let mut md =
         String::from("## Targets\n\n2-vCPU machine, default hooks, ratios within this run.");
     if r.quick {
-        md += " These numbers come from `--quick` (one short pair per configuration, one observer round): they show that every benchmark runs and judge nothing; a full run does.";
+        md += " These numbers come from `--quick` (one short pair per configuration, one observer pair of rounds): they show that every benchmark runs and judge nothing; a full run does.";
     }
     md += "\n\n| Target | Measured | Met |\n|---|---|---|\n";
     let mut row = |target: &str, measured: String, met: Met| {
@@ -145,8 +145,16 @@ pub fn markdown(r: &Inputs) -> String {
     row(
         "observer effect on container -> uplink latency <= +10%",
         format!(
-            "{:+.1}% ({} events lost)",
+            "{:+.1}%, 95% CI {} ({} events lost)",
             (observer - 1.0) * 100.0,
+            r.observer.ratio_ci().map_or_else(
+                || "n/a".to_owned(),
+                |ci| format!(
+                    "{:+.1}% to {:+.1}%",
+                    (ci.lo - 1.0) * 100.0,
+                    (ci.hi - 1.0) * 100.0
+                )
+            ),
             r.observer.lost()
         ),
         if r.observer.lost() > 0 {
