@@ -35,7 +35,7 @@ fn forward_drop_is_the_last_hop_with_its_reason() -> anyhow::Result<()> {
         ],
     )?;
     let ctr = &testbed.containers[0];
-    let (attempt, packets) = trace_connect(&testbed, port, Duration::from_millis(300))?;
+    let (attempt, packets) = trace_connect(&testbed, port, Duration::from_millis(300), &[])?;
     assert!(attempt.is_err(), "the SYN must be dropped");
     let syn = syn_from(&packets, &ctr.netns.name);
     let host = &testbed.host.name;
@@ -63,6 +63,44 @@ fn forward_drop_is_the_last_hop_with_its_reason() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A recording carries the recording kernel's names of drop reasons: its replay names the
+/// dropped SYN's reason as the live trace did, where a recording without them could only give
+/// the number (whose meaning changes between kernel versions).
+#[test]
+fn a_replayed_drop_keeps_its_reason() -> anyhow::Result<()> {
+    let port = 10033;
+    let testbed = Testbed::up(1)?;
+    testbed.drop_forward(port)?;
+    let dir = tracer_tests::machine::TempDir::new("tracer-drop-record")?;
+    let recording = dir.path().join("drop.events");
+    let recording_arg = recording.to_str().expect("a UTF-8 path");
+    let (attempt, live) = trace_connect(
+        &testbed,
+        port,
+        Duration::from_millis(300),
+        &["--record", recording_arg],
+    )?;
+    assert!(attempt.is_err(), "the SYN must be dropped");
+    let replay = tracer_tests::tracer::run(&["replay", recording_arg, "--output", "json"])?;
+    assert!(replay.status.success(), "{}", replay.stderr);
+    assert!(replay.stderr.contains(" 0 malformed"), "{}", replay.stderr);
+    let replayed = trace::packets(&replay.json()?);
+    let ctr = &testbed.containers[0].netns.name;
+    let dropped = |packets: &[Packet]| {
+        let syn = packets
+            .iter()
+            .find(|p| p.flags() == "S")
+            .unwrap_or_else(|| panic!("no SYN: {packets:#?}"));
+        syn.hops.last().expect("hops")["drop_reason"].clone()
+    };
+    assert_eq!(
+        syn_from(&live, ctr).hops.last().expect("hops")["drop_reason"],
+        drop_reason("NETFILTER_DROP")
+    );
+    assert_eq!(dropped(&replayed), drop_reason("NETFILTER_DROP"));
+    Ok(())
+}
+
 /// A connection to a closed port: the SYN dies in the remote for want of a socket, and the
 /// RST travels back through the NAT to the container, in the same flow.
 #[test]
@@ -70,7 +108,7 @@ fn closed_port_shows_the_rst_path() -> anyhow::Result<()> {
     let port = 10032;
     let testbed = Testbed::up(1)?;
     let ctr = &testbed.containers[0];
-    let (attempt, packets) = trace_connect(&testbed, port, Duration::from_secs(5))?;
+    let (attempt, packets) = trace_connect(&testbed, port, Duration::from_secs(5), &[])?;
     assert_eq!(
         attempt.err().map(|e| e.kind()),
         Some(std::io::ErrorKind::ConnectionRefused)
@@ -109,8 +147,9 @@ fn trace_connect(
     testbed: &Testbed,
     port: u16,
     timeout: Duration,
+    extra: &[&str],
 ) -> anyhow::Result<(std::io::Result<std::net::TcpStream>, Vec<Packet>)> {
-    let tracer = Tracer::json(port, &[])?;
+    let tracer = Tracer::json(port, extra)?;
     let server = SocketAddr::from((SERVER_ADDR, port));
     let attempt = testbed.containers[0]
         .netns

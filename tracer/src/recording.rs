@@ -1,8 +1,38 @@
 //! The format of `--record` files: each raw ring buffer record as a little-endian `u32` length
 //! followed by its bytes. The reader writes it; `tracer replay`, the golden tests and the
-//! benchmarks read it back.
+//! benchmarks read it back. A live trace's recording starts with one record of its own, the
+//! [`Names`] a replay cannot learn from the events.
 
-use std::io::{self, Read, Write};
+use std::{
+    collections::HashMap,
+    io::{self, Read, Write},
+};
+
+/// The first byte of a [`Names`] record. Not an `EventKind`: those are the small numbers the
+/// kernel programs write first in theirs.
+pub const NAMES: u8 = 0xa5;
+
+/// What a replay cannot learn from the events: the names the recording kernel gives its drop
+/// reasons (`enum skb_drop_reason`), whose values change between kernel versions. Recordings
+/// made before it have none and replay with drop reasons as numbers.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Names {
+    pub drop_reasons: HashMap<u32, String>,
+}
+
+/// Appends the [`Names`] record.
+pub fn write_names(out: &mut impl Write, names: &Names) -> io::Result<()> {
+    let mut record = vec![NAMES];
+    serde_json::to_writer(&mut record, names)?;
+    write(out, &record)
+}
+
+/// The names in `record`, when it is a [`Names`] record (an error when it is one that does
+/// not parse).
+pub fn read_names(record: &[u8]) -> Option<Result<Names, serde_json::Error>> {
+    let (&first, json) = record.split_first()?;
+    (first == NAMES).then(|| serde_json::from_slice(json))
+}
 
 /// Where raw records are copied to with `--record`.
 pub type Recorder = Box<dyn Write + Send>;
@@ -65,4 +95,29 @@ pub fn split(bytes: &[u8]) -> (Vec<&[u8]>, &[u8]) {
         rest = tail;
     }
     (records, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names come back from a recording as they were written, and only from their record.
+    #[test]
+    fn names_travel_in_their_own_record() {
+        let names = Names {
+            drop_reasons: HashMap::from([
+                (2, "NOT_SPECIFIED".to_owned()),
+                (5, "NETFILTER_DROP".to_owned()),
+            ]),
+        };
+        let mut bytes = Vec::new();
+        write_names(&mut bytes, &names).unwrap();
+        write(&mut bytes, &[1, 0, 0, 0]).unwrap();
+        let records = read_recording(&bytes[..]).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(read_names(&records[0]).unwrap().unwrap(), names);
+        assert!(read_names(&records[1]).is_none());
+        assert!(read_names(&[]).is_none());
+        assert!(read_names(&[NAMES, b'{']).unwrap().is_err());
+    }
 }

@@ -102,8 +102,21 @@ fn replay(file: &std::path::Path, bytes: &[u8]) -> Result<Read, MergeError> {
     let mut correlator = Correlator::new(Limits::default());
     let mut stats = RunStats::default();
     let mut packets = Vec::new();
+    let mut names = NameTable::default();
     let mut latest = 0;
     for record in records {
+        match recording::read_names(record) {
+            Some(Ok(read)) => {
+                names.set_drop_reasons(read.drop_reasons);
+                continue;
+            }
+            Some(Err(_)) => {
+                stats.events += 1;
+                stats.malformed += 1;
+                continue;
+            }
+            None => {}
+        }
         match decoder.record(record) {
             Ok(Some(event)) => {
                 stats.events += 1;
@@ -126,7 +139,7 @@ fn replay(file: &std::path::Path, bytes: &[u8]) -> Result<Read, MergeError> {
     }
     correlator.finish();
     collect(&mut correlator, &mut packets);
-    Ok((packets, NameTable::default(), stats))
+    Ok((packets, names, stats))
 }
 
 /// Keeps the packet traces the correlator completed; its flows are made again for the merged

@@ -36,6 +36,7 @@ use crate::{
     metrics::Metrics,
     output::{Format, HookStats, RunStats},
     reader::ReaderStats,
+    recording,
     rules::Detail,
 };
 
@@ -127,7 +128,14 @@ impl Trace {
         let tunnels = tunnels(&follower.topology);
         let mut programs =
             load_programs(&options, request.filter, files.pcapng.is_some(), &tunnels)?;
-        let reader = Reader::spawn(programs.take_events()?, files.recorder)?;
+        let mut recorder = files.recorder;
+        if let Some(recorder) = recorder.as_mut() {
+            let names = recording::Names {
+                drop_reasons: programs.drop_reasons().clone(),
+            };
+            recording::write_names(recorder, &names).context("failed to write --record")?;
+        }
+        let reader = Reader::spawn(programs.take_events()?, recorder)?;
         let outputs = open_outputs(&options, files.pcapng, io::stdout())?;
         let mut names = follower.names();
         names.set_drop_reasons(programs.drop_reasons().clone());

@@ -198,6 +198,13 @@ impl<'a> Session<'a> {
         self.stats.packets
     }
 
+    /// Names `enum skb_drop_reason` values from now on (a recording's [`Names`] record).
+    ///
+    /// [`Names`]: crate::recording::Names
+    pub fn name_drop_reasons(&mut self, reasons: HashMap<u32, String>) {
+        self.names.set_drop_reasons(reasons);
+    }
+
     /// Replaces the names of namespaces and containers (the topology changed), keeping what
     /// was learnt of the kernel's names.
     pub fn rename(&mut self, mut names: NameTable) {

@@ -5,7 +5,11 @@
 use std::io::{self, Read};
 
 use super::Session;
-use crate::{decode::Decoder, output::RunStats, recording::Recording};
+use crate::{
+    decode::Decoder,
+    output::RunStats,
+    recording::{self, Recording},
+};
 
 /// Records between two clock ticks.
 const TICK_EVERY: u64 = 1024;
@@ -18,6 +22,19 @@ pub fn run(input: impl Read, mut session: Session<'_>) -> anyhow::Result<RunStat
     let mut latest = 0;
     let mut decoder = Decoder::new();
     while recording.next_into(&mut record)? {
+        match recording::read_names(&record) {
+            Some(Ok(names)) => {
+                session.name_drop_reasons(names.drop_reasons);
+                continue;
+            }
+            Some(Err(_)) => {
+                // Counted like any record the decoder cannot read.
+                events += 1;
+                malformed += 1;
+                continue;
+            }
+            None => {}
+        }
         // Packet events are counted; a socket's record only names processes.
         match decoder.record(&record) {
             Ok(Some(event)) => {
