@@ -18,7 +18,7 @@ use tracer_common::wire::tcp;
 
 pub use super::intern::Segment;
 use super::{
-    Direction, Hop, HopLabel, Limits, NatRecord,
+    Direction, FlowSummary, Hop, HopLabel, HopPair, Limits, NatRecord, Record,
     intern::{Places, Segments},
     stats::{Latency, SampleStore, Summary},
     verdict::Evidence,
@@ -163,6 +163,42 @@ pub struct EndedFlow {
     pub path: Vec<(Segment, Summary)>,
     /// What its packets showed, with the place it was last seen.
     pub evidence: Evidence,
+}
+
+impl EndedFlow {
+    /// What the flow's end writes: the NAT only conntrack showed, then its summary.
+    pub fn into_records(self) -> impl Iterator<Item = Record> {
+        let EndedFlow {
+            flow,
+            path,
+            evidence,
+        } = self;
+        let hops = path
+            .into_iter()
+            .map(|((direction, from, to), latency)| HopPair {
+                direction,
+                from,
+                to,
+                latency,
+            })
+            .collect();
+        let summary = FlowSummary {
+            flow_id: flow.id,
+            orig: flow.orig(),
+            reply: flow.reply(),
+            packets: flow.packets,
+            first_ts: flow.first_ts,
+            last_ts: flow.last_ts,
+            hops,
+            evidence,
+            // Judged where it is written, with the rules and names known there.
+            verdict: None,
+        };
+        let nat = flow.unobserved_nat();
+        nat.into_iter()
+            .map(Record::Nat)
+            .chain(std::iter::once(Record::Flow(summary)))
+    }
 }
 
 /// The index key of a tuple and of its reverse: a 64-bit hash of the smaller of the two,

@@ -404,34 +404,8 @@ impl Correlator {
     }
 
     fn end(&mut self, flows: Vec<EndedFlow>) {
-        for EndedFlow {
-            flow,
-            path,
-            evidence,
-        } in flows
-        {
-            self.out
-                .extend(flow.unobserved_nat().into_iter().map(Record::Nat));
-            let hops = path
-                .into_iter()
-                .map(|((direction, from, to), latency)| HopPair {
-                    direction,
-                    from,
-                    to,
-                    latency,
-                })
-                .collect();
-            self.out.push_back(Record::Flow(FlowSummary {
-                flow_id: flow.id,
-                orig: flow.orig(),
-                reply: flow.reply(),
-                packets: flow.packets,
-                first_ts: flow.first_ts,
-                last_ts: flow.last_ts,
-                hops,
-                evidence,
-                verdict: None,
-            }));
+        for ended in flows {
+            self.out.extend(ended.into_records());
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::{
     decode::Decoder,
     names::NameTable,
     output::RunStats,
-    recording,
+    recording::{self, Entry},
 };
 
 /// Records between two clock ticks of the correlator, as in `tracer replay`.
@@ -105,26 +105,15 @@ fn replay(file: &std::path::Path, bytes: &[u8]) -> Result<Read, MergeError> {
     let mut names = NameTable::default();
     let mut latest = 0;
     for record in records {
-        match recording::read_names(record) {
-            Some(Ok(read)) => {
-                names.set_drop_reasons(read.drop_reasons);
-                continue;
-            }
-            Some(Err(_)) => {
-                stats.events += 1;
-                stats.malformed += 1;
-                continue;
-            }
-            None => {}
-        }
-        match decoder.record(record) {
-            Ok(Some(event)) => {
+        match Entry::read(&mut decoder, record) {
+            Entry::Event(event) => {
                 stats.events += 1;
                 latest = latest.max(event.ts_ns);
                 correlator.push(event);
             }
-            Ok(None) => {}
-            Err(_) => {
+            Entry::Names(read) => names.set_drop_reasons(read.drop_reasons),
+            Entry::Nothing => {}
+            Entry::Malformed => {
                 stats.events += 1;
                 stats.malformed += 1;
             }

@@ -23,9 +23,7 @@ use std::{
 
 use super::{Merged, NodeTrace, json_out};
 use crate::{
-    correlate::{
-        FlowSummary, Hop, HopPair, Limits, PacketProcess, PacketTrace, Record, flow::FlowTable,
-    },
+    correlate::{Hop, Limits, PacketProcess, PacketTrace, Record, flow::FlowTable},
     decode::Process,
     names::NameTable,
     output::{self, Output, RunStats, json::JsonWriter, text::TextWriter},
@@ -228,39 +226,9 @@ fn process(
 /// Flow summaries (and the NAT only conntrack showed) of flows that ended, as the correlator
 /// writes them.
 fn end(ended: Vec<crate::correlate::flow::EndedFlow>, records: &mut Vec<(Record, Vec<Origin>)>) {
-    for crate::correlate::flow::EndedFlow {
-        flow,
-        path,
-        evidence,
-    } in ended
-    {
-        records.extend(
-            flow.unobserved_nat()
-                .into_iter()
-                .map(|nat| (Record::Nat(nat), vec![])),
-        );
-        let hops = path
-            .into_iter()
-            .map(|((direction, from, to), latency)| HopPair {
-                direction,
-                from,
-                to,
-                latency,
-            })
-            .collect();
-        let summary = FlowSummary {
-            flow_id: flow.id,
-            orig: flow.orig(),
-            reply: flow.reply(),
-            packets: flow.packets,
-            first_ts: flow.first_ts,
-            last_ts: flow.last_ts,
-            hops,
-            evidence,
-            // The nodes' own traces have theirs.
-            verdict: None,
-        };
-        records.push((Record::Flow(summary), vec![]));
+    // Without verdicts, as the correlator writes them: the nodes' own traces have theirs.
+    for flow in ended {
+        records.extend(flow.into_records().map(|record| (record, vec![])));
     }
 }
 

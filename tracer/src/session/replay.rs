@@ -8,7 +8,7 @@ use super::Session;
 use crate::{
     decode::Decoder,
     output::RunStats,
-    recording::{self, Recording},
+    recording::{Entry, Recording},
 };
 
 /// Records between two clock ticks.
@@ -22,28 +22,16 @@ pub fn run(input: impl Read, mut session: Session<'_>) -> anyhow::Result<RunStat
     let mut latest = 0;
     let mut decoder = Decoder::new();
     while recording.next_into(&mut record)? {
-        match recording::read_names(&record) {
-            Some(Ok(names)) => {
-                session.name_drop_reasons(names.drop_reasons);
-                continue;
-            }
-            Some(Err(_)) => {
-                // Counted like any record the decoder cannot read.
-                events += 1;
-                malformed += 1;
-                continue;
-            }
-            None => {}
-        }
         // Packet events are counted; a socket's record only names processes.
-        match decoder.record(&record) {
-            Ok(Some(event)) => {
+        match Entry::read(&mut decoder, &record) {
+            Entry::Event(event) => {
                 events += 1;
                 latest = latest.max(event.ts_ns);
                 session.push([event]);
             }
-            Ok(None) => {}
-            Err(_) => {
+            Entry::Names(names) => session.name_drop_reasons(names.drop_reasons),
+            Entry::Nothing => {}
+            Entry::Malformed => {
                 events += 1;
                 malformed += 1;
             }

@@ -138,16 +138,8 @@ fn wait(child: Child, start: Instant) -> anyhow::Result<Run> {
     // tracer's own VmHWM from its closing line. (Not wait4's ru_maxrss: that also counts the
     // memory of the process that spawned it, this one, whose address space the child had
     // until it called exec.)
-    let peak = stderr
-        .lines()
-        .find_map(|line| {
-            line.split_once("; peak memory ")?
-                .1
-                .strip_suffix(" MiB")?
-                .parse::<f64>()
-                .ok()
-        })
-        .context("tracer replay did not report its peak memory")?;
+    let peak =
+        super::tools::peak_mib(&stderr).context("tracer replay did not report its peak memory")?;
     Ok(Run {
         seconds,
         peak_rss: (peak * f64::from(1 << 20)) as u64,

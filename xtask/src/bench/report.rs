@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use super::{
     stats::{self, Interval, Stat},
     stream,
+    tools::peak_mib,
 };
 
 /// Seed of the stream: the collector benchmark's, so that the two describe the same traffic.
@@ -106,17 +107,6 @@ pub fn run(binary: &Path, quick: bool) -> anyhow::Result<Results> {
         render_ms: Stat::of(&render),
         ci: stats::median_ci(&render, stats::LEVEL),
         runs,
-    })
-}
-
-/// The peak memory in tracer's closing line.
-pub(super) fn peak_mib(stderr: &str) -> Option<f64> {
-    stderr.lines().find_map(|line| {
-        line.split_once("; peak memory ")?
-            .1
-            .strip_suffix(" MiB")?
-            .parse::<f64>()
-            .ok()
     })
 }
 

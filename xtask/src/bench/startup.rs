@@ -18,7 +18,10 @@ use tracer_tests::{
     traffic,
 };
 
-use super::stats::Stat;
+use super::{
+    stats::Stat,
+    tools::{packets_from, peak_mib},
+};
 
 /// One row: which hooks, how many container namespaces, seconds to ready (and until TC
 /// programs were attached, when they were asked for).
@@ -103,25 +106,17 @@ fn small_trace(testbed: &Testbed, runs: usize) -> anyhow::Result<SmallTrace> {
         drop((client, accepted));
         let closing = &finished.stderr;
         peaks.push(
-            super::report::peak_mib(closing)
+            peak_mib(closing)
                 .with_context(|| format!("tracer did not report its peak memory: {closing}"))?,
         );
         packets.push(
-            packets_traced(closing)
+            packets_from(closing)
                 .with_context(|| format!("tracer did not report its packets: {closing}"))?,
         );
     }
     Ok(SmallTrace {
         peak_mib: Stat::of(&peaks),
         packets,
-    })
-}
-
-/// The packets in tracer's closing line (`...; 3 packets in 1 flows; ...`).
-fn packets_traced(stderr: &str) -> Option<u64> {
-    stderr.lines().find_map(|line| {
-        let (before, _) = line.split_once(" packets in ")?;
-        before.rsplit(' ').next()?.parse().ok()
     })
 }
 

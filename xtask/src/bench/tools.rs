@@ -30,6 +30,25 @@ pub fn lost_from(stderr: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Peak memory in MiB from tracer's closing line (`...; peak memory 22.7 MiB`).
+pub fn peak_mib(stderr: &str) -> Option<f64> {
+    stderr.lines().find_map(|line| {
+        line.split_once("; peak memory ")?
+            .1
+            .strip_suffix(" MiB")?
+            .parse::<f64>()
+            .ok()
+    })
+}
+
+/// Packets traced, from tracer's closing line (`...; 3 packets in 1 flows; ...`).
+pub fn packets_from(stderr: &str) -> Option<u64> {
+    stderr.lines().find_map(|line| {
+        let (before, _) = line.split_once(" packets in ")?;
+        before.rsplit(' ').next()?.parse().ok()
+    })
+}
+
 /// Runs `iperf3 -c SERVER_ADDR -p IPERF_PORT -J ARGS` in `client` and returns its report.
 pub fn iperf3(client: &Netns, args: &[&str]) -> anyhow::Result<Value> {
     let (server, port) = (SERVER_ADDR.to_string(), IPERF_PORT.to_string());
@@ -186,6 +205,11 @@ mod tests {
         let stderr = "tracer: ready\ntracer: 1234 events, 56 lost, 7 packets\n";
         assert_eq!(lost_from(stderr), 56);
         assert_eq!(lost_from("tracer: ready\n"), 0);
+        let closing = "tracer: ready\ntracer: 9 events, 0 lost, 0 malformed; 3 packets in 1 flows; peak memory 22.7 MiB\n";
+        assert_eq!(peak_mib(closing), Some(22.7));
+        assert_eq!(packets_from(closing), Some(3));
+        assert_eq!(peak_mib("tracer: ready\n"), None);
+        assert_eq!(packets_from("tracer: ready\n"), None);
     }
 
     #[test]
