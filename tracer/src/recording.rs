@@ -8,8 +8,6 @@ use std::{
     io::{self, Read, Write},
 };
 
-use crate::decode::{Decoder, HopEvent};
-
 /// The first byte of a [`Names`] record. Not an `EventKind`: those are the small numbers the
 /// kernel programs write first in theirs.
 pub const NAMES: u8 = 0xa5;
@@ -31,36 +29,9 @@ pub fn write_names(out: &mut impl Write, names: &Names) -> io::Result<()> {
 
 /// The names in `record`, when it is a [`Names`] record (an error when it is one that does
 /// not parse).
-fn read_names(record: &[u8]) -> Option<Result<Names, serde_json::Error>> {
+pub fn read_names(record: &[u8]) -> Option<Result<Names, serde_json::Error>> {
     let (&first, json) = record.split_first()?;
     (first == NAMES).then(|| serde_json::from_slice(json))
-}
-
-/// What one record of a recording holds, for the commands that read recordings back
-/// (`tracer replay`, `report`, `merge`).
-pub enum Entry {
-    /// A packet's event.
-    Event(HopEvent),
-    /// The recording's [`Names`].
-    Names(Names),
-    /// A socket's record, which `decoder` keeps to name the processes of later events.
-    Nothing,
-    /// A record neither the decoder nor [`read_names`] can read: counted as a malformed event.
-    Malformed,
-}
-
-impl Entry {
-    pub fn read(decoder: &mut Decoder, record: &[u8]) -> Entry {
-        match read_names(record) {
-            Some(Ok(names)) => Entry::Names(names),
-            Some(Err(_)) => Entry::Malformed,
-            None => match decoder.record(record) {
-                Ok(Some(event)) => Entry::Event(event),
-                Ok(None) => Entry::Nothing,
-                Err(_) => Entry::Malformed,
-            },
-        }
-    }
 }
 
 /// Where raw records are copied to with `--record`.

@@ -21,6 +21,8 @@ use tracer_common::{
     wire::{conntrack, ipproto},
 };
 
+use crate::recording;
+
 mod encap;
 
 /// Why a record was rejected.
@@ -250,6 +252,20 @@ const MAX_OWNERS: usize = 1 << 18;
 /// socket's FIN and retransmissions leave after `close()`).
 const RELEASED_KEPT: usize = 4096;
 
+/// What one record of a recording holds, for the commands that read recordings back
+/// (`tracer replay`, `report`, `merge`).
+pub enum Entry {
+    /// A packet's event.
+    Event(HopEvent),
+    /// The recording's names.
+    Names(recording::Names),
+    /// A socket's record, which the decoder keeps to name the processes of later events.
+    Nothing,
+    /// A record neither the decoder nor the names can be read from: counted as a malformed
+    /// event.
+    Malformed,
+}
+
 /// Decodes records one after another, giving the events of one connection one shared
 /// conntrack entry (the entry is 96 bytes and most hops carry one) while its tuples and state
 /// stay the same, and giving packets the process that created their socket.
@@ -281,6 +297,20 @@ impl Decoder {
         Decoder {
             recent: vec![None; RECENT_ENTRIES],
             ..Decoder::default()
+        }
+    }
+
+    /// Takes one record of a recording: a ring buffer record, or the recording's
+    /// [`recording::Names`].
+    pub fn entry(&mut self, record: &[u8]) -> Entry {
+        match recording::read_names(record) {
+            Some(Ok(names)) => Entry::Names(names),
+            Some(Err(_)) => Entry::Malformed,
+            None => match self.record(record) {
+                Ok(Some(event)) => Entry::Event(event),
+                Ok(None) => Entry::Nothing,
+                Err(_) => Entry::Malformed,
+            },
         }
     }
 

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use super::{MergeError, NodeTrace, json_in, stem};
 use crate::{
     correlate::{Correlator, Limits, Record},
-    decode::Decoder,
+    decode::{Decoder, Entry},
     names::NameTable,
     output::RunStats,
-    recording::{self, Entry},
+    recording,
 };
 
 /// Records between two clock ticks of the correlator, as in `tracer replay`.
@@ -105,7 +105,7 @@ fn replay(file: &std::path::Path, bytes: &[u8]) -> Result<Read, MergeError> {
     let mut names = NameTable::default();
     let mut latest = 0;
     for record in records {
-        match Entry::read(&mut decoder, record) {
+        match decoder.entry(record) {
             Entry::Event(event) => {
                 stats.events += 1;
                 latest = latest.max(event.ts_ns);

@@ -6,9 +6,9 @@ use std::io::{self, Read};
 
 use super::Session;
 use crate::{
-    decode::Decoder,
+    decode::{Decoder, Entry},
     output::RunStats,
-    recording::{Entry, Recording},
+    recording::Recording,
 };
 
 /// Records between two clock ticks.
@@ -23,7 +23,7 @@ pub fn run(input: impl Read, mut session: Session<'_>) -> anyhow::Result<RunStat
     let mut decoder = Decoder::new();
     while recording.next_into(&mut record)? {
         // Packet events are counted; a socket's record only names processes.
-        match Entry::read(&mut decoder, &record) {
+        match decoder.entry(&record) {
             Entry::Event(event) => {
                 events += 1;
                 latest = latest.max(event.ts_ns);
