@@ -16,6 +16,7 @@ use crate::{
     metrics::Metrics,
     names::NameTable,
     output,
+    recording::Source,
     session::{Session, live::Trace, replay},
     topology::{Topology, runtime::Workloads},
 };
@@ -115,7 +116,18 @@ pub fn replay(path: &Path, format: Format, max_flows: usize) -> anyhow::Result<(
         vec![out],
         NameTable::default(),
     );
-    let stats = replay::run(file, session)?;
+    let mut input = Source::open(file)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(UsageError::from)?;
+    let stats = replay::run(&mut input, session)?;
+    if input.left_out() > 0 {
+        // A tracer killed while writing leaves a last record cut short.
+        eprintln!(
+            "tracer: warning: {} ends within a record; its last {} bytes are left out",
+            path.display(),
+            input.left_out()
+        );
+    }
     eprintln!("{}", crate::session::closing_line(&stats));
     Ok(())
 }

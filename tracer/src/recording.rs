@@ -5,8 +5,11 @@
 
 use std::{
     collections::HashMap,
+    fs::File,
     io::{self, Read, Write},
 };
+
+use memmap2::{Advice, Mmap, MmapOptions, UncheckedAdvice};
 
 /// The first byte of a [`Names`] record. Not an `EventKind`: those are the small numbers the
 /// kernel programs write first in theirs.
@@ -44,28 +47,185 @@ pub fn write(out: &mut impl Write, record: &[u8]) -> io::Result<()> {
     out.write_all(record)
 }
 
-/// Reads records written by [`write`] back one at a time, for replay without the kernel.
+/// Reads records written by [`write`] back one at a time, for replay without the kernel. A
+/// last record cut short (a tracer killed while writing) ends the recording; [`left_out`]
+/// says how many bytes it had.
+///
+/// [`left_out`]: Recording::left_out
 pub struct Recording<R> {
     input: R,
+    left_out: usize,
 }
 
 impl<R: Read> Recording<R> {
     pub fn new(input: R) -> Self {
-        Recording { input }
+        Recording { input, left_out: 0 }
     }
 
     /// Reads the next record into `record`; false at the end of the recording.
     pub fn next_into(&mut self, record: &mut Vec<u8>) -> io::Result<bool> {
         let mut len = [0u8; 4];
-        match self.input.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(err) => return Err(err),
+        match read_full(&mut self.input, &mut len)? {
+            0 => return Ok(false),
+            4 => {}
+            got => {
+                self.left_out = got;
+                return Ok(false);
+            }
         }
-        record.resize(u32::from_le_bytes(len) as usize, 0);
-        self.input.read_exact(record)?;
+        let len = u32::from_le_bytes(len) as usize;
+        record.resize(len, 0);
+        let got = read_full(&mut self.input, record)?;
+        if got < len {
+            self.left_out = 4 + got;
+            return Ok(false);
+        }
         Ok(true)
     }
+
+    /// Bytes after the last whole record, once the recording has ended.
+    pub fn left_out(&self) -> usize {
+        self.left_out
+    }
+}
+
+/// A recording opened for replay. A regular file is mapped and its records are handed out
+/// where they lie: reading it would copy every byte into the process first, which was a sixth
+/// of a replay's time. Anything else (a pipe) is read.
+pub enum Source {
+    Mapped(Mapped),
+    Read {
+        recording: Recording<io::BufReader<Box<dyn Read>>>,
+        record: Vec<u8>,
+    },
+}
+
+/// A mapped recording, and how far it has been read.
+pub struct Mapped {
+    map: Mmap,
+    at: usize,
+    /// The pages before this offset were given back.
+    released: usize,
+    left_out: usize,
+}
+
+/// Bytes of a mapped recording read between two releases of their pages, so that a replay's
+/// resident memory does not grow with the recording's size.
+const RELEASE_EVERY: usize = 256 << 10;
+
+impl Source {
+    /// The whole of `file`.
+    pub fn open(file: File) -> io::Result<Source> {
+        Source::open_first(file, None)
+    }
+
+    /// The first `bytes` of `file` (all of it with `None`).
+    pub fn open_first(file: File, bytes: Option<u64>) -> io::Result<Source> {
+        let metadata = file.metadata()?;
+        let len = bytes.map_or(metadata.len(), |bytes| bytes.min(metadata.len()));
+        if metadata.is_file() && len > 0 {
+            let len = usize::try_from(len).map_err(io::Error::other)?;
+            // SAFETY: the map is read-only and private to this process, and only read as
+            // bytes. A file that another process truncates while it is mapped faults on the
+            // pages it lost; a recording is written once and replayed afterwards.
+            let map = unsafe { MmapOptions::new().len(len).map(&file)? };
+            // Only a hint for the kernel's read-ahead: a replay without it is correct.
+            let _ = map.advise(Advice::Sequential);
+            return Ok(Source::Mapped(Mapped {
+                map,
+                at: 0,
+                released: 0,
+                left_out: 0,
+            }));
+        }
+        let input: Box<dyn Read> = match bytes {
+            Some(bytes) => Box::new(file.take(bytes)),
+            None => Box::new(file),
+        };
+        Ok(Source::Read {
+            recording: Recording::new(io::BufReader::new(input)),
+            record: Vec::new(),
+        })
+    }
+
+    /// The next record; `None` at the end of the recording.
+    pub fn next_record(&mut self) -> io::Result<Option<&[u8]>> {
+        match self {
+            Source::Mapped(mapped) => Ok(mapped.next()),
+            Source::Read { recording, record } => {
+                Ok(recording.next_into(record)?.then_some(&record[..]))
+            }
+        }
+    }
+
+    /// Bytes after the last whole record, once the recording has ended: a last record cut
+    /// short.
+    pub fn left_out(&self) -> usize {
+        match self {
+            Source::Mapped(mapped) => mapped.left_out,
+            Source::Read { recording, .. } => recording.left_out(),
+        }
+    }
+}
+
+impl Mapped {
+    fn next(&mut self) -> Option<&[u8]> {
+        self.release_read_pages();
+        let rest = &self.map[self.at..];
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            self.left_out = rest.len();
+            return None;
+        };
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > tail.len() {
+            self.left_out = rest.len();
+            return None;
+        }
+        self.at += 4 + len;
+        Some(&tail[..len])
+    }
+
+    /// Gives back the pages already read, a few MiB at a time (they are the file's, in the
+    /// page cache; only this process's mapping of them goes).
+    fn release_read_pages(&mut self) {
+        if self.at - self.released < RELEASE_EVERY {
+            return;
+        }
+        let end = self.at & !(page_size() - 1);
+        // SAFETY: the mapping is read-only and backed by the file, so the pages dropped are
+        // read again from it if touched; nothing before `self.at` is borrowed any more (a
+        // record handed out lives until the next call, which is this one).
+        let released = unsafe {
+            self.map.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                self.released,
+                end - self.released,
+            )
+        };
+        if released.is_ok() {
+            self.released = end;
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(read) => got += read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(got)
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
 }
 
 /// Every record of a recording.
@@ -119,5 +279,92 @@ mod tests {
         assert!(read_names(&records[1]).is_none());
         assert!(read_names(&[]).is_none());
         assert!(read_names(&[NAMES, b'{']).unwrap().is_err());
+    }
+
+    /// Records of different lengths, enough of them to cross several releases of a mapped
+    /// recording's pages, and the bytes of their recording.
+    fn many_records() -> (Vec<Vec<u8>>, Vec<u8>) {
+        let records: Vec<Vec<u8>> = (0..20_000u32)
+            .map(|n| (0..(n % 200 + 1)).map(|i| (n ^ i) as u8).collect())
+            .collect();
+        let mut bytes = Vec::new();
+        for record in &records {
+            write(&mut bytes, record).unwrap();
+        }
+        assert!(bytes.len() > 4 * RELEASE_EVERY);
+        (records, bytes)
+    }
+
+    /// Every record of `source`, and the bytes it left out.
+    fn read_all(mut source: Source) -> (Vec<Vec<u8>>, usize) {
+        let mut records = Vec::new();
+        while let Some(record) = source.next_record().unwrap() {
+            records.push(record.to_vec());
+        }
+        (records, source.left_out())
+    }
+
+    /// A file in the test's own directory, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, bytes: &[u8]) -> TempFile {
+            let path = std::env::temp_dir()
+                .join(format!("tracer-recording-{}-{name}", std::process::id()));
+            std::fs::write(&path, bytes).unwrap();
+            TempFile(path)
+        }
+
+        fn open(&self) -> File {
+            File::open(&self.0).unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A file is mapped and a pipe is read, and both give every record as it was written,
+    /// across the releases of a mapping's pages; a last record cut short is left out and
+    /// counted, and so is a length prefix cut short.
+    #[test]
+    fn a_mapped_recording_and_a_piped_one_read_the_same() {
+        let (records, mut bytes) = many_records();
+        let whole = TempFile::new("whole", &bytes);
+        let source = Source::open(whole.open()).unwrap();
+        assert!(matches!(source, Source::Mapped(_)));
+        assert_eq!(read_all(source), (records.clone(), 0));
+
+        let (reader, mut writer) = io::pipe().unwrap();
+        let feed = {
+            let bytes = bytes.clone();
+            std::thread::spawn(move || writer.write_all(&bytes))
+        };
+        let source = Source::open(File::from(std::os::fd::OwnedFd::from(reader))).unwrap();
+        assert!(matches!(source, Source::Read { .. }));
+        assert_eq!(read_all(source), (records.clone(), 0));
+        feed.join().unwrap().unwrap();
+
+        // A record cut short: its length prefix and 3 of its bytes.
+        write(&mut bytes, &[9; 10]).unwrap();
+        bytes.truncate(bytes.len() - 7);
+        let cut = TempFile::new("cut", &bytes);
+        assert_eq!(
+            read_all(Source::open(cut.open()).unwrap()),
+            (records.clone(), 7)
+        );
+        let mut piped = Recording::new(&bytes[..]);
+        let (mut read, mut record) = (Vec::new(), Vec::new());
+        while piped.next_into(&mut record).unwrap() {
+            read.push(record.clone());
+        }
+        assert_eq!((read, piped.left_out()), (records.clone(), 7));
+
+        // Only the first bytes asked for; a length prefix cut short.
+        let whole_len = (bytes.len() - 7) as u64;
+        let first = Source::open_first(cut.open(), Some(whole_len + 2)).unwrap();
+        assert_eq!(read_all(first), (records, 2));
     }
 }

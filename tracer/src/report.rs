@@ -25,6 +25,7 @@ use crate::{
         RunStats,
         html::{self, Collector, model::Report},
     },
+    recording::Source,
     session::{Session, judge, name_locations},
 };
 
@@ -125,7 +126,9 @@ fn replay(options: &Options, path: &Path, complete: u64) -> anyhow::Result<RunSt
         vec![Box::new(writer)],
         names,
     );
-    let stats = crate::session::replay::run(file.take(complete), session)?;
+    let mut input = Source::open_first(file, Some(complete))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let stats = crate::session::replay::run(&mut input, session)?;
     if stats.events > 0 && stats.malformed == stats.events {
         let _ = std::fs::remove_file(&options.output);
         return Err(UsageError(format!(

@@ -249,3 +249,47 @@ fn a_flow_keeps_a_bounded_number_of_packets_and_counts_the_rest() {
         assert!(pair.p50 <= pair.p99 && pair.p99 <= pair.max);
     }
 }
+
+/// `tracer replay` of a recording whose last record was cut short (a tracer killed while
+/// writing) writes what the whole records hold, exactly as a replay of those alone, says how
+/// many bytes it left out, and succeeds; read from a pipe, the same.
+#[test]
+fn a_replay_leaves_out_a_last_record_cut_short() {
+    let whole = std::fs::read(data("snat-handshake.events")).expect("recording");
+    let mut cut = whole.clone();
+    cut.extend_from_slice(&100u32.to_le_bytes());
+    cut.extend_from_slice(&[1; 10]);
+    let path = std::env::temp_dir().join(format!("tracer-golden-cut-{}", std::process::id()));
+    std::fs::write(&path, &cut).expect("write the cut recording");
+    let replay = |path: &Path, stdin: Option<&[u8]>| {
+        use std::{io::Write as _, process::Stdio};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args(["replay", "--output", "json"])
+            .arg(path)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tracer replay runs");
+        if let Some(bytes) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin");
+            pipe.write_all(bytes).expect("the recording into the pipe");
+        }
+        child.wait_with_output().expect("tracer replay ends")
+    };
+    let expected = replay(&data("snat-handshake.events"), None);
+    let mapped = replay(&path, None);
+    let piped = replay(Path::new("/dev/stdin"), Some(&cut));
+    let _ = std::fs::remove_file(&path);
+    assert!(expected.status.success());
+    assert!(!expected.stdout.is_empty());
+    for run in [mapped, piped] {
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        assert_eq!(run.stdout, expected.stdout);
+        assert!(
+            stderr.contains("ends within a record; its last 14 bytes are left out"),
+            "{stderr}"
+        );
+    }
+}

@@ -40,6 +40,9 @@ pub struct Session<'a> {
     shown: Shown,
     outputs: Vec<Box<dyn Output + 'a>>,
     names: NameTable,
+    /// Drop locations of events pushed since the last write that are not named yet: named
+    /// together, in one read of kallsyms, before the next record is written.
+    unnamed: Vec<u64>,
     stats: RunStats,
     /// `--rules`: what nf_tables reported of the traced packets.
     rules: Option<Rules>,
@@ -66,6 +69,7 @@ impl<'a> Session<'a> {
             },
             outputs,
             names,
+            unnamed: Vec::new(),
             stats: RunStats::default(),
             rules: None,
         }
@@ -94,6 +98,12 @@ impl<'a> Session<'a> {
     /// Adds decoded events.
     pub fn push(&mut self, events: impl IntoIterator<Item = HopEvent>) {
         for event in events {
+            if let Some(drop) = &event.drop
+                && !self.names.has_symbol(drop.location)
+                && !self.unnamed.contains(&drop.location)
+            {
+                self.unnamed.push(drop.location);
+            }
             self.correlator.push(event);
         }
     }
@@ -119,6 +129,9 @@ impl<'a> Session<'a> {
         let mut wrote = false;
         if let Some(rules) = &mut self.rules {
             rules.poll(monotonic_ns());
+        }
+        if !self.unnamed.is_empty() && self.correlator.has_ready() {
+            name_locations(&std::mem::take(&mut self.unnamed), &mut self.names);
         }
         for _ in 0..max {
             let Some(record) = self.correlator.pop() else {

@@ -2,28 +2,24 @@
 //! without the kernel. The events' own timestamps are the clock, so packets complete and flows
 //! end as they did live.
 
-use std::io::{self, Read};
-
 use super::Session;
 use crate::{
     decode::{Decoder, Entry},
     output::RunStats,
-    recording::Recording,
+    recording::Source,
 };
 
 /// Records between two clock ticks.
 const TICK_EVERY: u64 = 1024;
 
 /// Feeds every record of `input` to `session` and finishes it.
-pub fn run(input: impl Read, mut session: Session<'_>) -> anyhow::Result<RunStats> {
-    let mut recording = Recording::new(io::BufReader::new(input));
+pub fn run(input: &mut Source, mut session: Session<'_>) -> anyhow::Result<RunStats> {
     let (mut events, mut malformed) = (0, 0);
-    let mut record = Vec::new();
     let mut latest = 0;
     let mut decoder = Decoder::new();
-    while recording.next_into(&mut record)? {
+    while let Some(record) = input.next_record()? {
         // Packet events are counted; a socket's record only names processes.
-        match decoder.entry(&record) {
+        match decoder.entry(record) {
             Entry::Event(event) => {
                 events += 1;
                 latest = latest.max(event.ts_ns);
