@@ -106,12 +106,15 @@ pub struct Mapped {
     at: usize,
     /// The pages before this offset were given back.
     released: usize,
+    /// The pages before this offset were mapped ahead of the reading.
+    populated: usize,
     left_out: usize,
 }
 
-/// Bytes of a mapped recording read between two releases of their pages, so that a replay's
-/// resident memory does not grow with the recording's size.
-const RELEASE_EVERY: usize = 256 << 10;
+/// A mapped recording is read through a window of this many bytes: the pages ahead of it are
+/// mapped in one call (not a page fault every few pages) and those behind it are given back,
+/// so that a replay's resident memory does not grow with the recording's size.
+const WINDOW: usize = 256 << 10;
 
 impl Source {
     /// The whole of `file`.
@@ -129,12 +132,11 @@ impl Source {
             // bytes. A file that another process truncates while it is mapped faults on the
             // pages it lost; a recording is written once and replayed afterwards.
             let map = unsafe { MmapOptions::new().len(len).map(&file)? };
-            // Only a hint for the kernel's read-ahead: a replay without it is correct.
-            let _ = map.advise(Advice::Sequential);
             return Ok(Source::Mapped(Mapped {
                 map,
                 at: 0,
                 released: 0,
+                populated: 0,
                 left_out: 0,
             }));
         }
@@ -170,7 +172,7 @@ impl Source {
 
 impl Mapped {
     fn next(&mut self) -> Option<&[u8]> {
-        self.release_read_pages();
+        self.slide();
         let rest = &self.map[self.at..];
         let Some((len, tail)) = rest.split_first_chunk::<4>() else {
             self.left_out = rest.len();
@@ -185,26 +187,37 @@ impl Mapped {
         Some(&tail[..len])
     }
 
-    /// Gives back the pages already read, a few MiB at a time (they are the file's, in the
-    /// page cache; only this process's mapping of them goes).
-    fn release_read_pages(&mut self) {
-        if self.at - self.released < RELEASE_EVERY {
+    /// Moves the window on once the reading nears its end: maps the pages ahead and gives
+    /// back those already read (they stay in the page cache; only this process's mapping of
+    /// them goes).
+    fn slide(&mut self) {
+        if self.at + WINDOW / 2 < self.populated {
             return;
         }
-        let end = self.at & !(page_size() - 1);
-        // SAFETY: the mapping is read-only and backed by the file, so the pages dropped are
-        // read again from it if touched; nothing before `self.at` is borrowed any more (a
-        // record handed out lives until the next call, which is this one).
-        let released = unsafe {
-            self.map.unchecked_advise_range(
-                UncheckedAdvice::DontNeed,
-                self.released,
-                end - self.released,
-            )
-        };
-        if released.is_ok() {
-            self.released = end;
+        let start = self.at & !(page_size() - 1);
+        if start > self.released {
+            // SAFETY: the mapping is read-only and backed by the file, so the pages dropped
+            // are read again from it if touched; nothing before `self.at` is borrowed any more
+            // (a record handed out lives until the next call, which is this one).
+            let released = unsafe {
+                self.map.unchecked_advise_range(
+                    UncheckedAdvice::DontNeed,
+                    self.released,
+                    start - self.released,
+                )
+            };
+            if released.is_ok() {
+                self.released = start;
+            }
         }
+        let from = self.populated.max(start);
+        let to = (start + 2 * WINDOW).min(self.map.len());
+        if to > from {
+            // Before Linux 5.14 the kernel refuses it, and the pages are mapped as they are
+            // read, a fault each few.
+            let _ = self.map.advise_range(Advice::PopulateRead, from, to - from);
+        }
+        self.populated = to;
     }
 }
 
@@ -284,14 +297,14 @@ mod tests {
     /// Records of different lengths, enough of them to cross several releases of a mapped
     /// recording's pages, and the bytes of their recording.
     fn many_records() -> (Vec<Vec<u8>>, Vec<u8>) {
-        let records: Vec<Vec<u8>> = (0..20_000u32)
+        let records: Vec<Vec<u8>> = (0..40_000u32)
             .map(|n| (0..(n % 200 + 1)).map(|i| (n ^ i) as u8).collect())
             .collect();
         let mut bytes = Vec::new();
         for record in &records {
             write(&mut bytes, record).unwrap();
         }
-        assert!(bytes.len() > 4 * RELEASE_EVERY);
+        assert!(bytes.len() > 8 * WINDOW);
         (records, bytes)
     }
 
