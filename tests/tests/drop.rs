@@ -98,6 +98,50 @@ fn a_replayed_drop_keeps_its_reason() -> anyhow::Result<()> {
         drop_reason("NETFILTER_DROP")
     );
     assert_eq!(dropped(&replayed), drop_reason("NETFILTER_DROP"));
+    // Made in this boot, the drop's location is named as the live trace named it.
+    let location = |packets: &[Packet]| {
+        let syn = packets.iter().find(|p| p.flags() == "S").expect("a SYN");
+        trace::text(&syn.hops.last().expect("hops")["drop_location"])
+    };
+    let live_location =
+        trace::text(&syn_from(&live, ctr).hops.last().expect("hops")["drop_location"]);
+    assert!(live_location.contains("+0x"), "{live_location}");
+    assert_eq!(location(&replayed), live_location);
+
+    // The same recording said to come from another boot: its code addresses are another
+    // kernel's, so they are shown as addresses, not named from this machine's kallsyms.
+    let bytes = std::fs::read(&recording)?;
+    let (records, rest) = tracer::recording::split(&bytes);
+    assert!(rest.is_empty());
+    let mut names = tracer::recording::read_names(records[0]).expect("a names record first")?;
+    assert_eq!(names.boot_id, tracer::recording::this_boot());
+    names.boot_id = Some("f1e2d3c4-0000-4000-8000-000000000001".to_owned());
+    let mut elsewhere = Vec::new();
+    tracer::recording::write_names(&mut elsewhere, &names)?;
+    for record in &records[1..] {
+        tracer::recording::write(&mut elsewhere, record)?;
+    }
+    let moved = dir.path().join("elsewhere.events");
+    std::fs::write(&moved, elsewhere)?;
+    let replay = tracer_tests::tracer::run(&[
+        "replay",
+        moved.to_str().expect("a UTF-8 path"),
+        "--output",
+        "json",
+    ])?;
+    assert!(replay.status.success(), "{}", replay.stderr);
+    assert!(
+        replay.stderr.contains("made in another boot"),
+        "{}",
+        replay.stderr
+    );
+    let replayed = trace::packets(&replay.json()?);
+    assert!(
+        location(&replayed).starts_with("0x"),
+        "{}",
+        location(&replayed)
+    );
+    assert_eq!(dropped(&replayed), drop_reason("NETFILTER_DROP"));
     Ok(())
 }
 

@@ -31,6 +31,9 @@ pub struct NameTable {
     roles: FxHashMap<(u64, u32), Role>,
     drop_reasons: HashMap<u32, String>,
     symbols: HashMap<u64, String>,
+    /// The code addresses are another kernel's (a recording made on another boot): this
+    /// machine's kallsyms would name the wrong functions, so they stay addresses.
+    kernel_elsewhere: bool,
     /// Changes whenever a namespace or container is named, in this table or any other, so that
     /// an output may keep what it rendered of the names of a place until this changes.
     places_version: u64,
@@ -97,6 +100,16 @@ impl NameTable {
     /// Names `enum skb_drop_reason` values.
     pub fn set_drop_reasons(&mut self, reasons: HashMap<u32, String>) {
         self.drop_reasons = reasons;
+    }
+
+    /// Says the code addresses are another kernel's: they are not looked up here.
+    pub fn set_kernel_elsewhere(&mut self) {
+        self.kernel_elsewhere = true;
+    }
+
+    /// Whether code addresses may be named from this machine's kallsyms.
+    pub fn kernel_is_here(&self) -> bool {
+        !self.kernel_elsewhere
     }
 
     /// Names a code address (`function+0xoffset`).
@@ -169,6 +182,7 @@ impl NameTable {
     pub fn keep_kernel_names(&mut self, other: &NameTable) {
         self.drop_reasons = other.drop_reasons.clone();
         self.symbols = other.symbols.clone();
+        self.kernel_elsewhere = other.kernel_elsewhere;
     }
 }
 

@@ -16,11 +16,31 @@ use memmap2::{Advice, Mmap, MmapOptions, UncheckedAdvice};
 pub const NAMES: u8 = 0xa5;
 
 /// What a replay cannot learn from the events: the names the recording kernel gives its drop
-/// reasons (`enum skb_drop_reason`), whose values change between kernel versions. Recordings
-/// made before it have none and replay with drop reasons as numbers.
+/// reasons (`enum skb_drop_reason`), whose values change between kernel versions, and the boot
+/// it was made in, without which a replay cannot know whether this machine's kallsyms names
+/// the recording's code addresses (they move at every boot). Recordings made before it have
+/// none and replay with drop reasons as numbers.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Names {
     pub drop_reasons: HashMap<u32, String>,
+    /// `/proc/sys/kernel/random/boot_id` of the recording machine; absent in recordings made
+    /// before it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+}
+
+impl Names {
+    /// Whether the recording says it was made in another boot than this one (a recording that
+    /// does not say is read as before: as this boot's).
+    pub fn made_elsewhere(&self) -> bool {
+        self.boot_id.is_some() && self.boot_id != this_boot()
+    }
+}
+
+/// This boot's id, which the kernel draws anew at every boot.
+pub fn this_boot() -> Option<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned())
 }
 
 /// Appends the [`Names`] record.
@@ -282,6 +302,7 @@ mod tests {
                 (2, "NOT_SPECIFIED".to_owned()),
                 (5, "NETFILTER_DROP".to_owned()),
             ]),
+            boot_id: Some("f1e2d3c4-0000-4000-8000-000000000001".to_owned()),
         };
         let mut bytes = Vec::new();
         write_names(&mut bytes, &names).unwrap();
@@ -292,6 +313,24 @@ mod tests {
         assert!(read_names(&records[1]).is_none());
         assert!(read_names(&[]).is_none());
         assert!(read_names(&[NAMES, b'{']).unwrap().is_err());
+        // A record of a tracer from before the boot id.
+        let older = read_names(b"\xa5{\"drop_reasons\":{\"2\":\"NOT_SPECIFIED\"}}").unwrap();
+        assert_eq!(older.unwrap().boot_id, None);
+    }
+
+    /// A recording of this boot, and one that does not say, have their code addresses named
+    /// here; one of another boot does not, since its addresses are another kernel's.
+    #[test]
+    fn only_another_boots_recording_is_made_elsewhere() {
+        let here = this_boot().expect("this machine has a boot id");
+        assert_eq!(here.len(), 36, "{here}");
+        let made_in = |boot_id: Option<&str>| Names {
+            drop_reasons: HashMap::new(),
+            boot_id: boot_id.map(str::to_owned),
+        };
+        assert!(!made_in(Some(&here)).made_elsewhere());
+        assert!(!made_in(None).made_elsewhere());
+        assert!(made_in(Some("f1e2d3c4-0000-4000-8000-000000000001")).made_elsewhere());
     }
 
     /// Records of different lengths, enough of them to cross several releases of a mapped

@@ -266,7 +266,11 @@ fn a_replay_leaves_out_a_last_record_cut_short() {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tracer"))
             .args(["replay", "--output", "json"])
             .arg(path)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

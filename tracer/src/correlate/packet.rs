@@ -26,8 +26,8 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
-use smallvec::SmallVec;
 use rustc_hash::FxHashMap as HashMap;
+use smallvec::SmallVec;
 use tracer_common::hook::Hook;
 
 use super::{Hop, Limits};

@@ -132,6 +132,7 @@ impl Trace {
         if let Some(recorder) = recorder.as_mut() {
             let names = recording::Names {
                 drop_reasons: programs.drop_reasons().clone(),
+                boot_id: recording::this_boot(),
             };
             recording::write_names(recorder, &names).context("failed to write --record")?;
         }

@@ -27,6 +27,7 @@ use crate::{
     decode::HopEvent,
     names::{NameTable, kernel_symbols},
     output::{Output, RunStats},
+    recording::Names,
     rules::{self, Rules},
 };
 use select::{Place, ProcessFilter, touches};
@@ -211,11 +212,13 @@ impl<'a> Session<'a> {
         self.stats.packets
     }
 
-    /// Names `enum skb_drop_reason` values from now on (a recording's [`Names`] record).
-    ///
-    /// [`Names`]: crate::recording::Names
-    pub fn name_drop_reasons(&mut self, reasons: HashMap<u32, String>) {
-        self.names.set_drop_reasons(reasons);
+    /// Names `enum skb_drop_reason` values from now on, from a recording's [`Names`] record;
+    /// a recording made in another boot has its code addresses left unnamed.
+    pub fn name_from_recording(&mut self, names: Names) {
+        if names.made_elsewhere() {
+            self.names.set_kernel_elsewhere();
+        }
+        self.names.set_drop_reasons(names.drop_reasons);
     }
 
     /// Replaces the names of namespaces and containers (the topology changed), keeping what
@@ -342,6 +345,9 @@ fn name_drop_locations(packet: &PacketTrace, names: &mut NameTable) {
 
 /// Looks up the kernel functions at `locations` not named yet, in one read of kallsyms.
 pub fn name_locations(locations: &[u64], names: &mut NameTable) {
+    if !names.kernel_is_here() {
+        return;
+    }
     let mut unknown: Vec<u64> = locations
         .iter()
         .copied()

@@ -25,7 +25,17 @@ pub fn run(input: &mut Source, mut session: Session<'_>) -> anyhow::Result<RunSt
                 latest = latest.max(event.ts_ns);
                 session.push([event]);
             }
-            Entry::Names(names) => session.name_drop_reasons(names.drop_reasons),
+            Entry::Names(names) => {
+                if names.made_elsewhere() {
+                    eprintln!(
+                        "tracer: the recording was made in another boot (boot id {}): its drop \
+                         locations are shown as addresses, which this machine's kallsyms \
+                         cannot name",
+                        names.boot_id.as_deref().unwrap_or_default()
+                    );
+                }
+                session.name_from_recording(names);
+            }
             Entry::Nothing => {}
             Entry::Malformed => {
                 events += 1;
