@@ -146,12 +146,15 @@ impl Source {
     pub fn open_first(file: File, bytes: Option<u64>) -> io::Result<Source> {
         let metadata = file.metadata()?;
         let len = bytes.map_or(metadata.len(), |bytes| bytes.min(metadata.len()));
-        if metadata.is_file() && len > 0 {
-            let len = usize::try_from(len).map_err(io::Error::other)?;
-            // SAFETY: the map is read-only and private to this process, and only read as
-            // bytes. A file that another process truncates while it is mapped faults on the
-            // pages it lost; a recording is written once and replayed afterwards.
-            let map = unsafe { MmapOptions::new().len(len).map(&file)? };
+        if metadata.is_file()
+            && len > 0
+            && let Ok(len) = usize::try_from(len)
+            // SAFETY: the mapping is read-only and only ever read as bytes. A file that another
+            // process truncates while it is mapped faults on the pages it lost; a recording is
+            // written once and replayed afterwards. A file system that cannot map the file
+            // gets it read instead.
+            && let Ok(map) = unsafe { MmapOptions::new().len(len).map(&file) }
+        {
             return Ok(Source::Mapped(Mapped {
                 map,
                 at: 0,
