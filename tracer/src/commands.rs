@@ -121,12 +121,7 @@ pub fn replay(path: &Path, format: Format, max_flows: usize) -> anyhow::Result<(
         .map_err(UsageError::from)?;
     let stats = replay::run(&mut input, session)?;
     if input.left_out() > 0 {
-        // A tracer killed while writing leaves a last record cut short.
-        eprintln!(
-            "tracer: warning: {} ends within a record; its last {} bytes are left out",
-            path.display(),
-            input.left_out()
-        );
+        crate::recording::warn_cut_short(path, input.left_out() as u64);
     }
     eprintln!("{}", crate::session::closing_line(&stats));
     Ok(())

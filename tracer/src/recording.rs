@@ -244,6 +244,15 @@ impl Mapped {
     }
 }
 
+/// Says that `path` ended within a record, whose `bytes` were left out: what a tracer killed
+/// while writing leaves.
+pub fn warn_cut_short(path: &std::path::Path, bytes: u64) {
+    eprintln!(
+        "tracer: warning: {} ends within a record; its last {bytes} bytes are left out",
+        path.display()
+    );
+}
+
 /// Reads until `buf` is full or the input ends; the bytes read.
 fn read_full(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;

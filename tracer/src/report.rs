@@ -102,11 +102,7 @@ fn recording_length(path: &Path) -> Result<Option<u64>, UsageError> {
         )));
     }
     if complete < size {
-        eprintln!(
-            "tracer: warning: {} ends within a record; its last {} bytes are left out",
-            path.display(),
-            size - complete
-        );
+        crate::recording::warn_cut_short(path, size - complete);
     }
     Ok(Some(complete))
 }

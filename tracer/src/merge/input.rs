@@ -91,12 +91,7 @@ fn replay(file: &std::path::Path, bytes: &[u8]) -> Result<Read, MergeError> {
         return Err(not_a_trace("no record fits its length prefix"));
     }
     if !rest.is_empty() {
-        // A tracer killed while writing leaves a last record cut short.
-        eprintln!(
-            "tracer: warning: {} ends within a record; its last {} bytes are left out",
-            file.display(),
-            rest.len()
-        );
+        crate::recording::warn_cut_short(file, rest.len() as u64);
     }
     let mut decoder = Decoder::new();
     let mut correlator = Correlator::new(Limits::default());

@@ -21,7 +21,7 @@ use crate::{
     attribution::Rule,
     clock::monotonic_ns,
     correlate::{
-        Correlator, Direction, FlowSummary, Limits, PacketTrace, Record,
+        Correlator, Direction, FlowSummary, Limits, Record,
         verdict::{self, Facts, Kind, Verdict},
     },
     decode::HopEvent,
@@ -160,13 +160,11 @@ impl<'a> Session<'a> {
         Ok(self.shown.count_reached(&self.stats))
     }
 
-    /// Names the rules and drop locations `record` refers to and writes it to every output.
+    /// Names the rules `record` refers to and writes it to every output (its drop locations
+    /// were named when its events were pushed: `unnamed`).
     fn write_record(&mut self, mut record: Record) -> io::Result<()> {
         if let Some(found) = &mut self.rules {
             rules::annotate(&mut found.book, found.detail, &mut record);
-        }
-        if let Record::Packet(packet) = &record {
-            name_drop_locations(packet, &mut self.names);
         }
         if let Record::Flow(flow) = &mut record {
             let rule = self
@@ -176,9 +174,6 @@ impl<'a> Session<'a> {
             let verdict = judge(flow, rule, &self.names);
             self.stats.verdicts.push(verdict.kind);
             flow.verdict = Some(verdict);
-            if let Some(location) = flow.verdict.as_ref().and_then(|v| v.location) {
-                name_locations(&[location], &mut self.names);
-            }
         }
         for output in &mut self.outputs {
             output.record(&record, &self.names)?;
@@ -214,11 +209,14 @@ impl<'a> Session<'a> {
 
     /// Names `enum skb_drop_reason` values from now on, from a recording's [`Names`] record;
     /// a recording made in another boot has its code addresses left unnamed.
-    pub fn name_from_recording(&mut self, names: Names) {
-        if names.made_elsewhere() {
+    /// Returns whether the recording was made in another boot.
+    pub fn name_from_recording(&mut self, names: Names) -> bool {
+        let elsewhere = names.made_elsewhere();
+        if elsewhere {
             self.names.set_kernel_elsewhere();
         }
         self.names.set_drop_reasons(names.drop_reasons);
+        elsewhere
     }
 
     /// Replaces the names of namespaces and containers (the topology changed), keeping what
@@ -330,17 +328,6 @@ pub fn judge(flow: &FlowSummary, rule: Option<Arc<Rule>>, names: &NameTable) -> 
         verdict.rule = rule;
     }
     verdict
-}
-
-/// Looks up the kernel functions that dropped the packet, once per address (an address in no
-/// function keeps its number), all of a packet's in one read of kallsyms.
-fn name_drop_locations(packet: &PacketTrace, names: &mut NameTable) {
-    let locations: Vec<u64> = packet
-        .hops
-        .iter()
-        .filter_map(|hop| hop.event.drop.map(|drop| drop.location))
-        .collect();
-    name_locations(&locations, names);
 }
 
 /// Looks up the kernel functions at `locations` not named yet, in one read of kallsyms.

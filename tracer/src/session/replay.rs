@@ -26,15 +26,14 @@ pub fn run(input: &mut Source, mut session: Session<'_>) -> anyhow::Result<RunSt
                 session.push([event]);
             }
             Entry::Names(names) => {
-                if names.made_elsewhere() {
+                let boot_id = names.boot_id.clone().unwrap_or_default();
+                if session.name_from_recording(names) {
                     eprintln!(
-                        "tracer: the recording was made in another boot (boot id {}): its drop \
-                         locations are shown as addresses, which this machine's kallsyms \
-                         cannot name",
-                        names.boot_id.as_deref().unwrap_or_default()
+                        "tracer: the recording was made in another boot (boot id {boot_id}): \
+                         its drop locations are shown as addresses, which this machine's \
+                         kallsyms cannot name"
                     );
                 }
-                session.name_from_recording(names);
             }
             Entry::Nothing => {}
             Entry::Malformed => {
