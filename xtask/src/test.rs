@@ -19,6 +19,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     require_root("the integration tests")?;
+    note_free_space();
     lint()?;
     let binary = build_tracer(false)?;
     let record = workspace().join("target").join("tests-not-applicable.txt");
@@ -57,6 +58,28 @@ fn run_suite(args: &Args, binary: &Path, record: &Path) -> anyhow::Result<()> {
         crate::vm::run(&crate::vm::Args::default())?;
     }
     Ok(())
+}
+
+/// What the suite's builds take on disk, about: the test binaries, the release build, the
+/// benchmarks' files and the kernels of the matrix.
+const SUITE_DISK_GIB: u64 = 6;
+
+/// Warns when the disk under `target` has less room than the suite takes, so that a build
+/// that fails for want of it (a linker killed by SIGBUS, "No space left on device") says why.
+fn note_free_space() {
+    let target = workspace().join("target");
+    let dir = if target.exists() { target } else { workspace() };
+    let Ok(stat) = nix::sys::statvfs::statvfs(&dir) else {
+        return;
+    };
+    let free_gib = (stat.blocks_available() * stat.fragment_size()) >> 30;
+    if free_gib < SUITE_DISK_GIB {
+        eprintln!(
+            "xtask: warning: {free_gib} GiB free under {}; the suite's builds take about \
+             {SUITE_DISK_GIB} GiB: free some room if a build fails",
+            dir.display()
+        );
+    }
 }
 
 /// Prints how many tests did not apply here, and which, from `record`.
