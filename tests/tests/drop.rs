@@ -108,40 +108,58 @@ fn a_replayed_drop_keeps_its_reason() -> anyhow::Result<()> {
     assert!(live_location.contains("+0x"), "{live_location}");
     assert_eq!(location(&replayed), live_location);
 
-    // The same recording said to come from another boot: its code addresses are another
-    // kernel's, so they are shown as addresses, not named from this machine's kallsyms.
+    // The live trace named the location in the recording too, once, in a names record of
+    // its own after the first.
     let bytes = std::fs::read(&recording)?;
     let (records, rest) = tracer::recording::split(&bytes);
     assert!(rest.is_empty());
     let mut names = tracer::recording::read_names(records[0]).expect("a names record first")?;
     assert_eq!(names.boot_id, tracer::recording::this_boot());
+    assert!(names.drop_locations.is_empty(), "{names:?}");
+    let later: Vec<_> = records[1..]
+        .iter()
+        .filter_map(|record| tracer::recording::read_names(record))
+        .collect::<Result<_, _>>()?;
+    let recorded: Vec<&String> = later
+        .iter()
+        .flat_map(|names| names.drop_locations.values())
+        .collect();
+    assert_eq!(recorded, [&live_location], "{later:?}");
+
+    // The same recording said to come from another boot: its code addresses are another
+    // kernel's, so this machine's kallsyms does not name them; the recording's own names do.
     names.boot_id = Some("f1e2d3c4-0000-4000-8000-000000000001".to_owned());
-    let mut elsewhere = Vec::new();
-    tracer::recording::write_names(&mut elsewhere, &names)?;
-    for record in &records[1..] {
-        tracer::recording::write(&mut elsewhere, record)?;
-    }
-    let moved = dir.path().join("elsewhere.events");
-    std::fs::write(&moved, elsewhere)?;
-    let replay = tracer_tests::tracer::run(&[
-        "replay",
-        moved.to_str().expect("a UTF-8 path"),
-        "--output",
-        "json",
-    ])?;
-    assert!(replay.status.success(), "{}", replay.stderr);
-    assert!(
-        replay.stderr.contains("made in another boot"),
-        "{}",
-        replay.stderr
-    );
-    let replayed = trace::packets(&replay.json()?);
-    assert!(
-        location(&replayed).starts_with("0x"),
-        "{}",
-        location(&replayed)
-    );
-    assert_eq!(dropped(&replayed), drop_reason("NETFILTER_DROP"));
+    let replay_elsewhere = |keep_locations: bool| -> anyhow::Result<Vec<Packet>> {
+        let mut moved = Vec::new();
+        tracer::recording::write_names(&mut moved, &names)?;
+        for &record in &records[1..] {
+            if keep_locations || tracer::recording::read_names(record).is_none() {
+                tracer::recording::write(&mut moved, record)?;
+            }
+        }
+        let path = dir.path().join("elsewhere.events");
+        std::fs::write(&path, moved)?;
+        let replay = tracer_tests::tracer::run(&[
+            "replay",
+            path.to_str().expect("a UTF-8 path"),
+            "--output",
+            "json",
+        ])?;
+        assert!(replay.status.success(), "{}", replay.stderr);
+        assert!(
+            replay.stderr.contains("made in another boot"),
+            "{}",
+            replay.stderr
+        );
+        let replayed = trace::packets(&replay.json()?);
+        assert_eq!(dropped(&replayed), drop_reason("NETFILTER_DROP"));
+        Ok(replayed)
+    };
+    assert_eq!(location(&replay_elsewhere(true)?), live_location);
+    // A recording without the names of its locations (as made before they were recorded)
+    // shows them as addresses.
+    let unnamed = location(&replay_elsewhere(false)?);
+    assert!(unnamed.starts_with("0x"), "{unnamed}");
     Ok(())
 }
 

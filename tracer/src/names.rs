@@ -102,6 +102,15 @@ impl NameTable {
         self.drop_reasons = reasons;
     }
 
+    /// Takes the names a recording carries: its drop reasons (the first record names them,
+    /// later ones do not) and its drop locations.
+    pub fn learn(&mut self, names: crate::recording::Names) {
+        if !names.drop_reasons.is_empty() {
+            self.drop_reasons = names.drop_reasons;
+        }
+        self.symbols.extend(names.drop_locations);
+    }
+
     /// Says the code addresses are another kernel's: they are not looked up here.
     pub fn set_kernel_elsewhere(&mut self) {
         self.kernel_elsewhere = true;
@@ -269,5 +278,23 @@ mod tests {
             NameTable::default().drop_reason(DROP_REASON_UNREPORTED),
             UNREPORTED
         );
+    }
+
+    /// A recording's first names record names the drop reasons; a later one only drop
+    /// locations, which leaves the reasons as they were.
+    #[test]
+    fn a_later_names_record_adds_locations_and_keeps_the_reasons() {
+        let mut names = NameTable::default();
+        names.learn(crate::recording::Names {
+            drop_reasons: HashMap::from([(5, "NETFILTER_DROP".to_owned())]),
+            ..Default::default()
+        });
+        names.learn(crate::recording::Names::of_locations([(
+            0xffff_ffff_8100_0010,
+            "nf_hook_slow+0x10".to_owned(),
+        )]));
+        assert_eq!(names.drop_reason(5), "NETFILTER_DROP");
+        assert_eq!(names.symbol(0xffff_ffff_8100_0010), "nf_hook_slow+0x10");
+        assert_eq!(names.symbol(0xffff_ffff_8100_0020), "0xffffffff81000020");
     }
 }

@@ -18,7 +18,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 use crate::{
     clock::monotonic_ns,
     decode::{Decoder, HopEvent},
-    recording::{self, Recorder},
+    recording::{self, SharedRecorder},
 };
 
 /// What the reader has done, shared with the session.
@@ -47,7 +47,7 @@ pub async fn run(
     batches: mpsc::Sender<Vec<HopEvent>>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<ReaderStats>,
-    mut recorder: Option<Recorder>,
+    recorder: Option<SharedRecorder>,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, so the
     // descriptor stays open for as long as it is registered.
@@ -58,22 +58,22 @@ pub async fn run(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let more = drain(guard.get_inner_mut(), &mut decoder, &batches, &stats, &mut recorder).await?;
+                let more = drain(guard.get_inner_mut(), &mut decoder, &batches, &stats, recorder.as_ref()).await?;
                 guard.clear_ready();
                 if !more {
                     return Ok(());
                 }
             }
             _ = idle.tick() => {
-                if !drain(ring.get_mut(), &mut decoder, &batches, &stats, &mut recorder).await? {
+                if !drain(ring.get_mut(), &mut decoder, &batches, &stats, recorder.as_ref()).await? {
                     return Ok(());
                 }
             }
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    drain(ring.get_mut(), &mut decoder, &batches, &stats, &mut recorder).await?;
-                    if let Some(recorder) = recorder.as_mut() {
-                        recorder.flush()?;
+                    drain(ring.get_mut(), &mut decoder, &batches, &stats, recorder.as_ref()).await?;
+                    if let Some(recorder) = &recorder {
+                        recording::lock(recorder).flush()?;
                     }
                     return Ok(());
                 }
@@ -88,16 +88,19 @@ async fn drain(
     decoder: &mut Decoder,
     batches: &mpsc::Sender<Vec<HopEvent>>,
     stats: &ReaderStats,
-    recorder: &mut Option<Recorder>,
+    recorder: Option<&SharedRecorder>,
 ) -> io::Result<bool> {
     let started = monotonic_ns();
     loop {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let (mut records, mut malformed) = (0, 0);
+        // Taken for one batch, and given back before the batch is sent: the session, which
+        // the send may wait for, appends to the recording too.
+        let mut taken = recorder.map(recording::lock);
         while batch.len() < MAX_BATCH {
             let Some(item) = ring.next() else { break };
-            if let Some(recorder) = recorder.as_mut() {
-                recording::write(recorder, &item)?;
+            if let Some(recorder) = taken.as_mut() {
+                recording::write(&mut **recorder, &item)?;
             }
             // Decoded straight from the ring's memory; the record is released when `item` is
             // dropped.
@@ -117,6 +120,7 @@ async fn drain(
                 }
             }
         }
+        drop(taken);
         stats.records.fetch_add(records, Ordering::Relaxed);
         if malformed > 0 {
             stats.malformed.fetch_add(malformed, Ordering::Relaxed);

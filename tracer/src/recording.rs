@@ -1,10 +1,11 @@
 //! The format of `--record` files: each raw ring buffer record as a little-endian `u32` length
 //! followed by its bytes. The reader writes it; `tracer replay`, the golden tests and the
 //! benchmarks read it back. A live trace's recording starts with one record of its own, the
-//! [`Names`] a replay cannot learn from the events.
+//! [`Names`] a replay cannot learn from the events, and has another wherever the trace named
+//! drop locations the recording had not named yet.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     io::{self, Read, Write},
 };
@@ -18,18 +19,35 @@ pub const NAMES: u8 = 0xa5;
 /// What a replay cannot learn from the events: the names the recording kernel gives its drop
 /// reasons (`enum skb_drop_reason`), whose values change between kernel versions, and the boot
 /// it was made in, without which a replay cannot know whether this machine's kallsyms names
-/// the recording's code addresses (they move at every boot). Recordings made before it have
-/// none and replay with drop reasons as numbers.
+/// the recording's code addresses (they move at every boot), and the names of the drop
+/// locations, so that a replay in another boot, or on another machine, names them too.
+/// Recordings made before it have none and replay with drop reasons as numbers.
+///
+/// The first record names the reasons and the boot; later ones only drop locations, each
+/// written by the live trace when it first named them (`kallsyms`), a few milliseconds of
+/// events after the drop, long before the dropped packet's record is written.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Names {
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub drop_reasons: HashMap<u32, String>,
     /// `/proc/sys/kernel/random/boot_id` of the recording machine; absent in recordings made
     /// before it was written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// Drop locations (code addresses) and their kernel functions (`function+0xoffset`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drop_locations: BTreeMap<u64, String>,
 }
 
 impl Names {
+    /// A later record: the names of drop locations.
+    pub fn of_locations(locations: impl IntoIterator<Item = (u64, String)>) -> Names {
+        Names {
+            drop_locations: locations.into_iter().collect(),
+            ..Names::default()
+        }
+    }
+
     /// Whether the recording says it was made in another boot than this one (a recording that
     /// does not say is read as before: as this boot's).
     pub fn made_elsewhere(&self) -> bool {
@@ -59,6 +77,18 @@ pub fn read_names(record: &[u8]) -> Option<Result<Names, serde_json::Error>> {
 
 /// Where raw records are copied to with `--record`.
 pub type Recorder = Box<dyn Write + Send>;
+
+/// The recorder, shared by the ring buffer's reader, which copies the records, and the session,
+/// which appends the names of drop locations as it learns them.
+pub type SharedRecorder = std::sync::Arc<std::sync::Mutex<Recorder>>;
+
+/// The shared recorder, taken. (A panic while it was held leaves at worst a record cut
+/// short, which a replay leaves out.)
+pub fn lock(recorder: &SharedRecorder) -> std::sync::MutexGuard<'_, Recorder> {
+    recorder
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Appends one record.
 pub fn write(out: &mut impl Write, record: &[u8]) -> io::Result<()> {
@@ -315,6 +345,10 @@ mod tests {
                 (5, "NETFILTER_DROP".to_owned()),
             ]),
             boot_id: Some("f1e2d3c4-0000-4000-8000-000000000001".to_owned()),
+            drop_locations: BTreeMap::from([(
+                0xffff_ffff_8100_0010,
+                "nf_hook_slow+0x10".to_owned(),
+            )]),
         };
         let mut bytes = Vec::new();
         write_names(&mut bytes, &names).unwrap();
@@ -325,6 +359,17 @@ mod tests {
         assert!(read_names(&records[1]).is_none());
         assert!(read_names(&[]).is_none());
         assert!(read_names(&[NAMES, b'{']).unwrap().is_err());
+        // A later record: drop locations only.
+        let mut later = Vec::new();
+        write_names(
+            &mut later,
+            &Names::of_locations([(0xffff_ffff_8100_0010, "nf_hook_slow+0x10".to_owned())]),
+        )
+        .unwrap();
+        assert_eq!(
+            &later[4..],
+            b"\xa5{\"drop_locations\":{\"18446744071578845200\":\"nf_hook_slow+0x10\"}}"
+        );
         // A record of a tracer from before the boot id.
         let older = read_names(b"\xa5{\"drop_reasons\":{\"2\":\"NOT_SPECIFIED\"}}").unwrap();
         assert_eq!(older.unwrap().boot_id, None);
@@ -337,8 +382,8 @@ mod tests {
         let here = this_boot().expect("this machine has a boot id");
         assert_eq!(here.len(), 36, "{here}");
         let made_in = |boot_id: Option<&str>| Names {
-            drop_reasons: HashMap::new(),
             boot_id: boot_id.map(str::to_owned),
+            ..Names::default()
         };
         assert!(!made_in(Some(&here)).made_elsewhere());
         assert!(!made_in(None).made_elsewhere());

@@ -106,7 +106,7 @@ fn replay(file: &std::path::Path, bytes: &[u8]) -> Result<Read, MergeError> {
                 latest = latest.max(event.ts_ns);
                 correlator.push(event);
             }
-            Entry::Names(read) => names.set_drop_reasons(read.drop_reasons),
+            Entry::Names(read) => names.learn(read),
             Entry::Nothing => {}
             Entry::Malformed => {
                 stats.events += 1;

@@ -9,7 +9,7 @@
 use std::{
     io::{self, IsTerminal},
     path::PathBuf,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
@@ -36,7 +36,7 @@ use crate::{
     metrics::Metrics,
     output::{Format, HookStats, RunStats},
     reader::ReaderStats,
-    recording,
+    recording::{self, SharedRecorder},
     rules::Detail,
 };
 
@@ -104,6 +104,9 @@ pub struct Trace {
     /// The reader's own thread.
     reader: std::thread::JoinHandle<anyhow::Result<()>>,
     reader_stats: Arc<ReaderStats>,
+    /// `--record`, which the reader copies the ring's records to, and this appends the names
+    /// of drop locations to.
+    recorder: Option<SharedRecorder>,
     batches: mpsc::Receiver<Vec<HopEvent>>,
     stop: watch::Sender<bool>,
     signals: [Signal; 2],
@@ -133,10 +136,12 @@ impl Trace {
             let names = recording::Names {
                 drop_reasons: programs.drop_reasons().clone(),
                 boot_id: recording::this_boot(),
+                drop_locations: Default::default(),
             };
             recording::write_names(recorder, &names).context("failed to write --record")?;
         }
-        let reader = Reader::spawn(programs.take_events()?, recorder)?;
+        let recorder = recorder.map(|recorder| Arc::new(Mutex::new(recorder)));
+        let reader = Reader::spawn(programs.take_events()?, recorder.clone())?;
         let outputs = open_outputs(&options, files.pcapng, io::stdout())?;
         let mut names = follower.names();
         names.set_drop_reasons(programs.drop_reasons().clone());
@@ -152,6 +157,9 @@ impl Trace {
             names,
         );
         session.select_processes(options.selection.processes.clone());
+        if recorder.is_some() {
+            session.keep_named();
+        }
         if let Some(detail) = options.rules {
             let expression = request.expression.as_ref();
             session.name_rules(start_rules(expression, detail, &tunnels, &follower));
@@ -172,6 +180,7 @@ impl Trace {
             follower,
             reader: reader.thread,
             reader_stats: reader.stats,
+            recorder,
             batches: reader.batches,
             stop: reader.stop,
             signals,
@@ -197,7 +206,7 @@ impl Trace {
             let until = &mut self.until;
             tokio::select! {
                 batch = self.batches.recv() => match batch {
-                    Some(batch) => self.push(batch),
+                    Some(batch) => self.push(batch)?,
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -205,7 +214,7 @@ impl Trace {
                     // only declared complete up to the time the reader last found the ring
                     // empty: a reader running late must not cut a packet's path in two.
                     while let Ok(batch) = self.batches.try_recv() {
-                        self.push(batch);
+                        self.push(batch)?;
                     }
                     let horizon = self.reader_stats.drained_at.load(Ordering::Acquire);
                     self.session.tick(monotonic_ns().min(horizon));
@@ -242,10 +251,11 @@ impl Trace {
     /// Writes what is left and the statistics, and detaches everything.
     pub async fn finish(self) -> anyhow::Result<RunStats> {
         let Trace {
-            session,
+            mut session,
             programs,
             reader,
             reader_stats,
+            recorder,
             ..
         } = self;
         // The reader has ended: it closed the channel the loop read until the end.
@@ -253,6 +263,12 @@ impl Trace {
             .join()
             .map_err(|_| anyhow::anyhow!("the ring buffer reader panicked"))?
             .context("ring buffer reader failed")?;
+        record_named(&mut session, recorder.as_ref())?;
+        if let Some(recorder) = &recorder {
+            recording::lock(recorder)
+                .flush()
+                .context("failed to write --record")?;
+        }
         let lost_rule_events = session.rule_events_lost();
         let mut hooks: Vec<_> = programs.counters()?.into_iter().collect();
         hooks.sort_by_key(|(hook, _)| *hook);
@@ -283,12 +299,13 @@ impl Trace {
     }
 
     /// Hands a batch to the session, naming the interfaces of TC events.
-    fn push(&mut self, batch: Vec<HopEvent>) {
+    fn push(&mut self, batch: Vec<HopEvent>) -> anyhow::Result<()> {
         let programs = &self.programs;
         self.session.push(batch.into_iter().map(|mut event| {
             resolve_tc_interface(programs, &mut event);
             event
         }));
+        record_named(&mut self.session, self.recorder.as_ref())
     }
 
     /// Reads the topology again: new namespaces get names and TC programs.
@@ -389,4 +406,21 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// Appends the drop locations `session` named since the last call to the recording, if any.
+fn record_named(
+    session: &mut Session<'_>,
+    recorder: Option<&SharedRecorder>,
+) -> anyhow::Result<()> {
+    let Some(recorder) = recorder else {
+        return Ok(());
+    };
+    let named = session.take_named();
+    if named.is_empty() {
+        return Ok(());
+    }
+    let names = recording::Names::of_locations(named);
+    recording::write_names(&mut *recording::lock(recorder), &names)
+        .context("failed to write --record")
 }

@@ -44,6 +44,10 @@ pub struct Session<'a> {
     /// Drop locations of events pushed since the last write that are not named yet: named
     /// together, in one read of kallsyms, before the next record is written.
     unnamed: Vec<u64>,
+    /// With a recording (`--record`): drop locations named and not yet handed to it. They are
+    /// then named as soon as their events are pushed, so that the recording names them well
+    /// before the record of the packet that needs them.
+    named: Option<Vec<(u64, String)>>,
     stats: RunStats,
     /// `--rules`: what nf_tables reported of the traced packets.
     rules: Option<Rules>,
@@ -71,6 +75,7 @@ impl<'a> Session<'a> {
             outputs,
             names,
             unnamed: Vec::new(),
+            named: None,
             stats: RunStats::default(),
             rules: None,
         }
@@ -107,6 +112,28 @@ impl<'a> Session<'a> {
             }
             self.correlator.push(event);
         }
+        if self.named.is_some() && !self.unnamed.is_empty() {
+            self.name_unnamed();
+        }
+    }
+
+    /// Keeps the drop locations it names for a recording, which takes them with
+    /// [`Session::take_named`].
+    pub fn keep_named(&mut self) {
+        self.named = Some(Vec::new());
+    }
+
+    /// Drop locations named since the last call (with [`Session::keep_named`]).
+    pub fn take_named(&mut self) -> Vec<(u64, String)> {
+        self.named.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Names the drop locations noted as unnamed, in one read of kallsyms.
+    fn name_unnamed(&mut self) {
+        let named = name_locations(&std::mem::take(&mut self.unnamed), &mut self.names);
+        if let Some(kept) = &mut self.named {
+            kept.extend(named);
+        }
     }
 
     /// Whether records wait to be written.
@@ -132,7 +159,7 @@ impl<'a> Session<'a> {
             rules.poll(monotonic_ns());
         }
         if !self.unnamed.is_empty() && self.correlator.has_ready() {
-            name_locations(&std::mem::take(&mut self.unnamed), &mut self.names);
+            self.name_unnamed();
         }
         for _ in 0..max {
             let Some(record) = self.correlator.pop() else {
@@ -207,15 +234,15 @@ impl<'a> Session<'a> {
         self.stats.packets
     }
 
-    /// Names `enum skb_drop_reason` values from now on, from a recording's [`Names`] record;
-    /// a recording made in another boot has its code addresses left unnamed.
-    /// Returns whether the recording was made in another boot.
+    /// Takes a recording's [`Names`] record: the names of `enum skb_drop_reason` values and of
+    /// drop locations from now on. A recording made in another boot has the code addresses it
+    /// does not name left unnamed. Returns whether the recording was made in another boot.
     pub fn name_from_recording(&mut self, names: Names) -> bool {
         let elsewhere = names.made_elsewhere();
         if elsewhere {
             self.names.set_kernel_elsewhere();
         }
-        self.names.set_drop_reasons(names.drop_reasons);
+        self.names.learn(names);
         elsewhere
     }
 
@@ -331,9 +358,10 @@ pub fn judge(flow: &FlowSummary, rule: Option<Arc<Rule>>, names: &NameTable) -> 
 }
 
 /// Looks up the kernel functions at `locations` not named yet, in one read of kallsyms.
-pub fn name_locations(locations: &[u64], names: &mut NameTable) {
+/// Returns those kallsyms named (an address it does not know is shown as the address).
+pub fn name_locations(locations: &[u64], names: &mut NameTable) -> Vec<(u64, String)> {
     if !names.kernel_is_here() {
-        return;
+        return Vec::new();
     }
     let mut unknown: Vec<u64> = locations
         .iter()
@@ -341,11 +369,20 @@ pub fn name_locations(locations: &[u64], names: &mut NameTable) {
         .filter(|&address| !names.has_symbol(address))
         .collect();
     if unknown.is_empty() {
-        return;
+        return Vec::new();
     }
     unknown.sort_unstable();
     unknown.dedup();
-    for (address, symbol) in unknown.iter().zip(kernel_symbols(&unknown)) {
-        names.set_symbol(*address, symbol.unwrap_or_else(|| format!("{address:#x}")));
+    let symbols = kernel_symbols(&unknown);
+    let mut named = Vec::new();
+    for (address, symbol) in unknown.into_iter().zip(symbols) {
+        match symbol {
+            Some(symbol) => {
+                names.set_symbol(address, symbol.clone());
+                named.push((address, symbol));
+            }
+            None => names.set_symbol(address, format!("{address:#x}")),
+        }
     }
+    named
 }

@@ -30,8 +30,8 @@ pub fn run(input: &mut Source, mut session: Session<'_>) -> anyhow::Result<RunSt
                 if session.name_from_recording(names) {
                     eprintln!(
                         "tracer: the recording was made in another boot (boot id {boot_id}): \
-                         its drop locations are shown as addresses, which this machine's \
-                         kallsyms cannot name"
+                         drop locations it does not name itself are shown as addresses, \
+                         which this machine's kallsyms cannot name"
                     );
                 }
             }

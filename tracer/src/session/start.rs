@@ -19,7 +19,7 @@ use crate::{
     metrics::MetricsOutput,
     output::{self, Format, Output},
     reader::{self, ReaderStats},
-    recording::Recorder,
+    recording::{Recorder, SharedRecorder},
     rules::{Detail, Namespace, Rules, TunnelPorts, doctor::legacy_iptables},
     topology::Topology,
 };
@@ -185,7 +185,7 @@ pub struct Reader {
 impl Reader {
     pub fn spawn(
         ring: aya::maps::RingBuf<aya::maps::MapData>,
-        recorder: Option<Recorder>,
+        recorder: Option<SharedRecorder>,
     ) -> anyhow::Result<Reader> {
         let (stop, stop_rx) = watch::channel(false);
         let (batch_tx, batches) = mpsc::channel::<Vec<HopEvent>>(BATCHES_IN_FLIGHT);
