@@ -102,12 +102,10 @@ impl NameTable {
         self.drop_reasons = reasons;
     }
 
-    /// Takes the names a recording carries: its drop reasons (the first record names them,
-    /// later ones do not) and its drop locations.
+    /// Adds the names a recording carries (its first record names the drop reasons, later
+    /// ones drop locations), or those `tracer merge` gave what JSON inputs named.
     pub fn learn(&mut self, names: crate::recording::Names) {
-        if !names.drop_reasons.is_empty() {
-            self.drop_reasons = names.drop_reasons;
-        }
+        self.drop_reasons.extend(names.drop_reasons);
         self.symbols.extend(names.drop_locations);
     }
 
@@ -192,6 +190,18 @@ impl NameTable {
         self.drop_reasons = other.drop_reasons.clone();
         self.symbols = other.symbols.clone();
         self.kernel_elsewhere = other.kernel_elsewhere;
+    }
+
+    /// Adds the drop reasons and code addresses `other` names and this one does not.
+    pub fn add_kernel_names(&mut self, other: &NameTable) {
+        for (reason, name) in &other.drop_reasons {
+            self.drop_reasons
+                .entry(*reason)
+                .or_insert_with(|| name.clone());
+        }
+        for (address, name) in &other.symbols {
+            self.symbols.entry(*address).or_insert_with(|| name.clone());
+        }
     }
 }
 

@@ -26,7 +26,7 @@ pub const NAMES: u8 = 0xa5;
 /// The first record names the reasons and the boot; later ones only drop locations, each
 /// written by the live trace when it first named them (`kallsyms`), a few milliseconds of
 /// events after the drop, long before the dropped packet's record is written.
-#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Names {
     #[serde(default, skip_serializing_if = "HashMap::is_empty")]
     pub drop_reasons: HashMap<u32, String>,

@@ -71,8 +71,13 @@ impl Timeline {
     pub fn build(nodes: &[NodeTrace], merged: &Merged) -> Timeline {
         let mut places = Places::default();
         let mut names = NameTable::default();
-        // Every node has the same drop reasons and locations named (see `json_in::Symbols`).
+        // The reference node's drop reasons and locations, then those only the others name:
+        // what JSON inputs named is named alike in every node (see `json_in::Symbols`), and a
+        // recording names its own kernel's (the nodes of one cluster number reasons alike).
         names.keep_kernel_names(&nodes[merged.reference].names);
+        for node in nodes {
+            names.add_kernel_names(&node.names);
+        }
         let mut cgroups: HashMap<(usize, u64), u64> = HashMap::new();
         let mut packets: Vec<(PacketTrace, Vec<Origin>)> = merged
             .packets

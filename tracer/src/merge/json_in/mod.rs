@@ -21,6 +21,7 @@ use crate::{
     decode::HopEvent,
     names::NameTable,
     output::{HookStats, RunStats},
+    recording::Names,
 };
 
 /// Numbers for the drop reasons and locations JSON names: reasons above any the kernel has,
@@ -45,19 +46,25 @@ impl Symbols {
         *self.locations.entry(name.to_owned()).or_insert(next)
     }
 
-    /// Names every reason and location in each of `tables`.
+    /// Names every reason and location in each of `tables`, beside what a recording named
+    /// there: a recording's reasons are the kernel's numbers, below FIRST_REASON, and its
+    /// locations kernel addresses, far above the numbers given here.
     pub fn name_in<'a>(&self, tables: impl Iterator<Item = &'a mut NameTable>) {
-        let reasons: HashMap<u32, String> = self
-            .reasons
-            .iter()
-            .map(|(name, &n)| (n, name.clone()))
-            .collect();
+        let names = Names {
+            drop_reasons: self
+                .reasons
+                .iter()
+                .map(|(name, &n)| (n, name.clone()))
+                .collect(),
+            drop_locations: self
+                .locations
+                .iter()
+                .map(|(name, &address)| (address, name.clone()))
+                .collect(),
+            ..Names::default()
+        };
         for table in tables {
-            // A recording's reasons are the kernel's numbers, below FIRST_REASON, unnamed.
-            table.set_drop_reasons(reasons.clone());
-            for (name, &address) in &self.locations {
-                table.set_symbol(address, name.clone());
-            }
+            table.learn(names.clone());
         }
     }
 }

@@ -202,6 +202,40 @@ fn merge_reads_recordings_and_json_alike() {
     assert_eq!(b.crossed(), 16);
 }
 
+/// A recording's names records (the reasons first, drop locations later) name what its node's
+/// trace shows, and what JSON inputs named (`Symbols`, none here) is added, not put instead.
+#[test]
+fn merge_keeps_the_names_a_recording_carries() {
+    let scratch = Scratch::new("names");
+    let (nodes, _) = conversation(2, 0);
+    let location = 0xffff_ffff_c0de_0010;
+    let mut rec = Vec::new();
+    recording::write_names(
+        &mut rec,
+        &recording::Names {
+            drop_reasons: [(5, "NETFILTER_DROP".to_owned())].into(),
+            ..recording::Names::default()
+        },
+    )
+    .unwrap();
+    rec.extend(recording_of(&nodes[0]));
+    recording::write_names(
+        &mut rec,
+        &recording::Names::of_locations([(location, "nft_do_chain+0x1c".to_owned())]),
+    )
+    .unwrap();
+    let mut symbols = Symbols::default();
+    let mut node = input::read(
+        &Input::parse(&scratch.file("a.rec", &rec).to_string_lossy()),
+        &mut symbols,
+    )
+    .unwrap();
+    symbols.name_in(std::iter::once(&mut node.names));
+    assert_eq!(node.names.drop_reason(5), "NETFILTER_DROP");
+    assert_eq!(node.names.symbol(location), "nft_do_chain+0x1c");
+    assert_eq!(node.stats.events, 20);
+}
+
 #[test]
 fn merge_names_nodes_after_their_files_or_as_told() {
     let parse = |arg: &str| {

@@ -75,6 +75,42 @@ fn merge_writes_text_with_the_clocks_first_and_places_of_every_node() {
     );
 }
 
+/// A drop on node b is named by node b's names (its recording's) in JSON and in text, where
+/// the reference node's names are the merged trace's.
+#[test]
+fn merge_names_a_drop_with_the_names_of_its_node() {
+    let mut nodes = named_conversation();
+    let location = 0xffff_ffff_c0de_0010;
+    let last = nodes[1].packets[0].hops.last_mut().unwrap();
+    last.event.drop = Some(crate::decode::DropInfo {
+        reason: 5,
+        location,
+    });
+    nodes[1].names.learn(crate::recording::Names {
+        drop_reasons: [(5, "NETFILTER_DROP".to_owned())].into(),
+        drop_locations: [(location, "nft_do_chain+0x1c".to_owned())].into(),
+        ..crate::recording::Names::default()
+    });
+    let text = written(&nodes, crate::output::Format::Json);
+    let drops: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["type"] == "hop" && !l["drop_reason"].is_null())
+        .collect();
+    assert_eq!(drops.len(), 1, "{text}");
+    assert_eq!(drops[0]["node"], "b");
+    assert_eq!(drops[0]["drop_reason"], "NETFILTER_DROP");
+    assert_eq!(drops[0]["drop_location"], "nft_do_chain+0x1c");
+    // The text shows every node's hops with the merged names.
+    let text = written(&nodes, crate::output::Format::Text);
+    let drop = text
+        .lines()
+        .find(|l| l.contains("DROPPED"))
+        .unwrap_or_else(|| panic!("no drop in {text}"));
+    assert!(drop.contains("NETFILTER_DROP"), "{drop}");
+    assert!(drop.contains("nft_do_chain+0x1c"), "{drop}");
+}
+
 #[test]
 fn merge_writes_json_hops_with_their_node_on_the_reference_clock() {
     let nodes = named_conversation();
