@@ -19,7 +19,7 @@ use tracer_common::wire::tcp;
 pub use super::intern::Segment;
 use super::{
     Direction, FlowSummary, Hop, HopLabel, HopPair, Limits, NatRecord, Record,
-    intern::{Places, Segments},
+    intern::{Paths, Places},
     stats::{Latency, SampleStore, Summary},
     verdict::Evidence,
 };
@@ -47,8 +47,11 @@ pub struct Flow {
     pub packets: [u64; 2],
     pub first_ts: u64,
     pub last_ts: u64,
-    /// Latency per segment (an id in the table's [`Segments`]), in first-seen order.
-    hops: Box<[SegmentLatency]>,
+    /// The segments its packets crossed, in first-seen order: an id in the table's [`Paths`],
+    /// which the flows of one route share.
+    path: u32,
+    /// The latency of each segment of `path`, in its order.
+    latencies: Box<[Latency]>,
     /// Translations reported, a bit per direction and kind (see `nat::reported_bit`).
     pub(super) nat_reported: u8,
     /// What is true of the flow, a bit each: [`FIN_SENT`] per direction, [`CLOSED`],
@@ -149,13 +152,6 @@ impl TupleV4 {
     }
 }
 
-/// The latencies of one segment of a flow: 16 bytes.
-#[derive(Debug, Clone, Copy)]
-struct SegmentLatency {
-    segment: u32,
-    latency: Latency,
-}
-
 /// A flow that ended, with the latency of each segment of its path, in first-seen order.
 #[derive(Debug)]
 pub struct EndedFlow {
@@ -231,7 +227,7 @@ pub struct FlowTable {
     /// [`tuple_key`] of every tuple of every flow (one entry serves a tuple and its reverse)
     /// to the flow and the direction of the smaller of the two.
     index: HashMap<u64, (Slot, Direction)>,
-    segments: Segments,
+    paths: Paths,
     /// The places flows were last seen, by id.
     places: Places,
     samples: SampleStore,
@@ -447,29 +443,24 @@ impl FlowTable {
     /// Adds the time between each two consecutive hops to the flow's segment between them.
     fn record_latencies(&mut self, slot: Slot, direction: Direction, hops: &[Hop]) {
         let flow = in_use(&mut self.slots, slot);
+        let mut segments = self.paths.segments(flow.path);
         for pair in hops.windows(2) {
             let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
-            let segments = &mut self.segments;
-            let at = match flow
-                .hops
-                .iter()
-                .position(|stats| *segments.get(stats.segment) == key)
-            {
+            let paths = &mut self.paths;
+            let at = match segments.iter().position(|&id| *paths.segment(id) == key) {
                 Some(at) => at,
                 None => {
                     // Most flows see a few segments, all in their first packets: room for
                     // exactly as many as there are.
-                    let segment = SegmentLatency {
-                        segment: segments.intern(key),
-                        latency: Latency::default(),
-                    };
-                    push_exact(&mut flow.hops, segment);
-                    flow.hops.len() - 1
+                    let longer = paths.extend(flow.path, key);
+                    paths.release(flow.path);
+                    flow.path = longer;
+                    segments = paths.segments(longer);
+                    push_exact(&mut flow.latencies, Latency::default());
+                    flow.latencies.len() - 1
                 }
             };
-            flow.hops[at]
-                .latency
-                .record(pair[1].since_prev_ns, &mut self.samples);
+            flow.latencies[at].record(pair[1].since_prev_ns, &mut self.samples);
         }
     }
 
@@ -512,7 +503,8 @@ impl FlowTable {
             packets: [0, 0],
             first_ts: ts,
             last_ts: ts,
-            hops: Box::default(),
+            path: Paths::EMPTY,
+            latencies: Box::default(),
             nat_reported: 0,
             state: 0,
             closed_at: 0,
@@ -628,7 +620,11 @@ impl FlowTable {
     }
 
     pub fn segments(&self) -> usize {
-        self.segments.len()
+        self.paths.segment_count()
+    }
+
+    pub fn paths(&self) -> usize {
+        self.paths.path_count()
     }
 
     pub fn places(&self) -> usize {
@@ -678,16 +674,18 @@ impl FlowTable {
                 self.index.remove(&key);
             }
         }
-        let path = std::mem::take(&mut flow.hops)
-            .into_iter()
-            .filter_map(|stats| {
-                let summary = stats.latency.summary(&self.samples);
-                let segment = *self.segments.get(stats.segment);
-                stats.latency.release(&mut self.samples);
-                self.segments.release(stats.segment);
-                Some((segment, summary?))
+        let segments = self.paths.segments(flow.path);
+        let path = segments
+            .iter()
+            .zip(std::mem::take(&mut flow.latencies))
+            .filter_map(|(&segment, latency)| {
+                let summary = latency.summary(&self.samples);
+                latency.release(&mut self.samples);
+                Some((*self.paths.segment(segment), summary?))
             })
             .collect();
+        self.paths
+            .release(std::mem::replace(&mut flow.path, Paths::EMPTY));
         let last_seen = flow.evidence.last_seen.take().map(|id| {
             let place = *self.places.get(id);
             self.places.release(id);

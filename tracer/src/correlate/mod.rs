@@ -356,6 +356,12 @@ impl Correlator {
         self.flows.segments()
     }
 
+    /// Distinct paths (lists of segments, each prefix counting) the tracked flows share, for
+    /// memory tests.
+    pub fn paths(&self) -> usize {
+        self.flows.paths()
+    }
+
     /// Distinct places where the tracked flows were last seen, for memory tests.
     pub fn places(&self) -> usize {
         self.flows.places()

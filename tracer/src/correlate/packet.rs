@@ -21,8 +21,9 @@
 //! Most hops of a packet show it as the hop before them did: only the place, the time, the skb
 //! and a few header fields move. Such a hop is kept as a [`Later`] (72 bytes, not a whole
 //! event) that refers to the packet's last whole hop, and made whole again when the packet
-//! completes; a hop whose tuple, layers or process differ, or that carries a drop or headers,
-//! is kept whole.
+//! completes. A hop that differs only in its tuple (NAT rewrote it) is a [`Translated`]: a
+//! `Later` and the new tuple (112 bytes), which the hops after it repeat. A hop whose layers or
+//! process differ, or that carries a drop or headers, is kept whole (200 bytes).
 
 use std::{collections::VecDeque, sync::Arc};
 
@@ -31,7 +32,7 @@ use smallvec::SmallVec;
 use tracer_common::hook::Hook;
 
 use super::{Hop, Limits};
-use crate::decode::{Conntrack, HopEvent, IfName, Proto};
+use crate::decode::{Conntrack, HopEvent, IfName, Proto, Tuple};
 
 /// The fields that identify a packet across hops and survive NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +74,9 @@ struct ActivePacket {
     /// The packet's last whole hop (an index in the whole hops' arena), which a [`Later`] hop
     /// repeats; [`NONE`] before the first.
     whole: u32,
+    /// The packet's last [`Translated`] hop after `whole` (an index in their arena), whose
+    /// tuple a later hop repeats; [`NONE`] if there is none.
+    translated: u32,
 }
 
 /// An active packet's place in the table's slots.
@@ -122,15 +126,63 @@ impl CompletedPacket {
 const NONE: u32 = u32::MAX;
 
 /// A link to one of a packet's hops: an index in the whole hops' arena, or with this bit, in
-/// the later hops' arena.
+/// the later hops' arena, or with this and [`TRANSLATED`], in the translated hops' arena.
 const LATER: u32 = 1 << 31;
+const TRANSLATED: u32 = 1 << 30;
+/// The index in a link.
+const INDEX: u32 = TRANSLATED - 1;
 
-/// A slot of an arena: a hop, or free.
-type Slot<T> = Option<T>;
+/// Hops of one kind in slots, a free one reused first: a packet costs no allocation of its
+/// own, and an arena never holds more than the hops of the packets in the table.
+#[derive(Debug)]
+struct Arena<T> {
+    slots: Vec<Option<T>>,
+    free: Vec<u32>,
+}
 
-/// A hop that shows its packet as the packet's last whole hop did (tuple, TCP and IP fields,
-/// layers, process), with only what moves along a path of its own: place, time, skb, length,
-/// TTL, mark and conntrack entry. No drop, headers, tunnel or ICMP error.
+impl<T> Default for Arena<T> {
+    fn default() -> Self {
+        Arena {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Arena<T> {
+    /// Puts `hop` in a free slot; returns its index.
+    fn store(&mut self, hop: T) -> u32 {
+        let index = super::reuse_or_push(&mut self.slots, &mut self.free, Some(hop), "hops");
+        assert!(index <= INDEX, "fewer than 2^30 hops of a kind in flight");
+        index
+    }
+
+    fn get(&self, index: u32) -> &T {
+        self.slots[index as usize]
+            .as_ref()
+            .expect("a linked slot holds a hop")
+    }
+
+    fn take(&mut self, index: u32) -> T {
+        self.free.push(index);
+        self.slots[index as usize]
+            .take()
+            .expect("a linked slot holds a hop")
+    }
+
+    fn prefetch(&self, index: u32) {
+        prefetch(&self.slots[index as usize]);
+    }
+
+    /// Hops held.
+    fn held(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+/// A hop that shows its packet as the hop before it did (tuple, TCP and IP fields, layers,
+/// process), with only what moves along a path of its own: place, time, skb, length, TTL,
+/// mark and conntrack entry. No drop, headers, tunnel or ICMP error.
 #[derive(Debug)]
 struct Later {
     ts_ns: u64,
@@ -147,8 +199,16 @@ struct Later {
     ttl: u8,
 }
 
+/// A [`Later`] hop whose tuple NAT rewrote.
+#[derive(Debug)]
+struct Translated {
+    later: Later,
+    tuple: Tuple,
+}
+
 impl Later {
-    /// `event` as a later hop of a packet whose last whole hop is `whole`, if it is one.
+    /// `event` as a later hop of a packet whose last whole hop is `whole`, if it is one, but for
+    /// its tuple, which the caller compares.
     fn of(event: &HopEvent, whole: &HopEvent) -> Option<Later> {
         // Every field named, so that a field added to `HopEvent` has to be placed here (and in
         // `event` below): a hop's own, the packet's, or never in a short hop.
@@ -166,8 +226,9 @@ impl Later {
             len,
             mark,
             conntrack,
-            // The packet's: as the whole hop showed it, or this hop is kept whole.
-            tuple,
+            // The packet's: as the whole hop showed it, or this hop is kept whole; the tuple
+            // may have been translated since.
+            tuple: _,
             has_l4,
             fragment,
             nonlinear,
@@ -190,7 +251,6 @@ impl Later {
             && headers.is_none()
             && encap.is_none()
             && icmp.is_none()
-            && *tuple == whole.tuple
             && *has_l4 == whole.has_l4
             && *fragment == whole.fragment
             && *nonlinear == whole.nonlinear
@@ -213,8 +273,8 @@ impl Later {
         })
     }
 
-    /// The whole event again, from the whole hop it repeats.
-    fn event(self, whole: &HopEvent) -> HopEvent {
+    /// The whole event again, from the hop before it, which it repeats.
+    fn event(self, before: &HopEvent) -> HopEvent {
         HopEvent {
             ts_ns: self.ts_ns,
             hook: self.hook,
@@ -228,21 +288,14 @@ impl Later {
             len: self.len,
             mark: self.mark,
             conntrack: self.conntrack,
-            process: whole.process.clone(),
+            process: before.process.clone(),
             drop: None,
             headers: None,
             encap: None,
             icmp: None,
-            ..*whole
+            ..*before
         }
     }
-}
-
-/// Puts `hop` in a free slot of `arena` (one from `free`, else a new one); returns its index.
-fn store<T>(arena: &mut Vec<Slot<T>>, free: &mut Vec<u32>, hop: T) -> u32 {
-    let index = super::reuse_or_push(arena, free, Some(hop), "hops in flight");
-    assert!(index < LATER, "fewer than 2^31 hops in flight");
-    index
 }
 
 /// Whether two events name the same process (the same shared one, or none).
@@ -254,10 +307,8 @@ fn same_process(a: &HopEvent, b: &HopEvent) -> bool {
     }
 }
 
-/// Active packets and their indexes. The hops of every active packet live in two arenas, one
-/// for whole hops and one for [`Later`] ones (a free slot is reused first), so that a packet
-/// costs no allocation of its own and the arenas never hold more than the hops of the packets
-/// in the table.
+/// Active packets and their indexes. The hops of every active packet live in three arenas: whole
+/// hops, [`Later`] ones and [`Translated`] ones.
 #[derive(Debug, Default)]
 pub struct PacketTable {
     /// Active packets in slots of their own (a free one is reused first): the indexes lead
@@ -270,11 +321,9 @@ pub struct PacketTable {
     /// (hop time, slot, the packet's id cut to 32 bits) for every hop of the active packets;
     /// stale when the slot's packet is another one or its last hop is later.
     idle: VecDeque<(u64, PacketSlot, u32)>,
-    wholes: Vec<Slot<HopEvent>>,
-    laters: Vec<Slot<Later>>,
-    /// Free slots of the two arenas.
-    free_wholes: Vec<u32>,
-    free_laters: Vec<u32>,
+    wholes: Arena<HopEvent>,
+    laters: Arena<Later>,
+    translated: Arena<Translated>,
     next_id: u64,
 }
 
@@ -308,6 +357,7 @@ impl PacketTable {
                     last_ts: event.ts_ns,
                     hops: SmallVec::new(),
                     whole: NONE,
+                    translated: NONE,
                 };
                 self.live += 1;
                 super::reuse_or_push(
@@ -320,21 +370,33 @@ impl PacketTable {
         };
         self.by_content.insert(content, slot);
         let ts = event.ts_ns;
-        let whole = self.packet(slot).whole;
+        let packet = self.packet(slot);
         // The packet's first hop is always whole.
-        let later = (whole != NONE)
-            .then(|| self.wholes[whole as usize].as_ref())
-            .flatten()
-            .and_then(|whole| Later::of(&event, whole));
-        let link = match later {
-            Some(later) => LATER | store(&mut self.laters, &mut self.free_laters, later),
-            None => store(&mut self.wholes, &mut self.free_wholes, event),
+        let short = (packet.whole != NONE)
+            .then(|| {
+                let whole = self.wholes.get(packet.whole);
+                let tuple = match packet.translated {
+                    NONE => &whole.tuple,
+                    index => &self.translated.get(index).tuple,
+                };
+                Some((Later::of(&event, whole)?, event.tuple == *tuple))
+            })
+            .flatten();
+        let link = match short {
+            Some((later, true)) => LATER | self.laters.store(later),
+            Some((later, false)) => {
+                let tuple = event.tuple;
+                LATER | TRANSLATED | self.translated.store(Translated { later, tuple })
+            }
+            None => self.wholes.store(event),
         };
         let packet = self.active[slot as usize]
             .as_mut()
             .expect("an indexed slot holds a packet");
-        if link & LATER == 0 {
-            packet.whole = link;
+        match link & (LATER | TRANSLATED) {
+            0 => (packet.whole, packet.translated) = (link, NONE),
+            LATER => {}
+            _ => packet.translated = link & INDEX,
         }
         if skb != 0 && packet.add_skb(skb) {
             self.by_skb.insert(skb, slot);
@@ -383,17 +445,18 @@ impl PacketTable {
         self.live == 0
     }
 
-    /// Hops held whole and short, for tests.
-    pub fn held(&self) -> (usize, usize) {
+    /// Hops held whole, later and translated, for tests.
+    pub fn held(&self) -> (usize, usize, usize) {
         (
-            self.wholes.len() - self.free_wholes.len(),
-            self.laters.len() - self.free_laters.len(),
+            self.wholes.held(),
+            self.laters.held(),
+            self.translated.held(),
         )
     }
 
     /// Slots in the arenas, used or free, for memory tests.
     pub fn arena_len(&self) -> usize {
-        self.wholes.len() + self.laters.len()
+        self.wholes.slots.len() + self.laters.slots.len() + self.translated.slots.len()
     }
 
     /// Whether the queue entry (`ts`, `slot`, `tag`) is its packet's last hop (not stale).
@@ -427,9 +490,11 @@ impl PacketTable {
             .take()
             .expect("a packet's slot holds it until it completes");
         for &link in &packet.hops {
-            match link & LATER {
-                0 => prefetch(&self.wholes[link as usize]),
-                _ => prefetch(&self.laters[(link & !LATER) as usize]),
+            let index = link & INDEX;
+            match link & (LATER | TRANSLATED) {
+                0 => self.wholes.prefetch(index),
+                LATER => self.laters.prefetch(index),
+                _ => self.translated.prefetch(index),
             }
         }
         self.free_active.push(slot);
@@ -443,23 +508,19 @@ impl PacketTable {
             self.by_content.remove(&packet.content);
         }
         let mut hops: Vec<Hop> = Vec::with_capacity(packet.hops.len());
-        // The whole hop that later ones repeat: the last one taken out so far.
-        let mut whole = None;
         for link in packet.hops {
-            let event = if link & LATER != 0 {
-                let index = link & !LATER;
-                self.free_laters.push(index);
-                let later = self.laters[index as usize]
-                    .take()
-                    .expect("a linked slot holds a hop");
-                let whole: &Hop = &hops[whole.expect("a later hop follows a whole one")];
-                later.event(&whole.event)
-            } else {
-                self.free_wholes.push(link);
-                whole = Some(hops.len());
-                self.wholes[link as usize]
-                    .take()
-                    .expect("a linked slot holds a hop")
+            let index = link & INDEX;
+            let before = || &hops.last().expect("a later hop follows a whole one").event;
+            let event = match link & (LATER | TRANSLATED) {
+                0 => self.wholes.take(index),
+                LATER => self.laters.take(index).event(before()),
+                _ => {
+                    let Translated { later, tuple } = self.translated.take(index);
+                    HopEvent {
+                        tuple,
+                        ..later.event(before())
+                    }
+                }
             };
             hops.push(Hop {
                 event,

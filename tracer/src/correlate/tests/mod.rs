@@ -471,7 +471,7 @@ fn a_syn_retried_after_a_reset_stays_in_its_flow() {
 fn segments_of_ended_flows_are_forgotten() {
     let limits = Limits::default();
     let mut correlator = Correlator::new(limits.clone());
-    let (mut most, mut most_places) = (0, 0);
+    let (mut most, mut most_places, mut most_paths) = (0, 0, 0);
     for i in 0..10_000u64 {
         let start = i * limits.flow_idle_ns / 4;
         let src = tuple(
@@ -497,6 +497,7 @@ fn segments_of_ended_flows_are_forgotten() {
         while correlator.pop().is_some() {}
         most = most.max(correlator.segments());
         most_places = most_places.max(correlator.places());
+        most_paths = most_paths.max(correlator.paths());
     }
     assert!(
         correlator.sizes().1 < 10,
@@ -511,9 +512,20 @@ fn segments_of_ended_flows_are_forgotten() {
         most_places < 200,
         "{most_places} last places kept for 10000 flows of which a few are live"
     );
+    assert!(
+        most_paths < 200,
+        "{most_paths} paths kept for 10000 flows of which a few are live"
+    );
     correlator.finish();
     while correlator.pop().is_some() {}
-    assert_eq!((correlator.segments(), correlator.places()), (0, 0));
+    assert_eq!(
+        (
+            correlator.segments(),
+            correlator.places(),
+            correlator.paths()
+        ),
+        (0, 0, 0)
+    );
 }
 
 /// Flows long enough to keep samples give them back when they end, so the shared sample
@@ -640,7 +652,8 @@ fn a_new_head_for_the_same_skb_is_the_same_packet() {
 
 /// A hop that repeats its packet's last whole hop is kept short and comes out whole again,
 /// exactly as it went in: its own place, time, skb, TTL, length, mark and conntrack entry, the
-/// rest from the whole hop (the process too). A hop whose tuple, process or drop differs is
+/// rest from the whole hop (the process too). A hop whose tuple alone differs is kept short with
+/// its tuple, and the hops after it repeat that tuple. A hop whose process or drop differs is
 /// kept whole.
 #[test]
 fn hops_kept_short_come_out_as_they_went_in() {
@@ -674,29 +687,33 @@ fn hops_kept_short_come_out_as_they_went_in() {
     extra.ts_ns += 100;
     extra.hook = Hook::NetDevQueue;
     extra.tuple = outer();
-    events.push(extra);
+    // After the translated hop, one that repeats its tuple.
+    let mut after = extra.clone();
+    (after.ts_ns, after.hook, after.ttl) = (after.ts_ns + 100, Hook::NetifRx, 62);
+    events.extend([extra, after]);
     let limits = Limits::default();
     let mut table = PacketTable::default();
     for event in events.clone() {
         assert!(table.push(event, &limits).is_empty());
     }
-    // Whole: the first hop, the other process, the drop, the rewritten tuple; short: the
-    // veth and the bridge hop.
-    assert_eq!(table.held(), (4, 2));
+    // Whole: the first hop, the other process, the drop; later: the veth and the bridge hop,
+    // and the hop after the rewritten tuple; translated: the rewritten tuple.
+    assert_eq!(table.held(), (3, 3, 1));
     let done = table.drain_some(usize::MAX);
     assert_eq!(done.len(), 1);
     let out: Vec<HopEvent> = done[0].hops.iter().map(|hop| hop.event.clone()).collect();
     assert_eq!(out, events);
     assert!(Arc::ptr_eq(out[2].process.as_ref().unwrap(), &owner));
-    assert_eq!(table.held(), (0, 0));
+    assert_eq!(table.held(), (0, 0, 0));
 }
 
 /// Every connection tracer holds costs a `Flow` (`bench/limits.md`, memory holding 100k
-/// flows): its two IPv4 tuples are kept in 28 bytes rather than 80, and its evidence in 64.
+/// flows): its two IPv4 tuples are kept in 28 bytes rather than 80, its evidence in 40, and
+/// its path as an id beside 12 bytes of latency per segment.
 #[test]
 fn a_flow_and_its_evidence_stay_small() {
     assert_eq!(std::mem::size_of::<verdict::Evidence<u32>>(), 40);
-    assert_eq!(std::mem::size_of::<flow::Flow>(), 152);
+    assert_eq!(std::mem::size_of::<flow::Flow>(), 160);
 }
 
 /// A masqueraded IPv6 connection: its tuples are kept as they are (not in the IPv4 form), the
