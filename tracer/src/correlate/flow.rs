@@ -443,11 +443,11 @@ impl FlowTable {
     /// Adds the time between each two consecutive hops to the flow's segment between them.
     fn record_latencies(&mut self, slot: Slot, direction: Direction, hops: &[Hop]) {
         let flow = in_use(&mut self.slots, slot);
-        let mut segments = self.paths.segments(flow.path);
         for pair in hops.windows(2) {
             let key = (direction, HopLabel::of(&pair[0]), HopLabel::of(&pair[1]));
             let paths = &mut self.paths;
-            let at = match segments.iter().position(|&id| *paths.segment(id) == key) {
+            let known = paths.segments(flow.path);
+            let at = match known.iter().position(|&id| *paths.segment(id) == key) {
                 Some(at) => at,
                 None => {
                     // Most flows see a few segments, all in their first packets: room for
@@ -455,7 +455,6 @@ impl FlowTable {
                     let longer = paths.extend(flow.path, key);
                     paths.release(flow.path);
                     flow.path = longer;
-                    segments = paths.segments(longer);
                     push_exact(&mut flow.latencies, Latency::default());
                     flow.latencies.len() - 1
                 }
@@ -674,8 +673,9 @@ impl FlowTable {
                 self.index.remove(&key);
             }
         }
-        let segments = self.paths.segments(flow.path);
-        let path = segments
+        let path = self
+            .paths
+            .segments(flow.path)
             .iter()
             .zip(std::mem::take(&mut flow.latencies))
             .filter_map(|(&segment, latency)| {

@@ -97,6 +97,9 @@ pub(super) struct Paths {
     /// (the path before, the last segment's id) by path id. A path counts as users the flows
     /// that took it and the paths that extend it, and holds a user of its segment.
     paths: Interned<(u32, u32)>,
+    /// The segment ids of each path, first to last, by path id: every packet of a flow looks
+    /// its segments up, and there are few paths.
+    lists: Vec<SmallVec<[u32; 8]>>,
     segments: Segments,
 }
 
@@ -105,15 +108,11 @@ impl Paths {
     pub(super) const EMPTY: u32 = u32::MAX;
 
     /// The segment ids of `path`, first to last.
-    pub(super) fn segments(&self, mut path: u32) -> SmallVec<[u32; 8]> {
-        let mut segments = SmallVec::new();
-        while path != Self::EMPTY {
-            let (before, segment) = *self.paths.get(path);
-            segments.push(segment);
-            path = before;
+    pub(super) fn segments(&self, path: u32) -> &[u32] {
+        match path {
+            Self::EMPTY => &[],
+            path => &self.lists[path as usize],
         }
-        segments.reverse();
-        segments
     }
 
     pub(super) fn segment(&self, id: u32) -> &Segment {
@@ -129,6 +128,14 @@ impl Paths {
             // A new path: it holds its segment (the user just counted) and the path before.
             if path != Self::EMPTY {
                 self.paths.retain(path);
+            }
+            let mut list = SmallVec::from(self.segments(path));
+            list.push(segment);
+            let at = extended as usize;
+            if at == self.lists.len() {
+                self.lists.push(list);
+            } else {
+                self.lists[at] = list;
             }
         } else {
             self.segments.release(segment);
@@ -194,10 +201,7 @@ mod tests {
         );
         assert_eq!(paths.segments(longer).len(), 2);
         assert_eq!(*paths.segment(paths.segments(longer)[1]), b);
-        assert_eq!(
-            paths.segments(first).as_slice(),
-            &paths.segments(longer)[..1]
-        );
+        assert_eq!(paths.segments(first), &paths.segments(longer)[..1]);
         // The first flow ends: [a] is still the start of [a, b].
         paths.release(first);
         assert_eq!((paths.path_count(), paths.segment_count()), (2, 2));
